@@ -1,0 +1,2 @@
+//! hyp's guest loader.
+#![no_std]

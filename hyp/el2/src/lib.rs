@@ -1,0 +1,2 @@
+//! hyp's EL2 layer.
+#![no_std]

@@ -1,0 +1,3 @@
+//! hyp: the EL2 binary.
+#![no_std]
+#![no_main]
