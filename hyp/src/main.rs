@@ -1,3 +1,110 @@
 //! hyp: the EL2 binary.
-#![no_std]
-#![no_main]
+//!
+//! Boot flow (primary CPU, from `el2::arch` entry.S with the MMU off):
+//! 1. `boot::early`: device tree, console, command line, CPU features, EL2 granule, memory
+//!    (heap and the physical allocator), EL2 page tables and MMU, exception vectors.
+//! 2. Secondary CPUs: PSCI CPU_ON for every other CPU of the device tree; they wait for work.
+//! 3. Test switches (`hyp.test=`, `selftest`).
+//! 4. `run_system`: load the system from the boot bundle and run its VMs (lead's part).
+//! 5. Power off with the success marker, or the failure marker on any fatal error.
+//!
+//! hyp is built only for `aarch64-unknown-none`; on any other target this is a stub `main`
+//! that says so, so `cargo clippy --workspace` and `cargo doc` work on the host.
+//! (`hyp_bare` is set by build.rs for aarch64 bare-metal targets.)
+#![cfg_attr(hyp_bare, no_std)]
+#![cfg_attr(hyp_bare, no_main)]
+
+#[cfg(not(hyp_bare))]
+fn main() {
+    eprintln!(
+        "hyp runs only on bare-metal arm64: cargo build -p hyp --release --target \
+         aarch64-unknown-none (tools/build-hyp makes the Image)"
+    );
+    std::process::exit(2);
+}
+
+#[cfg(hyp_bare)]
+extern crate alloc;
+
+#[cfg(hyp_bare)]
+mod boot;
+#[cfg(hyp_bare)]
+mod mem;
+#[cfg(hyp_bare)]
+mod mmu;
+#[cfg(hyp_bare)]
+mod selftest;
+
+#[cfg(hyp_bare)]
+use el2::fatal;
+#[cfg(hyp_bare)]
+use el2::heap::LockedHeap;
+#[cfg(hyp_bare)]
+use log::info;
+
+#[cfg(hyp_bare)]
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+#[cfg(hyp_bare)]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    el2::fatal::panic(info)
+}
+
+/// What a run of the system ended with.
+#[cfg(hyp_bare)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// There was nothing to run (no bundle, or a system with no VMs).
+    NoVms,
+    /// Every VM exited cleanly.
+    Ok,
+}
+
+/// Loads the system from the boot bundle and runs it until every VM has exited.
+///
+/// THE LEAD's PLUG-IN POINT: find the bundle on a virtio-blk disk (`virtio.rs`, `bundle.rs`,
+/// `boot.platform.virtio_mmio` lists the slots), resolve it with `guest-loader` against
+/// `boot.cpu` (the one `CpuFeatures` value, hide mask applied), and run the VMs. Guest memory
+/// and stage-2 table frames come from [`mem::alloc_phys`]; secondary CPUs take work with
+/// `el2::smp::send_work(cpu, fn(u64), arg)`; guest exits arrive through
+/// `el2::trap::set_lower_el_handler`. Return an error to fail the run with a message.
+#[cfg(hyp_bare)]
+fn run_system(boot: &boot::Boot) -> Result<Verdict, &'static str> {
+    log::debug!(
+        "hyp: system: el2 granule {}, PA {} bits, {} virtio-mmio slots, host DTB {}",
+        boot.el2_granule,
+        boot.cpu.pa_bits(),
+        boot.platform.virtio_mmio.len(),
+        boot.dtb
+    );
+    Ok(Verdict::NoVms)
+}
+
+/// Rust entry of the boot CPU (from `el2::arch` entry.S): x0 = device tree address.
+#[cfg(hyp_bare)]
+#[no_mangle]
+extern "C" fn el2_primary_main(dtb: usize) -> ! {
+    let boot = boot::early(dtb);
+    boot::start_secondaries(&boot);
+
+    selftest::run(&boot);
+
+    match run_system(&boot) {
+        Ok(Verdict::NoVms) => {
+            info!("hyp: no VMs to run, powering off");
+            fatal::power_off_ok()
+        }
+        Ok(Verdict::Ok) => fatal::power_off_ok(),
+        Err(e) => el2::fatal!("{e}"),
+    }
+}
+
+/// Rust entry when the loader entered hyp at EL1 or EL3 (from entry.S): says so and powers
+/// off.
+#[cfg(hyp_bare)]
+#[no_mangle]
+extern "C" fn el2_wrong_el(dtb: usize, el: u64) -> ! {
+    boot::wrong_el(dtb, el)
+}

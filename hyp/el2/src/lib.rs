@@ -1,2 +1,28 @@
-//! hyp's EL2 layer.
+//! hyp's EL2 layer: boot entry, exception vectors and reports, system registers, the console,
+//! PSCI, secondary CPUs, the heap and frame allocators, and the pure helpers they need
+//! (device tree, command line, granule choice, ESR decoding), which are tested on the host.
+//!
+//! Everything that executes an arm64 instruction lives in `arch` and is compiled only for
+//! `target_arch = "aarch64"` with `target_os = "none"` (the bare-metal target), so the crate
+//! and its tests build on any host.
 #![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod arch;
+pub mod cmdline;
+pub mod console;
+pub mod dt;
+pub mod esr;
+pub mod fatal;
+pub mod frames;
+pub mod granule;
+pub mod heap;
+pub mod memmap;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod psci;
+pub mod smp;
+pub mod trap;

@@ -1,0 +1,1150 @@
+//! The system config: one TOML file, a `[hypervisor]` table and zero or more `[[vm]]` tables.
+//!
+//! ```toml
+//! [hypervisor]
+//! granule = "4k"                 # hyp's own stage-1 granule: 4k | 16k | 64k | auto (default auto)
+//!
+//! [[vm]]
+//! name = "web"                   # unique; [a-z0-9-]+, at most 32 characters
+//! vcpus = 2                      # default 1; pinned one to one to physical CPUs
+//! memory = "512M"                # K/M/G/T suffixes (powers of 1024) or bytes; multiple of 2M
+//! kernel = "guests/Image-16k"    # arm64 Image, plain or gzip; relative to this file
+//! initrd = "guests/initramfs.cpio.gz"   # optional
+//! cmdline = "console=ttyAMA0"    # optional; hyp appends arm64.pagesize=
+//! page_size = "16k"              # 4k | 16k | 64k | kernel (default kernel: the Image header's)
+//! fallback = ["4k"]              # optional, tried in order when page_size cannot be used
+//! [vm.stage2]
+//! granule = "16k"                # 4k | 16k | 64k | page_size (default page_size)
+//! ipa_bits = 40                  # 32..PARange (default 40)
+//! mapping = "eager"              # eager | lazy (default eager)
+//! ```
+//!
+//! Parsing ([`parse_config`]) checks everything that needs neither the CPU nor the files;
+//! [`crate::plan`] checks the rest. Every error names the file, the line, the VM and the key.
+
+use crate::layout::{MAX_VCPUS, MEMORY_ALIGN, RAM_BASE};
+use crate::size::{format_size, parse_size, SizeError};
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use stage2::Granule;
+use toml::Spanned;
+
+/// The default `stage2.ipa_bits`.
+pub const DEFAULT_IPA_BITS: u32 = 40;
+/// The narrowest IPA space accepted (VTCR_EL2.T0SZ ≤ 32 for every granule's start level).
+pub const MIN_IPA_BITS: u32 = 32;
+/// The widest IPA space the Arm ARM defines (FEAT_LPA/LPA2).
+pub const MAX_IPA_BITS: u32 = 52;
+/// The longest VM name.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// `[hypervisor] granule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GranuleChoice {
+    /// 4K where the CPU has it, else 16K, else 64K.
+    Auto,
+    /// This granule (falls back to `auto` with a note when the CPU lacks it).
+    Fixed(Granule),
+}
+
+impl fmt::Display for GranuleChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GranuleChoice::Auto => f.write_str("auto"),
+            GranuleChoice::Fixed(g) => f.write_str(g.name()),
+        }
+    }
+}
+
+/// `page_size` of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSize {
+    /// This granule.
+    Fixed(Granule),
+    /// Whatever the kernel's Image header says; a header that leaves it unspecified takes the
+    /// first granule the CPU supports at stage 1 in the order 4K, 16K, 64K.
+    Kernel,
+}
+
+impl fmt::Display for PageSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PageSize::Fixed(g) => f.write_str(g.name()),
+            PageSize::Kernel => f.write_str("kernel"),
+        }
+    }
+}
+
+/// `stage2.granule` of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage2Granule {
+    /// This granule.
+    Fixed(Granule),
+    /// The guest's resolved page size.
+    PageSize,
+}
+
+impl fmt::Display for Stage2Granule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage2Granule::Fixed(g) => f.write_str(g.name()),
+            Stage2Granule::PageSize => f.write_str("page_size"),
+        }
+    }
+}
+
+/// `stage2.mapping` of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// All RAM mapped before the first vCPU runs.
+    Eager,
+    /// Mapped on the first stage-2 fault of each page or block.
+    Lazy,
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mapping::Eager => "eager",
+            Mapping::Lazy => "lazy",
+        })
+    }
+}
+
+/// A line and column (1-based) in the config file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    /// Line, 1-based.
+    pub line: u32,
+    /// Column in characters, 1-based.
+    pub column: u32,
+}
+
+/// Where each key of a `[[vm]]` table was written (for errors found after parsing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmPos {
+    /// The `[[vm]]` table itself.
+    pub table: Pos,
+    /// `name`.
+    pub name: Pos,
+    /// `vcpus` (the table when absent).
+    pub vcpus: Pos,
+    /// `memory`.
+    pub memory: Pos,
+    /// `kernel`.
+    pub kernel: Pos,
+    /// `initrd`.
+    pub initrd: Pos,
+    /// `cmdline`.
+    pub cmdline: Pos,
+    /// `page_size`.
+    pub page_size: Pos,
+    /// `fallback`.
+    pub fallback: Pos,
+    /// `stage2.granule`.
+    pub stage2_granule: Pos,
+    /// `stage2.ipa_bits`.
+    pub ipa_bits: Pos,
+    /// Byte range of the `kernel` string value (with quotes), for the bundle's rewrite.
+    pub kernel_span: Range<usize>,
+    /// Byte range of the `initrd` string value, if any.
+    pub initrd_span: Option<Range<usize>>,
+}
+
+/// `[vm.stage2]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage2Config {
+    /// The stage-2 granule.
+    pub granule: Stage2Granule,
+    /// IPA size in bits.
+    pub ipa_bits: u32,
+    /// Eager or lazy mapping.
+    pub mapping: Mapping,
+}
+
+/// One validated `[[vm]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Unique name, `[a-z0-9-]+`.
+    pub name: String,
+    /// vCPUs (≥ 1).
+    pub vcpus: u32,
+    /// RAM in bytes (a multiple of 2 MiB, fits the IPA space above 0x4000_0000).
+    pub memory: u64,
+    /// The kernel's path as written (relative to the config file).
+    pub kernel: String,
+    /// The initrd's path as written.
+    pub initrd: Option<String>,
+    /// The user's command line (without `arm64.pagesize=`).
+    pub cmdline: String,
+    /// The guest page size asked for.
+    pub page_size: PageSize,
+    /// Page sizes to try, in order, when `page_size` cannot be used.
+    pub fallback: Vec<Granule>,
+    /// `[vm.stage2]`.
+    pub stage2: Stage2Config,
+    /// Where the keys were written.
+    pub pos: VmPos,
+}
+
+/// A validated system config (before the CPU and the files are looked at).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemConfig {
+    /// The file name used in error messages.
+    pub file: String,
+    /// `[hypervisor] granule`.
+    pub granule: GranuleChoice,
+    /// Where `[hypervisor] granule` was written.
+    pub granule_pos: Pos,
+    /// The VMs, in file order.
+    pub vms: Vec<VmConfig>,
+}
+
+impl SystemConfig {
+    /// Every file the VMs reference (kernels and initrds), as written, without duplicates,
+    /// in file order.
+    pub fn referenced_files(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for vm in &self.vms {
+            for p in core::iter::once(vm.kernel.as_str()).chain(vm.initrd.as_deref()) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What is wrong, with the data to say how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// TOML syntax, a wrong type, an unknown or missing key (toml and serde's message).
+    Toml {
+        /// The message.
+        message: String,
+    },
+    /// A string key with a value outside its set.
+    BadValue {
+        /// As written.
+        value: String,
+        /// The accepted values, e.g. `"4k, 16k, 64k or auto"`.
+        expected: &'static str,
+    },
+    /// A VM name outside `[a-z0-9-]{1,32}`.
+    BadName {
+        /// As written.
+        name: String,
+    },
+    /// Two VMs with one name.
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// Line of the first VM with it.
+        first_line: u32,
+    },
+    /// A size that does not parse.
+    BadSize(SizeError),
+    /// `memory = 0`.
+    ZeroMemory,
+    /// `memory` not a multiple of 2 MiB.
+    MemoryNotAligned {
+        /// Bytes.
+        memory: u64,
+    },
+    /// `memory` beyond the IPA space.
+    MemoryBeyondIpa {
+        /// Bytes.
+        memory: u64,
+        /// `stage2.ipa_bits`.
+        ipa_bits: u32,
+    },
+    /// `vcpus` 0 or negative.
+    ZeroVcpus {
+        /// As written.
+        value: i64,
+    },
+    /// More vCPUs than the GIC redistributor window holds.
+    TooManyVcpusForGic {
+        /// As written.
+        value: i64,
+    },
+    /// `ipa_bits` outside 32..=52.
+    IpaBitsRange {
+        /// As written.
+        value: i64,
+    },
+    /// A fallback listed twice.
+    DuplicateFallback {
+        /// The granule.
+        granule: Granule,
+    },
+    /// An empty path.
+    EmptyPath,
+    /// The whole system needs more vCPUs than there are physical CPUs.
+    TooManyVcpus {
+        /// This VM's vCPUs.
+        asked: u32,
+        /// Physical CPUs not pinned by earlier VMs.
+        free: u32,
+        /// Physical CPUs.
+        host: u32,
+    },
+    /// The whole system needs more RAM than the host has for guests.
+    OutOfMemory {
+        /// This VM's memory.
+        asked: u64,
+        /// Guest RAM not used by earlier VMs.
+        free: u64,
+        /// Guest RAM in total.
+        host: u64,
+    },
+    /// `ipa_bits` beyond the CPU's PARange.
+    IpaBeyondPaRange {
+        /// As written.
+        ipa_bits: u32,
+        /// PA size the CPU supports.
+        pa_bits: u32,
+        /// `ID_AA64MMFR0_EL1.PARange`.
+        parange: u8,
+    },
+    /// A referenced file does not exist (or cannot be read).
+    MissingFile {
+        /// The path as written.
+        path: String,
+    },
+    /// A referenced file is empty.
+    EmptyFile {
+        /// The path as written.
+        path: String,
+    },
+    /// The kernel is not a loadable Image.
+    Image(crate::image::ImageError),
+    /// The command line is not acceptable.
+    Cmdline(crate::cmdline::CmdlineError),
+    /// The explicit stage-2 granule is not supported.
+    Stage2Granule(stage2::GranuleRefusal),
+    /// The stage-2 tables cannot be built with this granule and IPA size.
+    Geometry {
+        /// The granule.
+        granule: Granule,
+        /// IPA bits.
+        ipa_bits: u32,
+        /// Why (the geometry error's message).
+        reason: String,
+    },
+    /// No page size in `page_size` + `fallback` can be used.
+    NoPageSize(crate::plan::Decision),
+    /// The CPU supports no granule at stage 1 (or all are hidden).
+    NoHypGranule,
+    /// The kernel, initrd and DTB do not fit.
+    Layout(crate::layout::LayoutError),
+    /// The device tree cannot be written.
+    Dtb(crate::fdt::DtbError),
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
+            Toml { message } => f.write_str(message.trim_end()),
+            BadValue { value, expected } => {
+                write!(f, "\"{value}\" is not valid; write {expected}")
+            }
+            BadName { name } => write!(
+                f,
+                "\"{name}\" is not a valid name; use 1 to {MAX_NAME_LEN} characters from a-z, \
+                 0-9 and -, e.g. \"web-1\""
+            ),
+            DuplicateName { name, first_line } => write!(
+                f,
+                "\"{name}\" is already the name of the VM at line {first_line}; give each VM \
+                 its own name"
+            ),
+            BadSize(e) => e.fmt(f),
+            ZeroMemory => f.write_str("a VM needs memory; write a size such as \"512M\""),
+            MemoryNotAligned { memory } => write!(
+                f,
+                "{memory} bytes is not a multiple of 2M; round it, e.g. \"{}\"",
+                format_size(
+                    (memory / MEMORY_ALIGN)
+                        .saturating_add(1)
+                        .saturating_mul(MEMORY_ALIGN)
+                )
+            ),
+            MemoryBeyondIpa { memory, ipa_bits } => {
+                let max = (1u64 << ipa_bits).saturating_sub(RAM_BASE);
+                write!(
+                    f,
+                    "{} of RAM from {RAM_BASE:#x} does not fit in a {ipa_bits}-bit IPA space \
+                     (at most {}); use less memory or raise stage2.ipa_bits",
+                    format_size(*memory),
+                    format_size(max)
+                )
+            }
+            ZeroVcpus { value } => write!(
+                f,
+                "{value} vCPUs: a VM needs at least one; write vcpus = 1 or more"
+            ),
+            TooManyVcpusForGic { value } => write!(
+                f,
+                "{value} vCPUs: at most {MAX_VCPUS} fit the GICv3 redistributor window; use \
+                 fewer"
+            ),
+            IpaBitsRange { value } => write!(
+                f,
+                "{value} is outside {MIN_IPA_BITS}..={MAX_IPA_BITS}; write e.g. ipa_bits = 40"
+            ),
+            DuplicateFallback { granule } => write!(
+                f,
+                "\"{}\" is listed twice; list each page size once",
+                granule.name()
+            ),
+            EmptyPath => f.write_str("the path is empty; name a file relative to the config"),
+            TooManyVcpus { asked, free, host } => write!(
+                f,
+                "{asked} vCPUs asked but only {free} of the {host} physical CPUs are left \
+                 (vCPUs are pinned one to one); lower vcpus or run with more CPUs (--smp)"
+            ),
+            OutOfMemory { asked, free, host } => write!(
+                f,
+                "{} asked but only {} of the {} of guest RAM is left; lower memory or give the \
+                 machine more RAM (--mem)",
+                format_size(*asked),
+                format_size(*free),
+                format_size(*host)
+            ),
+            IpaBeyondPaRange {
+                ipa_bits,
+                pa_bits,
+                parange,
+            } => write!(
+                f,
+                "{ipa_bits} bits is beyond the CPU's physical address size: \
+                 ID_AA64MMFR0_EL1.PARange = {parange:#06b} ({pa_bits} bits); use ipa_bits = \
+                 {pa_bits} or less"
+            ),
+            MissingFile { path } => write!(
+                f,
+                "file \"{path}\" not found; paths are relative to the config file"
+            ),
+            EmptyFile { path } => write!(f, "file \"{path}\" is empty"),
+            Image(e) => e.fmt(f),
+            Cmdline(e) => e.fmt(f),
+            Stage2Granule(e) => write!(
+                f,
+                "{e}; choose a granule the CPU supports at stage 2 or \"page_size\""
+            ),
+            Geometry {
+                granule,
+                ipa_bits,
+                reason,
+            } => write!(
+                f,
+                "no stage-2 tables for {granule} with a {ipa_bits}-bit IPA: {reason}"
+            ),
+            NoPageSize(d) => write!(
+                f,
+                "no usable page size: {}; add a fallback the kernel and CPU support (e.g. \
+                 fallback = [\"4k\"]) or use another kernel or CPU",
+                d.refusals()
+            ),
+            NoHypGranule => f.write_str(
+                "the CPU supports no translation granule at stage 1 (or all are hidden)",
+            ),
+            Layout(e) => e.fmt(f),
+            Dtb(e) => e.fmt(f),
+        }
+    }
+}
+
+/// One error: where, which VM, which key, what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// Where (when known).
+    pub pos: Option<Pos>,
+    /// The VM's name (when the error is inside a `[[vm]]`).
+    pub vm: Option<String>,
+    /// The key, e.g. `memory` or `stage2.granule`.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub kind: ErrorKind,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(p) = self.pos {
+            write!(f, ":{}:{}", p.line, p.column)?;
+        }
+        f.write_str(": ")?;
+        if let Some(vm) = &self.vm {
+            write!(f, "vm \"{vm}\": ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+/// Every error found, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Errors(pub Vec<ConfigError>);
+
+impl fmt::Display for Errors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Line and column (1-based) of byte `offset` in `text`.
+pub fn pos_of(text: &str, offset: usize) -> Pos {
+    let offset = offset.min(text.len());
+    let before = text.as_bytes().get(..offset).unwrap_or_default();
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = text
+        .get(line_start..offset)
+        .map_or(offset - line_start, |s| s.chars().count())
+        + 1;
+    Pos {
+        line: line as u32,
+        column: column as u32,
+    }
+}
+
+// ---- raw serde types ----
+
+/// A size as written: an integer or a string.
+#[derive(Clone, Debug)]
+enum RawSize {
+    Int(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a string such as \"512M\" or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSize, E> {
+                i64::try_from(v)
+                    .map(RawSize::Int)
+                    .map_err(|_| E::custom("size overflows"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Str(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    hypervisor: Option<RawHypervisor>,
+    #[serde(default)]
+    vm: Vec<Spanned<RawVm>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHypervisor {
+    granule: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: Spanned<String>,
+    vcpus: Option<Spanned<i64>>,
+    memory: Spanned<RawSize>,
+    kernel: Spanned<String>,
+    initrd: Option<Spanned<String>>,
+    cmdline: Option<Spanned<String>>,
+    page_size: Option<Spanned<String>>,
+    fallback: Option<Spanned<Vec<Spanned<String>>>>,
+    stage2: Option<Spanned<RawStage2>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage2 {
+    granule: Option<Spanned<String>>,
+    ipa_bits: Option<Spanned<i64>>,
+    mapping: Option<Spanned<String>>,
+}
+
+/// Only the names of the VMs, to say which VM a structural error is in.
+#[derive(Deserialize)]
+struct LooseSystem {
+    #[serde(default)]
+    vm: Vec<Spanned<toml::Table>>,
+}
+
+struct Ctx<'t> {
+    file: &'t str,
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn pos(&self, span: Range<usize>) -> Pos {
+        pos_of(self.text, span.start)
+    }
+
+    fn err(&mut self, span: Range<usize>, vm: Option<&str>, key: &str, kind: ErrorKind) {
+        let pos = Some(self.pos(span));
+        self.errors.push(ConfigError {
+            file: self.file.into(),
+            pos,
+            vm: vm.map(Into::into),
+            key: Some(key.into()),
+            kind,
+        });
+    }
+}
+
+fn granule_of(s: &str) -> Option<Granule> {
+    match s {
+        "4k" | "4K" => Some(Granule::K4),
+        "16k" | "16K" => Some(Granule::K16),
+        "64k" | "64K" => Some(Granule::K64),
+        _ => None,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The error for a document that serde could not read, placed and attributed to a VM where
+/// possible.
+fn structural_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let pos = e.span().map(|s| pos_of(text, s.start));
+    let mut vm = None;
+    // The table the error is in: the last header line before it (`[vm.stage2]` → `stage2.`).
+    let table = e
+        .span()
+        .and_then(|s| text.get(..s.start))
+        .and_then(|before| {
+            before
+                .lines()
+                .map(str::trim_start)
+                .filter(|l| l.starts_with('['))
+                .last()
+        })
+        .map(|h| {
+            h.split(']')
+                .next()
+                .unwrap_or_default()
+                .replace([' ', '['], "")
+        });
+    let prefix = match table.as_deref() {
+        Some("vm.stage2") => "stage2.",
+        Some("hypervisor") => "hypervisor.",
+        _ => "",
+    };
+    if let (Some(span), Ok(loose)) = (e.span(), toml::from_str::<LooseSystem>(text)) {
+        // A `[[vm]]` span covers its header only: the VM runs to the next table header that
+        // is not one of its own sub-tables (`[vm.stage2]`).
+        for t in &loose.vm {
+            let start = t.span().start;
+            let inside = start <= span.start
+                && text.get(start..span.start).is_some_and(|between| {
+                    between.lines().skip(1).all(|l| {
+                        let l = l.trim_start();
+                        !l.starts_with('[') || l.starts_with("[vm.") || l.starts_with("[ vm.")
+                    })
+                });
+            if inside {
+                vm = t
+                    .get_ref()
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .map(Into::into);
+            }
+        }
+    }
+    // serde names the key in "unknown field `x`" and "missing field `x`".
+    let key = ["unknown field `", "missing field `"].iter().find_map(|p| {
+        let rest = e.message().split_once(p)?.1;
+        Some(alloc::format!("{prefix}{}", rest.split_once('`')?.0))
+    });
+    ConfigError {
+        file: file.into(),
+        pos,
+        vm,
+        key,
+        kind: ErrorKind::Toml {
+            message: e.message().into(),
+        },
+    }
+}
+
+/// Parses and validates a system config. `file` names it in errors.
+pub fn parse_config(file: &str, text: &str) -> Result<SystemConfig, Errors> {
+    let raw: RawSystem =
+        toml::from_str(text).map_err(|e| Errors(alloc::vec![structural_error(file, text, &e)]))?;
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let mut granule = GranuleChoice::Auto;
+    let mut granule_pos = Pos::default();
+    if let Some(g) = raw.hypervisor.and_then(|h| h.granule) {
+        granule_pos = cx.pos(g.span());
+        match g.get_ref().as_str() {
+            "auto" => {}
+            s => match granule_of(s) {
+                Some(x) => granule = GranuleChoice::Fixed(x),
+                None => cx.err(
+                    g.span(),
+                    None,
+                    "hypervisor.granule",
+                    ErrorKind::BadValue {
+                        value: s.into(),
+                        expected: "\"4k\", \"16k\", \"64k\" or \"auto\"",
+                    },
+                ),
+            },
+        }
+    }
+    let mut vms: Vec<VmConfig> = Vec::new();
+    for raw_vm in raw.vm {
+        if let Some(vm) = vm_config(&mut cx, raw_vm, &vms) {
+            vms.push(vm);
+        }
+    }
+    if cx.errors.is_empty() {
+        Ok(SystemConfig {
+            file: file.into(),
+            granule,
+            granule_pos,
+            vms,
+        })
+    } else {
+        Err(Errors(cx.errors))
+    }
+}
+
+fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Option<VmConfig> {
+    let before = cx.errors.len();
+    let table_span = raw.span();
+    let raw = raw.into_inner();
+    let name = raw.name.get_ref().clone();
+    let vm = Some(name.as_str());
+    let mut pos = VmPos {
+        table: cx.pos(table_span.clone()),
+        name: cx.pos(raw.name.span()),
+        ..VmPos::default()
+    };
+    if !valid_name(&name) {
+        cx.err(
+            raw.name.span(),
+            vm,
+            "name",
+            ErrorKind::BadName { name: name.clone() },
+        );
+    } else if let Some(first) = earlier.iter().find(|v| v.name == name) {
+        cx.err(
+            raw.name.span(),
+            vm,
+            "name",
+            ErrorKind::DuplicateName {
+                name: name.clone(),
+                first_line: first.pos.name.line,
+            },
+        );
+    }
+
+    // vcpus
+    let mut vcpus = 1;
+    pos.vcpus = pos.table;
+    if let Some(v) = &raw.vcpus {
+        pos.vcpus = cx.pos(v.span());
+        let n = *v.get_ref();
+        if n < 1 {
+            cx.err(v.span(), vm, "vcpus", ErrorKind::ZeroVcpus { value: n });
+        } else if n > i64::from(MAX_VCPUS) {
+            cx.err(
+                v.span(),
+                vm,
+                "vcpus",
+                ErrorKind::TooManyVcpusForGic { value: n },
+            );
+        } else {
+            vcpus = n as u32;
+        }
+    }
+
+    // stage2 first: memory is checked against ipa_bits.
+    let mut stage2 = Stage2Config {
+        granule: Stage2Granule::PageSize,
+        ipa_bits: DEFAULT_IPA_BITS,
+        mapping: Mapping::Eager,
+    };
+    pos.stage2_granule = pos.table;
+    pos.ipa_bits = pos.table;
+    let mut ipa_ok = true;
+    if let Some(s2) = &raw.stage2 {
+        let s2r = s2.get_ref();
+        pos.stage2_granule = cx.pos(s2.span());
+        pos.ipa_bits = cx.pos(s2.span());
+        if let Some(g) = &s2r.granule {
+            pos.stage2_granule = cx.pos(g.span());
+            match g.get_ref().as_str() {
+                "page_size" => {}
+                s => match granule_of(s) {
+                    Some(x) => stage2.granule = Stage2Granule::Fixed(x),
+                    None => cx.err(
+                        g.span(),
+                        vm,
+                        "stage2.granule",
+                        ErrorKind::BadValue {
+                            value: s.into(),
+                            expected: "\"4k\", \"16k\", \"64k\" or \"page_size\"",
+                        },
+                    ),
+                },
+            }
+        }
+        if let Some(b) = &s2r.ipa_bits {
+            pos.ipa_bits = cx.pos(b.span());
+            let n = *b.get_ref();
+            if (i64::from(MIN_IPA_BITS)..=i64::from(MAX_IPA_BITS)).contains(&n) {
+                stage2.ipa_bits = n as u32;
+            } else {
+                ipa_ok = false;
+                cx.err(
+                    b.span(),
+                    vm,
+                    "stage2.ipa_bits",
+                    ErrorKind::IpaBitsRange { value: n },
+                );
+            }
+        }
+        if let Some(m) = &s2r.mapping {
+            match m.get_ref().as_str() {
+                "eager" => stage2.mapping = Mapping::Eager,
+                "lazy" => stage2.mapping = Mapping::Lazy,
+                s => cx.err(
+                    m.span(),
+                    vm,
+                    "stage2.mapping",
+                    ErrorKind::BadValue {
+                        value: s.into(),
+                        expected: "\"eager\" or \"lazy\"",
+                    },
+                ),
+            }
+        }
+    }
+
+    // memory
+    pos.memory = cx.pos(raw.memory.span());
+    let mspan = raw.memory.span();
+    let parsed = match raw.memory.get_ref() {
+        RawSize::Int(v) if *v < 0 => Err(SizeError::Negative { value: *v }),
+        RawSize::Int(v) => Ok(*v as u64),
+        RawSize::Str(s) => parse_size(s),
+    };
+    let mut memory = 0;
+    match parsed {
+        Err(e) => cx.err(mspan, vm, "memory", ErrorKind::BadSize(e)),
+        Ok(0) => cx.err(mspan, vm, "memory", ErrorKind::ZeroMemory),
+        Ok(m) if m % MEMORY_ALIGN != 0 => cx.err(
+            mspan,
+            vm,
+            "memory",
+            ErrorKind::MemoryNotAligned { memory: m },
+        ),
+        Ok(m) => {
+            let fits = RAM_BASE
+                .checked_add(m)
+                .is_some_and(|end| end <= 1u64 << stage2.ipa_bits);
+            if !fits && ipa_ok {
+                cx.err(
+                    mspan,
+                    vm,
+                    "memory",
+                    ErrorKind::MemoryBeyondIpa {
+                        memory: m,
+                        ipa_bits: stage2.ipa_bits,
+                    },
+                );
+            }
+            memory = m;
+        }
+    }
+
+    // files
+    pos.kernel = cx.pos(raw.kernel.span());
+    pos.kernel_span = raw.kernel.span();
+    if raw.kernel.get_ref().trim().is_empty() {
+        cx.err(raw.kernel.span(), vm, "kernel", ErrorKind::EmptyPath);
+    }
+    let mut initrd = None;
+    if let Some(i) = &raw.initrd {
+        pos.initrd = cx.pos(i.span());
+        pos.initrd_span = Some(i.span());
+        if i.get_ref().trim().is_empty() {
+            cx.err(i.span(), vm, "initrd", ErrorKind::EmptyPath);
+        }
+        initrd = Some(i.get_ref().clone());
+    }
+
+    // cmdline
+    let mut cmdline = String::new();
+    pos.cmdline = pos.table;
+    if let Some(c) = &raw.cmdline {
+        pos.cmdline = cx.pos(c.span());
+        if let Err(e) = crate::cmdline::check_chars(c.get_ref()) {
+            cx.err(c.span(), vm, "cmdline", ErrorKind::Cmdline(e));
+        }
+        cmdline = c.get_ref().clone();
+    }
+
+    // page_size and fallback
+    let mut page_size = PageSize::Kernel;
+    pos.page_size = pos.table;
+    if let Some(p) = &raw.page_size {
+        pos.page_size = cx.pos(p.span());
+        match p.get_ref().as_str() {
+            "kernel" => {}
+            s => match granule_of(s) {
+                Some(g) => page_size = PageSize::Fixed(g),
+                None => cx.err(
+                    p.span(),
+                    vm,
+                    "page_size",
+                    ErrorKind::BadValue {
+                        value: s.into(),
+                        expected: "\"4k\", \"16k\", \"64k\" or \"kernel\"",
+                    },
+                ),
+            },
+        }
+    }
+    let mut fallback = Vec::new();
+    pos.fallback = pos.page_size;
+    if let Some(list) = &raw.fallback {
+        pos.fallback = cx.pos(list.span());
+        for item in list.get_ref() {
+            match granule_of(item.get_ref()) {
+                Some(g) if fallback.contains(&g) => cx.err(
+                    item.span(),
+                    vm,
+                    "fallback",
+                    ErrorKind::DuplicateFallback { granule: g },
+                ),
+                Some(g) => fallback.push(g),
+                None => cx.err(
+                    item.span(),
+                    vm,
+                    "fallback",
+                    ErrorKind::BadValue {
+                        value: item.get_ref().clone(),
+                        expected: "a list of \"4k\", \"16k\", \"64k\", e.g. [\"4k\"]",
+                    },
+                ),
+            }
+        }
+    }
+
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(VmConfig {
+        name,
+        vcpus,
+        memory,
+        kernel: raw.kernel.into_inner(),
+        initrd,
+        cmdline,
+        page_size,
+        fallback,
+        stage2,
+        pos,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    const FULL: &str = r#"
+[hypervisor]
+granule = "4k"
+
+[[vm]]
+name = "web"
+vcpus = 2
+memory = "512M"
+kernel = "guests/Image-16k"
+initrd = "guests/initramfs.cpio.gz"
+cmdline = "console=ttyAMA0"
+page_size = "16k"
+fallback = ["4k"]
+[vm.stage2]
+granule = "16k"
+ipa_bits = 40
+mapping = "lazy"
+"#;
+
+    #[test]
+    fn full_example() {
+        let c = parse_config("x.toml", FULL).unwrap();
+        assert_eq!(c.granule, GranuleChoice::Fixed(Granule::K4));
+        assert_eq!(c.vms.len(), 1);
+        let v = &c.vms[0];
+        assert_eq!(v.name, "web");
+        assert_eq!(v.vcpus, 2);
+        assert_eq!(v.memory, 512 << 20);
+        assert_eq!(v.kernel, "guests/Image-16k");
+        assert_eq!(v.initrd.as_deref(), Some("guests/initramfs.cpio.gz"));
+        assert_eq!(v.page_size, PageSize::Fixed(Granule::K16));
+        assert_eq!(v.fallback, [Granule::K4]);
+        assert_eq!(v.stage2.granule, Stage2Granule::Fixed(Granule::K16));
+        assert_eq!(v.stage2.ipa_bits, 40);
+        assert_eq!(v.stage2.mapping, Mapping::Lazy);
+        assert_eq!(
+            v.pos.memory,
+            Pos {
+                line: 8,
+                column: 10
+            }
+        );
+        assert_eq!(&FULL[v.pos.kernel_span.clone()], "\"guests/Image-16k\"");
+        assert_eq!(
+            c.referenced_files(),
+            ["guests/Image-16k", "guests/initramfs.cpio.gz"]
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse_config(
+            "x.toml",
+            "[[vm]]\nname = \"a\"\nmemory = 67108864\nkernel = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.granule, GranuleChoice::Auto);
+        let v = &c.vms[0];
+        assert_eq!(v.vcpus, 1);
+        assert_eq!(v.memory, 64 << 20);
+        assert_eq!(v.page_size, PageSize::Kernel);
+        assert!(v.fallback.is_empty());
+        assert_eq!(
+            v.stage2,
+            Stage2Config {
+                granule: Stage2Granule::PageSize,
+                ipa_bits: 40,
+                mapping: Mapping::Eager
+            }
+        );
+        assert!(v.cmdline.is_empty());
+    }
+
+    #[test]
+    fn empty_system_is_valid() {
+        let c = parse_config("e.toml", "[hypervisor]\ngranule = \"auto\"\n").unwrap();
+        assert!(c.vms.is_empty());
+        assert!(parse_config("e.toml", "").unwrap().vms.is_empty());
+    }
+
+    #[test]
+    fn errors_are_collected_and_placed() {
+        let text = "[[vm]]\nname = \"A\"\nmemory = \"1Q\"\nkernel = \"\"\nvcpus = 0\n";
+        let e = parse_config("bad.toml", text).unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+        let s = e.to_string();
+        assert!(
+            s.contains("bad.toml:2:8: vm \"A\": name: \"A\" is not a valid name"),
+            "{s}"
+        );
+        assert!(
+            s.contains("bad.toml:3:10: vm \"A\": memory: \"1Q\" is not a size"),
+            "{s}"
+        );
+        assert!(
+            s.contains("bad.toml:4:10: vm \"A\": kernel: the path is empty"),
+            "{s}"
+        );
+        assert!(s.contains("bad.toml:5:9: vm \"A\": vcpus: 0 vCPUs"), "{s}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_vm() {
+        let text = "[[vm]]\nname = \"a\"\nmemory = \"64M\"\nkernel = \"k\"\nmemroy = 1\n";
+        let e = parse_config("u.toml", text).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("u.toml:5:1: vm \"a\": memroy: unknown field `memroy`, expected one of"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn huge_unaligned_memory_is_an_error_not_an_overflow() {
+        let text = "[[vm]]\nname = \"a\"\nmemory = \"18446744073709551615\"\nkernel = \"k\"\n";
+        let e = parse_config("h.toml", text).unwrap_err();
+        assert!(
+            matches!(
+                e.0[0].kind,
+                ErrorKind::MemoryNotAligned { memory: u64::MAX }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is not a multiple of 2M"));
+    }
+
+    #[test]
+    fn unknown_keys_in_sub_tables_carry_the_table() {
+        let text = "[hypervisor]\ngranul = 1\n";
+        let e = parse_config("u.toml", text).unwrap_err();
+        assert_eq!(e.0[0].key.as_deref(), Some("hypervisor.granul"), "{e}");
+        let text = "[[vm]]\nname = \"a\"\nmemory = \"64M\"\nkernel = \"k\"\n[vm.stage2]\nipa = 1\n";
+        let e = parse_config("u.toml", text).unwrap_err();
+        assert_eq!(e.0[0].key.as_deref(), Some("stage2.ipa"), "{e}");
+        assert_eq!(e.0[0].vm.as_deref(), Some("a"), "{e}");
+        assert_eq!(e.0[0].pos, Some(Pos { line: 6, column: 1 }));
+    }
+
+    #[test]
+    fn pos_of_counts_lines_and_chars() {
+        assert_eq!(pos_of("ab\ncd", 4), Pos { line: 2, column: 2 });
+        assert_eq!(pos_of("é\nx", 0), Pos { line: 1, column: 1 });
+        assert_eq!(pos_of("ab", 99), Pos { line: 1, column: 3 });
+    }
+}

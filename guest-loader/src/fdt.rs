@@ -1,0 +1,263 @@
+//! The guest device tree: one `create_*_node` function per node (cloud-hypervisor style),
+//! written with `vm-fdt`.
+//!
+//! Bindings: `Documentation/devicetree/bindings/` in Linux — `arm/cpus.yaml`, `arm/psci.yaml`,
+//! `interrupt-controller/arm,gic-v3.yaml`, `timer/arm,arch_timer.yaml`,
+//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`.
+
+use crate::layout::{
+    gicr_region, vcpu_affinity, Region, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, TIMER_PPIS, UART_BASE,
+    UART_CLOCK_HZ, UART_SIZE, UART_SPI,
+};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use vm_fdt::FdtWriter;
+
+/// Phandles of the nodes others refer to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Phandle {
+    /// The GICv3 interrupt controller.
+    Gic = 1,
+    /// The PL011's 24 MHz clock.
+    ApbClock = 2,
+}
+
+/// `interrupts` cell 0: SPI or PPI (GIC binding).
+const GIC_SPI: u32 = 0;
+const GIC_PPI: u32 = 1;
+/// `interrupts` cell 2: level-high (GICv3 has no CPU mask bits; QEMU writes the same).
+const IRQ_LEVEL_HIGH: u32 = 4;
+
+/// What the device tree describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DtbInput<'a> {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM.
+    pub ram: Region,
+    /// The final kernel command line (`/chosen/bootargs`).
+    pub cmdline: &'a str,
+    /// The initrd's place, if any.
+    pub initrd: Option<Region>,
+}
+
+/// The device tree could not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DtbError {
+    /// vm-fdt refused (a hypervisor bug, or a string with a NUL).
+    Writer(String),
+    /// The blob exceeds 2 MiB (booting.rst).
+    TooLarge {
+        /// Its size.
+        size: usize,
+    },
+}
+
+impl fmt::Display for DtbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DtbError::Writer(e) => write!(f, "cannot write the guest device tree: {e}"),
+            DtbError::TooLarge { size } => write!(
+                f,
+                "the guest device tree is {size} bytes, more than the 2M the boot protocol \
+                 allows; shorten cmdline"
+            ),
+        }
+    }
+}
+
+impl From<vm_fdt::Error> for DtbError {
+    fn from(e: vm_fdt::Error) -> Self {
+        DtbError::Writer(e.to_string())
+    }
+}
+
+type Result<T> = core::result::Result<T, DtbError>;
+
+fn reg(base: u64, size: u64) -> [u64; 2] {
+    [base, size]
+}
+
+/// Writes the guest's device tree blob.
+pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_string("compatible", "linux,dummy-virt")?;
+    fdt.property_string("model", "hyp-virt")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("interrupt-parent", Phandle::Gic as u32)?;
+    create_memory_node(&mut fdt, vm)?;
+    create_cpu_nodes(&mut fdt, vm)?;
+    create_psci_node(&mut fdt)?;
+    create_gic_node(&mut fdt, vm)?;
+    create_timer_node(&mut fdt)?;
+    create_clock_node(&mut fdt)?;
+    create_uart_node(&mut fdt)?;
+    create_chosen_node(&mut fdt, vm)?;
+    fdt.end_node(root)?;
+    let blob = fdt.finish()?;
+    if blob.len() as u64 > DTB_MAX_SIZE {
+        return Err(DtbError::TooLarge { size: blob.len() });
+    }
+    Ok(blob)
+}
+
+/// `/memory@40000000`.
+fn create_memory_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
+    let node = fdt.begin_node(&format!("memory@{:x}", vm.ram.start))?;
+    fdt.property_string("device_type", "memory")?;
+    fdt.property_array_u64("reg", &reg(vm.ram.start, vm.ram.size))?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `/cpus/cpu@N`: one per vCPU, `reg` = MPIDR affinity, PSCI enable method.
+fn create_cpu_nodes(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
+    let cpus = fdt.begin_node("cpus")?;
+    fdt.property_u32("#address-cells", 1)?;
+    fdt.property_u32("#size-cells", 0)?;
+    for i in 0..vm.vcpus {
+        let aff = vcpu_affinity(i) as u32;
+        let cpu = fdt.begin_node(&format!("cpu@{aff:x}"))?;
+        fdt.property_string("device_type", "cpu")?;
+        fdt.property_string("compatible", "arm,armv8")?;
+        fdt.property_u32("reg", aff)?;
+        fdt.property_string("enable-method", "psci")?;
+        fdt.end_node(cpu)?;
+    }
+    fdt.end_node(cpus)?;
+    Ok(())
+}
+
+/// `/psci`: PSCI 1.0 through HVC (hyp implements it; SMC would go to firmware).
+fn create_psci_node(fdt: &mut FdtWriter) -> Result<()> {
+    let node = fdt.begin_node("psci")?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,psci-1.0".into(), "arm,psci-0.2".into()],
+    )?;
+    fdt.property_string("method", "hvc")?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `/intc@8000000`: GICv3, distributor + one redistributor region for all vCPUs.
+fn create_gic_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
+    let (gicr, gicr_size) = gicr_region(vm.vcpus);
+    let node = fdt.begin_node(&format!("intc@{GICD_BASE:x}"))?;
+    fdt.property_string("compatible", "arm,gic-v3")?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 3)?;
+    fdt.property_u32("#redistributor-regions", 1)?;
+    // As QEMU writes it: room for child nodes (an ITS) with 64-bit addresses.
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
+    fdt.property_array_u64("reg", &[GICD_BASE, GICD_SIZE, gicr, gicr_size])?;
+    fdt.property_phandle(Phandle::Gic as u32)?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `/timer`: the generic timer's four PPIs (secure phys, non-secure phys, virtual, hyp).
+fn create_timer_node(fdt: &mut FdtWriter) -> Result<()> {
+    let node = fdt.begin_node("timer")?;
+    fdt.property_string("compatible", "arm,armv8-timer")?;
+    let mut cells = Vec::with_capacity(12);
+    for ppi in TIMER_PPIS {
+        cells.extend_from_slice(&[GIC_PPI, ppi, IRQ_LEVEL_HIGH]);
+    }
+    fdt.property_array_u32("interrupts", &cells)?;
+    fdt.property_null("always-on")?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `/apb-pclk`: the fixed 24 MHz clock the PL011 binding requires.
+fn create_clock_node(fdt: &mut FdtWriter) -> Result<()> {
+    let node = fdt.begin_node("apb-pclk")?;
+    fdt.property_string("compatible", "fixed-clock")?;
+    fdt.property_u32("#clock-cells", 0)?;
+    fdt.property_u32("clock-frequency", UART_CLOCK_HZ)?;
+    fdt.property_string("clock-output-names", "clk24mhz")?;
+    fdt.property_phandle(Phandle::ApbClock as u32)?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// The UART node's path (for `stdout-path`).
+pub fn uart_path() -> String {
+    format!("/pl011@{UART_BASE:x}")
+}
+
+/// `/pl011@9000000`: the PL011 with SPI 1 and its `uartclk`/`apb_pclk` clocks.
+fn create_uart_node(fdt: &mut FdtWriter) -> Result<()> {
+    let node = fdt.begin_node(&format!("pl011@{UART_BASE:x}"))?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,pl011".into(), "arm,primecell".into()],
+    )?;
+    fdt.property_array_u64("reg", &reg(UART_BASE, UART_SIZE))?;
+    fdt.property_array_u32("interrupts", &[GIC_SPI, UART_SPI, IRQ_LEVEL_HIGH])?;
+    fdt.property_array_u32(
+        "clocks",
+        &[Phandle::ApbClock as u32, Phandle::ApbClock as u32],
+    )?;
+    fdt.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `/chosen`: bootargs, stdout-path, initrd.
+fn create_chosen_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
+    let node = fdt.begin_node("chosen")?;
+    fdt.property_string("bootargs", vm.cmdline)?;
+    fdt.property_string("stdout-path", &uart_path())?;
+    if let Some(initrd) = vm.initrd {
+        fdt.property_u64("linux,initrd-start", initrd.start)?;
+        fdt.property_u64("linux,initrd-end", initrd.end())?;
+    }
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_header_and_size() {
+        let dtb = guest_dtb(&DtbInput {
+            vcpus: 2,
+            ram: Region {
+                start: 0x4000_0000,
+                size: 512 << 20,
+            },
+            cmdline: "console=ttyAMA0 arm64.pagesize=16k",
+            initrd: None,
+        })
+        .unwrap();
+        assert_eq!(&dtb[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
+        let total = u32::from_be_bytes([dtb[4], dtb[5], dtb[6], dtb[7]]) as usize;
+        assert_eq!(total, dtb.len());
+    }
+
+    #[test]
+    fn nul_in_bootargs_is_an_error_not_a_panic() {
+        let e = guest_dtb(&DtbInput {
+            vcpus: 1,
+            ram: Region {
+                start: 0x4000_0000,
+                size: 64 << 20,
+            },
+            cmdline: "a\0b",
+            initrd: None,
+        });
+        assert!(matches!(e, Err(DtbError::Writer(_))));
+    }
+}

@@ -1,0 +1,403 @@
+//! The guest physical (IPA) memory map of a VM: QEMU's `virt` board layout, which Linux and
+//! the probe guest already know.
+//!
+//! ```text
+//!  IPA
+//!  0x0000_0000 ┌──────────────────────────────┐
+//!              │ (unmapped)                   │
+//!  0x0800_0000 ├──────────────────────────────┤ GICD_BASE  GICv3 distributor, 64 KiB
+//!  0x0801_0000 ├──────────────────────────────┤
+//!              │ (unmapped)                   │
+//!  0x080A_0000 ├──────────────────────────────┤ GICR_BASE  redistributors, 128 KiB per vCPU
+//!              │ RD_base + SGI_base per vCPU  │            (room for MAX_VCPUS = 123)
+//!  0x0900_0000 ├──────────────────────────────┤ UART_BASE  PL011, 4 KiB, SPI 1
+//!  0x0900_1000 ├──────────────────────────────┤
+//!              │ (unmapped)                   │
+//!  0x4000_0000 ├──────────────────────────────┤ RAM_BASE   guest RAM (`memory` bytes)
+//!              │ kernel Image at a 2 MiB      │   kernel: RAM_BASE + text_offset,
+//!              │ aligned base + text_offset,  │           image_size bytes reserved
+//!              │ image_size bytes reserved    │
+//!              │ ...free...                   │
+//!              │ initrd (64 KiB aligned)      │   initrd: just below the DTB region
+//!  end - 2 MiB ├──────────────────────────────┤ DTB: the last 2 MiB of RAM (8-byte aligned,
+//!              │ device tree (≤ 2 MiB)        │      ≤ 2 MiB, alone in its 2 MiB block)
+//!  end         └──────────────────────────────┘
+//! ```
+//!
+//! Sources: QEMU `hw/arm/virt.c` (`base_memmap`, `a15irqmap`), Linux
+//! `Documentation/arch/arm64/booting.rst` (Image placement, DTB and initrd rules).
+
+use crate::size::format_size;
+use alloc::string::String;
+use core::fmt;
+
+/// Guest RAM starts here, as on QEMU `virt` (`VIRT_MEM`).
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// GICv3 distributor (`VIRT_GIC_DIST`).
+pub const GICD_BASE: u64 = 0x0800_0000;
+/// Size of the distributor frame.
+pub const GICD_SIZE: u64 = 0x1_0000;
+/// First GICv3 redistributor (`VIRT_GIC_REDIST`).
+pub const GICR_BASE: u64 = 0x080A_0000;
+/// Each vCPU's redistributor: RD_base + SGI_base, 64 KiB each (GICv3 architecture spec 12.10).
+pub const GICR_STRIDE: u64 = 0x2_0000;
+/// End of the redistributor window (the UART follows).
+pub const GICR_END: u64 = UART_BASE;
+/// The most vCPUs whose redistributors fit below the UART: (0x0900_0000 - 0x080A_0000) / 128 KiB.
+pub const MAX_VCPUS: u32 = ((GICR_END - GICR_BASE) / GICR_STRIDE) as u32;
+/// PL011 UART (`VIRT_UART`).
+pub const UART_BASE: u64 = 0x0900_0000;
+/// Size of the PL011 frame.
+pub const UART_SIZE: u64 = 0x1000;
+/// The PL011's interrupt: SPI 1 (INTID 33).
+pub const UART_SPI: u32 = 1;
+/// The PL011's `uartclk`/`apb_pclk` frequency, as QEMU describes it (24 MHz).
+pub const UART_CLOCK_HZ: u32 = 24_000_000;
+/// Generic timer PPIs in `arm,armv8-timer` order: secure physical, non-secure physical,
+/// virtual, hypervisor (INTIDs 29, 30, 27, 26).
+pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+/// The kernel's base must be 2 MiB aligned (booting.rst: "placed text_offset bytes from a 2MB
+/// aligned base address").
+pub const KERNEL_ALIGN: u64 = 2 << 20;
+/// Largest `text_offset` accepted; any real kernel uses 0 or 0x80000 (legacy).
+pub const MAX_TEXT_OFFSET: u64 = KERNEL_ALIGN;
+/// `text_offset` assumed when `image_size` is 0 (booting.rst, pre-3.17 kernels).
+pub const LEGACY_TEXT_OFFSET: u64 = 0x8_0000;
+/// booting.rst: the DTB "must not exceed 2 megabytes in size".
+pub const DTB_MAX_SIZE: u64 = 2 << 20;
+/// booting.rst: the DTB "must be placed on an 8-byte boundary".
+pub const DTB_ALIGN: u64 = 8;
+/// The DTB gets the last 2 MiB block of RAM to itself, so nothing else shares its 2 MiB
+/// mapping (booting.rst).
+pub const DTB_REGION: u64 = 2 << 20;
+/// The initrd starts on a 64 KiB boundary (a page boundary for every granule).
+pub const INITRD_ALIGN: u64 = 64 << 10;
+/// booting.rst: the initrd must lie in a 1 GiB aligned window of up to 32 GiB that also
+/// covers the kernel Image.
+pub const INITRD_WINDOW: u64 = 32 << 30;
+/// VM memory must be a multiple of this (2 MiB: a whole number of pages for every granule, and
+/// room for the DTB's own 2 MiB block).
+pub const MEMORY_ALIGN: u64 = 2 << 20;
+/// Linux arm64 `COMMAND_LINE_SIZE` (bytes, including the terminating NUL).
+pub const CMDLINE_MAX: usize = 2048;
+
+/// The GICv3 redistributor region of a VM with `vcpus` vCPUs: (base, size).
+pub const fn gicr_region(vcpus: u32) -> (u64, u64) {
+    (GICR_BASE, vcpus as u64 * GICR_STRIDE)
+}
+
+/// The affinity fields (Aff1.Aff0) of vCPU `index`, as in the DT `reg` of its cpu node and in
+/// `VMPIDR_EL2` (hyp adds bit 31, RES1). Sixteen vCPUs per cluster, as QEMU `virt` does with
+/// GICv3 (the ICC_SGI1R_EL1 target list covers Aff0 0..15).
+pub const fn vcpu_affinity(index: u32) -> u64 {
+    (((index / 16) as u64) << 8) | (index % 16) as u64
+}
+
+/// A range of guest physical addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First IPA.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl Region {
+    /// One past the last IPA (saturating; regions are built checked).
+    pub const fn end(&self) -> u64 {
+        self.start.saturating_add(self.size)
+    }
+
+    /// Whether the two regions share at least one byte.
+    pub const fn overlaps(&self, other: &Region) -> bool {
+        self.start < other.end() && other.start < self.end()
+    }
+
+    /// Whether `other` lies entirely inside `self`.
+    pub const fn contains(&self, other: &Region) -> bool {
+        other.start >= self.start && other.end() <= self.end()
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}..{:#x}", self.start, self.end())
+    }
+}
+
+/// Where everything goes in a VM's RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// All of the VM's RAM.
+    pub ram: Region,
+    /// The kernel: `image_size` bytes from the load address (RAM_BASE + text_offset). The
+    /// entry point is `kernel.start` (booting.rst: "branch to the kernel image's first
+    /// instruction").
+    pub kernel: Region,
+    /// The bytes of the Image file (≤ `kernel.size`; the rest is BSS, zeroed by hyp).
+    pub kernel_file: Region,
+    /// The initrd, if any.
+    pub initrd: Option<Region>,
+    /// The 2 MiB block reserved for the device tree.
+    pub dtb_region: Region,
+}
+
+impl Layout {
+    /// The IPA of the device tree (x0 at entry).
+    pub const fn dtb(&self) -> u64 {
+        self.dtb_region.start
+    }
+}
+
+/// The sizes to place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutRequest {
+    /// VM memory in bytes.
+    pub memory: u64,
+    /// The Image header's `text_offset`.
+    pub text_offset: u64,
+    /// The Image's effective `image_size` (bytes to reserve).
+    pub image_size: u64,
+    /// Bytes of the (inflated) Image file.
+    pub file_size: u64,
+    /// Bytes of the initrd, if any.
+    pub initrd_size: Option<u64>,
+}
+
+/// A layout that cannot be made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// The RAM region would run past the end of the 64-bit IPA space.
+    RamOverflow {
+        /// VM memory.
+        memory: u64,
+    },
+    /// Kernel (image_size) + DTB block do not fit.
+    KernelDoesNotFit {
+        /// Bytes needed from RAM_BASE: text_offset + image_size rounded + 2 MiB DTB block.
+        needed: u64,
+        /// VM memory.
+        memory: u64,
+    },
+    /// The initrd does not fit between the kernel and the DTB block.
+    InitrdDoesNotFit {
+        /// The initrd's size.
+        initrd: u64,
+        /// Free bytes between the kernel's end and the DTB block.
+        free: u64,
+        /// Memory that would be enough.
+        needed_memory: u64,
+    },
+    /// The initrd would end outside the 32 GiB window that covers the kernel.
+    InitrdOutsideWindow {
+        /// Where the initrd would be.
+        initrd: Region,
+    },
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayoutError::RamOverflow { memory } => write!(
+                f,
+                "{} of RAM from {RAM_BASE:#x} overflows the address space; use less memory",
+                format_size(*memory)
+            ),
+            LayoutError::KernelDoesNotFit { needed, memory } => write!(
+                f,
+                "the kernel (image_size from its header) and the 2M device-tree block need {} \
+                 but the VM has {}; set memory to at least {}",
+                format_size(*needed),
+                format_size(*memory),
+                round_up_size(*needed)
+            ),
+            LayoutError::InitrdDoesNotFit {
+                initrd,
+                free,
+                needed_memory,
+            } => write!(
+                f,
+                "the initrd ({initrd} bytes) does not fit in the {free} bytes left between the \
+                 kernel and the device tree; set memory to at least {}",
+                round_up_size(*needed_memory)
+            ),
+            LayoutError::InitrdOutsideWindow { initrd } => write!(
+                f,
+                "the initrd at {initrd} would lie outside the 32G window that covers the kernel \
+                 (booting.rst); use at most 32G of memory"
+            ),
+        }
+    }
+}
+
+fn round_up_size(bytes: u64) -> String {
+    // Round up to a whole MiB multiple of MEMORY_ALIGN for the hint.
+    let r = bytes
+        .checked_add(MEMORY_ALIGN - 1)
+        .map_or(bytes, |b| b & !(MEMORY_ALIGN - 1));
+    format_size(r)
+}
+
+const fn align_up(x: u64, a: u64) -> Option<u64> {
+    match x.checked_add(a - 1) {
+        Some(v) => Some(v & !(a - 1)),
+        None => None,
+    }
+}
+
+const fn align_down(x: u64, a: u64) -> u64 {
+    x & !(a - 1)
+}
+
+/// Places the kernel at RAM_BASE (2 MiB aligned) + text_offset, the DTB in the last 2 MiB of
+/// RAM, and the initrd just below the DTB block, 64 KiB aligned; checks that nothing overlaps
+/// and that everything is inside RAM.
+pub fn place(req: &LayoutRequest) -> Result<Layout, LayoutError> {
+    let ram_end = RAM_BASE
+        .checked_add(req.memory)
+        .ok_or(LayoutError::RamOverflow { memory: req.memory })?;
+    let ram = Region {
+        start: RAM_BASE,
+        size: req.memory,
+    };
+    let kernel_base = RAM_BASE; // 2 MiB aligned by construction
+    let too_big = LayoutError::KernelDoesNotFit {
+        needed: u64::MAX,
+        memory: req.memory,
+    };
+    let kernel_start = kernel_base
+        .checked_add(req.text_offset)
+        .ok_or(too_big.clone())?;
+    let kernel_end = kernel_start
+        .checked_add(req.image_size)
+        .ok_or(too_big.clone())?;
+    let kernel_end_aligned = align_up(kernel_end, INITRD_ALIGN).ok_or(too_big.clone())?;
+    let needed = (kernel_end_aligned - RAM_BASE)
+        .checked_add(DTB_REGION)
+        .ok_or(too_big)?;
+    if needed > req.memory || req.memory < DTB_REGION {
+        return Err(LayoutError::KernelDoesNotFit {
+            needed,
+            memory: req.memory,
+        });
+    }
+    let dtb_region = Region {
+        start: ram_end - DTB_REGION,
+        size: DTB_REGION,
+    };
+    let initrd = match req.initrd_size {
+        None => None,
+        Some(len) => {
+            let free = dtb_region.start - kernel_end_aligned;
+            let start = dtb_region
+                .start
+                .checked_sub(len)
+                .map(|s| align_down(s, INITRD_ALIGN));
+            match start {
+                Some(s) if s >= kernel_end_aligned => Some(Region {
+                    start: s,
+                    size: len,
+                }),
+                _ => {
+                    return Err(LayoutError::InitrdDoesNotFit {
+                        initrd: len,
+                        free,
+                        needed_memory: needed.saturating_add(len).saturating_add(INITRD_ALIGN),
+                    })
+                }
+            }
+        }
+    };
+    if let Some(r) = initrd {
+        let window_start = align_down(kernel_start, 1 << 30);
+        if r.end() > window_start.saturating_add(INITRD_WINDOW) {
+            return Err(LayoutError::InitrdOutsideWindow { initrd: r });
+        }
+    }
+    let layout = Layout {
+        ram,
+        kernel: Region {
+            start: kernel_start,
+            size: req.image_size,
+        },
+        kernel_file: Region {
+            start: kernel_start,
+            size: req.file_size.min(req.image_size),
+        },
+        initrd,
+        dtb_region,
+    };
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(memory: u64, image_size: u64, initrd: Option<u64>) -> LayoutRequest {
+        LayoutRequest {
+            memory,
+            text_offset: 0,
+            image_size,
+            file_size: image_size / 2,
+            initrd_size: initrd,
+        }
+    }
+
+    #[test]
+    fn constants_match_qemu_virt() {
+        assert_eq!(MAX_VCPUS, 123);
+        assert_eq!(gicr_region(4), (0x080A_0000, 0x8_0000));
+        assert_eq!(vcpu_affinity(0), 0);
+        assert_eq!(vcpu_affinity(15), 15);
+        assert_eq!(vcpu_affinity(16), 0x100);
+        assert_eq!(vcpu_affinity(33), 0x201);
+    }
+
+    #[test]
+    fn places_everything_inside_ram_without_overlap() {
+        let l = place(&req(512 << 20, 50 << 20, Some(10_000_123))).unwrap();
+        assert_eq!(l.kernel.start, RAM_BASE);
+        assert_eq!(l.kernel.size, 50 << 20);
+        assert_eq!(l.dtb(), RAM_BASE + (510 << 20));
+        assert_eq!(l.dtb() % DTB_ALIGN, 0);
+        let i = l.initrd.unwrap();
+        assert_eq!(i.start % INITRD_ALIGN, 0);
+        assert!(i.end() <= l.dtb_region.start);
+        assert!(!i.overlaps(&l.kernel));
+        assert!(!l.dtb_region.overlaps(&l.kernel));
+        for r in [l.kernel, i, l.dtb_region] {
+            assert!(l.ram.contains(&r), "{r}");
+        }
+    }
+
+    #[test]
+    fn text_offset_is_added_to_a_2m_base() {
+        let mut r = req(64 << 20, 8 << 20, None);
+        r.text_offset = LEGACY_TEXT_OFFSET;
+        let l = place(&r).unwrap();
+        assert_eq!(l.kernel.start, RAM_BASE + 0x8_0000);
+        assert_eq!((l.kernel.start - r.text_offset) % KERNEL_ALIGN, 0);
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit() {
+        // image_size (not file size) counts.
+        let e = place(&req(32 << 20, 31 << 20, None)).unwrap_err();
+        assert!(matches!(e, LayoutError::KernelDoesNotFit { .. }), "{e}");
+        assert!(e.to_string().contains("at least 34M"), "{e}");
+        // Exactly fits: kernel 30M + DTB 2M in 32M.
+        assert!(place(&req(32 << 20, 30 << 20, None)).is_ok());
+        let e = place(&req(64 << 20, 30 << 20, Some(40 << 20))).unwrap_err();
+        assert!(matches!(e, LayoutError::InitrdDoesNotFit { .. }), "{e}");
+        let e = place(&req(64 << 30, 30 << 20, Some(1 << 20))).unwrap_err();
+        assert!(matches!(e, LayoutError::InitrdOutsideWindow { .. }), "{e}");
+        let e = place(&req(u64::MAX - (1 << 20), 1, None)).unwrap_err();
+        assert!(matches!(e, LayoutError::RamOverflow { .. }), "{e}");
+        let mut r = req(64 << 20, u64::MAX, None);
+        r.text_offset = 0x8_0000;
+        assert!(place(&r).is_err());
+    }
+
+    use alloc::string::ToString;
+}

@@ -1,0 +1,698 @@
+//! Resolution: a validated [`SystemConfig`] + the files it names + the host (CPU features,
+//! physical CPUs, RAM for guests) → a [`SystemPlan`]: per VM the guest page size, the stage-2
+//! granule and geometry, the mapping mode, the memory layout and what goes where, the final
+//! command line, the device tree, and the report of every granule decision.
+
+use crate::cmdline;
+use crate::config::{
+    parse_config, ConfigError, ErrorKind, Errors, GranuleChoice, Mapping, PageSize, Pos,
+    Stage2Granule, SystemConfig, VmConfig,
+};
+use crate::fdt::{guest_dtb, DtbInput};
+use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
+use crate::layout::{place, Layout, LayoutRequest};
+use crate::size::format_size;
+use alloc::borrow::Cow;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::fmt::Write as _;
+use core::ops::Range;
+use stage2::geometry::{Geometry, GeometryError};
+use stage2::{CpuFeatures, Granule, GranuleRefusal, Stage};
+
+/// Where the files a config names come from: the disk (the CLI, relative to the config file)
+/// or a boot bundle (relative to the archive root). Paths are passed as written in the config.
+pub trait FileSource {
+    /// The bytes of `path`, or `None` when it does not exist.
+    fn file(&self, path: &str) -> Option<&[u8]>;
+}
+
+impl FileSource for BTreeMap<String, Vec<u8>> {
+    fn file(&self, path: &str) -> Option<&[u8]> {
+        self.get(path).map(Vec::as_slice)
+    }
+}
+
+/// The machine the system will run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The CPU features hyp acts on (ID registers and the hide mask).
+    pub cpu: CpuFeatures,
+    /// Physical CPUs (each vCPU is pinned to one).
+    pub cpus: u32,
+    /// Bytes of RAM available for guests.
+    pub guest_ram: u64,
+}
+
+/// Why one candidate page size was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The CPU lacks the granule at stage 1 (the guest's own tables).
+    Cpu(GranuleRefusal),
+    /// `stage2.granule = "page_size"`, and the CPU lacks the granule at stage 2.
+    Stage2(GranuleRefusal),
+    /// `stage2.granule = "page_size"`, and no stage-2 geometry exists for it.
+    Geometry(GeometryError),
+    /// The kernel is built for another page size.
+    KernelHeader {
+        /// The page size in the Image header.
+        header: Granule,
+        /// The header's flags.
+        flags: u64,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Cpu(r) => r.fmt(f),
+            Refusal::Stage2(r) => write!(f, "stage2.granule follows page_size, but {r}"),
+            Refusal::Geometry(e) => write!(f, "stage2.granule follows page_size, but {e}"),
+            Refusal::KernelHeader { header, flags } => write!(
+                f,
+                "the kernel is built for {header} pages only (Image header flags {flags:#x}, \
+                 page-size field {})",
+                (flags >> 1) & 3
+            ),
+        }
+    }
+}
+
+/// One candidate that was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// The page size tried.
+    pub granule: Granule,
+    /// Where it came from: `page_size` or `fallback[i]`.
+    pub from: Source,
+    /// Why it was refused.
+    pub refusal: Refusal,
+}
+
+/// Where the chosen page size came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `page_size` as written.
+    PageSize,
+    /// `page_size = "kernel"` and the Image header names it.
+    KernelHeader,
+    /// `page_size = "kernel"`, the header leaves it unspecified: the first granule the CPU
+    /// supports at stage 1 (and at stage 2 when `stage2.granule = "page_size"`) in the order
+    /// 4K, 16K, 64K.
+    KernelAuto,
+    /// `fallback[i]`.
+    Fallback(usize),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::PageSize => f.write_str("page_size"),
+            Source::KernelHeader => f.write_str("the kernel's Image header"),
+            Source::KernelAuto => {
+                f.write_str("the CPU (the kernel's Image header leaves it unspecified)")
+            }
+            Source::Fallback(i) => write!(f, "fallback[{i}]"),
+        }
+    }
+}
+
+/// How the guest page size was chosen: the request, every refused candidate, the result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// `page_size` as written.
+    pub requested: PageSize,
+    /// The Image header's page size (`None`: unspecified).
+    pub header: Option<Granule>,
+    /// Candidates refused, in the order tried.
+    pub refused: Vec<Attempt>,
+    /// The page size chosen and where it came from (`None`: the VM is refused).
+    pub chosen: Option<(Granule, Source)>,
+}
+
+impl Decision {
+    /// `16K (page_size): <reason>; 4K (fallback[0]): <reason>`.
+    pub fn refusals(&self) -> String {
+        let mut s = String::new();
+        for (i, a) in self.refused.iter().enumerate() {
+            if i > 0 {
+                s.push_str("; ");
+            }
+            let _ = write!(s, "{} ({}) refused: {}", a.granule, a.from, a.refusal);
+        }
+        if s.is_empty() {
+            s.push_str("no candidate");
+        }
+        s
+    }
+
+    /// Whether a fallback was used.
+    pub fn fell_back(&self) -> bool {
+        matches!(self.chosen, Some((_, Source::Fallback(_))))
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.chosen {
+            Some((g, from)) if self.refused.is_empty() => write!(f, "{g} from {from}"),
+            Some((g, from)) => write!(f, "{}; {g} from {from}", self.refusals()),
+            None => write!(f, "refused: {}", self.refusals()),
+        }
+    }
+}
+
+/// hyp's own stage-1 granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HypPlan {
+    /// `[hypervisor] granule` as written.
+    pub requested: GranuleChoice,
+    /// The granule hyp will use.
+    pub granule: Granule,
+    /// Why the requested granule was not used (then `auto` was).
+    pub refused: Option<GranuleRefusal>,
+}
+
+/// One thing to copy into a VM's memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadItem<'p> {
+    /// `kernel`, `initrd` or `dtb`.
+    pub what: &'static str,
+    /// Its IPA.
+    pub ipa: u64,
+    /// Its bytes.
+    pub data: &'p [u8],
+}
+
+/// A VM, resolved and ready to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmPlan<'a> {
+    /// The VM's name.
+    pub name: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// The physical CPUs its vCPUs are pinned to (vCPU i on `cpus.start + i`).
+    pub cpus: Range<u32>,
+    /// RAM in bytes.
+    pub memory: u64,
+    /// The guest's page size (its stage-1 granule; `arm64.pagesize=`).
+    pub page_size: Granule,
+    /// The granules the VM's `ID_AA64MMFR0_EL1` view should advertise at stage 1 (a mask of
+    /// [`Granule::bit`]): only `page_size` when the config names it, every granule the CPU
+    /// has when `page_size = "kernel"`.
+    pub advertised_granules: u8,
+    /// How the page size was chosen.
+    pub decision: Decision,
+    /// The stage-2 granule.
+    pub stage2_granule: Granule,
+    /// IPA bits.
+    pub ipa_bits: u32,
+    /// The stage-2 geometry (start level, root tables, VTCR fields).
+    pub geometry: Geometry,
+    /// Eager or lazy stage-2 mapping.
+    pub mapping: Mapping,
+    /// The final command line (with `arm64.pagesize=`).
+    pub cmdline: String,
+    /// Where everything goes.
+    pub layout: Layout,
+    /// The kernel's Image header.
+    pub kernel_header: ImageHeader,
+    /// The kernel file was gzip (then `kernel` holds the inflated bytes).
+    pub kernel_gzip: bool,
+    /// The kernel Image bytes (to copy to `layout.kernel.start`; zero the rest of
+    /// `layout.kernel` as BSS).
+    pub kernel: Cow<'a, [u8]>,
+    /// The initrd bytes.
+    pub initrd: Option<&'a [u8]>,
+    /// The device tree blob (to copy to `layout.dtb()`; x0 at entry).
+    pub dtb: Vec<u8>,
+}
+
+impl VmPlan<'_> {
+    /// What to copy where.
+    pub fn load_items(&self) -> Vec<LoadItem<'_>> {
+        let mut v = Vec::with_capacity(3);
+        v.push(LoadItem {
+            what: "kernel",
+            ipa: self.layout.kernel.start,
+            data: &self.kernel,
+        });
+        if let (Some(r), Some(d)) = (self.layout.initrd, self.initrd) {
+            v.push(LoadItem {
+                what: "initrd",
+                ipa: r.start,
+                data: d,
+            });
+        }
+        v.push(LoadItem {
+            what: "dtb",
+            ipa: self.layout.dtb(),
+            data: &self.dtb,
+        });
+        v
+    }
+
+    /// The stable line `vm <name>: stage-2 granule 4K, ipa 40 bits, start level 1, 2 root tables`.
+    pub fn stage2_line(&self) -> String {
+        format!(
+            "vm {}: stage-2 granule {}, ipa {} bits, start level {}, {} root table{}",
+            self.name,
+            self.stage2_granule,
+            self.ipa_bits,
+            self.geometry.start_level(),
+            self.geometry.root_tables(),
+            if self.geometry.root_tables() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        )
+    }
+
+    /// The stable line `vm <name>: guest page size 16K (arm64.pagesize=16k)`.
+    pub fn page_size_line(&self) -> String {
+        format!(
+            "vm {}: guest page size {} (arm64.pagesize={})",
+            self.name,
+            self.page_size,
+            self.page_size.name()
+        )
+    }
+}
+
+/// The whole system, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemPlan<'a> {
+    /// hyp's own granule.
+    pub hyp: HypPlan,
+    /// The VMs, in config order.
+    pub vms: Vec<VmPlan<'a>>,
+}
+
+impl SystemPlan<'_> {
+    /// The plan as the CLI's `check` prints it, one fact per line (the two stable lines of
+    /// the architecture document included).
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let h = &self.hyp;
+        // Not hyp's own boot line (`hyp: el2 granule ..`), so that a log holding both cannot
+        // confuse a test that looks for hyp's.
+        let _ = write!(
+            s,
+            "system: hyp el2 granule {} (granule = \"{}\")",
+            h.granule, h.requested
+        );
+        if let Some(r) = h.refused {
+            let _ = write!(s, "; {r}, using auto");
+        }
+        s.push('\n');
+        if self.vms.is_empty() {
+            s.push_str("system: no VMs\n");
+        }
+        for vm in &self.vms {
+            let n = &vm.name;
+            let _ = writeln!(
+                s,
+                "vm {n}: {} vCPU{} on cpus {}..={}, memory {}",
+                vm.vcpus,
+                if vm.vcpus == 1 { "" } else { "s" },
+                vm.cpus.start,
+                vm.cpus.end - 1,
+                format_size(vm.memory)
+            );
+            let _ = writeln!(s, "{}", vm.page_size_line());
+            let _ = writeln!(s, "vm {n}: page size decision: {}", vm.decision);
+            let _ = writeln!(s, "{}", vm.stage2_line());
+            let _ = writeln!(
+                s,
+                "vm {n}: stage-2 VTCR_EL2 TG0 {:#04b}, SL0 {}, T0SZ {}; mapping {}",
+                vm.geometry.tg0(),
+                vm.geometry.sl0(),
+                vm.geometry.t0sz(),
+                vm.mapping
+            );
+            let h = &vm.kernel_header;
+            let _ = writeln!(
+                s,
+                "vm {n}: kernel {} ({}{} bytes, text_offset {:#x}, image_size {:#x}, flags {:#x})",
+                vm.layout.kernel,
+                if vm.kernel_gzip { "gzip, " } else { "" },
+                vm.kernel.len(),
+                h.text_offset,
+                h.image_size,
+                h.flags
+            );
+            if let Some(r) = vm.layout.initrd {
+                let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.size);
+            }
+            let _ = writeln!(
+                s,
+                "vm {n}: dtb {:#x} ({} bytes), ram {}",
+                vm.layout.dtb(),
+                vm.dtb.len(),
+                vm.layout.ram
+            );
+            let _ = writeln!(s, "vm {n}: cmdline \"{}\"", vm.cmdline);
+        }
+        s
+    }
+}
+
+struct Resolver<'c, 'a, F: ?Sized> {
+    cfg: &'c SystemConfig,
+    files: &'a F,
+    host: &'c Host,
+    errors: Vec<ConfigError>,
+}
+
+impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
+    fn err(&mut self, vm: &VmConfig, pos: Pos, key: &str, kind: ErrorKind) {
+        self.errors.push(ConfigError {
+            file: self.cfg.file.clone(),
+            pos: Some(pos),
+            vm: Some(vm.name.clone()),
+            key: Some(key.into()),
+            kind,
+        });
+    }
+
+    fn read(&mut self, vm: &VmConfig, path: &str, pos: Pos, key: &str) -> Option<&'a [u8]> {
+        match self.files.file(path) {
+            None => {
+                self.err(vm, pos, key, ErrorKind::MissingFile { path: path.into() });
+                None
+            }
+            Some([]) => {
+                self.err(vm, pos, key, ErrorKind::EmptyFile { path: path.into() });
+                None
+            }
+            Some(d) => Some(d),
+        }
+    }
+
+    fn stage2_for(&self, vm: &VmConfig, g: Granule) -> Result<Geometry, GeometryError> {
+        Geometry::stage2(g, vm.stage2.ipa_bits, &self.host.cpu)
+    }
+
+    /// Tries `page_size`, then each fallback.
+    fn decide(&self, vm: &VmConfig, header: &ImageHeader) -> Decision {
+        let cpu = &self.host.cpu;
+        let mut candidates: Vec<(Granule, Source)> = Vec::new();
+        match vm.page_size {
+            PageSize::Fixed(g) => candidates.push((g, Source::PageSize)),
+            PageSize::Kernel => match header.page_size {
+                Some(g) => candidates.push((g, Source::KernelHeader)),
+                // Every granule the CPU has at stage 1, in the `auto` order, so that a stage-2
+                // refusal moves on to the next.
+                None => candidates.extend(
+                    Granule::ALL
+                        .into_iter()
+                        .filter(|&g| cpu.stage1(g).is_ok())
+                        .map(|g| (g, Source::KernelAuto)),
+                ),
+            },
+        }
+        candidates.extend(
+            vm.fallback
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| (g, Source::Fallback(i))),
+        );
+        let mut d = Decision {
+            requested: vm.page_size,
+            header: header.page_size,
+            refused: Vec::new(),
+            chosen: None,
+        };
+        for (g, from) in candidates {
+            let refusal = if let Some(h) = header.page_size.filter(|&h| h != g) {
+                Some(Refusal::KernelHeader {
+                    header: h,
+                    flags: header.flags,
+                })
+            } else if let Err(r) = cpu.stage1(g) {
+                Some(Refusal::Cpu(r))
+            } else if vm.stage2.granule == Stage2Granule::PageSize {
+                match self.stage2_for(vm, g) {
+                    Ok(_) => None,
+                    Err(GeometryError::Granule(r)) => Some(Refusal::Stage2(r)),
+                    Err(e) => Some(Refusal::Geometry(e)),
+                }
+            } else {
+                None
+            };
+            match refusal {
+                Some(refusal) => d.refused.push(Attempt {
+                    granule: g,
+                    from,
+                    refusal,
+                }),
+                None => {
+                    d.chosen = Some((g, from));
+                    break;
+                }
+            }
+        }
+        d
+    }
+
+    fn vm(&mut self, vm: &VmConfig, cpus: Range<u32>) -> Option<VmPlan<'a>> {
+        let before = self.errors.len();
+        let cpu = self.host.cpu;
+        let ipa = vm.stage2.ipa_bits;
+        // IPA size against PARange.
+        if ipa > cpu.pa_bits() {
+            self.err(
+                vm,
+                vm.pos.ipa_bits,
+                "stage2.ipa_bits",
+                ErrorKind::IpaBeyondPaRange {
+                    ipa_bits: ipa,
+                    pa_bits: cpu.pa_bits(),
+                    parange: cpu.pa_range(),
+                },
+            );
+        } else if let Stage2Granule::Fixed(g) = vm.stage2.granule {
+            // An explicit stage-2 granule has no fallback.
+            match self.stage2_for(vm, g) {
+                Ok(_) => {}
+                Err(GeometryError::Granule(r)) => self.err(
+                    vm,
+                    vm.pos.stage2_granule,
+                    "stage2.granule",
+                    ErrorKind::Stage2Granule(r),
+                ),
+                Err(e) => self.err(
+                    vm,
+                    vm.pos.ipa_bits,
+                    "stage2.ipa_bits",
+                    ErrorKind::Geometry {
+                        granule: g,
+                        ipa_bits: ipa,
+                        reason: e.to_string(),
+                    },
+                ),
+            }
+        }
+        let kernel_file = self.read(vm, &vm.kernel, vm.pos.kernel, "kernel");
+        let initrd = match &vm.initrd {
+            Some(p) => self.read(vm, p, vm.pos.initrd, "initrd"),
+            None => None,
+        };
+        let kernel = match kernel_file.map(|k| load_kernel(k, vm.memory.min(MAX_IMAGE_SIZE))) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                self.err(vm, vm.pos.kernel, "kernel", ErrorKind::Image(e));
+                None
+            }
+            None => None,
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        let kernel = kernel?;
+        let decision = self.decide(vm, &kernel.header);
+        let Some((page_size, _)) = decision.chosen else {
+            self.err(
+                vm,
+                vm.pos.page_size,
+                "page_size",
+                ErrorKind::NoPageSize(decision),
+            );
+            return None;
+        };
+        let stage2_granule = match vm.stage2.granule {
+            Stage2Granule::Fixed(g) => g,
+            Stage2Granule::PageSize => page_size,
+        };
+        let geometry = match self.stage2_for(vm, stage2_granule) {
+            Ok(g) => g,
+            Err(e) => {
+                // Checked above for both forms; kept as an error, never a panic.
+                self.err(
+                    vm,
+                    vm.pos.stage2_granule,
+                    "stage2.granule",
+                    ErrorKind::Geometry {
+                        granule: stage2_granule,
+                        ipa_bits: ipa,
+                        reason: e.to_string(),
+                    },
+                );
+                return None;
+            }
+        };
+        let cmdline = match cmdline::build(&vm.cmdline, page_size) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(vm, vm.pos.cmdline, "cmdline", ErrorKind::Cmdline(e));
+                return None;
+            }
+        };
+        let layout = match place(&LayoutRequest {
+            memory: vm.memory,
+            text_offset: kernel.header.text_offset,
+            image_size: kernel.header.image_size,
+            file_size: kernel.data.len() as u64,
+            initrd_size: initrd.map(|i| i.len() as u64),
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                self.err(vm, vm.pos.memory, "memory", ErrorKind::Layout(e));
+                return None;
+            }
+        };
+        let dtb = match guest_dtb(&DtbInput {
+            vcpus: vm.vcpus,
+            ram: layout.ram,
+            cmdline: &cmdline,
+            initrd: layout.initrd,
+        }) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(vm, vm.pos.cmdline, "cmdline", ErrorKind::Dtb(e));
+                return None;
+            }
+        };
+        let advertised_granules = match vm.page_size {
+            PageSize::Fixed(_) => page_size.bit(),
+            PageSize::Kernel => Granule::ALL
+                .into_iter()
+                .filter(|&g| cpu.stage1(g).is_ok())
+                .fold(0, |m, g| m | g.bit()),
+        };
+        Some(VmPlan {
+            name: vm.name.clone(),
+            vcpus: vm.vcpus,
+            cpus,
+            memory: vm.memory,
+            page_size,
+            advertised_granules,
+            decision,
+            stage2_granule,
+            ipa_bits: ipa,
+            geometry,
+            mapping: vm.stage2.mapping,
+            cmdline,
+            layout,
+            kernel_header: kernel.header,
+            kernel_gzip: kernel.gzip,
+            kernel: kernel.data,
+            initrd,
+            dtb,
+        })
+    }
+}
+
+/// Resolves a parsed config against the host and the files.
+pub fn plan_system<'a, F: FileSource + ?Sized>(
+    cfg: &SystemConfig,
+    files: &'a F,
+    host: &Host,
+) -> Result<SystemPlan<'a>, Errors> {
+    let mut r = Resolver {
+        cfg,
+        files,
+        host,
+        errors: Vec::new(),
+    };
+    // hyp's granule: a granule the CPU lacks falls back to auto, with the reason.
+    let auto = host.cpu.auto(Stage::One);
+    let (granule, refused) = match cfg.granule {
+        GranuleChoice::Fixed(g) => match host.cpu.stage1(g) {
+            Ok(()) => (Some(g), None),
+            Err(e) => (auto, Some(e)),
+        },
+        GranuleChoice::Auto => (auto, None),
+    };
+    if granule.is_none() {
+        r.errors.push(ConfigError {
+            file: cfg.file.clone(),
+            pos: Some(cfg.granule_pos),
+            vm: None,
+            key: Some("hypervisor.granule".into()),
+            kind: ErrorKind::NoHypGranule,
+        });
+    }
+    let mut vms = Vec::new();
+    let (mut used_cpus, mut used_ram) = (0u32, 0u64);
+    for vm in &cfg.vms {
+        let free_cpus = host.cpus.saturating_sub(used_cpus);
+        if vm.vcpus > free_cpus {
+            r.err(
+                vm,
+                vm.pos.vcpus,
+                "vcpus",
+                ErrorKind::TooManyVcpus {
+                    asked: vm.vcpus,
+                    free: free_cpus,
+                    host: host.cpus,
+                },
+            );
+        }
+        let free_ram = host.guest_ram.saturating_sub(used_ram);
+        if vm.memory > free_ram {
+            r.err(
+                vm,
+                vm.pos.memory,
+                "memory",
+                ErrorKind::OutOfMemory {
+                    asked: vm.memory,
+                    free: free_ram,
+                    host: host.guest_ram,
+                },
+            );
+        }
+        let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
+        used_cpus = used_cpus.saturating_add(vm.vcpus);
+        used_ram = used_ram.saturating_add(vm.memory);
+        if let Some(p) = r.vm(vm, cpus) {
+            vms.push(p);
+        }
+    }
+    match (granule, r.errors.is_empty()) {
+        (Some(granule), true) => Ok(SystemPlan {
+            hyp: HypPlan {
+                requested: cfg.granule,
+                granule,
+                refused,
+            },
+            vms,
+        }),
+        _ => Err(Errors(r.errors)),
+    }
+}
+
+/// Parses `text` (named `file` in errors) and resolves it.
+pub fn plan_text<'a, F: FileSource + ?Sized>(
+    file: &str,
+    text: &str,
+    files: &'a F,
+    host: &Host,
+) -> Result<SystemPlan<'a>, Errors> {
+    let cfg = parse_config(file, text)?;
+    plan_system(&cfg, files, host)
+}

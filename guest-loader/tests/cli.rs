@@ -1,0 +1,161 @@
+//! The `guest-loader` binary: outputs and exit codes of `check`, `dtb` and `bundle`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup(tag: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("gl-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(d.join("guests")).unwrap();
+    for (name, data) in common::files() {
+        std::fs::write(d.join("guests").join(name), data).unwrap();
+    }
+    std::fs::write(
+        d.join("sys.toml"),
+        "[hypervisor]\ngranule = \"16k\"\n\n[[vm]]\nname = \"web\"\nvcpus = 2\nmemory = \"256M\"\n\
+         kernel = \"guests/k16.img\"\ninitrd = \"guests/initrd.cpio\"\ncmdline = \"console=ttyAMA0\"\n\
+         page_size = \"16k\"\nfallback = [\"4k\"]\n",
+    )
+    .unwrap();
+    Dir(d)
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_guest-loader"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_prints_the_plan() {
+    let d = setup("check");
+    let out = run(&d.0, &["check", "sys.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for line in [
+        "host: cpu max, 4 cpus, 2G RAM (1920M for guests)",
+        "system: hyp el2 granule 16K (granule = \"16k\")",
+        "vm web: 2 vCPUs on cpus 0..=1, memory 256M",
+        "vm web: guest page size 16K (arm64.pagesize=16k)",
+        "vm web: stage-2 granule 16K, ipa 40 bits, start level 2, 16 root tables",
+        "vm web: cmdline \"console=ttyAMA0 arm64.pagesize=16k\"",
+        "ok: 1 VM",
+    ] {
+        assert!(s.lines().any(|l| l == line), "missing {line:?} in\n{s}");
+    }
+    assert!(s.contains("vm web: kernel 0x40000000..0x42000000"), "{s}");
+}
+
+#[test]
+fn check_refuses_with_exit_1_and_every_error() {
+    let d = setup("refuse");
+    // cortex-a72 has no 16K: hyp falls back to 4K, the VM is refused (its 16K-only kernel
+    // cannot take the 4K fallback), and with --smp 1 the vCPUs do not fit either.
+    let out = run(
+        &d.0,
+        &["check", "sys.toml", "--cpu", "cortex-a72", "--smp", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert_eq!(
+        e.lines().filter(|l| l.starts_with("error: ")).count(),
+        2,
+        "{e}"
+    );
+    assert!(
+        e.contains("sys.toml:6:9: vm \"web\": vcpus: 2 vCPUs asked but only 1"),
+        "{e}"
+    );
+    assert!(e.contains("TGran16 = 0b0000"), "{e}");
+    assert!(
+        e.contains("4K (fallback[0]) refused: the kernel is built for 16K pages"),
+        "{e}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = setup("usage");
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["check"],
+        &["check", "sys.toml", "--cpu", "pentium"],
+        &["check", "sys.toml", "--smp", "0"],
+        &["check", "sys.toml", "--mem", "lots"],
+        &["check", "no-such.toml"],
+        &["dtb", "sys.toml", "-o", "x.dtb"],
+        &["bundle", "sys.toml"],
+    ] {
+        let out = run(&d.0, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn dtb_and_bundle_write_files() {
+    let d = setup("out");
+    let out = run(&d.0, &["dtb", "sys.toml", "--vm", "web", "-o", "web.dtb"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dtb = std::fs::read(d.0.join("web.dtb")).unwrap();
+    assert_eq!(&dtb[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
+    let out = run(&d.0, &["dtb", "sys.toml", "--vm", "nope", "-o", "n.dtb"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no VM named \"nope\"; the config has: web"));
+
+    let out = run(&d.0, &["bundle", "sys.toml", "-o", "sys.bundle"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("bundle sys.bundle: "));
+    let bytes = std::fs::read(d.0.join("sys.bundle")).unwrap();
+    let b = guest_loader::Bundle::parse(&bytes).unwrap();
+    assert!(b.config().contains("kernel = \"files/k16.img\""));
+    let plan = b.plan(&common::host()).unwrap();
+    assert_eq!(plan.vms[0].dtb, dtb);
+
+    // A bundle of a config with a missing file fails with 1.
+    std::fs::write(
+        d.0.join("missing.toml"),
+        "[[vm]]\nname = \"m\"\nmemory = \"64M\"\nkernel = \"guests/none\"\n",
+    )
+    .unwrap();
+    let out = run(&d.0, &["bundle", "missing.toml", "-o", "m.bundle"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr)
+        .contains("missing.toml:4:10: vm \"m\": kernel: file \"guests/none\" not found"));
+}
+
+#[test]
+fn granule_and_hide_options() {
+    let d = setup("opts");
+    let out = run(&d.0, &["check", "sys.toml", "--granule", "64k"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("system: hyp el2 granule 64K (granule = \"64k\")"));
+    let out = run(&d.0, &["check", "sys.toml", "--hide-granules", "16k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("hidden by hyp.hide-granules"));
+    let out = run(&d.0, &["check", "sys.toml", "--mem", "256M"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("of guest RAM is left"));
+}

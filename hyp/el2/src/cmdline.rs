@@ -1,0 +1,329 @@
+//! hyp's own command line (`/chosen/bootargs` of the host device tree).
+//!
+//! Recognised words (everything else is ignored, so a shared command line can carry other
+//! software's options):
+//! - `hyp.granule=4k|16k|64k|auto`: hyp's EL2 stage-1 granule (default `auto`).
+//! - `hyp.hide-granules=LIST`: granules treated as absent everywhere (`4k,64k`, any subset).
+//! - `hyp.log=error|warn|info|debug|trace`: log level (default `info`).
+//! - `hyp.test=exception|panic|write-text|exec-data|stack-overflow|smp-work|map-device|none`: test-only switches that exercise
+//!   the failure paths and W^X.
+//!
+//! A `hyp.` word with an unknown key or a bad value is an error: a typo must not silently
+//! change which granule hyp runs with.
+
+use core::fmt;
+use stage2::cpu::parse_granule_list;
+use stage2::Granule;
+
+/// What `hyp.granule=` asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GranuleRequest {
+    /// The first granule the CPU supports in the order 4K, 16K, 64K.
+    #[default]
+    Auto,
+    /// One granule; falls back to [`GranuleRequest::Auto`] with a message if the CPU lacks it.
+    Fixed(Granule),
+}
+
+impl fmt::Display for GranuleRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GranuleRequest::Auto => f.write_str("auto"),
+            GranuleRequest::Fixed(g) => f.write_str(g.name()),
+        }
+    }
+}
+
+/// A failure path to exercise on purpose (`hyp.test=`), used by the QEMU tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TestSwitch {
+    /// Normal boot.
+    #[default]
+    None,
+    /// Take an unexpected synchronous exception at EL2 (a data abort on an unmapped address)
+    /// after boot, to exercise the exception report and the failure marker.
+    Exception,
+    /// Panic after boot, to exercise the panic report and the failure marker.
+    Panic,
+    /// Store into hyp's own text: must take a permission fault (W^X).
+    WriteText,
+    /// Branch into hyp's data: must take an instruction permission fault (W^X).
+    ExecData,
+    /// Recurse until the stack overflows into its guard page: must be reported (on the
+    /// separate exception stack), not hang.
+    StackOverflow,
+    /// Give every secondary CPU work through its mailbox and wait until all ran it (a normal
+    /// boot otherwise).
+    SmpWork,
+    /// Map a device the boot map lacks (the PL031 RTC) into the live EL2 map and read its ID
+    /// register (a normal boot otherwise).
+    MapDevice,
+}
+
+/// The log level of `hyp.log=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default: the stable output lines.
+    #[default]
+    Info,
+    /// Boot details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// hyp's parsed command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Cmdline {
+    /// `hyp.granule=`.
+    pub granule: GranuleRequest,
+    /// `hyp.hide-granules=` as a mask of [`Granule::bit`].
+    pub hide_granules: u8,
+    /// `hyp.log=`.
+    pub log_level: LogLevel,
+    /// `hyp.test=`.
+    pub test: TestSwitch,
+}
+
+/// A bad `hyp.` word on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdlineError<'a> {
+    /// A `hyp.` key hyp does not know.
+    UnknownKey {
+        /// The whole word, e.g. `hyp.granul=4k`.
+        word: &'a str,
+    },
+    /// A known key with a value it does not accept.
+    BadValue {
+        /// The key, e.g. `hyp.granule`.
+        key: &'static str,
+        /// The value given.
+        value: &'a str,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for CmdlineError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineError::UnknownKey { word } => write!(
+                f,
+                "unknown option `{word}` on hyp's command line; known: hyp.granule=, \
+                 hyp.hide-granules=, hyp.log=, hyp.test="
+            ),
+            CmdlineError::BadValue {
+                key,
+                value,
+                expected,
+            } => write!(f, "bad value `{key}={value}`: expected {expected}"),
+        }
+    }
+}
+
+const GRANULE_EXPECTED: &str = "one of 4k, 16k, 64k, auto";
+const HIDE_EXPECTED: &str = "a comma-separated list of 4k, 16k, 64k (may be empty)";
+const LOG_EXPECTED: &str = "one of error, warn, info, debug, trace";
+const TEST_EXPECTED: &str =
+    "one of none, exception, panic, write-text, exec-data, stack-overflow, smp-work, \
+     map-device";
+
+impl Cmdline {
+    /// Parses a whole command line. Words are separated by ASCII whitespace; the last
+    /// occurrence of a key wins (as for Linux parameters).
+    pub fn parse(line: &str) -> Result<Cmdline, CmdlineError<'_>> {
+        let mut c = Cmdline::default();
+        for word in line.split_ascii_whitespace() {
+            let Some(rest) = word.strip_prefix("hyp.") else {
+                continue;
+            };
+            let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+            match key {
+                "granule" => {
+                    c.granule = if value.eq_ignore_ascii_case("auto") {
+                        GranuleRequest::Auto
+                    } else {
+                        match value.parse::<Granule>() {
+                            Ok(g) => GranuleRequest::Fixed(g),
+                            Err(_) => {
+                                return Err(CmdlineError::BadValue {
+                                    key: "hyp.granule",
+                                    value,
+                                    expected: GRANULE_EXPECTED,
+                                })
+                            }
+                        }
+                    }
+                }
+                "hide-granules" => {
+                    c.hide_granules =
+                        parse_granule_list(value).map_err(|_| CmdlineError::BadValue {
+                            key: "hyp.hide-granules",
+                            value,
+                            expected: HIDE_EXPECTED,
+                        })?
+                }
+                "log" => {
+                    c.log_level = match value {
+                        "error" => LogLevel::Error,
+                        "warn" => LogLevel::Warn,
+                        "info" => LogLevel::Info,
+                        "debug" => LogLevel::Debug,
+                        "trace" => LogLevel::Trace,
+                        _ => {
+                            return Err(CmdlineError::BadValue {
+                                key: "hyp.log",
+                                value,
+                                expected: LOG_EXPECTED,
+                            })
+                        }
+                    }
+                }
+                "test" => {
+                    c.test = match value {
+                        "none" => TestSwitch::None,
+                        "exception" => TestSwitch::Exception,
+                        "panic" => TestSwitch::Panic,
+                        "write-text" => TestSwitch::WriteText,
+                        "exec-data" => TestSwitch::ExecData,
+                        "stack-overflow" => TestSwitch::StackOverflow,
+                        "smp-work" => TestSwitch::SmpWork,
+                        "map-device" => TestSwitch::MapDevice,
+                        _ => {
+                            return Err(CmdlineError::BadValue {
+                                key: "hyp.test",
+                                value,
+                                expected: TEST_EXPECTED,
+                            })
+                        }
+                    }
+                }
+                _ => return Err(CmdlineError::UnknownKey { word }),
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn empty_and_foreign_words_give_defaults() {
+        assert_eq!(Cmdline::parse("").unwrap(), Cmdline::default());
+        let c = Cmdline::parse("console=ttyAMA0 earlycon  quiet\thyp").unwrap();
+        assert_eq!(c, Cmdline::default());
+        assert_eq!(c.granule, GranuleRequest::Auto);
+        assert_eq!(c.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn granule_values() {
+        for (s, want) in [
+            ("hyp.granule=4k", GranuleRequest::Fixed(Granule::K4)),
+            ("hyp.granule=16k", GranuleRequest::Fixed(Granule::K16)),
+            ("hyp.granule=64K", GranuleRequest::Fixed(Granule::K64)),
+            ("hyp.granule=auto", GranuleRequest::Auto),
+            ("hyp.granule=AUTO", GranuleRequest::Auto),
+            (
+                "hyp.granule=64k hyp.granule=4k",
+                GranuleRequest::Fixed(Granule::K4),
+            ),
+        ] {
+            assert_eq!(Cmdline::parse(s).unwrap().granule, want, "{s}");
+        }
+        let e = Cmdline::parse("quiet hyp.granule=8k").unwrap_err();
+        assert_eq!(
+            e,
+            CmdlineError::BadValue {
+                key: "hyp.granule",
+                value: "8k",
+                expected: GRANULE_EXPECTED
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "bad value `hyp.granule=8k`: expected one of 4k, 16k, 64k, auto"
+        );
+        assert!(Cmdline::parse("hyp.granule=").is_err());
+        assert!(Cmdline::parse("hyp.granule").is_err());
+    }
+
+    #[test]
+    fn hide_granules() {
+        let c = Cmdline::parse("hyp.hide-granules=4k,64k").unwrap();
+        assert_eq!(c.hide_granules, Granule::K4.bit() | Granule::K64.bit());
+        assert_eq!(
+            Cmdline::parse("hyp.hide-granules=").unwrap().hide_granules,
+            0
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.hide-granules=16k")
+                .unwrap()
+                .hide_granules,
+            Granule::K16.bit()
+        );
+        let e = Cmdline::parse("hyp.hide-granules=4k,2k").unwrap_err();
+        assert!(e.to_string().contains("hyp.hide-granules=4k,2k"), "{e}");
+    }
+
+    #[test]
+    fn test_switches_and_log() {
+        assert_eq!(
+            Cmdline::parse("hyp.test=exception").unwrap().test,
+            TestSwitch::Exception
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=panic").unwrap().test,
+            TestSwitch::Panic
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=none").unwrap().test,
+            TestSwitch::None
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=write-text").unwrap().test,
+            TestSwitch::WriteText
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=exec-data").unwrap().test,
+            TestSwitch::ExecData
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=stack-overflow").unwrap().test,
+            TestSwitch::StackOverflow
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=smp-work").unwrap().test,
+            TestSwitch::SmpWork
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.test=map-device").unwrap().test,
+            TestSwitch::MapDevice
+        );
+        assert!(Cmdline::parse("hyp.test=reboot").is_err());
+        assert_eq!(
+            Cmdline::parse("hyp.log=debug").unwrap().log_level,
+            LogLevel::Debug
+        );
+        assert!(Cmdline::parse("hyp.log=loud").is_err());
+    }
+
+    #[test]
+    fn unknown_hyp_key_is_an_error_naming_the_word() {
+        let e = Cmdline::parse("hyp.granul=4k").unwrap_err();
+        assert_eq!(
+            e,
+            CmdlineError::UnknownKey {
+                word: "hyp.granul=4k"
+            }
+        );
+        assert!(e.to_string().starts_with("unknown option `hyp.granul=4k`"));
+    }
+}

@@ -1,0 +1,206 @@
+//! Page-table memory for hyp: a [`TableAlloc`] over identity-mapped RAM (the one place where
+//! table frames become slices), and `HwMaintenance` (aarch64 only), the real barriers, TLBIs and cache
+//! operations behind `stage2`'s `Maintenance`.
+
+use alloc::vec::Vec;
+use stage2::{Granule, TableAlloc};
+
+use crate::dt::PhysRange;
+
+/// Where frames come from: `alloc(size, align)` returns a physical address (identity mapped),
+/// or `None` when memory is exhausted.
+pub type FrameSource = fn(u64, u64) -> Option<u64>;
+
+/// Table frames from a [`FrameSource`], recycled through a free list.
+pub struct FrameAlloc {
+    source: FrameSource,
+    /// Every frame handed out lies in this range (checked before making a slice).
+    bounds: PhysRange,
+    free: Vec<(u64, u64)>,
+    live_bytes: u64,
+}
+
+impl FrameAlloc {
+    /// A frame allocator taking memory from `source`, which only returns addresses in
+    /// `bounds`.
+    ///
+    /// # Safety
+    /// Every range `source` returns must be RAM inside `bounds`, readable and writable at
+    /// VA = PA (identity mapped, or the MMU off) for as long as this allocator or any table
+    /// built with it lives, and used by nothing else.
+    pub unsafe fn new(source: FrameSource, bounds: PhysRange) -> Self {
+        FrameAlloc {
+            source,
+            bounds,
+            free: Vec::new(),
+            live_bytes: 0,
+        }
+    }
+
+    /// Bytes of tables currently allocated.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    fn check(&self, pa: u64, bytes: u64) -> *mut u64 {
+        let end = pa.checked_add(bytes);
+        if !pa.is_multiple_of(8)
+            || !self.bounds.contains(pa)
+            || end.is_none_or(|e| e > self.bounds.end())
+        {
+            // A table address that did not come from here is a bug in the table code; making
+            // a slice of it would corrupt memory, so stop.
+            panic!(
+                "invariant: table {pa:#x}+{bytes:#x} outside the frame range {}",
+                self.bounds
+            );
+        }
+        pa as *mut u64
+    }
+}
+
+impl TableAlloc for FrameAlloc {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+        let bytes = granule.size().checked_mul(count as u64)?;
+        let pa = match self.free.iter().position(|&(_, b)| b == bytes) {
+            Some(i) if self.free[i].0.is_multiple_of(bytes) => self.free.swap_remove(i).0,
+            _ => (self.source)(bytes, bytes)?,
+        };
+        let p = self.check(pa, bytes);
+        // SAFETY: `pa..pa + bytes` came from the source (or our free list of its frames),
+        // which `new`'s contract makes RAM, identity mapped, writable and ours alone.
+        unsafe { core::ptr::write_bytes(p, 0, (bytes / 8) as usize) };
+        self.live_bytes += bytes;
+        Some(pa)
+    }
+
+    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
+        let bytes = granule.size() * count as u64;
+        self.live_bytes = self.live_bytes.saturating_sub(bytes);
+        self.free.push((pa, bytes));
+    }
+
+    fn table(&self, pa: u64, granule: Granule) -> &[u64] {
+        let p = self.check(pa, granule.size());
+        // SAFETY: `pa` is a table this allocator handed out (TableAlloc's contract, and
+        // `check` keeps it inside our RAM); it is identity mapped and the borrow of `self`
+        // keeps the table from being freed or handed out meanwhile.
+        unsafe { core::slice::from_raw_parts(p, granule.entries()) }
+    }
+
+    fn table_mut(&mut self, pa: u64, granule: Granule) -> &mut [u64] {
+        let p = self.check(pa, granule.size());
+        // SAFETY: as in `table`; the `&mut self` borrow makes this the only slice of it.
+        unsafe { core::slice::from_raw_parts_mut(p, granule.entries()) }
+    }
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use hw::HwMaintenance;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod hw {
+    use crate::arch::tlb::raw;
+    use crate::arch::{barrier, cache, sysreg};
+    use stage2::{MaintOp, Maintenance};
+
+    /// `stage2::Maintenance` with the real instructions.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct HwMaintenance;
+
+    /// Runs `f` with `vmid` in VTTBR_EL2.VMID (bits \[63:48\]), restoring the old value after:
+    /// stage-1/2 EL1 TLBIs act on the VMID in VTTBR_EL2 (Arm ARM D8.16).
+    fn with_vmid(vmid: u16, f: impl FnOnce()) {
+        let old = sysreg::vttbr_el2();
+        let want = (old & !(0xffff << 48)) | (u64::from(vmid) << 48);
+        if want == old {
+            f();
+            return;
+        }
+        // SAFETY: hyp runs at EL2 here, not a guest: only the VMID of VTTBR_EL2 matters until
+        // it is restored below, before any guest entry.
+        unsafe { sysreg::set_vttbr_el2(want) };
+        barrier::isb();
+        f();
+        // SAFETY: restores the value read above.
+        unsafe { sysreg::set_vttbr_el2(old) };
+        barrier::isb();
+    }
+
+    impl Maintenance for HwMaintenance {
+        fn op(&mut self, op: MaintOp) {
+            match op {
+                MaintOp::DsbIshSt => barrier::dsb_ishst(),
+                MaintOp::DsbIsh => barrier::dsb_ish(),
+                MaintOp::Isb => barrier::isb(),
+                MaintOp::TlbiIpas2e1is { vmid, operand } => {
+                    with_vmid(vmid, || raw::ipas2e1is(operand))
+                }
+                MaintOp::TlbiVmalle1is { vmid } => with_vmid(vmid, raw::vmalle1is),
+                MaintOp::TlbiVmalls12e1is { vmid } => with_vmid(vmid, raw::vmalls12e1is),
+                MaintOp::TlbiVae2is { operand } => raw::vae2is(operand),
+                MaintOp::TlbiAlle2is => raw::alle2is(),
+                MaintOp::TlbiVaae1is { operand } => raw::vaae1is(operand),
+                MaintOp::TlbiVmalle1Current => raw::vmalle1is(),
+                MaintOp::CleanDcachePoc { pa, len } => cache::clean_invalidate_to_poc(pa, len),
+                MaintOp::InvalidateIcachePou { .. } => cache::invalidate_icache_all(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host stands in for identity-mapped RAM with a leaked, aligned buffer.
+    fn arena(bytes: usize) -> PhysRange {
+        let layout = core::alloc::Layout::from_size_align(bytes, 0x1_0000).unwrap();
+        // SAFETY: non-zero size; the memory is leaked for the test's lifetime.
+        let p = unsafe { std::alloc::alloc(layout) } as u64;
+        PhysRange::new(p, bytes as u64)
+    }
+
+    static NEXT: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+
+    fn source(size: u64, align: u64) -> Option<u64> {
+        let mut g = NEXT.lock().unwrap();
+        let base = (g.0 + align - 1) & !(align - 1);
+        if base + size > g.1 {
+            return None;
+        }
+        g.0 = base + size;
+        Some(base)
+    }
+
+    #[test]
+    fn frames_are_aligned_zeroed_bounded_and_recycled() {
+        let r = arena(0x40000);
+        *NEXT.lock().unwrap() = (r.base, r.end());
+        // SAFETY: `source` hands out pieces of the leaked arena `r` only.
+        let mut a = unsafe { FrameAlloc::new(source, r) };
+        let t = a.alloc(Granule::K16, 2).unwrap();
+        assert_eq!(t % 0x8000, 0);
+        assert!(a.table(t, Granule::K16).iter().all(|&d| d == 0));
+        a.table_mut(t, Granule::K16)[5] = 0xdead;
+        assert_eq!(a.table(t, Granule::K16)[5], 0xdead);
+        assert_eq!(a.live_bytes(), 0x8000);
+        a.free(t, Granule::K16, 2);
+        assert_eq!(a.live_bytes(), 0);
+        // Reused and zeroed again.
+        let t2 = a.alloc(Granule::K16, 2).unwrap();
+        assert_eq!(t2, t);
+        assert_eq!(a.table(t2, Granule::K16)[5], 0);
+        // Exhaustion is None, not a panic.
+        assert!(a.alloc(Granule::K64, 8).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the frame range")]
+    fn a_foreign_address_is_refused() {
+        let r = arena(0x10000);
+        // SAFETY: `source` is never called by this test.
+        let a = unsafe { FrameAlloc::new(source, r) };
+        let _ = a.table(r.end(), Granule::K4);
+    }
+}

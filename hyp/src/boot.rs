@@ -1,0 +1,218 @@
+//! The boot CPU's bring-up, in order: device tree → console → command line → CPU features →
+//! EL2 granule → memory → EL2 MMU → secondary CPUs.
+
+use crate::{mem, mmu, HEAP};
+use el2::arch::{self, sysreg};
+use el2::cmdline::{Cmdline, LogLevel};
+use el2::dt::{dtb_total_size, PhysRange, Platform, MAX_DTB_SIZE};
+use el2::granule::choose_el2_granule;
+use el2::memmap::largest_free;
+use el2::{console, fatal, psci, smp};
+use log::{debug, info, warn};
+use stage2::{CpuFeatures, Granule, IdRegs};
+
+/// What boot found and decided; handed to the rest of hyp.
+pub struct Boot {
+    /// The host device tree, parsed.
+    pub platform: Platform<'static>,
+    /// Where the device tree blob is (left in place, never handed out).
+    pub dtb: PhysRange,
+    /// hyp's command line.
+    pub cmdline: Cmdline,
+    /// The CPU features every granule decision uses (ID registers + `hyp.hide-granules=`),
+    /// built once here.
+    pub cpu: CpuFeatures,
+    /// hyp's own EL2 stage-1 granule.
+    pub el2_granule: Granule,
+}
+
+/// The device tree at `dtb` as a slice, or `None` if there is no valid header there.
+pub(crate) fn dtb_slice(dtb: usize) -> Option<&'static [u8]> {
+    if dtb == 0 || !dtb.is_multiple_of(8) {
+        return None;
+    }
+    // SAFETY: the arm64 boot protocol puts a device tree at x0 (8-byte aligned, in RAM, at
+    // most MAX_DTB_SIZE bytes); we read its 40-byte header, which every blob has, then at most
+    // `totalsize` bytes once the magic and size are checked. Nothing writes the blob: its range
+    // is excluded from every allocator.
+    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 40) };
+    let size = dtb_total_size(header).ok()?;
+    debug_assert!(size <= MAX_DTB_SIZE);
+    // SAFETY: as above, `size` bytes checked against the limit.
+    Some(unsafe { core::slice::from_raw_parts(dtb as *const u8, size) })
+}
+
+/// Device tree and console. Without a console nothing can be reported, so failures before
+/// it is up power off silently.
+fn platform_and_console(dtb: usize) -> Platform<'static> {
+    let Some(blob) = dtb_slice(dtb) else {
+        psci::system_off();
+    };
+    let platform = match Platform::parse(blob) {
+        Ok(p) => p,
+        Err(_) => psci::system_off(),
+    };
+    if let Some(m) = platform.psci {
+        psci::set_method(m);
+    }
+    let Some(uart) = platform.uart else {
+        psci::system_off();
+    };
+    // SAFETY: the device tree names this PL011 as the console; hyp is its only driver and
+    // runs identity mapped (or with the MMU off).
+    unsafe { console::init(uart.regs.base as usize) };
+    platform
+}
+
+fn level(l: LogLevel) -> log::LevelFilter {
+    match l {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    }
+}
+
+/// Everything up to a running MMU on the boot CPU.
+pub fn early(dtb: usize) -> Boot {
+    smp::init_boot_cpu();
+    let platform = platform_and_console(dtb);
+    let cmdline = match Cmdline::parse(platform.bootargs) {
+        Ok(c) => c,
+        Err(e) => {
+            console::init_logger(log::LevelFilter::Info);
+            el2::fatal!("{e}")
+        }
+    };
+    console::init_logger(level(cmdline.log_level));
+    debug!(
+        "hyp: at EL{} on mpidr {:#x}, device tree at {dtb:#x} ({} bytes), bootargs \"{}\"",
+        sysreg::current_el(),
+        sysreg::mpidr_affinity(),
+        platform.dtb_size,
+        platform.bootargs
+    );
+    if platform.psci.is_none() {
+        el2::fatal!("{}", el2::dt::DtError::NoPsci);
+    }
+
+    // The CPU features: one value, built once, with the hide mask applied.
+    let cpu = CpuFeatures::from_id_regs(IdRegs {
+        mmfr0: sysreg::id_aa64mmfr0_el1(),
+        mmfr1: sysreg::id_aa64mmfr1_el1(),
+        mmfr2: sysreg::id_aa64mmfr2_el1(),
+        ctr: sysreg::ctr_el0(),
+    })
+    .hide(cmdline.hide_granules);
+    debug!(
+        "hyp: ID_AA64MMFR0_EL1 {:#018x}, PA {} bits",
+        cpu.mmfr0(),
+        cpu.pa_bits()
+    );
+    let choice = match choose_el2_granule(&cpu, cmdline.granule) {
+        Ok(c) => c,
+        Err(e) => el2::fatal!("{e}"),
+    };
+    if let Some(line) = choice.fallback_line() {
+        warn!("{line}");
+    }
+
+    // Memory: everything but the boot stub + image and the device tree.
+    let layout = arch::image_layout();
+    // The linker script, entry.S and arch::STACK_STRIDE must agree on the stack area.
+    if layout.stacks_end - layout.stacks_start != el2::dt::MAX_CPUS as u64 * arch::STACK_STRIDE {
+        el2::fatal!(
+            "stack area {:#x}..{:#x} does not hold {} CPUs of {:#x} bytes (linker.ld vs arch)",
+            layout.stacks_start,
+            layout.stacks_end,
+            el2::dt::MAX_CPUS,
+            arch::STACK_STRIDE
+        );
+    }
+    let dtb_range = PhysRange::new(dtb as u64, platform.dtb_size as u64);
+    let mut reserved = [PhysRange::default(); 10];
+    reserved[0] = PhysRange::new(
+        layout.start.saturating_sub(0x20_0000),
+        layout.end - layout.start.saturating_sub(0x20_0000),
+    );
+    reserved[1] = dtb_range;
+    for (slot, r) in reserved[2..].iter_mut().zip(platform.reserved.as_slice()) {
+        *slot = *r;
+    }
+    let Some(free) = largest_free(platform.memory.as_slice(), &reserved) else {
+        el2::fatal!("no free RAM after hyp's image and the device tree");
+    };
+    // Heap: a quarter of the free RAM, between 16 MiB and 256 MiB, 64 KiB aligned.
+    let heap_size = (free.size / 4).clamp(16 << 20, 256 << 20) & !0xffff;
+    mem::init(free);
+    let Some(heap) = mem::alloc_phys(heap_size, 0x1_0000) else {
+        el2::fatal!(
+            "{} of free RAM is too little for hyp's heap ({heap_size:#x} bytes)",
+            free
+        );
+    };
+    // SAFETY: `heap` is RAM inside the free range, handed out once by the bump allocator
+    // (so used for nothing else), identity mapped read/write by mmu::enable below and
+    // accessible with the MMU off before that.
+    unsafe { HEAP.init(heap as usize, heap_size as usize) };
+    debug!(
+        "hyp: image {:#x}..{:#x}, heap {heap:#x}+{heap_size:#x}, free RAM {}",
+        layout.start,
+        layout.end,
+        mem::remaining()
+    );
+
+    let mmu = match mmu::enable(
+        &platform,
+        &cpu,
+        choice.granule,
+        PhysRange::new(heap, heap_size),
+    ) {
+        Ok(m) => m,
+        Err(e) => el2::fatal!("cannot build hyp's EL2 page tables: {e}"),
+    };
+    info!(
+        "hyp: el2 granule {}, va {} bits, {} levels",
+        choice.granule.label(),
+        mmu.va_bits,
+        mmu.levels
+    );
+
+    Boot {
+        platform,
+        dtb: dtb_range,
+        cmdline,
+        cpu,
+        el2_granule: choice.granule,
+    }
+}
+
+/// Starts every other CPU of the device tree and prints `hyp: <n> cpus online`.
+pub fn start_secondaries(boot: &Boot) {
+    let (list, skipped) =
+        smp::assign_indices(sysreg::mpidr_affinity(), boot.platform.cpus.as_slice());
+    if skipped + boot.platform.cpus.dropped() > 0 {
+        warn!(
+            "hyp: {} cpus not started: hyp supports at most {}",
+            skipped + boot.platform.cpus.dropped(),
+            el2::dt::MAX_CPUS
+        );
+    }
+    for &(index, mpidr) in list.as_slice() {
+        if let Err(e) = smp::start_cpu(index, mpidr) {
+            warn!("hyp: cpu {index} (mpidr {mpidr:#x}) not started: {e}");
+        }
+    }
+    info!("hyp: {} cpus online", smp::online());
+}
+
+/// Entered at EL1/EL3 instead of EL2: report it through the console and power off.
+pub fn wrong_el(dtb: usize, el: u64) -> ! {
+    let _ = platform_and_console(dtb);
+    console::init_logger(log::LevelFilter::Info);
+    fatal::fatal(format_args!(
+        "hyp was entered at EL{el}, but it must run at EL2: start QEMU with \
+         -M virt,virtualization=on (or have the firmware enter the Image at EL2)"
+    ))
+}

@@ -1,0 +1,314 @@
+//! hyp's EL2 identity map (VA = PA), built with `stage2`'s granule-generic tables in the EL2
+//! regime, then switched on.
+//!
+//! - RAM: normal write-back, read/write, never executable, except hyp's image:
+//!   text RX, rodata RO, data/bss RW+XN, each CPU's two stacks RW+XN above unmapped 64 KiB
+//!   guards.
+//! - Devices from the device tree (UART, GIC distributor and redistributors, virtio-mmio):
+//!   Device-nGnRE, RW+XN, rounded out to the granule.
+//! - SCTLR_EL2.WXN on top, so no writable page is ever executable.
+
+use crate::mem;
+use aarch64_cpu::registers::SCTLR_EL2;
+use core::fmt;
+use el2::arch::{self, barrier, cache, sysreg, tlb};
+use el2::dt::{PhysRange, Platform};
+use el2::frames::{FrameAlloc, HwMaintenance};
+use el2::memmap::align_up;
+use el2::smp;
+use spin::mutex::SpinMutex;
+use stage2::{
+    Attrs, CpuFeatures, Geometry, GeometryError, Granule, MapError, MapOpts, NoMaintenance,
+    PageTable, Regime, MAIR_EL2,
+};
+
+/// What the MMU runs with.
+pub struct MmuInfo {
+    /// Input (virtual) address bits.
+    pub va_bits: u32,
+    /// Translation levels walked.
+    pub levels: u32,
+}
+
+/// Why the EL2 map could not be built.
+#[derive(Debug)]
+pub enum MmuError {
+    /// The geometry was refused.
+    Geometry(GeometryError),
+    /// A mapping failed.
+    Map {
+        /// What was being mapped.
+        what: &'static str,
+        /// The range.
+        range: PhysRange,
+        /// Why.
+        err: MapError,
+    },
+    /// `map_device` before the MMU is on.
+    NotReady,
+    /// `map_device` on a page already mapped as something other than a device.
+    NotDevice {
+        /// The page.
+        range: PhysRange,
+    },
+    /// A region lies beyond the VA size.
+    TooHigh {
+        /// The region.
+        range: PhysRange,
+        /// The VA size.
+        va_bits: u32,
+    },
+}
+
+impl fmt::Display for MmuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmuError::Geometry(e) => write!(f, "{e}"),
+            MmuError::Map { what, range, err } => write!(f, "mapping {what} {range}: {err}"),
+            MmuError::NotReady => f.write_str("hyp's EL2 map is not live yet"),
+            MmuError::NotDevice { range } => {
+                write!(
+                    f,
+                    "{range} is already mapped as normal memory, not a device"
+                )
+            }
+            MmuError::TooHigh { range, va_bits } => write!(
+                f,
+                "{range} lies beyond the {va_bits}-bit identity map (PARange too small?)"
+            ),
+        }
+    }
+}
+
+/// SCTLR_EL2 fields set on top of the boot value (arch/entry.S): M (MMU), C (data cache),
+/// I (instruction cache), WXN (writable implies execute-never) (Arm ARM D19.2.118).
+fn sctlr_on_bits() -> u64 {
+    (SCTLR_EL2::M::Enable
+        + SCTLR_EL2::C::Cacheable
+        + SCTLR_EL2::I::Cacheable
+        + SCTLR_EL2::WXN::Enable)
+        .value
+}
+
+type Table = PageTable<FrameAlloc, NoMaintenance>;
+
+/// hyp's live EL2 table, once the MMU is on.
+static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance>>> = SpinMutex::new(None);
+
+/// Maps `range` (rounded out to the EL2 granule) as Device-nGnRE, read/write, execute-never,
+/// in hyp's live identity map, for devices the boot map did not include. Already-mapped device
+/// pages are left as they are. Break-before-make and TLB maintenance are done by `stage2`
+/// through [`HwMaintenance`].
+pub fn map_device(range: PhysRange) -> Result<(), MmuError> {
+    let mut g = EL2_TABLE.lock();
+    let Some(t) = g.as_mut() else {
+        return Err(MmuError::NotReady);
+    };
+    let page = t.geometry().granule().size();
+    let s = range.base & !(page - 1);
+    let e = align_up(range.end(), page).unwrap_or(u64::MAX);
+    let mut a = s;
+    while a < e {
+        match t.translate(a) {
+            Some((_, attrs, _)) if attrs == Attrs::device() => {}
+            Some(_) => {
+                return Err(MmuError::NotDevice {
+                    range: PhysRange::new(a, page),
+                })
+            }
+            None => map(t, "device", a, a + page, Attrs::device())?,
+        }
+        a += page;
+    }
+    Ok(())
+}
+
+/// Where `va` translates in hyp's live map: (PA, attributes, level), or `None`.
+pub fn translate(va: u64) -> Option<(u64, Attrs, u32)> {
+    EL2_TABLE.lock().as_mut()?.translate(va)
+}
+
+fn map<M: stage2::Maintenance>(
+    t: &mut PageTable<FrameAlloc, M>,
+    what: &'static str,
+    start: u64,
+    end: u64,
+    attrs: Attrs,
+) -> Result<(), MmuError> {
+    if end <= start {
+        return Ok(());
+    }
+    t.map(start..end, start, attrs, MapOpts::default())
+        .map_err(|err| MmuError::Map {
+            what,
+            range: PhysRange::new(start, end - start),
+            err,
+        })
+}
+
+/// Builds hyp's identity map at `granule`, loads it on this CPU, turns on the MMU and caches,
+/// and publishes the registers for the secondaries.
+///
+/// `heap_head` is the start of the heap region used before the MMU is on (its first MiB is
+/// invalidated from the data cache with the rest of what was written with caches off).
+pub fn enable(
+    p: &Platform<'_>,
+    cpu: &CpuFeatures,
+    granule: Granule,
+    heap_head: PhysRange,
+) -> Result<MmuInfo, MmuError> {
+    // VA size: 48 bits, or the PA size if smaller (an identity map needs no more).
+    let va_bits = cpu.pa_bits().min(48);
+    let geo = Geometry::new(Regime::El2, granule, va_bits, cpu).map_err(MmuError::Geometry)?;
+    let page = granule.size();
+    let limit = geo.input_limit();
+
+    let frames_start = mem::remaining().base;
+    // SAFETY: `mem::alloc_phys` hands out RAM from the free range once each, which is identity
+    // mapped by the tables built here (and accessible with the MMU off before that).
+    let fa = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
+    let mut t: Table = PageTable::new(geo, fa, NoMaintenance).map_err(|err| MmuError::Map {
+        what: "root table",
+        range: PhysRange::default(),
+        err,
+    })?;
+
+    // RAM, with hyp's image carved out and mapped section by section.
+    let l = arch::image_layout();
+    for r in p.memory.as_slice() {
+        if r.end() > limit {
+            return Err(MmuError::TooHigh { range: *r, va_bits });
+        }
+        let (s, e) = (
+            align_up(r.base, page).unwrap_or(r.end()),
+            r.end() & !(page - 1),
+        );
+        if l.start >= s && l.end <= e {
+            map(&mut t, "RAM", s, l.start, Attrs::data())?;
+            map(&mut t, "hyp text", l.start, l.text_end, Attrs::code())?;
+            map(
+                &mut t,
+                "hyp rodata",
+                l.rodata_start,
+                l.rodata_end,
+                Attrs::rodata(),
+            )?;
+            map(
+                &mut t,
+                "hyp data",
+                l.data_start,
+                l.stacks_start,
+                Attrs::data(),
+            )?;
+            let mut base = l.stacks_start;
+            while base + arch::STACK_STRIDE <= l.stacks_end {
+                // The guards below each stack stay unmapped (arch::STACK_STRIDE layout).
+                let exc = base + arch::STACK_GUARD..base + arch::EXC_STACK_TOP;
+                map(&mut t, "exception stack", exc.start, exc.end, Attrs::data())?;
+                let main = base + arch::MAIN_STACK_BASE..base + arch::STACK_STRIDE;
+                map(&mut t, "stack", main.start, main.end, Attrs::data())?;
+                base += arch::STACK_STRIDE;
+            }
+            map(&mut t, "RAM", l.end, e, Attrs::data())?;
+        } else {
+            map(&mut t, "RAM", s, e, Attrs::data())?;
+        }
+    }
+
+    // Devices, rounded out to the granule, merged so no page is mapped twice.
+    let mut devs = [PhysRange::default(); 48];
+    let mut n = 0;
+    let mut add = |r: PhysRange| {
+        if n < devs.len() && r.size > 0 {
+            let s = r.base & !(page - 1);
+            let e = align_up(r.end(), page).unwrap_or(u64::MAX);
+            devs[n] = PhysRange::new(s, e - s);
+            n += 1;
+        }
+    };
+    if let Some(u) = p.uart {
+        add(u.regs);
+    }
+    if let Some(g) = p.gic {
+        add(g.dist);
+        for r in g.redists.as_slice() {
+            add(*r);
+        }
+    }
+    for v in p.virtio_mmio.as_slice() {
+        add(v.regs);
+    }
+    let devs = &mut devs[..n];
+    devs.sort_unstable_by_key(|r| r.base);
+    let mut i = 0;
+    while i < devs.len() {
+        let mut cur = devs[i];
+        i += 1;
+        while i < devs.len() && devs[i].base <= cur.end() {
+            cur = PhysRange::new(cur.base, devs[i].end().max(cur.end()) - cur.base);
+            i += 1;
+        }
+        if cur.end() > limit {
+            return Err(MmuError::TooHigh {
+                range: cur,
+                va_bits,
+            });
+        }
+        if p.memory.as_slice().iter().any(|m| m.overlaps(&cur)) {
+            log::warn!("hyp: device range {cur} overlaps RAM; not mapped as a device");
+            continue;
+        }
+        map(&mut t, "device", cur.base, cur.end(), Attrs::device())?;
+    }
+    let frames_end = mem::remaining().base;
+    log::debug!(
+        "hyp: el2 tables: {} bytes in {} tables, root {:#x}",
+        t.table_bytes(),
+        t.tables(),
+        t.root_pa()
+    );
+
+    // Everything so far was written with the data cache off: drop any stale lines for the
+    // image (data, bss, stacks), the heap's first block and the tables before caches go on
+    // (the same reason Linux invalidates its early page tables, arm64 head.S).
+    // The loader cleaned the image to the PoC (booting.rst), so memory holds the data.
+    cache::invalidate_to_poc(l.start, l.end - l.start);
+    cache::invalidate_to_poc(frames_start, frames_end - frames_start);
+    cache::invalidate_to_poc(heap_head.base, heap_head.size.min(1 << 20));
+
+    let tcr = geo.tcr_el2(cpu.pa_bits());
+    let ttbr = t.root_pa();
+    let sctlr = sysreg::sctlr_el2() | sctlr_on_bits();
+    // SAFETY: the tables identity-map hyp's text (RX), rodata, data, bss and this CPU's
+    // stack (RW) at their current addresses, and the console; MAIR indices match what
+    // `stage2::attrs::encode` uses (ATTR_IDX_NORMAL/DEVICE); TLBs are invalidated before the
+    // MMU goes on (Arm ARM D8.13: no stale entries from reset).
+    unsafe {
+        sysreg::set_mair_el2(MAIR_EL2);
+        sysreg::set_tcr_el2(tcr);
+        sysreg::set_ttbr0_el2(ttbr);
+        barrier::isb();
+        tlb::flush_el2_local();
+        sysreg::set_sctlr_el2(sctlr);
+        barrier::isb();
+    }
+    cache::invalidate_icache_all();
+    // The tables live as long as hyp; from now on changes to them need real maintenance.
+    let (live, _) = t.with_maintenance(HwMaintenance);
+    *EL2_TABLE.lock() = Some(live);
+
+    // Re-assert what the hardware now runs with (vmbase page_table.rs does the same).
+    let tcr_now = sysreg::tcr_el2();
+    if tcr_now & 0x3f != geo.t0sz() || (tcr_now >> 14) & 3 != geo.tg0() {
+        el2::fatal!(
+            "TCR_EL2 reads back {tcr_now:#x}, expected T0SZ {} and TG0 {:#b}",
+            geo.t0sz(),
+            geo.tg0()
+        );
+    }
+    smp::set_secondary_mmu(MAIR_EL2, tcr, ttbr, sctlr);
+    Ok(MmuInfo {
+        va_bits,
+        levels: geo.levels(),
+    })
+}

@@ -1,0 +1,1266 @@
+//! One granule-generic translation table type for every regime, with one walker.
+//!
+//! [`PageTable`] owns a root (concatenated for stage 2 where the geometry says so), a
+//! [`TableAlloc`] and a [`Maintenance`]. Every operation is a visitor run by [`PageTable::walk`]
+//! (KVM's `kvm_pgtable_walk`): map, unmap, protect, translate, destroy, and the prepare pass
+//! that counts the tables a map will need.
+//!
+//! Updates follow three rules:
+//! - **Prepare, then commit** (Hafnium): every table an operation needs is allocated before the
+//!   first descriptor changes, so an allocation failure leaves the tables bit-identical.
+//! - **Break-before-make** (Arm ARM D8.16.1): a valid descriptor is never replaced by a valid
+//!   one with another output address, size, memory type or table-ness; it is first made
+//!   invalid, then `DSB`, TLBI, `DSB`, `ISB`, then written. Permission-only changes are
+//!   written in place and invalidated at the end of the operation.
+//! - **Batched invalidation**: invalidations that can wait go to a pending list flushed once
+//!   per operation: stage 2 `TLBI IPAS2E1IS` per entry, `DSB ISH`, `TLBI VMALLE1IS`, or one
+//!   `TLBI VMALLS12E1IS` above 512 entries. Replacing a table by a block flushes the VMID.
+//!   Tables emptied by an unmap are freed only after that flush.
+
+use crate::attrs::{
+    self, attrs_change_needs_bbm, AttrError, Attrs, MemType, DESC_ATTR_MASK, DESC_OA_MASK,
+    DESC_VALID,
+};
+use crate::frames::TableAlloc;
+use crate::geometry::{tlbi_ipa_operand, tlbi_va_operand, Geometry, Regime};
+use crate::maint::{MaintOp, Maintenance};
+use crate::Granule;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+/// Above this many pending per-entry invalidations, one whole-VMID (or whole-regime) TLBI is
+/// issued instead (Hafnium and KVM use the same threshold).
+pub const MAX_TLBI_BY_ADDRESS: usize = 512;
+
+/// Frames kept in reserve between operations so that a single-page map (the lazy-fault path)
+/// needs no counting pass; at most this many.
+const RESERVE_KEEP: usize = 4;
+
+/// Why a table operation failed. The tables are unchanged whenever an error is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The range ends before it starts.
+    RangeBackwards {
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+    /// The range reaches beyond the geometry's input size.
+    OutOfRange {
+        /// One past the last address asked for.
+        end: u64,
+        /// One past the last address the table can translate.
+        limit: u64,
+    },
+    /// An address is not aligned to the granule.
+    Misaligned {
+        /// The address.
+        addr: u64,
+        /// The granule it must be aligned to.
+        granule: Granule,
+    },
+    /// The output address range does not fit in 48 bits.
+    OutputTooLarge {
+        /// One past the last output address.
+        end: u64,
+    },
+    /// The attributes cannot be expressed or are not allowed.
+    Attrs(AttrError),
+    /// The table allocator ran out of memory.
+    NoMemory {
+        /// Tables the operation needed.
+        needed: usize,
+        /// Tables that could be allocated.
+        got: usize,
+    },
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MapError::RangeBackwards { start, end } => {
+                write!(f, "range {start:#018x}..{end:#018x} ends before it starts")
+            }
+            MapError::OutOfRange { end, limit } => write!(
+                f,
+                "range end {end:#018x} is beyond the table's input limit {limit:#018x}; \
+                 use a larger input size"
+            ),
+            MapError::Misaligned { addr, granule } => write!(
+                f,
+                "address {addr:#018x} is not aligned to the {granule} granule"
+            ),
+            MapError::OutputTooLarge { end } => write!(
+                f,
+                "output range ends at {end:#018x}, beyond the 48-bit output address limit"
+            ),
+            MapError::Attrs(e) => write!(f, "{e}"),
+            MapError::NoMemory { needed, got } => write!(
+                f,
+                "out of table memory: needed {needed} tables, got {got}; tables unchanged"
+            ),
+        }
+    }
+}
+
+impl From<AttrError> for MapError {
+    fn from(e: AttrError) -> Self {
+        MapError::Attrs(e)
+    }
+}
+
+/// Which visits a walk makes (KVM `KVM_PGTABLE_WALK_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkFlags(u8);
+
+impl WalkFlags {
+    /// Visit leaf entries: blocks, pages and invalid entries.
+    pub const LEAF: WalkFlags = WalkFlags(1);
+    /// Visit table entries before descending.
+    pub const TABLE_PRE: WalkFlags = WalkFlags(2);
+    /// Visit table entries after their subtree.
+    pub const TABLE_POST: WalkFlags = WalkFlags(4);
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: WalkFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for WalkFlags {
+    type Output = WalkFlags;
+    fn bitor(self, rhs: WalkFlags) -> WalkFlags {
+        WalkFlags(self.0 | rhs.0)
+    }
+}
+
+/// Which kind of visit this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisitKind {
+    /// A leaf entry (block, page or invalid).
+    Leaf,
+    /// A table entry, before its subtree is walked.
+    TablePre,
+    /// A table entry, after its subtree was walked.
+    TablePost,
+}
+
+/// One visited descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct Visit {
+    /// The first input address of the walked range inside this entry.
+    pub addr: u64,
+    /// One past the last input address of the walked range inside this entry.
+    pub end: u64,
+    /// The level of the entry.
+    pub level: u32,
+    /// What kind of visit.
+    pub kind: VisitKind,
+    /// The descriptor when it was visited.
+    pub old: u64,
+    /// The descriptor now (updated by [`Ctx::store`]); the walker descends if it is a table.
+    pub entry: u64,
+    /// The physical address of the descriptor.
+    pub entry_pa: u64,
+    /// Set by a visitor to stop the walker from descending into `entry`.
+    pub skip_children: bool,
+}
+
+impl Visit {
+    /// The first input address the entry maps.
+    pub fn entry_start(&self, geo: &Geometry) -> u64 {
+        self.addr & !(geo.entry_size(self.level) - 1)
+    }
+
+    /// Whether the walked range covers the entry's whole span.
+    pub fn covers_entry(&self, geo: &Geometry) -> bool {
+        let size = geo.entry_size(self.level);
+        self.addr & (size - 1) == 0 && self.end - self.addr == size
+    }
+}
+
+/// Options of [`PageTable::map`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapOpts {
+    /// Map with pages only (no blocks), e.g. for dirty tracking at page granularity.
+    pub pages_only: bool,
+    /// Skip the cache maintenance of the mapped memory (the caller already did it, or the
+    /// memory was never written through a cacheable alias).
+    pub skip_cmo: bool,
+}
+
+impl MapOpts {
+    /// Pages only.
+    pub const PAGES: MapOpts = MapOpts {
+        pages_only: true,
+        skip_cmo: false,
+    };
+}
+
+/// The state a visitor works with: geometry, allocator, maintenance, VMID, pending
+/// invalidations and reserved tables.
+#[derive(Debug)]
+pub struct Ctx<A, M> {
+    geo: Geometry,
+    /// `level_shift` per level, and the index mask per level (the root's covers every
+    /// concatenated table), cached from `geo`.
+    shift: [u32; 4],
+    idx_mask: [u64; 4],
+    /// The first level with block descriptors (and not above the start level).
+    min_block: u32,
+    alloc: A,
+    maint: M,
+    vmid: u16,
+    tables: usize,
+    reserve: Vec<u64>,
+    pending: Vec<u64>,
+    pending_all: bool,
+    free_later: Vec<u64>,
+}
+
+/// What a fresh subtree is filled with: input `a` maps to `out + (a - lo)`.
+struct Fill {
+    out: u64,
+    lo: u64,
+    bits: u64,
+    pages_only: bool,
+}
+
+impl Fill {
+    #[inline(always)]
+    fn out(&self, addr: u64) -> u64 {
+        self.out + (addr - self.lo)
+    }
+}
+
+/// What the prepare pass counts for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Map { out: u64, lo: u64, pages_only: bool },
+    Split,
+}
+
+impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// Reads the descriptor at `entry_pa`.
+    #[inline(always)]
+    pub fn read(&self, entry_pa: u64) -> u64 {
+        self.alloc.read_entry(entry_pa, self.geo.granule())
+    }
+
+    #[inline(always)]
+    fn write(&mut self, entry_pa: u64, value: u64) {
+        self.alloc.write_entry(entry_pa, self.geo.granule(), value);
+    }
+
+    /// Stores `new` into the visited descriptor (reported to [`Maintenance::store`]) and
+    /// updates `v.entry`. The caller is responsible for break-before-make.
+    #[inline(always)]
+    pub fn store(&mut self, v: &mut Visit, new: u64) {
+        let start = self.start_of(v);
+        self.maint.store(v.entry_pa, start, v.level, v.entry, new);
+        self.write(v.entry_pa, new);
+        v.entry = new;
+    }
+
+    /// Bytes a level-`level` entry maps (cached `Geometry::entry_size`).
+    #[inline(always)]
+    pub fn size(&self, level: u32) -> u64 {
+        1u64 << self.shift[level as usize & 3]
+    }
+
+    /// Whether the visit's range covers its entry's whole span.
+    #[inline(always)]
+    pub fn covers(&self, v: &Visit) -> bool {
+        let size = self.size(v.level);
+        v.addr & (size - 1) == 0 && v.end - v.addr == size
+    }
+
+    /// The first input address the visited entry maps.
+    #[inline(always)]
+    pub fn start_of(&self, v: &Visit) -> u64 {
+        v.addr & !(self.size(v.level) - 1)
+    }
+
+    #[inline(always)]
+    fn is_table(&self, desc: u64, level: u32) -> bool {
+        level < 3 && desc & 3 == 3
+    }
+
+    #[inline(always)]
+    fn table_pa(&self, desc: u64) -> u64 {
+        desc & DESC_OA_MASK & !(self.size(3) - 1)
+    }
+
+    #[inline(always)]
+    fn leaf_oa(&self, desc: u64, level: u32) -> u64 {
+        desc & DESC_OA_MASK & !(self.size(level) - 1)
+    }
+
+    #[inline(always)]
+    fn leaf_desc(out: u64, level: u32, attr_bits: u64) -> u64 {
+        out | attr_bits | if level == 3 { 3 } else { 1 }
+    }
+
+    fn op(&mut self, op: MaintOp) {
+        self.maint.op(op);
+    }
+
+    /// Invalidates the TLB entries for `input` now (the middle of break-before-make).
+    fn invalidate_now(&mut self, input: u64) {
+        self.op(MaintOp::DsbIshSt);
+        match self.geo.regime() {
+            Regime::Stage2 => {
+                let vmid = self.vmid;
+                self.op(MaintOp::TlbiIpas2e1is {
+                    vmid,
+                    operand: tlbi_ipa_operand(input),
+                });
+                self.op(MaintOp::DsbIsh);
+                self.op(MaintOp::TlbiVmalle1is { vmid });
+            }
+            Regime::El2 => self.op(MaintOp::TlbiVae2is {
+                operand: tlbi_va_operand(input),
+            }),
+            Regime::El1 => self.op(MaintOp::TlbiVaae1is {
+                operand: tlbi_va_operand(input),
+            }),
+        }
+        self.op(MaintOp::DsbIsh);
+        self.op(MaintOp::Isb);
+    }
+
+    /// Invalidates every entry of this table's VMID (or regime) now.
+    fn invalidate_all_now(&mut self) {
+        self.op(MaintOp::DsbIshSt);
+        self.op(self.full_flush_op());
+        self.op(MaintOp::DsbIsh);
+        self.op(MaintOp::Isb);
+    }
+
+    fn full_flush_op(&self) -> MaintOp {
+        match self.geo.regime() {
+            Regime::Stage2 => MaintOp::TlbiVmalls12e1is { vmid: self.vmid },
+            Regime::El2 => MaintOp::TlbiAlle2is,
+            Regime::El1 => MaintOp::TlbiVmalle1Current,
+        }
+    }
+
+    /// Queues an invalidation of `input` for the end of the operation.
+    #[inline(always)]
+    fn defer_invalidate(&mut self, input: u64) {
+        if self.pending_all {
+            return;
+        }
+        if self.pending.len() >= MAX_TLBI_BY_ADDRESS {
+            self.pending_all = true;
+            self.pending.clear();
+        } else {
+            self.pending.push(input);
+        }
+    }
+
+    /// Issues the queued invalidations, then frees the tables that waited for them.
+    #[inline(always)]
+    fn flush(&mut self) {
+        if self.pending_all || !self.pending.is_empty() || !self.free_later.is_empty() {
+            self.flush_slow();
+        }
+    }
+
+    fn flush_slow(&mut self) {
+        if self.pending_all || !self.pending.is_empty() {
+            self.op(MaintOp::DsbIshSt);
+            if self.pending_all {
+                self.op(self.full_flush_op());
+            } else {
+                let vmid = self.vmid;
+                let regime = self.geo.regime();
+                for i in 0..self.pending.len() {
+                    let a = self.pending[i];
+                    self.maint.op(match regime {
+                        Regime::Stage2 => MaintOp::TlbiIpas2e1is {
+                            vmid,
+                            operand: tlbi_ipa_operand(a),
+                        },
+                        Regime::El2 => MaintOp::TlbiVae2is {
+                            operand: tlbi_va_operand(a),
+                        },
+                        Regime::El1 => MaintOp::TlbiVaae1is {
+                            operand: tlbi_va_operand(a),
+                        },
+                    });
+                }
+                if regime == Regime::Stage2 {
+                    self.op(MaintOp::DsbIsh);
+                    self.op(MaintOp::TlbiVmalle1is { vmid });
+                }
+            }
+            self.op(MaintOp::DsbIsh);
+            self.op(MaintOp::Isb);
+            self.pending.clear();
+            self.pending_all = false;
+        }
+        while let Some(t) = self.free_later.pop() {
+            self.free_table(t);
+        }
+    }
+
+    fn free_table(&mut self, pa: u64) {
+        self.alloc.free(pa, self.geo.granule(), 1);
+        self.tables -= 1;
+    }
+
+    /// Takes a zeroed table from the reserve filled by the prepare pass.
+    fn take_table(&mut self) -> u64 {
+        let t = self
+            .reserve
+            .pop()
+            .expect("invariant: the prepare pass reserved every table the commit takes");
+        self.tables += 1;
+        t
+    }
+
+    /// Collects every table below the table at `pa` (level `level`) and `pa` itself.
+    fn collect_subtree(&mut self, pa: u64, level: u32, out: &mut Vec<u64>) {
+        if level < 3 {
+            for i in 0..self.geo.entries() {
+                let d = self.alloc.table(pa, self.geo.granule())[i];
+                if self.is_table(d, level) {
+                    let t = self.table_pa(d);
+                    self.collect_subtree(t, level + 1, out);
+                }
+            }
+        }
+        out.push(pa);
+    }
+
+    /// Tables needed below an entry at `level` that must become a table for `[addr, end)`.
+    fn count_below(&self, op: Op, level: u32, addr: u64, end: u64) -> usize {
+        if level + 1 == 3 {
+            return 1;
+        }
+        let cl = level + 1;
+        let cs = self.size(cl);
+        let mut n = 1;
+        let mut a = addr;
+        while a < end {
+            let span = a & !(cs - 1);
+            let e = (span + cs).min(end);
+            let full = a == span && e == span + cs;
+            if !self.child_done(op, cl, full, a) {
+                n += self.count_below(op, cl, a, e);
+            }
+            a = e;
+        }
+        n
+    }
+
+    /// Whether an entry at `level` needs no table of its own for the operation.
+    #[inline(always)]
+    fn child_done(&self, op: Op, level: u32, full: bool, addr: u64) -> bool {
+        match op {
+            Op::Map {
+                out,
+                lo,
+                pages_only,
+            } => full && self.blockable(level, out + (addr - lo), pages_only),
+            Op::Split => full,
+        }
+    }
+
+    #[inline(always)]
+    fn blockable(&self, level: u32, out: u64, pages_only: bool) -> bool {
+        level == 3 || (!pages_only && level >= self.min_block && out & (self.size(level) - 1) == 0)
+    }
+
+    /// Fills the fresh (invisible) table `t` at `level` for `[addr, end)` as `fill` says,
+    /// building the tables below it from the reserve.
+    fn build(&mut self, t: u64, level: u32, addr: u64, end: u64, fill: &Fill) {
+        let g = self.geo.granule();
+        let size = self.size(level);
+        let idx_mask = (self.geo.entries() - 1) as u64;
+        let shift = self.geo.level_shift(level);
+        if level == 3 {
+            let i0 = ((addr >> shift) & idx_mask) as usize;
+            let n = ((end - addr) >> shift) as usize;
+            let base = fill.out(addr) | fill.bits | 3;
+            let table = self.alloc.table_mut(t, g);
+            for (k, e) in table[i0..i0 + n].iter_mut().enumerate() {
+                *e = base + ((k as u64) << shift);
+            }
+            return;
+        }
+        let mut a = addr;
+        while a < end {
+            let span = a & !(size - 1);
+            let e = (span + size).min(end);
+            let o = fill.out(a);
+            let full = a == span && e == span + size;
+            let idx = ((a >> shift) & idx_mask) as usize;
+            let d = if full && self.blockable(level, o, fill.pages_only) {
+                Self::leaf_desc(o, level, fill.bits)
+            } else {
+                let c = self.take_table();
+                self.build(c, level + 1, a, e, fill);
+                c | 3
+            };
+            self.alloc.table_mut(t, g)[idx] = d;
+            a = e;
+        }
+    }
+
+    /// Replaces the valid block in `v` by a table of equivalent entries (break-before-make).
+    fn split_block(&mut self, v: &mut Visit) {
+        let level = v.level;
+        let child = level + 1;
+        let cs = self.size(child);
+        let bits = v.entry & DESC_ATTR_MASK;
+        let oa = self.leaf_oa(v.entry, level);
+        let t = self.take_table();
+        let g = self.geo.granule();
+        let ty = if child == 3 { 3 } else { 1 };
+        let table = self.alloc.table_mut(t, g);
+        for (k, e) in table.iter_mut().enumerate() {
+            *e = (oa + k as u64 * cs) | bits | ty;
+        }
+        let start = self.start_of(v);
+        self.store(v, 0);
+        self.invalidate_now(start);
+        self.store(v, t | 3);
+    }
+
+    /// Whether the table at `t` (child of the visit `v`) is empty after `v`'s range was
+    /// cleared; scans outward from the cleared indices.
+    fn emptied(&self, t: u64, v: &Visit) -> bool {
+        if self.covers(v) {
+            return true;
+        }
+        let cl = v.level + 1;
+        let shift = self.geo.level_shift(cl);
+        let n = self.geo.entries();
+        let mask = (n - 1) as u64;
+        let lo = ((v.addr >> shift) & mask) as usize;
+        let hi = (((v.end - 1) >> shift) & mask) as usize;
+        let table = self.alloc.table(t, self.geo.granule());
+        if table[lo] & DESC_VALID != 0 || table[hi] & DESC_VALID != 0 {
+            return false;
+        }
+        let mut below = lo;
+        let mut above = hi + 1;
+        while below > 0 || above < n {
+            if below > 0 {
+                below -= 1;
+                if table[below] & DESC_VALID != 0 {
+                    return false;
+                }
+            }
+            if above < n {
+                if table[above] & DESC_VALID != 0 {
+                    return false;
+                }
+                above += 1;
+            }
+        }
+        true
+    }
+}
+
+/// A translation table of any regime, with its own geometry.
+///
+/// Not `Drop`: call [`PageTable::destroy`] to return every frame to the allocator.
+#[derive(Debug)]
+pub struct PageTable<A: TableAlloc, M: Maintenance> {
+    root: u64,
+    ctx: Ctx<A, M>,
+}
+
+impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
+    /// Allocates an empty root (all concatenated root tables, contiguous and aligned to their
+    /// total size) for `geometry`.
+    pub fn new(geometry: Geometry, mut alloc: A, maint: M) -> Result<Self, MapError> {
+        let n = geometry.root_tables() as usize;
+        let root = alloc
+            .alloc(geometry.granule(), n)
+            .ok_or(MapError::NoMemory { needed: n, got: 0 })?;
+        Ok(PageTable {
+            root,
+            ctx: Ctx {
+                geo: geometry,
+                shift: core::array::from_fn(|l| geometry.level_shift(l as u32)),
+                idx_mask: core::array::from_fn(|l| {
+                    if l as u32 == geometry.start_level() {
+                        geometry.root_entries() as u64 - 1
+                    } else {
+                        geometry.entries() as u64 - 1
+                    }
+                }),
+                min_block: geometry
+                    .granule()
+                    .min_block_level()
+                    .max(geometry.start_level()),
+                alloc,
+                maint,
+                vmid: 0,
+                tables: n,
+                reserve: Vec::new(),
+                pending: Vec::new(),
+                pending_all: false,
+                free_later: Vec::new(),
+            },
+        })
+    }
+
+    /// Like [`PageTable::new`], tagged with a VMID (stage 2).
+    pub fn with_vmid(geometry: Geometry, vmid: u16, alloc: A, maint: M) -> Result<Self, MapError> {
+        let mut t = Self::new(geometry, alloc, maint)?;
+        t.ctx.vmid = vmid;
+        Ok(t)
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.ctx.geo
+    }
+
+    /// The physical address of the root (the first concatenated table).
+    pub fn root_pa(&self) -> u64 {
+        self.root
+    }
+
+    /// The VMID TLB maintenance uses (stage 2).
+    pub fn vmid(&self) -> u16 {
+        self.ctx.vmid
+    }
+
+    /// Sets the VMID (before the table is first used by a VM).
+    pub fn set_vmid(&mut self, vmid: u16) {
+        self.ctx.vmid = vmid;
+    }
+
+    /// `VTTBR_EL2`: VMID\[63:48\] and the root address (BADDR, aligned to the root's size).
+    pub fn vttbr(&self) -> u64 {
+        ((self.ctx.vmid as u64) << 48) | self.root
+    }
+
+    /// Tables in use, root tables included.
+    pub fn tables(&self) -> usize {
+        self.ctx.tables
+    }
+
+    /// Bytes of tables in use, root included (frames held in reserve not included).
+    pub fn table_bytes(&self) -> u64 {
+        self.ctx.tables as u64 * self.ctx.geo.table_bytes()
+    }
+
+    /// Frames held in reserve for the next operations (at most a handful).
+    pub fn reserved_tables(&self) -> usize {
+        self.ctx.reserve.len()
+    }
+
+    /// Returns the reserved frames to the allocator.
+    pub fn release_reserve(&mut self) {
+        let g = self.ctx.geo.granule();
+        while let Some(t) = self.ctx.reserve.pop() {
+            self.ctx.alloc.free(t, g, 1);
+        }
+    }
+
+    /// The allocator.
+    pub fn allocator(&self) -> &A {
+        &self.ctx.alloc
+    }
+
+    /// The allocator, mutably (e.g. for failure injection in tests). Freeing or reusing a
+    /// frame the table still uses through it corrupts the table.
+    pub fn allocator_mut(&mut self) -> &mut A {
+        &mut self.ctx.alloc
+    }
+
+    /// The maintenance sink.
+    pub fn maintenance(&self) -> &M {
+        &self.ctx.maint
+    }
+
+    /// The maintenance sink, mutably (e.g. to clear a recorder).
+    pub fn maintenance_mut(&mut self) -> &mut M {
+        &mut self.ctx.maint
+    }
+
+    /// The same table with another maintenance sink, e.g. once hyp's EL2 tables become live
+    /// (built with [`crate::NoMaintenance`] while the MMU is off).
+    pub fn with_maintenance<M2: Maintenance>(self, maint: M2) -> (PageTable<A, M2>, M) {
+        let c = self.ctx;
+        (
+            PageTable {
+                root: self.root,
+                ctx: Ctx {
+                    geo: c.geo,
+                    shift: c.shift,
+                    idx_mask: c.idx_mask,
+                    min_block: c.min_block,
+                    alloc: c.alloc,
+                    maint,
+                    vmid: c.vmid,
+                    tables: c.tables,
+                    reserve: c.reserve,
+                    pending: c.pending,
+                    pending_all: c.pending_all,
+                    free_later: c.free_later,
+                },
+            },
+            c.maint,
+        )
+    }
+
+    /// Reads one descriptor by its physical address (for dumps and tests).
+    pub fn read_entry(&self, entry_pa: u64) -> u64 {
+        self.ctx.read(entry_pa)
+    }
+
+    fn check_range(&self, range: &Range<u64>) -> Result<(), MapError> {
+        let g = self.ctx.geo.granule();
+        if range.end < range.start {
+            return Err(MapError::RangeBackwards {
+                start: range.start,
+                end: range.end,
+            });
+        }
+        let limit = self.ctx.geo.input_limit();
+        if range.end > limit {
+            return Err(MapError::OutOfRange {
+                end: range.end,
+                limit,
+            });
+        }
+        for addr in [range.start, range.end] {
+            if addr & (g.size() - 1) != 0 {
+                return Err(MapError::Misaligned { addr, granule: g });
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks `range` (clamped to nothing beyond the input limit), calling `visitor` for the
+    /// visits `flags` asks for. A leaf visitor may turn an entry into a table (the walker then
+    /// descends into it unless `skip_children` is set); a `TablePre` visitor may turn a table
+    /// into a leaf (the walker then does not descend). Root iteration covers every
+    /// concatenated root table.
+    pub fn walk<E, F>(
+        &mut self,
+        range: Range<u64>,
+        flags: WalkFlags,
+        visitor: &mut F,
+    ) -> Result<(), E>
+    where
+        E: From<MapError>,
+        F: FnMut(&mut Ctx<A, M>, &mut Visit) -> Result<(), E>,
+    {
+        if range.end < range.start {
+            return Err(MapError::RangeBackwards {
+                start: range.start,
+                end: range.end,
+            }
+            .into());
+        }
+        let limit = self.ctx.geo.input_limit();
+        if range.end > limit {
+            return Err(MapError::OutOfRange {
+                end: range.end,
+                limit,
+            }
+            .into());
+        }
+        let start = self.ctx.geo.start_level();
+        walk_table(
+            &mut self.ctx,
+            self.root,
+            start,
+            range.start,
+            range.end,
+            flags,
+            visitor,
+        )
+    }
+
+    /// Ensures the reserve holds the tables an operation on `range` needs (prepare).
+    #[inline(always)]
+    fn prepare(&mut self, range: &Range<u64>, op: Op) -> Result<(), MapError> {
+        let geo = self.ctx.geo;
+        // Cheap upper bound: one table per level-(L-1) entry the range touches, per level.
+        let mut bound = 0usize;
+        for l in geo.start_level() + 1..=3 {
+            let s = self.ctx.shift[l as usize - 1];
+            bound += (((range.end - 1) >> s) - (range.start >> s) + 1) as usize;
+        }
+        let have = self.ctx.reserve.len();
+        if bound <= have {
+            return Ok(());
+        }
+        self.prepare_slow(range, op, bound)
+    }
+
+    /// The counting pass of [`PageTable::prepare`].
+    fn prepare_slow(&mut self, range: &Range<u64>, op: Op, bound: usize) -> Result<(), MapError> {
+        if bound <= RESERVE_KEEP && self.fill_reserve(bound).is_ok() {
+            return Ok(());
+        }
+        let mut need = 0usize;
+        let _ = self.walk(range.clone(), WalkFlags::LEAF, &mut |c: &mut Ctx<A, M>,
+                                                                v: &mut Visit|
+         -> Result<
+            (),
+            MapError,
+        > {
+            if v.level == 3 {
+                return Ok(());
+            }
+            let valid = v.old & DESC_VALID != 0;
+            let full = c.covers(v);
+            let needs = match op {
+                Op::Map { .. } => !c.child_done(op, v.level, full, v.addr),
+                Op::Split => valid && !full,
+            };
+            if needs {
+                need += c.count_below(op, v.level, v.addr, v.end);
+            }
+            Ok(())
+        });
+        self.fill_reserve(need)
+    }
+
+    fn fill_reserve(&mut self, need: usize) -> Result<(), MapError> {
+        let have = self.ctx.reserve.len();
+        let g = self.ctx.geo.granule();
+        while self.ctx.reserve.len() < need {
+            match self.ctx.alloc.alloc(g, 1) {
+                Some(t) => self.ctx.reserve.push(t),
+                None => {
+                    let got = self.ctx.reserve.len();
+                    while self.ctx.reserve.len() > have {
+                        let t = self.ctx.reserve.pop().unwrap_or_default();
+                        self.ctx.alloc.free(t, g, 1);
+                    }
+                    return Err(MapError::NoMemory { needed: need, got });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims the reserve back to a handful of frames after an operation.
+    #[inline(always)]
+    fn trim_reserve(&mut self) {
+        let g = self.ctx.geo.granule();
+        while self.ctx.reserve.len() > RESERVE_KEEP {
+            if let Some(t) = self.ctx.reserve.pop() {
+                self.ctx.alloc.free(t, g, 1);
+            }
+        }
+    }
+
+    /// Maps `range` to output addresses from `out` with `attrs`, using the largest blocks
+    /// alignment allows (unless `opts.pages_only`). Existing mappings in the range are
+    /// replaced (with break-before-make). Either the whole range is mapped or, on error, the
+    /// tables are unchanged.
+    ///
+    /// For stage 2, cacheable memory is cleaned to PoC first unless the CPU has FEAT_FWB, and
+    /// executable memory has its I-cache invalidated unless `CTR_EL0.DIC` (both skipped with
+    /// `opts.skip_cmo`).
+    pub fn map(
+        &mut self,
+        range: Range<u64>,
+        out: u64,
+        attrs: Attrs,
+        opts: MapOpts,
+    ) -> Result<(), MapError> {
+        self.check_range(&range)?;
+        let geo = self.ctx.geo;
+        let bits = attrs::encode(geo.regime(), attrs)?;
+        if out & (geo.page_size() - 1) != 0 {
+            return Err(MapError::Misaligned {
+                addr: out,
+                granule: geo.granule(),
+            });
+        }
+        let len = range.end - range.start;
+        let out_end = out.saturating_add(len);
+        if out_end > 1 << 48 {
+            return Err(MapError::OutputTooLarge { end: out_end });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let lo = range.start;
+        let op = Op::Map {
+            out,
+            lo,
+            pages_only: opts.pages_only,
+        };
+        self.prepare(&range, op)?;
+        // Guests start with caches off: clean what they will see to PoC, and make the
+        // I-cache coherent before the memory becomes executable (Arm ARM D7.5.9, D7.5.2).
+        if geo.regime() == Regime::Stage2 && !opts.skip_cmo && attrs.mem == MemType::Normal {
+            if !geo.fwb() {
+                self.ctx.op(MaintOp::CleanDcachePoc { pa: out, len });
+            }
+            if attrs.exec && !geo.dic() {
+                self.ctx.op(MaintOp::InvalidateIcachePou { pa: out, len });
+            }
+        }
+        let po = opts.pages_only;
+        let fill = Fill {
+            out,
+            lo,
+            bits,
+            pages_only: po,
+        };
+        let r: Result<(), MapError> = self.walk(
+            range,
+            // A table can only become a block if the range covers a whole block entry.
+            if !po && len >= geo.block_size(2).unwrap_or(u64::MAX) {
+                WalkFlags::LEAF | WalkFlags::TABLE_PRE
+            } else {
+                WalkFlags::LEAF
+            },
+            &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
+                let o = out + (v.addr - lo);
+                let full = c.covers(v);
+                let block = full && c.blockable(v.level, o, po);
+                let start = c.start_of(v);
+                match v.kind {
+                    VisitKind::TablePre => {
+                        if block {
+                            // Replacing a table by a block: break, flush the VMID, make; then
+                            // the old subtree is unreachable and can go.
+                            let old_t = c.table_pa(v.old);
+                            c.store(v, 0);
+                            c.invalidate_all_now();
+                            c.store(v, Ctx::<A, M>::leaf_desc(o, v.level, bits));
+                            let mut sub = Vec::new();
+                            c.collect_subtree(old_t, v.level + 1, &mut sub);
+                            for t in sub {
+                                c.free_table(t);
+                            }
+                        }
+                    }
+                    VisitKind::Leaf => {
+                        let valid = v.old & DESC_VALID != 0;
+                        if block {
+                            let new = Ctx::<A, M>::leaf_desc(o, v.level, bits);
+                            if v.old == new {
+                            } else if !valid {
+                                c.store(v, new);
+                            } else if (v.old ^ new) & !DESC_ATTR_MASK == 0
+                                && !attrs_change_needs_bbm(v.old, new)
+                            {
+                                c.store(v, new);
+                                c.defer_invalidate(start);
+                            } else {
+                                c.store(v, 0);
+                                c.invalidate_now(start);
+                                c.store(v, new);
+                            }
+                        } else if valid {
+                            c.split_block(v);
+                        } else {
+                            let t = c.take_table();
+                            c.build(t, v.level + 1, v.addr, v.end, &fill);
+                            // The new subtree must be visible before the table descriptor.
+                            c.op(MaintOp::DsbIshSt);
+                            c.store(v, t | 3);
+                            v.skip_children = true;
+                        }
+                    }
+                    VisitKind::TablePost => {}
+                }
+                Ok(())
+            },
+        );
+        self.ctx.flush();
+        self.trim_reserve();
+        r
+    }
+
+    /// Unmaps `range`, splitting blocks the range cuts and freeing tables it empties.
+    pub fn unmap(&mut self, range: Range<u64>) -> Result<(), MapError> {
+        self.check_range(&range)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.prepare(&range, Op::Split)?;
+        // Whole subtrees can only be detached if the range covers a whole table entry.
+        let flags = if range.end - range.start >= self.ctx.geo.entry_size(2) {
+            WalkFlags::LEAF | WalkFlags::TABLE_PRE | WalkFlags::TABLE_POST
+        } else {
+            WalkFlags::LEAF | WalkFlags::TABLE_POST
+        };
+        let r: Result<(), MapError> =
+            self.walk(range, flags, &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
+                let full = c.covers(v);
+                let start = c.start_of(v);
+                match v.kind {
+                    VisitKind::Leaf => {
+                        if v.old & DESC_VALID == 0 {
+                        } else if full {
+                            c.store(v, 0);
+                            c.defer_invalidate(start);
+                        } else {
+                            c.split_block(v);
+                        }
+                    }
+                    VisitKind::TablePre => {
+                        if full {
+                            // Detach the whole subtree; one flush covers every entry in it.
+                            let t = c.table_pa(v.old);
+                            c.store(v, 0);
+                            c.pending_all = true;
+                            let mut sub = core::mem::take(&mut c.free_later);
+                            c.collect_subtree(t, v.level + 1, &mut sub);
+                            c.free_later = sub;
+                            v.skip_children = true;
+                        }
+                    }
+                    VisitKind::TablePost => {
+                        if c.is_table(v.entry, v.level) {
+                            let t = c.table_pa(v.entry);
+                            if c.emptied(t, v) {
+                                c.store(v, 0);
+                                c.defer_invalidate(start);
+                                c.free_later.push(t);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            });
+        self.ctx.flush();
+        self.trim_reserve();
+        r
+    }
+
+    /// Changes the attributes of every mapped page in `range` to `attrs` (e.g. write-protect
+    /// for dirty tracking), splitting blocks the range cuts. Unmapped parts stay unmapped.
+    pub fn protect(&mut self, range: Range<u64>, attrs: Attrs) -> Result<(), MapError> {
+        self.check_range(&range)?;
+        let geo = self.ctx.geo;
+        let bits = attrs::encode(geo.regime(), attrs)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.prepare(&range, Op::Split)?;
+        let r: Result<(), MapError> = self.walk(
+            range,
+            WalkFlags::LEAF,
+            &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
+                if v.old & DESC_VALID == 0 {
+                    return Ok(());
+                }
+                if !c.covers(v) {
+                    c.split_block(v);
+                    return Ok(());
+                }
+                let new = (v.old & !DESC_ATTR_MASK) | bits;
+                if new == v.old {
+                    return Ok(());
+                }
+                let start = c.start_of(v);
+                let becomes_exec = attrs.exec && !attrs::decode(c.geo.regime(), v.old).exec;
+                if c.geo.regime() == Regime::Stage2 && becomes_exec && !c.geo.dic() {
+                    let pa = c.leaf_oa(v.old, v.level);
+                    let len = c.size(v.level);
+                    c.op(MaintOp::InvalidateIcachePou { pa, len });
+                }
+                if attrs_change_needs_bbm(v.old, new) {
+                    c.store(v, 0);
+                    c.invalidate_now(start);
+                    c.store(v, new);
+                } else {
+                    c.store(v, new);
+                    c.defer_invalidate(start);
+                }
+                Ok(())
+            },
+        );
+        self.ctx.flush();
+        self.trim_reserve();
+        r
+    }
+
+    /// Translates one input address: (output address, attributes, level of the leaf).
+    pub fn translate(&mut self, addr: u64) -> Option<(u64, Attrs, u32)> {
+        let geo = self.ctx.geo;
+        if addr >= geo.input_limit() {
+            return None;
+        }
+        let page = addr & !(geo.page_size() - 1);
+        let mut found = None;
+        let _: Result<(), MapError> = self.walk(
+            page..page + geo.page_size(),
+            WalkFlags::LEAF,
+            &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
+                if v.old & DESC_VALID != 0 {
+                    let size = c.size(v.level);
+                    let oa = c.leaf_oa(v.old, v.level) + (addr & (size - 1));
+                    found = Some((oa, attrs::decode(c.geo.regime(), v.old), v.level));
+                }
+                Ok(())
+            },
+        );
+        found
+    }
+
+    /// Frees every table (root included) and the reserve, and returns the allocator and the
+    /// maintenance sink. For stage 2 the VMID is flushed first.
+    pub fn destroy(mut self) -> (A, M) {
+        let limit = self.ctx.geo.input_limit();
+        let mut tables = Vec::new();
+        let _: Result<(), MapError> = self.walk(
+            0..limit,
+            WalkFlags::TABLE_PRE,
+            &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
+                let t = c.table_pa(v.old);
+                c.collect_subtree(t, v.level + 1, &mut tables);
+                v.skip_children = true;
+                Ok(())
+            },
+        );
+        if self.ctx.geo.regime() == Regime::Stage2 {
+            self.ctx.invalidate_all_now();
+        }
+        for t in tables {
+            self.ctx.free_table(t);
+        }
+        self.release_reserve();
+        let g = self.ctx.geo.granule();
+        let n = self.ctx.geo.root_tables() as usize;
+        self.ctx.alloc.free(self.root, g, n);
+        self.ctx.tables -= n;
+        (self.ctx.alloc, self.ctx.maint)
+    }
+}
+
+/// A table the walk descended from: where to continue in it, and the table descriptor that
+/// led down (for the `TablePost` visit).
+#[derive(Clone, Copy)]
+struct Frame {
+    table: u64,
+    hi: u64,
+    child_start: u64,
+    child_end: u64,
+    entry_pa: u64,
+}
+
+const FRAME0: Frame = Frame {
+    table: 0,
+    hi: 0,
+    child_start: 0,
+    child_end: 0,
+    entry_pa: 0,
+};
+
+/// The walker: iterative (no recursion), at most 4 levels deep; the current table's state
+/// stays in locals and only the tables above it are on the stack.
+#[inline(always)]
+fn walk_table<A, M, E, F>(
+    c: &mut Ctx<A, M>,
+    root: u64,
+    start: u32,
+    lo: u64,
+    hi: u64,
+    flags: WalkFlags,
+    f: &mut F,
+) -> Result<(), E>
+where
+    A: TableAlloc,
+    M: Maintenance,
+    F: FnMut(&mut Ctx<A, M>, &mut Visit) -> Result<(), E>,
+{
+    let mut stack = [FRAME0; 3];
+    let mut depth = 0usize;
+    let mut level = start;
+    let mut table = root;
+    let mut addr = lo;
+    let mut fhi = hi;
+    loop {
+        if addr >= fhi {
+            if depth == 0 {
+                return Ok(());
+            }
+            depth -= 1;
+            level -= 1;
+            let fr = stack[depth];
+            if flags.contains(WalkFlags::TABLE_POST) {
+                let entry = c.read(fr.entry_pa);
+                let mut v = Visit {
+                    addr: fr.child_start,
+                    end: fr.child_end,
+                    level,
+                    kind: VisitKind::TablePost,
+                    old: entry,
+                    entry,
+                    entry_pa: fr.entry_pa,
+                    skip_children: false,
+                };
+                f(c, &mut v)?;
+            }
+            table = fr.table;
+            fhi = fr.hi;
+            addr = fr.child_end;
+            continue;
+        }
+        let shift = c.shift[level as usize & 3];
+        let size = 1u64 << shift;
+        let end = ((addr | (size - 1)) + 1).min(fhi);
+        let entry_pa = table + ((addr >> shift) & c.idx_mask[level as usize & 3]) * 8;
+        let old = c.read(entry_pa);
+        let mut entry = old;
+        let mut skip = false;
+        let was_table = c.is_table(old, level);
+        let want = if was_table {
+            flags.contains(WalkFlags::TABLE_PRE)
+        } else {
+            flags.contains(WalkFlags::LEAF)
+        };
+        if want {
+            let mut v = Visit {
+                addr,
+                end,
+                level,
+                kind: if was_table {
+                    VisitKind::TablePre
+                } else {
+                    VisitKind::Leaf
+                },
+                old,
+                entry: old,
+                entry_pa,
+                skip_children: false,
+            };
+            f(c, &mut v)?;
+            entry = v.entry;
+            skip = v.skip_children;
+        }
+        if c.is_table(entry, level) && !skip && depth < 3 {
+            stack[depth] = Frame {
+                table,
+                hi: fhi,
+                child_start: addr,
+                child_end: end,
+                entry_pa,
+            };
+            depth += 1;
+            level += 1;
+            table = c.table_pa(entry);
+            fhi = end;
+        } else {
+            addr = end;
+        }
+    }
+}

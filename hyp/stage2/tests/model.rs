@@ -1,0 +1,324 @@
+//! Property tests: random map/unmap/protect sequences against a page-level model, for every
+//! granule and three IPA sizes. After every step `translate` agrees with the model at sampled
+//! and boundary addresses and the recorded maintenance never breaks break-before-make; at the
+//! end the whole table is compared and unmapping everything leaves only the root.
+
+use proptest::prelude::*;
+use stage2::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Map {
+        start: u64,
+        pages: u64,
+        out: u64,
+        attrs: u8,
+        pages_only: bool,
+    },
+    Unmap {
+        start: u64,
+        pages: u64,
+    },
+    Protect {
+        start: u64,
+        pages: u64,
+        attrs: u8,
+    },
+}
+
+const ATTRS: [Attrs; 4] = [
+    Attrs::ram(),
+    Attrs::data(),
+    Attrs::rodata(),
+    Attrs::device(),
+];
+
+/// The window the ops work in: two L2 blocks plus a few pages, in page units.
+fn window_pages(g: Granule) -> u64 {
+    let l2_pages = 1u64 << (g.shift() - 3);
+    2 * l2_pages + 8
+}
+
+fn op_strategy(g: Granule) -> impl Strategy<Value = Op> {
+    let w = window_pages(g);
+    let l2 = 1u64 << (g.shift() - 3);
+    // Output: either block-congruent with the input (so blocks appear) or arbitrary.
+    let out = prop_oneof![Just(None), (0u64..4096).prop_map(Some)];
+    let len = prop_oneof![1u64..4, 1u64..=l2 + 2, Just(l2), Just(2 * l2)];
+    prop_oneof![
+        4 => (0..w, len.clone(), out, 0u8..4, any::<bool>()).prop_map(move |(s, n, o, a, po)| {
+            let n = n.min(w - s).max(1);
+            let out = match o {
+                None => 8 * l2 + s, // congruent modulo any block size
+                Some(p) => 0x10_0000 + p,
+            };
+            Op::Map { start: s, pages: n, out, attrs: a, pages_only: po }
+        }),
+        2 => (0..w, len.clone()).prop_map(move |(s, n)| Op::Unmap { start: s, pages: n.min(w - s).max(1) }),
+        1 => (0..w, len, 0u8..3).prop_map(move |(s, n, a)| Op::Protect { start: s, pages: n.min(w - s).max(1), attrs: a }),
+    ]
+}
+
+struct Harness {
+    pt: PageTable<VecAlloc, Recorder>,
+    model: BTreeMap<u64, (u64, Attrs)>,
+    base: u64,
+    page: u64,
+    probes: BTreeSet<u64>,
+    bbm: BbmChecker,
+}
+
+impl Harness {
+    fn new(g: Granule, bits: u32, where_: u8) -> Harness {
+        let cpu = CpuFeatures::profile("max").unwrap();
+        let geo = Geometry::stage2(g, bits, &cpu).unwrap();
+        let pt = PageTable::with_vmid(geo, 3, VecAlloc::new(), Recorder::default()).unwrap();
+        let page = g.size();
+        let span = window_pages(g) * page;
+        let limit = 1u64 << bits;
+        let root_entry = geo.entry_size(geo.start_level());
+        let base = match where_ {
+            0 => 0,
+            // The very top: last byte of the input space.
+            1 => limit - span,
+            // Straddling a root entry boundary (and a concatenated table boundary where
+            // there are several).
+            _ => (limit / 2) - span / 2 + page * 3,
+        };
+        let base = base.min(limit - span) & !(page - 1);
+        let _ = root_entry;
+        let bbm = BbmChecker::new(0x0000_ffff_ffff_f000 & !(page - 1));
+        Harness {
+            pt,
+            model: BTreeMap::new(),
+            base,
+            page,
+            probes: BTreeSet::new(),
+            bbm,
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let p = self.page;
+        let (start, pages) = match *op {
+            Op::Map { start, pages, .. }
+            | Op::Unmap { start, pages }
+            | Op::Protect { start, pages, .. } => (start, pages),
+        };
+        let lo = self.base + start * p;
+        let hi = lo + pages * p;
+        match *op {
+            Op::Map {
+                out,
+                attrs,
+                pages_only,
+                ..
+            } => {
+                let a = ATTRS[attrs as usize];
+                let opts = MapOpts {
+                    pages_only,
+                    skip_cmo: false,
+                };
+                self.pt.map(lo..hi, out * p, a, opts).unwrap();
+                for i in 0..pages {
+                    self.model.insert(lo + i * p, ((out + i) * p, a));
+                }
+            }
+            Op::Unmap { .. } => {
+                self.pt.unmap(lo..hi).unwrap();
+                for i in 0..pages {
+                    self.model.remove(&(lo + i * p));
+                }
+            }
+            Op::Protect { attrs, .. } => {
+                let a = ATTRS[attrs as usize];
+                self.pt.protect(lo..hi, a).unwrap();
+                for i in 0..pages {
+                    if let Some(e) = self.model.get_mut(&(lo + i * p)) {
+                        e.1 = a;
+                    }
+                }
+            }
+        }
+        for a in [lo, hi.wrapping_sub(1), hi, lo.wrapping_sub(1)] {
+            self.probes.insert(a);
+        }
+    }
+
+    fn check_addr(&mut self, addr: u64) {
+        if addr >= self.pt.geometry().input_limit() {
+            return;
+        }
+        let page = addr & !(self.page - 1);
+        let want = self
+            .model
+            .get(&page)
+            .map(|&(pa, a)| (pa + (addr - page), a));
+        let got = self.pt.translate(addr).map(|(pa, a, _)| (pa, a));
+        assert_eq!(got, want, "translate({addr:#x})");
+    }
+
+    fn check_step(&mut self, seed: u64) {
+        let probes: Vec<u64> = self.probes.iter().copied().collect();
+        for a in probes {
+            self.check_addr(a);
+        }
+        let span = window_pages(self.pt.geometry().granule()) * self.page;
+        let mut x = seed | 1;
+        for _ in 0..32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.check_addr(self.base + x % span);
+        }
+        self.bbm.feed(&self.pt.maintenance().events).unwrap();
+        self.pt.maintenance_mut().events.clear();
+        // Memory accounting: every allocated frame is a live table or in reserve.
+        let a = self.pt.allocator();
+        let root_tables = self.pt.geometry().root_tables() as usize;
+        assert_eq!(
+            a.live_allocs(),
+            self.pt.tables() - root_tables + 1 + self.pt.reserved_tables()
+        );
+        assert_eq!(a.bad_frees, 0);
+    }
+
+    /// Every leaf, expanded to pages, equals the model.
+    fn check_full(&mut self) {
+        let p = self.page;
+        let mut seen = BTreeMap::new();
+        let limit = self.pt.geometry().input_limit();
+        self.pt
+            .walk::<MapError, _>(
+                0..limit,
+                WalkFlags::LEAF,
+                &mut |c: &mut Ctx<VecAlloc, Recorder>, v: &mut Visit| {
+                    if v.old & 1 != 0 {
+                        let size = c.geometry().entry_size(v.level);
+                        let start = v.addr & !(size - 1);
+                        let oa = v.old & 0x0000_ffff_ffff_f000 & !(size - 1);
+                        let a = stage2::attrs::decode(Regime::Stage2, v.old);
+                        for i in 0..size / p {
+                            seen.insert(start + i * p, (oa + i * p, a));
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(seen, self.model);
+    }
+
+    fn finish(mut self) {
+        self.check_full();
+        let limit = self.pt.geometry().input_limit();
+        self.pt.unmap(0..limit).unwrap();
+        let roots = self.pt.geometry().root_tables() as usize;
+        assert_eq!(self.pt.tables(), roots, "only the root remains");
+        assert_eq!(self.pt.table_bytes(), self.pt.geometry().root_bytes());
+        self.bbm.feed(&self.pt.maintenance().events).unwrap();
+        let (a, _) = self.pt.destroy();
+        assert_eq!(a.live_allocs(), 0, "no frame leaked");
+        assert_eq!(a.bad_frees, 0);
+    }
+}
+
+fn run(g: Granule, bits: u32, where_: u8, ops: Vec<Op>, seed: u64) {
+    let mut h = Harness::new(g, bits, where_);
+    for (i, op) in ops.iter().enumerate() {
+        h.apply(op);
+        h.check_step(seed.wrapping_add(i as u64));
+    }
+    h.finish();
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 12,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+macro_rules! model_test {
+    ($name:ident, $g:expr, $sizes:expr) => {
+        proptest! {
+            #![proptest_config(config())]
+            #[test]
+            fn $name(
+                size in 0usize..3,
+                where_ in 0u8..3,
+                ops in prop::collection::vec(op_strategy($g), 1..20),
+                seed in any::<u64>(),
+            ) {
+                let sizes: [u32; 3] = $sizes;
+                run($g, sizes[size], where_, ops, seed);
+            }
+        }
+    };
+}
+
+model_test!(model_4k, Granule::K4, [32, 40, 48]);
+model_test!(model_16k, Granule::K16, [36, 40, 47]);
+model_test!(model_64k, Granule::K64, [34, 42, 46]);
+
+/// Every (granule, size) pair is exercised at least once whatever proptest picks.
+#[test]
+fn model_every_size_fixed_sequence() {
+    for (g, sizes) in [
+        (Granule::K4, [32, 40, 48]),
+        (Granule::K16, [36, 40, 47]),
+        (Granule::K64, [34, 42, 46]),
+    ] {
+        let l2 = 1u64 << (g.shift() - 3);
+        for bits in sizes {
+            for where_ in 0..3 {
+                let ops = vec![
+                    Op::Map {
+                        start: 0,
+                        pages: 2 * l2 + 8,
+                        out: 8 * l2,
+                        attrs: 0,
+                        pages_only: false,
+                    },
+                    Op::Protect {
+                        start: l2 - 1,
+                        pages: 3,
+                        attrs: 2,
+                    },
+                    Op::Unmap {
+                        start: 3,
+                        pages: l2,
+                    },
+                    Op::Map {
+                        start: 1,
+                        pages: 5,
+                        out: 0x10_0007,
+                        attrs: 3,
+                        pages_only: true,
+                    },
+                    Op::Map {
+                        start: l2,
+                        pages: l2,
+                        out: 8 * l2 + l2,
+                        attrs: 1,
+                        pages_only: false,
+                    },
+                    Op::Unmap {
+                        start: 0,
+                        pages: 2 * l2 + 8,
+                    },
+                    Op::Map {
+                        start: 5,
+                        pages: l2,
+                        out: 0x10_0000,
+                        attrs: 0,
+                        pages_only: false,
+                    },
+                ];
+                run(g, bits, where_, ops, 42);
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Walker edge cases and the behaviour of map/unmap/protect/translate for every regime.
+
+use stage2::*;
+
+fn cpu() -> CpuFeatures {
+    CpuFeatures::profile("max").unwrap()
+}
+
+fn s2(g: Granule, bits: u32) -> PageTable<VecAlloc, Recorder> {
+    let geo = Geometry::stage2(g, bits, &cpu()).unwrap();
+    PageTable::with_vmid(geo, 7, VecAlloc::new(), Recorder::default()).unwrap()
+}
+
+fn oa_mask(pt: &PageTable<VecAlloc, Recorder>) -> u64 {
+    0x0000_ffff_ffff_f000 & !(pt.geometry().page_size() - 1)
+}
+
+#[test]
+fn el2_identity_map_with_wx() {
+    for g in Granule::ALL {
+        let geo = Geometry::new(Regime::El2, g, 48, &cpu()).unwrap();
+        let mut pt = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+        let p = g.size();
+        let text = 0x4008_0000 & !(p - 1);
+        pt.map(text..text + 4 * p, text, Attrs::code(), MapOpts::default())
+            .unwrap();
+        pt.map(
+            text + 4 * p..text + 6 * p,
+            text + 4 * p,
+            Attrs::rodata(),
+            MapOpts::default(),
+        )
+        .unwrap();
+        pt.map(
+            0..p,
+            0,
+            Attrs::new(true, false, true, MemType::Device),
+            MapOpts::default(),
+        )
+        .unwrap_err();
+        pt.map(
+            0x0900_0000 & !(p - 1)..(0x0900_0000 & !(p - 1)) + p,
+            0x0900_0000 & !(p - 1),
+            Attrs::device(),
+            MapOpts::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            pt.map(
+                text..text + p,
+                text,
+                Attrs::new(true, true, true, MemType::Normal),
+                MapOpts::default()
+            ),
+            Err(MapError::Attrs(AttrError::WriteExecEl2(Attrs::new(
+                true,
+                true,
+                true,
+                MemType::Normal
+            ))))
+        );
+        let (oa, a, level) = pt.translate(text + 123).unwrap();
+        assert_eq!((oa, a, level), (text + 123, Attrs::code(), 3));
+        assert_eq!(pt.translate(text + 5 * p).unwrap().1, Attrs::rodata());
+        assert_eq!(pt.translate(0x0900_0000).unwrap().1, Attrs::device());
+        assert_eq!(pt.translate(text + 6 * p), None);
+        let (alloc, _) = pt.destroy();
+        assert_eq!(alloc.live_allocs(), 0);
+        assert_eq!(alloc.bad_frees, 0);
+    }
+}
+
+trait MapExt {
+    fn map_ok(&mut self, r: core::ops::Range<u64>, out: u64, a: Attrs);
+}
+impl<A: TableAlloc, M: Maintenance> MapExt for PageTable<A, M> {
+    fn map_ok(&mut self, r: core::ops::Range<u64>, out: u64, a: Attrs) {
+        self.map(r, out, a, MapOpts::default()).unwrap()
+    }
+}
+
+#[test]
+fn blocks_where_alignment_allows() {
+    let mut pt = s2(Granule::K4, 40);
+    // 1 GiB aligned: one L1 block.
+    pt.map_ok(0x4000_0000..0x8000_0000, 0x4000_0000, Attrs::ram());
+    assert_eq!(
+        pt.translate(0x4000_1234).unwrap(),
+        (0x4000_1234, Attrs::ram(), 1)
+    );
+    assert_eq!(pt.tables(), 2, "root only (2 concatenated tables)");
+    // 2M-aligned output but not 1G: 2M blocks.
+    pt.map_ok(0x8000_0000..0xc000_0000, 0x1_0020_0000, Attrs::ram());
+    assert_eq!(pt.translate(0x8000_0000).unwrap().2, 2);
+    assert_eq!(pt.tables(), 3);
+    // Straddling: pages at the edges, blocks in the middle.
+    pt.map_ok(0xc000_1000..0xc060_0000, 0x2_c000_1000, Attrs::ram());
+    assert_eq!(pt.translate(0xc000_1000).unwrap().2, 3);
+    assert_eq!(pt.translate(0xc040_0000).unwrap().2, 2);
+    assert_eq!(
+        pt.translate(0xc05f_f000).unwrap(),
+        (0x2_c05f_f000, Attrs::ram(), 2)
+    );
+    // Pages forced.
+    pt.map(
+        0x1_0000_0000..0x1_0040_0000,
+        0x1_0000_0000,
+        Attrs::ram(),
+        MapOpts::PAGES,
+    )
+    .unwrap();
+    assert_eq!(pt.translate(0x1_0020_0000).unwrap().2, 3);
+    let mask = oa_mask(&pt);
+    check_bbm(&pt.maintenance().events, mask).unwrap();
+}
+
+#[test]
+fn last_byte_and_concatenated_roots() {
+    for (g, bits) in [
+        (Granule::K4, 40),
+        (Granule::K16, 40),
+        (Granule::K64, 46),
+        (Granule::K4, 32),
+    ] {
+        let mut pt = s2(g, bits);
+        let top = 1u64 << bits;
+        let p = g.size();
+        pt.map_ok(top - p..top, 0x1234 * p, Attrs::ram());
+        assert_eq!(pt.translate(top - 1).unwrap().0, 0x1234 * p + p - 1);
+        pt.map_ok(0..p, 0x77 * p, Attrs::device());
+        assert_eq!(pt.translate(0).unwrap(), (0x77 * p, Attrs::device(), 3));
+        assert_eq!(
+            pt.map(top - p..top + p, 0, Attrs::ram(), MapOpts::default()),
+            Err(MapError::OutOfRange {
+                end: top + p,
+                limit: top
+            })
+        );
+        assert_eq!(pt.translate(top), None);
+        pt.unmap(0..top).unwrap();
+        assert_eq!(
+            pt.tables(),
+            pt.geometry().root_tables() as usize,
+            "{g} {bits}"
+        );
+        let (a, _) = pt.destroy();
+        assert_eq!(a.live_allocs(), 0);
+    }
+}
+
+#[test]
+fn straddling_subtables_and_block_split() {
+    let mut pt = s2(Granule::K4, 40);
+    // Two pages straddling an L3 table boundary.
+    pt.map_ok(0x1ff000..0x201000, 0x5000_0000, Attrs::ram());
+    assert_eq!(pt.translate(0x1ff000).unwrap().0, 0x5000_0000);
+    assert_eq!(pt.translate(0x200000).unwrap().0, 0x5000_1000);
+    // Split a 2M block by unmapping one page in its middle.
+    pt.map_ok(0x4000_0000..0x4020_0000, 0x8000_0000, Attrs::ram());
+    assert_eq!(pt.translate(0x4000_0000).unwrap().2, 2);
+    pt.maintenance_mut().events.clear();
+    pt.unmap(0x4010_0000..0x4010_1000).unwrap();
+    assert_eq!(pt.translate(0x4010_0000), None);
+    assert_eq!(
+        pt.translate(0x4010_1000).unwrap(),
+        (0x8010_1000, Attrs::ram(), 3)
+    );
+    assert_eq!(pt.translate(0x400f_f000).unwrap().0, 0x800f_f000);
+    let mask = oa_mask(&pt);
+    check_bbm(&pt.maintenance().events, mask).unwrap();
+    // Protect a page inside a 1G block: split twice.
+    pt.map_ok(
+        0x80_0000_0000 - 0x4000_0000..0x80_0000_0000,
+        0x4000_0000,
+        Attrs::ram(),
+    );
+    pt.protect(0x7f_c000_3000..0x7f_c000_4000, Attrs::ram().read_only())
+        .unwrap();
+    assert_eq!(
+        pt.translate(0x7f_c000_3000).unwrap(),
+        (0x4000_3000, Attrs::ram().read_only(), 3)
+    );
+    assert_eq!(
+        pt.translate(0x7f_c000_4000).unwrap(),
+        (0x4000_4000, Attrs::ram(), 3)
+    );
+    assert_eq!(pt.translate(0x7f_c020_0000).unwrap().2, 2);
+    check_bbm(&pt.maintenance().events, mask).unwrap();
+    // Remap a split range as a block again: table replaced by block, VMID flushed.
+    let before = pt.tables();
+    pt.maintenance_mut().events.clear();
+    pt.map_ok(0x7f_c000_0000..0x7f_c020_0000, 0x4000_0000, Attrs::ram());
+    assert_eq!(pt.translate(0x7f_c000_3000).unwrap().2, 2);
+    assert_eq!(pt.tables(), before - 1);
+    assert!(pt
+        .maintenance()
+        .ops()
+        .contains(&MaintOp::TlbiVmalls12e1is { vmid: 7 }));
+    check_bbm(&pt.maintenance().events, mask).unwrap();
+}
+
+#[test]
+fn tlbi_sequences() {
+    let mut pt = s2(Granule::K16, 40);
+    let p = 0x4000;
+    pt.map(0..16 * p, 0x1_0000_0000, Attrs::ram(), MapOpts::PAGES)
+        .unwrap();
+    pt.maintenance_mut().events.clear();
+    pt.unmap(0..2 * p).unwrap();
+    assert_eq!(
+        pt.maintenance().ops(),
+        vec![
+            MaintOp::DsbIshSt,
+            MaintOp::TlbiIpas2e1is {
+                vmid: 7,
+                operand: 0
+            },
+            MaintOp::TlbiIpas2e1is {
+                vmid: 7,
+                operand: 4
+            },
+            MaintOp::DsbIsh,
+            MaintOp::TlbiVmalle1is { vmid: 7 },
+            MaintOp::DsbIsh,
+            MaintOp::Isb,
+        ]
+    );
+    // More than 512 entries: one VMALLS12E1IS.
+    pt.map(0..1024 * p, 0x1_0000_0000, Attrs::ram(), MapOpts::PAGES)
+        .unwrap();
+    pt.maintenance_mut().events.clear();
+    pt.protect(0..1024 * p, Attrs::ram().read_only()).unwrap();
+    let ops = pt.maintenance().ops();
+    assert_eq!(
+        ops,
+        vec![
+            MaintOp::DsbIshSt,
+            MaintOp::TlbiVmalls12e1is { vmid: 7 },
+            MaintOp::DsbIsh,
+            MaintOp::Isb,
+        ]
+    );
+}
+
+#[test]
+fn cache_maintenance_decisions() {
+    let regs = |mmfr2: u64, ctr: u64| {
+        let max = CpuFeatures::profile("max").unwrap().id_regs();
+        CpuFeatures::from_id_regs(IdRegs { mmfr2, ctr, ..max })
+    };
+    let cases = [
+        (regs(0, 0), true, true),
+        (regs(1 << 40, 0), false, true),
+        (regs(0, 1 << 29), true, false),
+        (regs(1 << 40, 1 << 29), false, false),
+    ];
+    for (cpu, clean, inval) in cases {
+        let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
+        let mut pt = PageTable::new(geo, VecAlloc::new(), Recorder::default()).unwrap();
+        pt.map_ok(0..0x20_0000, 0x4000_0000, Attrs::ram());
+        let ops = pt.maintenance().ops();
+        assert_eq!(
+            ops.contains(&MaintOp::CleanDcachePoc {
+                pa: 0x4000_0000,
+                len: 0x20_0000
+            }),
+            clean
+        );
+        assert_eq!(
+            ops.contains(&MaintOp::InvalidateIcachePou {
+                pa: 0x4000_0000,
+                len: 0x20_0000
+            }),
+            inval
+        );
+        // Device memory and non-executable memory never get an I-cache invalidate.
+        pt.maintenance_mut().events.clear();
+        pt.map_ok(0x100_0000..0x100_1000, 0x900_0000, Attrs::device());
+        pt.map_ok(0x200_0000..0x200_1000, 0x4100_0000, Attrs::data());
+        let ops = pt.maintenance().ops();
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, MaintOp::InvalidateIcachePou { .. })));
+        assert!(!ops.contains(&MaintOp::CleanDcachePoc {
+            pa: 0x900_0000,
+            len: 0x1000
+        }));
+        pt.destroy();
+    }
+}
+
+#[test]
+fn errors_leave_tables_unchanged_and_name_the_problem() {
+    let mut pt = s2(Granule::K64, 42);
+    let e = pt
+        .map(0x100..0x1_0000, 0, Attrs::ram(), MapOpts::default())
+        .unwrap_err();
+    assert_eq!(
+        e,
+        MapError::Misaligned {
+            addr: 0x100,
+            granule: Granule::K64
+        }
+    );
+    assert!(e.to_string().contains("64K"), "{e}");
+    let e = pt
+        .map(0..0x1_0000, 0x8000, Attrs::ram(), MapOpts::default())
+        .unwrap_err();
+    assert!(matches!(e, MapError::Misaligned { addr: 0x8000, .. }));
+    let e = pt
+        .map(
+            0..0x1_0000,
+            (1 << 48) - 0x8000 + 0x8000,
+            Attrs::ram(),
+            MapOpts::default(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("48-bit"), "{e}");
+    let (hi, lo) = (0x2_0000u64, 0x1_0000u64);
+    let e = pt
+        .unmap(core::ops::Range { start: hi, end: lo })
+        .unwrap_err();
+    assert!(matches!(e, MapError::RangeBackwards { .. }));
+    assert_eq!(pt.tables(), 1);
+}
+
+#[test]
+fn walk_visits_concatenated_roots_and_tables() {
+    let mut pt = s2(Granule::K16, 40);
+    assert_eq!(pt.geometry().root_tables(), 16);
+    let p = 0x4000u64;
+    let addrs = [0u64, 0x80_0000_0000 - p, 0x40_0000_0000];
+    for (i, a) in addrs.iter().enumerate() {
+        pt.map_ok(*a..*a + p, 0x1000_0000 + i as u64 * p, Attrs::ram());
+    }
+    let mut leaves = Vec::new();
+    let mut pre = 0;
+    let mut post = 0;
+    pt.walk::<MapError, _>(
+        0..1 << 40,
+        WalkFlags::LEAF | WalkFlags::TABLE_PRE | WalkFlags::TABLE_POST,
+        &mut |_c: &mut Ctx<VecAlloc, Recorder>, v: &mut Visit| {
+            match v.kind {
+                VisitKind::Leaf if v.old & 1 != 0 => leaves.push(v.addr),
+                VisitKind::TablePre => pre += 1,
+                VisitKind::TablePost => post += 1,
+                _ => {}
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    let mut want = addrs.to_vec();
+    want.sort();
+    assert_eq!(leaves, want);
+    assert_eq!((pre, post), (3, 3));
+    assert_eq!(pt.tables(), 16 + 3);
+}

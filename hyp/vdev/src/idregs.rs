@@ -1,0 +1,479 @@
+//! The guest's view of the ID registers (`HCR_EL2.TID3` traps EL1 reads of them).
+//!
+//! The trapped space is op0 = 3, op1 = 0, CRn = 0, CRm = 1..=7, op2 = 0..=7: 56 encodings,
+//! the AArch32 and AArch64 ID registers plus unallocated encodings, which the Arm ARM defines
+//! as RAZ (D23.3.1, "Reserved encodings in the ID register space"). CRm = 0 (MIDR_EL1,
+//! MPIDR_EL1, REVIDR_EL1) is not trapped by TID3: the guest reads `VPIDR_EL2`/`VMPIDR_EL2`
+//! and the host REVIDR, so [`IdPolicy::sanitize`] answers `None` for it.
+//!
+//! Sanitizing is a whitelist: for each AArch64 register, only fields hyp knows to be safe to
+//! pass through keep the host's value; every other field becomes 0, which for an unsigned
+//! field means "not implemented". Signed fields (TGran4, TGran64, FP, AdvSIMD, DoubleLock,
+//! where 0xF means absent) are handled one by one. The AArch32 registers pass through except
+//! for the features hidden in AArch64 too (PMU, RAS, AMU, trace, virtualization, security).
+//!
+//! What is hidden, and why (hyp does not virtualize it, or it needs EL2 support we lack):
+//! - EL2 (no nested virtualization: `ID_AA64PFR0.EL2`, `ID_AA64MMFR1.VH/VMIDBits/XNX/TWED/HCX`,
+//!   `ID_AA64MMFR2.NV/FWB/EVT/IDS`, `ID_AA64MMFR0.TGran*_2` = 0b0001, FGT, ECV), AArch32 at EL1
+//!   (`HCR_EL2.RW` = 1), Secure EL2.
+//! - SVE, SME, FPMR (`ID_AA64ZFR0/SMFR0/FPFR0` = 0): their state is not context-switched.
+//! - MTE, RAS, MPAM, AMU, RME, GCS, THE, NMI, pointer authentication (keys are not managed by
+//!   hyp, and `HCR_EL2.API/APK` policy is the run loop's), TME, LS64, XS, MOPS, WFxT, the
+//!   128-bit system registers, S1PIE/S1POE/TCR2/SCTLR2 (`ID_AA64MMFR3` = 0).
+//! - Debug and trace: PMU (`PMUVer` = 0, `PerfMon` = 0), SPE, TRBE, BRBE, trace filters;
+//!   `DebugVer` and the breakpoint/watchpoint counts are kept.
+//! - FEAT_LPA2 (TGran4 = 0b0001, TGran16 = 0b0010) unless the VM's IPA space is 52 bits.
+//! - PARange is capped at the VM's IPA size (guest PA = our IPA).
+//! - Granules the VM may not use: TGran4/TGran64 = 0b1111, TGran16 = 0b0000.
+
+use crate::exit::SysReg;
+use stage2::Granule;
+
+/// The trapped ID register encodings: op0 3, op1 0, CRn 0, CRm 1..=7, op2 0..=7.
+pub const TRAPPED: [SysReg; 56] = {
+    let mut regs = [SysReg::new(3, 0, 0, 1, 0); 56];
+    let mut i = 0;
+    while i < 56 {
+        regs[i] = SysReg::new(3, 0, 0, 1 + (i / 8) as u8, (i % 8) as u8);
+        i += 1;
+    }
+    regs
+};
+
+const fn id(crm: u8, op2: u8) -> SysReg {
+    SysReg::new(3, 0, 0, crm, op2)
+}
+
+/// `ID_AA64PFR0_EL1`.
+pub const ID_AA64PFR0_EL1: SysReg = id(4, 0);
+/// `ID_AA64PFR1_EL1`.
+pub const ID_AA64PFR1_EL1: SysReg = id(4, 1);
+/// `ID_AA64ZFR0_EL1`.
+pub const ID_AA64ZFR0_EL1: SysReg = id(4, 4);
+/// `ID_AA64DFR0_EL1`.
+pub const ID_AA64DFR0_EL1: SysReg = id(5, 0);
+/// `ID_AA64ISAR0_EL1`.
+pub const ID_AA64ISAR0_EL1: SysReg = id(6, 0);
+/// `ID_AA64ISAR1_EL1`.
+pub const ID_AA64ISAR1_EL1: SysReg = id(6, 1);
+/// `ID_AA64ISAR2_EL1`.
+pub const ID_AA64ISAR2_EL1: SysReg = id(6, 2);
+/// `ID_AA64MMFR0_EL1`.
+pub const ID_AA64MMFR0_EL1: SysReg = id(7, 0);
+/// `ID_AA64MMFR1_EL1`.
+pub const ID_AA64MMFR1_EL1: SysReg = id(7, 1);
+/// `ID_AA64MMFR2_EL1`.
+pub const ID_AA64MMFR2_EL1: SysReg = id(7, 2);
+
+const NAMES: [(u8, u8, &str); 42] = [
+    (1, 0, "ID_PFR0_EL1"),
+    (1, 1, "ID_PFR1_EL1"),
+    (1, 2, "ID_DFR0_EL1"),
+    (1, 3, "ID_AFR0_EL1"),
+    (1, 4, "ID_MMFR0_EL1"),
+    (1, 5, "ID_MMFR1_EL1"),
+    (1, 6, "ID_MMFR2_EL1"),
+    (1, 7, "ID_MMFR3_EL1"),
+    (2, 0, "ID_ISAR0_EL1"),
+    (2, 1, "ID_ISAR1_EL1"),
+    (2, 2, "ID_ISAR2_EL1"),
+    (2, 3, "ID_ISAR3_EL1"),
+    (2, 4, "ID_ISAR4_EL1"),
+    (2, 5, "ID_ISAR5_EL1"),
+    (2, 6, "ID_MMFR4_EL1"),
+    (2, 7, "ID_ISAR6_EL1"),
+    (3, 0, "MVFR0_EL1"),
+    (3, 1, "MVFR1_EL1"),
+    (3, 2, "MVFR2_EL1"),
+    (3, 4, "ID_PFR2_EL1"),
+    (3, 5, "ID_DFR1_EL1"),
+    (3, 6, "ID_MMFR5_EL1"),
+    (4, 0, "ID_AA64PFR0_EL1"),
+    (4, 1, "ID_AA64PFR1_EL1"),
+    (4, 2, "ID_AA64PFR2_EL1"),
+    (4, 4, "ID_AA64ZFR0_EL1"),
+    (4, 5, "ID_AA64SMFR0_EL1"),
+    (4, 7, "ID_AA64FPFR0_EL1"),
+    (5, 0, "ID_AA64DFR0_EL1"),
+    (5, 1, "ID_AA64DFR1_EL1"),
+    (5, 2, "ID_AA64DFR2_EL1"),
+    (5, 4, "ID_AA64AFR0_EL1"),
+    (5, 5, "ID_AA64AFR1_EL1"),
+    (6, 0, "ID_AA64ISAR0_EL1"),
+    (6, 1, "ID_AA64ISAR1_EL1"),
+    (6, 2, "ID_AA64ISAR2_EL1"),
+    (6, 3, "ID_AA64ISAR3_EL1"),
+    (7, 0, "ID_AA64MMFR0_EL1"),
+    (7, 1, "ID_AA64MMFR1_EL1"),
+    (7, 2, "ID_AA64MMFR2_EL1"),
+    (7, 3, "ID_AA64MMFR3_EL1"),
+    (7, 4, "ID_AA64MMFR4_EL1"),
+];
+
+/// The architectural name of an allocated ID register in the trapped space.
+pub fn name(reg: SysReg) -> Option<&'static str> {
+    if !is_trapped(reg) {
+        return None;
+    }
+    NAMES
+        .iter()
+        .find(|(crm, op2, _)| *crm == reg.crm() && *op2 == reg.op2())
+        .map(|(_, _, n)| *n)
+}
+
+/// Whether `reg` is in the TID3-trapped ID space (op0 3, op1 0, CRn 0, CRm 1..=7).
+pub fn is_trapped(reg: SysReg) -> bool {
+    reg.op0() == 3 && reg.op1() == 0 && reg.crn() == 0 && (1..=7).contains(&reg.crm())
+}
+
+const fn field(v: u64, shift: u32) -> u64 {
+    (v >> shift) & 0xf
+}
+
+/// The host value restricted to the 4-bit fields at `shifts`.
+fn keep(host: u64, shifts: &[u32]) -> u64 {
+    shifts.iter().fold(0, |acc, &s| acc | (host & (0xf << s)))
+}
+
+/// The host value with the 4-bit fields at `shifts` cleared.
+fn clear(host: u64, shifts: &[u32]) -> u64 {
+    shifts.iter().fold(host, |acc, &s| acc & !(0xf << s))
+}
+
+fn set(v: u64, shift: u32, value: u64) -> u64 {
+    (v & !(0xf << shift)) | ((value & 0xf) << shift)
+}
+
+/// `ID_AA64MMFR0_EL1.PARange` encodings and their sizes (Arm ARM D24.2.81).
+const PA_RANGES: [(u64, u32); 7] = [
+    (0, 32),
+    (1, 36),
+    (2, 40),
+    (3, 42),
+    (4, 44),
+    (5, 48),
+    (6, 52),
+];
+
+/// What a VM may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdPolicy {
+    /// The guest granules this VM may use, as a mask of [`Granule::bit`]. With
+    /// `page_size = "16k"` this is just 16K, so the kernel picks the configured size.
+    pub granules: u8,
+    /// The VM's IPA size in bits (what the guest sees as its PA size).
+    pub ipa_bits: u32,
+}
+
+impl IdPolicy {
+    fn allows(&self, g: Granule) -> bool {
+        self.granules & g.bit() != 0
+    }
+
+    /// The `PARange` encoding for the VM's IPA size: the largest not above it (32 bits at
+    /// least, the smallest encoding).
+    pub fn pa_range(&self) -> u64 {
+        PA_RANGES
+            .iter()
+            .rev()
+            .find(|(_, bits)| *bits <= self.ipa_bits)
+            .map_or(0, |(enc, _)| *enc)
+    }
+
+    /// The value the guest reads for the trapped ID register `reg`, given the host's value;
+    /// `None` when `reg` is not in the trapped space. Unallocated encodings read as zero.
+    pub fn sanitize(&self, reg: SysReg, host: u64) -> Option<u64> {
+        if !is_trapped(reg) {
+            return None;
+        }
+        Some(match (reg.crm(), reg.op2()) {
+            // ---- AArch32 (used only by AArch32 EL0 tasks): pass through, minus what is
+            // hidden in AArch64 too.
+            // ID_PFR0: RAS [31:28], AMU [23:20].
+            (1, 0) => clear(host, &[28, 20]),
+            // ID_PFR1: Security [7:4], Virtualization [15:12], Sec_frac [23:20],
+            // Virt_frac [27:24].
+            (1, 1) => clear(host, &[4, 12, 20, 24]),
+            // ID_DFR0: CopTrc [15:12], MMapTrc [19:16], PerfMon [27:24], TraceFilt [31:28].
+            (1, 2) => clear(host, &[12, 16, 24, 28]),
+            // ID_AFR0 (IMPLEMENTATION DEFINED).
+            (1, 3) => 0,
+            (1, 4..=7) | (2, 0..=7) | (3, 0..=2) | (3, 6) => host,
+            // ID_PFR2: keep CSV3 [3:0], SSBS [7:4]; RAS_frac [11:8] hidden.
+            (3, 4) => keep(host, &[0, 4]),
+            // ID_DFR1: MTPMU, HPMN0 (PMU).
+            (3, 5) => 0,
+
+            // ---- AArch64.
+            (4, 0) => {
+                // Keep EL0, FP, AdvSIMD, DIT, CSV2, CSV3; EL1 AArch64 only; EL2 absent;
+                // EL3 at most AArch64 (the SMC conduit traps with HCR_EL2.TSC); GIC system
+                // registers at most v3.0; RAS, SVE, SEL2, MPAM, AMU, RME hidden.
+                let mut v = keep(host, &[0, 16, 20, 48, 56, 60]);
+                v = set(v, 4, 1);
+                v = set(v, 12, field(host, 12).min(1));
+                set(v, 24, field(host, 24).min(1))
+            }
+            // ID_AA64PFR1: keep BT [3:0], SSBS [7:4], CSV2_frac [35:32].
+            (4, 1) => keep(host, &[0, 4, 32]),
+            // PFR2 (MTE extensions, FPMR), ZFR0 (SVE), SMFR0 (SME), FPFR0 (FP8): hidden.
+            (4, _) => 0,
+            // ID_AA64DFR0: keep DebugVer [3:0], BRPs [15:12], WRPs [23:20],
+            // CTX_CMPs [31:28], DoubleLock [39:36]; PMU, SPE, TRBE, BRBE, trace hidden.
+            (5, 0) => keep(host, &[0, 12, 20, 28, 36]),
+            (5, _) => 0,
+            // ID_AA64ISAR0: all but TME [27:24] (and RES0 [3:0]).
+            (6, 0) => clear(host, &[0, 24]),
+            // ID_AA64ISAR1: keep DPB, JSCVT, FCMA, LRCPC, FRINTTS, SB, SPECRES, BF16, DGH,
+            // I8MM; pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
+            (6, 1) => keep(host, &[0, 12, 16, 20, 32, 36, 40, 44, 48, 52]),
+            // ID_AA64ISAR2: keep RPRES [7:4], BC [23:20], CLRBHB [31:28], RPRFM [51:48],
+            // CSSC [55:52]; WFxT, MOPS, PAC3, 128-bit system registers hidden.
+            (6, 2) => keep(host, &[4, 20, 28, 48, 52]),
+            (6, _) => 0,
+            (7, 0) => self.mmfr0(host),
+            // ID_AA64MMFR1: keep HAFDBS, HPDS, LO, PAN, ETS, AFP, nTLBPA, ECBHB.
+            (7, 1) => keep(host, &[0, 12, 16, 20, 36, 44, 48, 60]),
+            // ID_AA64MMFR2: keep CnP, UAO, VARange, CCIDX, ST, AT, TTL, E0PD.
+            (7, 2) => keep(host, &[0, 4, 16, 20, 28, 32, 48, 60]),
+            _ => 0,
+        })
+    }
+
+    fn mmfr0(&self, host: u64) -> u64 {
+        let pa_range = field(host, 0).min(self.pa_range());
+        // FEAT_LPA2 only matters with 52-bit addresses; without them it just changes the
+        // guest's descriptor format and adds a level, so it is hidden.
+        let lpa2 = pa_range >= 6;
+        // Keep ASIDBits [7:4], BigEnd [11:8], BigEndEL0 [19:16].
+        let mut v = keep(host, &[4, 8, 16]) | pa_range;
+
+        // TGran4 [31:28] (signed: 0 yes, 1 yes with 52-bit, 0xF no).
+        let t4 = field(host, 28);
+        let t4 = match (self.allows(Granule::K4), t4) {
+            (false, _) => 0xf,
+            (true, 1) if !lpa2 => 0,
+            (true, t) => t,
+        };
+        v = set(v, 28, t4);
+        // TGran64 [27:24] (signed: 0 yes, 0xF no).
+        v = set(
+            v,
+            24,
+            if self.allows(Granule::K64) {
+                field(host, 24)
+            } else {
+                0xf
+            },
+        );
+        // TGran16 [23:20] (unsigned: 0 no, 1 yes, 2 yes with 52-bit).
+        let t16 = field(host, 20);
+        let t16 = match (self.allows(Granule::K16), t16) {
+            (false, _) => 0,
+            (true, 2) if !lpa2 => 1,
+            (true, t) => t,
+        };
+        v = set(v, 20, t16);
+        // TGran16_2 [35:32], TGran64_2 [39:36], TGran4_2 [43:40]: 0b0001 "not supported at
+        // stage 2" — the guest has no EL2.
+        v = set(v, 32, 1);
+        v = set(v, 36, 1);
+        set(v, 40, 1)
+    }
+}
+
+/// A VM's ID register values, computed once at VM creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestIdRegs {
+    values: [u64; 56],
+}
+
+impl GuestIdRegs {
+    /// Builds the table from the policy and the host's values; `host(reg)` is called once per
+    /// [`TRAPPED`] encoding (reading an unallocated encoding at EL2 returns 0).
+    pub fn new(policy: &IdPolicy, mut host: impl FnMut(SysReg) -> u64) -> Self {
+        let mut values = [0; 56];
+        for (v, reg) in values.iter_mut().zip(TRAPPED) {
+            *v = policy.sanitize(reg, host(reg)).unwrap_or(0);
+        }
+        GuestIdRegs { values }
+    }
+
+    /// The value for a trapped read of `reg`, or `None` if it is not a trapped ID register
+    /// (the run loop then treats the access as an unknown system register).
+    pub fn read(&self, reg: SysReg) -> Option<u64> {
+        if !is_trapped(reg) {
+            return None;
+        }
+        let index = (reg.crm() as usize - 1) * 8 + reg.op2() as usize;
+        self.values.get(index).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `-cpu max` on QEMU 10.0.2 (measured, see qemu-facts.md).
+    const MAX_MMFR0: u64 = 0x2100_0323_1020_1126;
+
+    fn policy(granules: &[Granule], ipa_bits: u32) -> IdPolicy {
+        IdPolicy {
+            granules: granules.iter().fold(0, |m, g| m | g.bit()),
+            ipa_bits,
+        }
+    }
+
+    fn mmfr0(p: &IdPolicy, host: u64) -> stage2::CpuFeatures {
+        stage2::CpuFeatures::from_mmfr0(p.sanitize(ID_AA64MMFR0_EL1, host).unwrap())
+    }
+
+    #[test]
+    fn only_the_allowed_granule_is_advertised() {
+        use stage2::Stage;
+        for g in Granule::ALL {
+            let f = mmfr0(&policy(&[g], 40), MAX_MMFR0);
+            for other in Granule::ALL {
+                assert_eq!(
+                    f.check(Stage::One, other).is_ok(),
+                    other == g,
+                    "allowed {g}, checking {other}"
+                );
+                // The guest has no stage 2 at all.
+                assert!(f.check(Stage::Two, other).is_err());
+            }
+            // A Linux kernel with arm64.pagesize= picks from what it sees: only `g`.
+            assert_eq!(f.auto(Stage::One), Some(g));
+        }
+        let all = mmfr0(&policy(&Granule::ALL, 40), MAX_MMFR0);
+        for g in Granule::ALL {
+            assert!(all.check(stage2::Stage::One, g).is_ok());
+        }
+    }
+
+    #[test]
+    fn parange_is_capped_and_lpa2_hidden_below_52_bits() {
+        let p = policy(&Granule::ALL, 40);
+        let v = p.sanitize(ID_AA64MMFR0_EL1, MAX_MMFR0).unwrap();
+        assert_eq!(v & 0xf, 2, "40 bits");
+        assert_eq!(field(v, 28), 0, "TGran4 without LPA2");
+        assert_eq!(field(v, 20), 1, "TGran16 without LPA2");
+        assert_eq!(field(v, 24), 0, "TGran64");
+        assert_eq!((field(v, 32), field(v, 36), field(v, 40)), (1, 1, 1));
+        // ECV [63:60] and FGT [59:56] hidden; ASIDBits kept.
+        assert_eq!(v >> 56, 0);
+        assert_eq!(field(v, 4), 2);
+        // 52-bit IPA keeps LPA2.
+        let v = policy(&Granule::ALL, 52)
+            .sanitize(ID_AA64MMFR0_EL1, MAX_MMFR0)
+            .unwrap();
+        assert_eq!((v & 0xf, field(v, 28), field(v, 20)), (6, 1, 2));
+        // Never above the host: a64fx has 40 bits.
+        let v = policy(&Granule::ALL, 48)
+            .sanitize(ID_AA64MMFR0_EL1, 0x1122)
+            .unwrap();
+        assert_eq!(v & 0xf, 2);
+        // Odd IPA sizes round down to an encoding; below 32 is still 32.
+        assert_eq!(policy(&[], 39).pa_range(), 1);
+        assert_eq!(policy(&[], 47).pa_range(), 4);
+        assert_eq!(policy(&[], 20).pa_range(), 0);
+    }
+
+    #[test]
+    fn absent_host_granules_stay_absent() {
+        // cortex-a72: no 16K. Allowing it cannot create it.
+        let f = mmfr0(&policy(&[Granule::K16], 40), 0x1124);
+        assert!(f.check(stage2::Stage::One, Granule::K16).is_err());
+        let v = policy(&[Granule::K4], 40)
+            .sanitize(ID_AA64MMFR0_EL1, 0xf000_0000)
+            .unwrap();
+        assert_eq!(field(v, 28), 0xf);
+    }
+
+    #[test]
+    fn pfr0_hides_sve_ras_el2_and_caps_gic() {
+        // EL0=1 EL1=2 EL2=2 EL3=2 FP=1 AdvSIMD=1 GIC=3 RAS=2 SVE=1 SEL2=1 MPAM=1 AMU=1
+        // DIT=1 RME=1 CSV2=2 CSV3=1.
+        let host = 0x1211_1111_2311_2221;
+        let v = policy(&Granule::ALL, 40)
+            .sanitize(ID_AA64PFR0_EL1, host)
+            .unwrap();
+        assert_eq!(v, 0x1201_0000_0111_1011);
+    }
+
+    #[test]
+    fn dfr0_hides_pmu_and_keeps_debug() {
+        // DebugVer=9, TraceVer=1, PMUVer=8, BRPs=5, PMSS=1, WRPs=3, CTX_CMPs=1, PMSVer=3,
+        // SEBEP=0, DoubleLock=0xF, TraceFilt=1, TraceBuffer=1, MTPMU=1, BRBE=1.
+        let host = 0x0011_11f3_1031_5819;
+        let v = policy(&Granule::ALL, 40)
+            .sanitize(ID_AA64DFR0_EL1, host)
+            .unwrap();
+        assert_eq!(v, 0x0000_00f0_1030_5009);
+        assert_eq!(field(v, 8), 0, "PMUVer");
+        assert_eq!(field(v, 0), 9, "DebugVer");
+    }
+
+    #[test]
+    fn sve_sme_and_pointer_auth_hidden() {
+        let p = policy(&Granule::ALL, 40);
+        assert_eq!(p.sanitize(ID_AA64ZFR0_EL1, u64::MAX), Some(0));
+        assert_eq!(p.sanitize(id(4, 5), u64::MAX), Some(0));
+        // ISAR1: APA [7:4], API [11:8], GPA [27:24], GPI [31:28] cleared.
+        let v = p.sanitize(ID_AA64ISAR1_EL1, u64::MAX).unwrap();
+        for s in [4, 8, 24, 28, 56, 60] {
+            assert_eq!(field(v, s), 0, "shift {s}");
+        }
+        assert_eq!(field(v, 0), 0xf);
+        // MTE [11:8] and SME [27:24] in PFR1.
+        let v = p.sanitize(ID_AA64PFR1_EL1, 0x0000_0001_0f00_0f21).unwrap();
+        assert_eq!(v, 0x0000_0001_0000_0021);
+        // NV hidden, VARange kept.
+        let v = p.sanitize(ID_AA64MMFR2_EL1, 0x0f00_0010_0f01_0000).unwrap();
+        assert_eq!(field(v, 24), 0);
+        assert_eq!(field(v, 16), 1);
+        // VH, VMIDBits hidden, PAN and HAFDBS kept.
+        let v = p.sanitize(ID_AA64MMFR1_EL1, 0x0031_2122).unwrap();
+        assert_eq!(v, 0x0031_2002);
+    }
+
+    #[test]
+    fn every_trapped_encoding_has_a_value() {
+        let p = policy(&[Granule::K4], 40);
+        let regs = GuestIdRegs::new(&p, |_| u64::MAX);
+        let mut named = 0;
+        for reg in TRAPPED {
+            assert!(regs.read(reg).is_some(), "{reg}");
+            if name(reg).is_some() {
+                named += 1;
+            } else {
+                assert_eq!(regs.read(reg), Some(0), "unallocated {reg} must be RAZ");
+            }
+        }
+        assert_eq!(named, NAMES.len());
+        // Outside the trapped space.
+        assert_eq!(regs.read(SysReg::new(3, 0, 0, 0, 0)), None);
+        assert_eq!(regs.read(SysReg::new(3, 0, 1, 0, 0)), None);
+        assert_eq!(regs.read(SysReg::new(3, 3, 0, 1, 0)), None);
+        assert_eq!(p.sanitize(SysReg::new(3, 0, 0, 0, 5), 1), None);
+        // The table agrees with sanitize().
+        let host = |r: SysReg| 0x1111_1111_1111_1111u64.wrapping_mul(r.raw() as u64);
+        let regs = GuestIdRegs::new(&p, host);
+        for reg in TRAPPED {
+            assert_eq!(regs.read(reg), p.sanitize(reg, host(reg)));
+        }
+        assert_eq!(TRAPPED[0], SysReg::new(3, 0, 0, 1, 0));
+        assert_eq!(TRAPPED[55], SysReg::new(3, 0, 0, 7, 7));
+    }
+
+    #[test]
+    fn aarch32_registers_hide_pmu_and_virtualization() {
+        let p = policy(&Granule::ALL, 40);
+        // ID_DFR0 PerfMon [27:24].
+        assert_eq!(field(p.sanitize(id(1, 2), u64::MAX).unwrap(), 24), 0);
+        // ID_PFR1 Virtualization [15:12].
+        assert_eq!(field(p.sanitize(id(1, 1), u64::MAX).unwrap(), 12), 0);
+        // MVFR0 passes through.
+        assert_eq!(p.sanitize(id(3, 0), 0x1011_0222), Some(0x1011_0222));
+    }
+}
