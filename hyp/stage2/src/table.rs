@@ -210,6 +210,10 @@ pub struct Ctx<A, M> {
     idx_mask: [u64; 4],
     /// The first level with block descriptors (and not above the start level).
     min_block: u32,
+    /// A walk cache: the last level-3 table descended into and the input span it covers
+    /// (`end == 0`: empty). Leaf-only walks inside the span start there. Cleared whenever a
+    /// table descriptor is overwritten or a table is freed.
+    leaf_cache: (u64, u64, u64),
     alloc: A,
     maint: M,
     vmid: u16,
@@ -263,6 +267,9 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     /// updates `v.entry`. The caller is responsible for break-before-make.
     #[inline(always)]
     pub fn store(&mut self, v: &mut Visit, new: u64) {
+        if self.is_table(v.entry, v.level) {
+            self.leaf_cache = (0, 0, 0);
+        }
         let start = self.start_of(v);
         self.maint.store(v.entry_pa, start, v.level, v.entry, new);
         self.write(v.entry_pa, new);
@@ -413,6 +420,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 
     fn free_table(&mut self, pa: u64) {
+        self.leaf_cache = (0, 0, 0);
         self.alloc.free(pa, self.geo.granule(), 1);
         self.tables -= 1;
     }
@@ -605,6 +613,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     .granule()
                     .min_block_level()
                     .max(geometry.start_level()),
+                leaf_cache: (0, 0, 0),
                 alloc,
                 maint,
                 vmid: 0,
@@ -705,6 +714,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     shift: c.shift,
                     idx_mask: c.idx_mask,
                     min_block: c.min_block,
+                    leaf_cache: c.leaf_cache,
                     alloc: c.alloc,
                     maint,
                     vmid: c.vmid,
@@ -776,6 +786,10 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                 limit,
             }
             .into());
+        }
+        let (ct, cs, ce) = self.ctx.leaf_cache;
+        if flags == WalkFlags::LEAF && range.start >= cs && range.end <= ce {
+            return walk_table(&mut self.ctx, ct, 3, range.start, range.end, flags, visitor);
         }
         let start = self.ctx.geo.start_level();
         walk_table(
@@ -1259,6 +1273,10 @@ where
             level += 1;
             table = c.table_pa(entry);
             fhi = end;
+            if level == 3 {
+                let span = addr & !(size - 1);
+                c.leaf_cache = (table, span, span + size);
+            }
         } else {
             addr = end;
         }

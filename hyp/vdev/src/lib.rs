@@ -12,6 +12,27 @@
 //! - [`idregs`]: the guest's sanitized view of the ID registers.
 //! - [`mpidr`]: vCPU index ↔ MPIDR affinity.
 //! - [`mmio`]: the access-size and error types every MMIO device model shares.
+//!
+//! # How the run loop uses this crate (per exit of vCPU `v`)
+//! 1. Read `ICH_LR<n>_EL2` and call [`vgic::Vgic::sync_lrs`]`(v, &lrs)`.
+//! 2. [`Exit::decode`]`(esr, far, hpfar)`, then by variant:
+//!    - `Hvc`/`Smc` with imm 0: [`psci::Psci::call`]`(v, [x0, x1, x2, x3])` and apply the
+//!      [`psci::PsciAction`] (advance ELR by 4 for `Smc` only).
+//!    - `DataAbort`: if the IPA is RAM, it is a stage-2 fault for the stage-2 code; otherwise
+//!      [`DataAbort::mmio`] gives the access (or an [`ExitError`]: inject an external abort),
+//!      dispatch `ipa - base` to [`pl011::Pl011`], [`vgic::Vgic::dist_read`]/`dist_write` or
+//!      `redist_read`/`redist_write`; apply a load with [`MmioAccess::load_value`]; skip
+//!      writes to Rt = 31 (XZR) and read 0 from it; advance ELR by 4. After a PL011 access,
+//!      `vgic.set_level(uart_spi, 0, uart.irq_level())`.
+//!    - `SysReg`: MRS of an ID register → [`idregs::GuestIdRegs::read`]; MSR to
+//!      `ICC_SGI1R_EL1` (or `ICC_ASGI1R_EL1`/`ICC_SGI0R_EL1`) → [`vgic::Vgic::sgi`]; else
+//!      inject an undefined instruction. Advance ELR by 4.
+//!    - `Wfx(Wfi)`: advance ELR; idle unless [`vgic::Vgic::has_deliverable`]`(v)`.
+//!    - Physical IRQ (timer, maintenance, kick): sample the virtual timer and
+//!      `vgic.set_level(VTIMER_PPI, v, fired)`.
+//! 3. Kick (IPI) every vCPU in the returned [`vgic::VcpuSet`]s other than `v`.
+//! 4. [`vgic::Vgic::flush_lrs`]`(v, &mut lrs, n_lrs)`, write the LRs, set `ICH_HCR_EL2.UIE`
+//!    if `underflow`, enter the guest.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -144,6 +144,7 @@ pub struct Pl011 {
     ris: u32,
     dmacr: u32,
     dropped: u64,
+    tx_when_disabled: bool,
 }
 
 impl Pl011 {
@@ -172,6 +173,7 @@ impl Pl011 {
             ris: 0,
             dmacr: 0,
             dropped: 0,
+            tx_when_disabled: false,
         }
     }
 
@@ -205,6 +207,13 @@ impl Pl011 {
     /// The UART's interrupt output (`UARTINTR`): any unmasked raw interrupt.
     pub fn irq_level(&self) -> bool {
         self.ris & self.imsc != 0
+    }
+
+    /// Transmit even while `UARTEN` or `TXE` is clear. Real hardware (and QEMU 10) sends
+    /// nothing then; Linux's `earlycon=pl011,...` writes without enabling the UART, relying on
+    /// firmware to have done it, so a VM booted with `earlycon` wants this on.
+    pub fn set_transmit_when_disabled(&mut self, on: bool) {
+        self.tx_when_disabled = on;
     }
 
     /// Bytes written while the transmitter was disabled (`UARTEN` or `TXE` clear) and so not
@@ -269,7 +278,7 @@ impl Pl011 {
     }
 
     fn transmit(&mut self, byte: u8, sink: &mut impl LineSink) {
-        if self.cr & (CR_UARTEN | CR_TXE) != (CR_UARTEN | CR_TXE) {
+        if !self.tx_when_disabled && self.cr & (CR_UARTEN | CR_TXE) != (CR_UARTEN | CR_TXE) {
             self.dropped += 1;
             return;
         }
@@ -509,6 +518,14 @@ mod tests {
         assert!(s.0.is_empty());
         assert_eq!(u.dropped(), 2);
         assert_eq!(u.read(reg::RIS, W).unwrap() as u32 & int::TX, 0);
+        // earlycon mode.
+        u.set_transmit_when_disabled(true);
+        u.write(reg::DR, AccessSize::B1, b'e' as u64, &mut s)
+            .unwrap();
+        u.write(reg::DR, AccessSize::B1, b'\n' as u64, &mut s)
+            .unwrap();
+        assert_eq!(s.0, ["[vm0] e"]);
+        assert_eq!(u.dropped(), 2);
     }
 
     #[test]
@@ -604,6 +621,31 @@ mod tests {
             .unwrap();
         assert!(!u.irq_level());
         assert_eq!(u.read(reg::DR, W).unwrap(), b'a' as u64);
+    }
+
+    #[test]
+    fn mmio_sweep_never_panics() {
+        let (mut u, mut s) = enabled();
+        let sizes = [
+            AccessSize::B1,
+            AccessSize::B2,
+            AccessSize::B4,
+            AccessSize::B8,
+        ];
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        for off in 0..REGION_SIZE + 8 {
+            for size in sizes {
+                x = x.rotate_left(5) ^ off;
+                let _ = u.read(off, size);
+                let _ = u.write(off, size, x, &mut s);
+                u.push_rx(x as u8);
+            }
+        }
+        u.flush(&mut s);
+        assert!(s
+            .0
+            .iter()
+            .all(|l| l.starts_with("[vm0] ") && l.len() <= 6 + MAX_LINE));
     }
 
     #[test]
