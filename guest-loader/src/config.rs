@@ -659,8 +659,7 @@ fn structural_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError 
             before
                 .lines()
                 .map(str::trim_start)
-                .filter(|l| l.starts_with('['))
-                .last()
+                .rfind(|l| l.starts_with('['))
         })
         .map(|h| {
             h.split(']')

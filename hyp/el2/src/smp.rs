@@ -70,6 +70,14 @@ mod runtime {
             .unwrap_or(0)
     }
 
+    /// The MPIDR affinity of the CPU with logical index `index`, if it was started.
+    pub fn mpidr_of(index: usize) -> Option<u64> {
+        MPIDR
+            .get(index)
+            .map(|m| m.load(Ordering::Acquire))
+            .filter(|&m| m != NO_MPIDR)
+    }
+
     /// Records the boot CPU as index 0. Call once, early.
     pub fn init_boot_cpu() {
         MPIDR[0].store(sysreg::mpidr_affinity(), Ordering::Release);
@@ -163,7 +171,7 @@ mod runtime {
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub use runtime::{
-    current_cpu, init_boot_cpu, send_work, set_secondary_mmu, start_cpu, StartError,
+    current_cpu, init_boot_cpu, mpidr_of, send_work, set_secondary_mmu, start_cpu, StartError,
 };
 
 #[cfg(test)]

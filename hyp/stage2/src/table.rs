@@ -210,10 +210,10 @@ pub struct Ctx<A, M> {
     idx_mask: [u64; 4],
     /// The first level with block descriptors (and not above the start level).
     min_block: u32,
-    /// A walk cache: the last level-3 table descended into and the input span it covers
-    /// (`end == 0`: empty). Leaf-only walks inside the span start there. Cleared whenever a
-    /// table descriptor is overwritten or a table is freed.
-    leaf_cache: (u64, u64, u64),
+    /// A walk cache: per level, the last table descended into and the input span it covers
+    /// (`end == 0`: empty). Leaf-only walks inside a span start at the deepest such table.
+    /// Cleared whenever a table descriptor is overwritten or a table is freed.
+    walk_cache: [(u64, u64, u64); 4],
     alloc: A,
     maint: M,
     vmid: u16,
@@ -268,7 +268,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     #[inline(always)]
     pub fn store(&mut self, v: &mut Visit, new: u64) {
         if self.is_table(v.entry, v.level) {
-            self.leaf_cache = (0, 0, 0);
+            self.walk_cache = [(0, 0, 0); 4];
         }
         let start = self.start_of(v);
         self.maint.store(v.entry_pa, start, v.level, v.entry, new);
@@ -420,7 +420,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 
     fn free_table(&mut self, pa: u64) {
-        self.leaf_cache = (0, 0, 0);
+        self.walk_cache = [(0, 0, 0); 4];
         self.alloc.free(pa, self.geo.granule(), 1);
         self.tables -= 1;
     }
@@ -613,7 +613,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     .granule()
                     .min_block_level()
                     .max(geometry.start_level()),
-                leaf_cache: (0, 0, 0),
+                walk_cache: [(0, 0, 0); 4],
                 alloc,
                 maint,
                 vmid: 0,
@@ -714,7 +714,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     shift: c.shift,
                     idx_mask: c.idx_mask,
                     min_block: c.min_block,
-                    leaf_cache: c.leaf_cache,
+                    walk_cache: c.walk_cache,
                     alloc: c.alloc,
                     maint,
                     vmid: c.vmid,
@@ -787,11 +787,23 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             }
             .into());
         }
-        let (ct, cs, ce) = self.ctx.leaf_cache;
-        if flags == WalkFlags::LEAF && range.start >= cs && range.end <= ce {
-            return walk_table(&mut self.ctx, ct, 3, range.start, range.end, flags, visitor);
-        }
         let start = self.ctx.geo.start_level();
+        if flags == WalkFlags::LEAF {
+            for level in (start + 1..=3).rev() {
+                let (ct, cs, ce) = self.ctx.walk_cache[level as usize];
+                if range.start >= cs && range.end <= ce {
+                    return walk_table(
+                        &mut self.ctx,
+                        ct,
+                        level,
+                        range.start,
+                        range.end,
+                        flags,
+                        visitor,
+                    );
+                }
+            }
+        }
         walk_table(
             &mut self.ctx,
             self.root,
@@ -807,10 +819,22 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     #[inline(always)]
     fn prepare(&mut self, range: &Range<u64>, op: Op) -> Result<(), MapError> {
         let geo = self.ctx.geo;
-        // Cheap upper bound: one table per level-(L-1) entry the range touches, per level.
+        // Cheap upper bound: one table per level-(L-1) entry the range touches, per level,
+        // down to the level whose blocks tile a map exactly (no table is needed below it).
         let mut bound = 0usize;
         for l in geo.start_level() + 1..=3 {
             let s = self.ctx.shift[l as usize - 1];
+            if let Op::Map {
+                out,
+                pages_only: false,
+                ..
+            } = op
+            {
+                let m = (1u64 << s) - 1;
+                if l - 1 >= self.ctx.min_block && (range.start | range.end | out) & m == 0 {
+                    break;
+                }
+            }
             bound += (((range.end - 1) >> s) - (range.start >> s) + 1) as usize;
         }
         let have = self.ctx.reserve.len();
@@ -1015,45 +1039,69 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         } else {
             WalkFlags::LEAF | WalkFlags::TABLE_POST
         };
-        let r: Result<(), MapError> =
-            self.walk(range, flags, &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
-                let full = c.covers(v);
-                let start = c.start_of(v);
-                match v.kind {
-                    VisitKind::Leaf => {
-                        if v.old & DESC_VALID == 0 {
-                        } else if full {
+        let mut visitor = |c: &mut Ctx<A, M>, v: &mut Visit| -> Result<(), MapError> {
+            let full = c.covers(v);
+            let start = c.start_of(v);
+            match v.kind {
+                VisitKind::Leaf => {
+                    if v.old & DESC_VALID == 0 {
+                    } else if full {
+                        c.store(v, 0);
+                        c.defer_invalidate(start);
+                    } else {
+                        c.split_block(v);
+                    }
+                }
+                VisitKind::TablePre => {
+                    if full {
+                        // Detach the whole subtree; one flush covers every entry in it.
+                        let t = c.table_pa(v.old);
+                        c.store(v, 0);
+                        c.pending_all = true;
+                        let mut sub = core::mem::take(&mut c.free_later);
+                        c.collect_subtree(t, v.level + 1, &mut sub);
+                        c.free_later = sub;
+                        v.skip_children = true;
+                    }
+                }
+                VisitKind::TablePost => {
+                    if c.is_table(v.entry, v.level) {
+                        let t = c.table_pa(v.entry);
+                        if c.emptied(t, v) {
                             c.store(v, 0);
                             c.defer_invalidate(start);
-                        } else {
-                            c.split_block(v);
-                        }
-                    }
-                    VisitKind::TablePre => {
-                        if full {
-                            // Detach the whole subtree; one flush covers every entry in it.
-                            let t = c.table_pa(v.old);
-                            c.store(v, 0);
-                            c.pending_all = true;
-                            let mut sub = core::mem::take(&mut c.free_later);
-                            c.collect_subtree(t, v.level + 1, &mut sub);
-                            c.free_later = sub;
-                            v.skip_children = true;
-                        }
-                    }
-                    VisitKind::TablePost => {
-                        if c.is_table(v.entry, v.level) {
-                            let t = c.table_pa(v.entry);
-                            if c.emptied(t, v) {
-                                c.store(v, 0);
-                                c.defer_invalidate(start);
-                                c.free_later.push(t);
-                            }
+                            c.free_later.push(t);
                         }
                     }
                 }
-                Ok(())
-            });
+            }
+            Ok(())
+        };
+        // Fast path (the per-page pattern): the range lies in the cached leaf table, so a
+        // leaf-only walk starts there; the full walk that frees tables runs only if that leaf
+        // table is now empty.
+        let (ct, cs, ce) = self.ctx.walk_cache[3];
+        let r = if range.start >= cs && range.end <= ce {
+            let (lo, hi) = (range.start, range.end);
+            let r = self.walk(range.clone(), WalkFlags::LEAF, &mut visitor);
+            let parent = Visit {
+                addr: lo,
+                end: hi,
+                level: 2,
+                kind: VisitKind::TablePost,
+                old: 0,
+                entry: 0,
+                entry_pa: 0,
+                skip_children: false,
+            };
+            if r.is_ok() && self.ctx.emptied(ct, &parent) {
+                self.walk(range, flags, &mut visitor)
+            } else {
+                r
+            }
+        } else {
+            self.walk(range, flags, &mut visitor)
+        };
         self.ctx.flush();
         self.trim_reserve();
         r
@@ -1273,10 +1321,8 @@ where
             level += 1;
             table = c.table_pa(entry);
             fhi = end;
-            if level == 3 {
-                let span = addr & !(size - 1);
-                c.leaf_cache = (table, span, span + size);
-            }
+            let span = addr & !(size - 1);
+            c.walk_cache[level as usize & 3] = (table, span, span + size);
         } else {
             addr = end;
         }

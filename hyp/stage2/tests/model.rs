@@ -67,6 +67,9 @@ struct Harness {
     page: u64,
     probes: BTreeSet<u64>,
     bbm: BbmChecker,
+    /// A mock TLB: leaf entries (input start, size, output start, attrs) seen by probes,
+    /// evicted only by the recorded TLBIs. None may go stale.
+    tlb: Vec<(u64, u64, u64, Attrs)>,
 }
 
 impl Harness {
@@ -160,6 +163,7 @@ impl Harness {
     }
 
     fn check_step(&mut self, seed: u64) {
+        self.check_tlb();
         let probes: Vec<u64> = self.probes.iter().copied().collect();
         for a in probes {
             self.check_addr(a);

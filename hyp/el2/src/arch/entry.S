@@ -104,6 +104,7 @@ el2_regs_init:
     adrp    x1, el2_vectors
     add     x1, x1, :lo12:el2_vectors
     msr     vbar_el2, x1
+    msr     tpidr_el2, xzr          // no guest context: lower-EL exceptions are not exits
     msr     spsel, #1
     isb
     ret

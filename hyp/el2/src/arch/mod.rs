@@ -7,13 +7,17 @@
 
 pub mod barrier;
 pub mod cache;
+pub mod guest;
 pub mod sysreg;
 pub mod tlb;
+pub mod vsys;
 
 // The arm64 Image header, primary/secondary entry and early register setup.
 core::arch::global_asm!(include_str!("entry.S"));
 // The EL2 exception vector table and trap frame save/restore.
 core::arch::global_asm!(include_str!("vectors.S"));
+// The world switch (guest entry and exit).
+core::arch::global_asm!(include_str!("guest.S"));
 
 /// Each CPU's stack area (must match `entry.S` and the linker script), from its base:
 ///

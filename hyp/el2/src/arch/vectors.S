@@ -3,13 +3,28 @@
 // arrive through the "current EL with SP_EL0" entries, and every exception is handled on the
 // per-CPU exception stack in SP_EL2. Every entry saves a TrapFrame (trap.rs) there and calls
 // el2_trap(frame, kind); if that returns, the frame (possibly changed) is restored and ERET
-// resumes. kind = source * 4 + type: source 0 current EL with SP_EL0, 1 current EL with
+// resumes. Lower-EL entries (8-15) are guest exits while TPIDR_EL2 holds a guest context
+// (arch/guest.S); without one they take the same path as the others. kind = source * 4 + type: source 0 current EL with SP_EL0, 1 current EL with
 // SP_EL2, 2 lower EL AArch64, 3 lower EL AArch32; type 0 sync, 1 IRQ, 2 FIQ, 3 SError.
 
 .equ FRAME_SIZE, 288                // 31 GPRs, sp, elr, spsr, esr, far
 
 .macro ventry kind
     .balign 0x80
+    sub     sp, sp, #FRAME_SIZE
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       el2_trap_common
+.endm
+
+.macro gentry kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mrs     x0, tpidr_el2
+    cbz     x0, 1f
+    mov     x1, #\kind
+    b       el2_guest_exit          // a guest exit (arch/guest.S)
+1:  ldp     x0, x1, [sp], #16
     sub     sp, sp, #FRAME_SIZE
     stp     x0, x1, [sp, #0]
     mov     x0, #\kind
@@ -28,14 +43,14 @@ el2_vectors:
     ventry 5
     ventry 6
     ventry 7
-    ventry 8
-    ventry 9
-    ventry 10
-    ventry 11
-    ventry 12
-    ventry 13
-    ventry 14
-    ventry 15
+    gentry 8
+    gentry 9
+    gentry 10
+    gentry 11
+    gentry 12
+    gentry 13
+    gentry 14
+    gentry 15
 
 el2_trap_common:
     stp     x2, x3, [sp, #16]

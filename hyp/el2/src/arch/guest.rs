@@ -1,0 +1,96 @@
+//! The world switch: one call runs a vCPU until its next exit (`guest.S`).
+
+/// A vCPU's register state while hyp handles its exits, plus the host state `guest.S` keeps
+/// across the guest's run. Layout shared with `guest.S` (offsets asserted below).
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRegs {
+    /// x0..x30.
+    pub x: [u64; 31],
+    /// The guest's `SP_EL0`.
+    pub sp_el0: u64,
+    /// `ELR_EL2`: where the guest resumes.
+    pub elr: u64,
+    /// `SPSR_EL2`: the guest's PSTATE at resume.
+    pub spsr: u64,
+    /// `ESR_EL2` of the last exit.
+    pub esr: u64,
+    /// `FAR_EL2` of the last exit.
+    pub far: u64,
+    /// `HPFAR_EL2` of the last exit.
+    pub hpfar: u64,
+    host_sp: u64,
+    host_x19_x30: [u64; 12],
+    /// `FPSR`.
+    pub fpsr: u64,
+    /// `FPCR`.
+    pub fpcr: u64,
+    /// q0..q31.
+    pub q: [u128; 32],
+    host_d8_d15: [u64; 8],
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(GuestRegs, sp_el0) == 248);
+    assert!(core::mem::offset_of!(GuestRegs, hpfar) == 288);
+    assert!(core::mem::offset_of!(GuestRegs, host_sp) == 296);
+    assert!(core::mem::offset_of!(GuestRegs, host_x19_x30) == 304);
+    assert!(core::mem::offset_of!(GuestRegs, fpsr) == 400);
+    assert!(core::mem::offset_of!(GuestRegs, q) == 416);
+    assert!(core::mem::offset_of!(GuestRegs, host_d8_d15) == 928);
+};
+
+impl Default for GuestRegs {
+    fn default() -> Self {
+        GuestRegs {
+            x: [0; 31],
+            sp_el0: 0,
+            elr: 0,
+            spsr: 0,
+            esr: 0,
+            far: 0,
+            hpfar: 0,
+            host_sp: 0,
+            host_x19_x30: [0; 12],
+            fpsr: 0,
+            fpcr: 0,
+            q: [0; 32],
+            host_d8_d15: [0; 8],
+        }
+    }
+}
+
+impl GuestRegs {
+    /// Register `n` as an instruction operand reads it (31 = XZR reads 0).
+    pub fn get(&self, n: u8) -> u64 {
+        self.x.get(n as usize).copied().unwrap_or(0)
+    }
+
+    /// Writes register `n` (31 = XZR: the value is discarded).
+    pub fn set(&mut self, n: u8, v: u64) {
+        if let Some(r) = self.x.get_mut(n as usize) {
+            *r = v;
+        }
+    }
+}
+
+extern "C" {
+    fn el2_guest_enter(ctx: *mut GuestRegs) -> u64;
+}
+
+/// The vector entry an exit came through (`source * 4 + type`, see `vectors.S`).
+pub type ExitVector = u64;
+
+/// Runs the guest with `regs` until its next exception to EL2 and returns the vector entry
+/// it came through (8 sync, 9 IRQ, 10 FIQ, 11 SError from AArch64; 12-15 from AArch32).
+///
+/// # Safety
+/// The EL1 stage-2 context must be live on this CPU: `HCR_EL2` with VM = 1, `VTTBR_EL2` and
+/// `VTCR_EL2` describing tables that map only memory the guest may own, and the vGIC and
+/// timer controls set, so that nothing the guest does can reach hyp's memory. `regs.spsr`
+/// must name EL1 or EL0 (never EL2). Must be called with DAIF masked, on hyp's stack (SP_EL0).
+pub unsafe fn enter(regs: &mut GuestRegs) -> ExitVector {
+    // SAFETY: the caller guarantees the guest context; guest.S saves and restores every
+    // callee-saved register and hyp's stack pointer around the guest's run.
+    unsafe { el2_guest_enter(regs) }
+}

@@ -1,0 +1,202 @@
+//! System registers of virtualization, the GICv3 CPU interface and the guest's EL1 state
+//! that the VM run loop reads and writes.
+//!
+//! Reads are safe (reading `ICC_IAR1_EL1` acknowledges an interrupt, which is a change of
+//! GIC state, not of memory). Writes are `unsafe fn`: each changes how a guest runs, what it
+//! sees or how interrupts reach this CPU.
+
+use core::arch::asm;
+
+macro_rules! rw {
+    ($(#[$m:meta])* $get:ident, $set:ident, $reg:literal) => {
+        $(#[$m])*
+        #[inline(always)]
+        pub fn $get() -> u64 {
+            let v: u64;
+            // SAFETY: reading this system register has no effect on memory.
+            unsafe { asm!(concat!("mrs {0}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) }
+            v
+        }
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Changes how this CPU's guest runs or how interrupts reach this CPU: the caller owns
+        /// this CPU's virtualization state and keeps it consistent with the VM it runs.
+        #[inline(always)]
+        pub unsafe fn $set(v: u64) {
+            // SAFETY: the caller upholds the contract above.
+            unsafe { asm!(concat!("msr ", $reg, ", {0}"), in(reg) v, options(nostack, preserves_flags)) }
+        }
+    };
+}
+
+macro_rules! ro {
+    ($(#[$m:meta])* $get:ident, $reg:literal) => {
+        $(#[$m])*
+        #[inline(always)]
+        pub fn $get() -> u64 {
+            let v: u64;
+            // SAFETY: reading this system register has no effect on memory.
+            unsafe { asm!(concat!("mrs {0}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) }
+            v
+        }
+    };
+}
+
+macro_rules! wo {
+    ($(#[$m:meta])* $set:ident, $reg:literal) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Changes interrupt state of this CPU or others: the caller owns the GIC.
+        #[inline(always)]
+        pub unsafe fn $set(v: u64) {
+            // SAFETY: the caller upholds the contract above.
+            unsafe { asm!(concat!("msr ", $reg, ", {0}"), in(reg) v, options(nostack, preserves_flags)) }
+        }
+    };
+}
+
+rw!(/// `VTCR_EL2`.
+    vtcr_el2, set_vtcr_el2, "vtcr_el2");
+rw!(/// `VPIDR_EL2` (what the guest reads as `MIDR_EL1`).
+    vpidr_el2, set_vpidr_el2, "vpidr_el2");
+rw!(/// `VMPIDR_EL2` (what the guest reads as `MPIDR_EL1`).
+    vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
+rw!(/// `CNTHCTL_EL2`.
+    cnthctl_el2, set_cnthctl_el2, "cnthctl_el2");
+rw!(/// `CNTVOFF_EL2`.
+    cntvoff_el2, set_cntvoff_el2, "cntvoff_el2");
+rw!(/// `MDCR_EL2`.
+    mdcr_el2, set_mdcr_el2, "mdcr_el2");
+rw!(/// `CPTR_EL2`.
+    cptr_el2, set_cptr_el2, "cptr_el2");
+rw!(/// `CNTV_CTL_EL0` (the guest's virtual timer control, live while its vCPU is pinned here).
+    cntv_ctl_el0, set_cntv_ctl_el0, "cntv_ctl_el0");
+rw!(/// `ICC_SRE_EL2`.
+    icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5");
+rw!(/// `ICC_PMR_EL1`.
+    icc_pmr_el1, set_icc_pmr_el1, "S3_0_C4_C6_0");
+rw!(/// `ICC_CTLR_EL1`.
+    icc_ctlr_el1, set_icc_ctlr_el1, "S3_0_C12_C12_4");
+rw!(/// `ICC_BPR1_EL1`.
+    icc_bpr1_el1, set_icc_bpr1_el1, "S3_0_C12_C12_3");
+rw!(/// `ICC_IGRPEN1_EL1`.
+    icc_igrpen1_el1, set_icc_igrpen1_el1, "S3_0_C12_C12_7");
+ro!(/// `ICC_IAR1_EL1`: acknowledges the highest-priority pending group 1 interrupt.
+    icc_iar1_el1, "S3_0_C12_C12_0");
+wo!(/// `ICC_EOIR1_EL1`: priority drop (and deactivation with `EOImode` = 0).
+    set_icc_eoir1_el1, "S3_0_C12_C12_1");
+wo!(/// `ICC_SGI1R_EL1`: sends a group 1 SGI.
+    set_icc_sgi1r_el1, "S3_0_C12_C11_5");
+rw!(/// `ICH_HCR_EL2`.
+    ich_hcr_el2, set_ich_hcr_el2, "S3_4_C12_C11_0");
+ro!(/// `ICH_VTR_EL2`.
+    ich_vtr_el2, "S3_4_C12_C11_1");
+ro!(/// `ICH_MISR_EL2`.
+    ich_misr_el2, "S3_4_C12_C11_2");
+ro!(/// `ICH_EISR_EL2`.
+    ich_eisr_el2, "S3_4_C12_C11_3");
+rw!(/// `ICH_VMCR_EL2`.
+    ich_vmcr_el2, set_ich_vmcr_el2, "S3_4_C12_C11_7");
+rw!(/// `SCTLR_EL1`.
+    sctlr_el1, set_sctlr_el1, "sctlr_el1");
+rw!(/// `ESR_EL1`.
+    esr_el1, set_esr_el1, "esr_el1");
+rw!(/// `FAR_EL1`.
+    far_el1, set_far_el1, "far_el1");
+rw!(/// `ELR_EL1`.
+    elr_el1, set_elr_el1, "elr_el1");
+rw!(/// `SPSR_EL1`.
+    spsr_el1, set_spsr_el1, "spsr_el1");
+rw!(/// `VBAR_EL1`.
+    vbar_el1, set_vbar_el1, "vbar_el1");
+rw!(/// `CPACR_EL1`.
+    cpacr_el1, set_cpacr_el1, "cpacr_el1");
+ro!(/// `MIDR_EL1`.
+    midr_el1, "midr_el1");
+ro!(/// `CNTPCT_EL0`.
+    cntpct_el0, "cntpct_el0");
+
+macro_rules! lr_access {
+    ($($n:literal => $reg:literal),* $(,)?) => {
+        /// `ICH_LR<n>_EL2` (0 for n > 15).
+        #[inline]
+        pub fn ich_lr(n: usize) -> u64 {
+            let v: u64;
+            match n {
+                $($n => {
+                    // SAFETY: reading a list register has no effect on memory.
+                    unsafe { asm!(concat!("mrs {0}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) }
+                })*
+                _ => v = 0,
+            }
+            v
+        }
+
+        /// Writes `ICH_LR<n>_EL2` (ignored for n > 15).
+        ///
+        /// # Safety
+        /// Changes the virtual interrupts the guest on this CPU sees.
+        #[inline]
+        pub unsafe fn set_ich_lr(n: usize, v: u64) {
+            match n {
+                $($n => {
+                    // SAFETY: the caller upholds the contract above.
+                    unsafe { asm!(concat!("msr ", $reg, ", {0}"), in(reg) v, options(nostack, preserves_flags)) }
+                })*
+                _ => {}
+            }
+        }
+    };
+}
+
+lr_access!(
+    0 => "S3_4_C12_C12_0", 1 => "S3_4_C12_C12_1", 2 => "S3_4_C12_C12_2", 3 => "S3_4_C12_C12_3",
+    4 => "S3_4_C12_C12_4", 5 => "S3_4_C12_C12_5", 6 => "S3_4_C12_C12_6", 7 => "S3_4_C12_C12_7",
+    8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
+    12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
+);
+
+macro_rules! id_space {
+    ($($crm:literal : $($op2:literal)*;)*) => {
+        /// The ID register `S3_0_C0_C<crm>_<op2>` (CRm 1..=7): the feature ID space that
+        /// `HCR_EL2.TID3` traps. Unallocated encodings there read as zero (Arm ARM D23.3.1,
+        /// "reserved, RAZ"); outside the space this returns 0 without reading.
+        pub fn id_reg(crm: u8, op2: u8) -> u64 {
+            let v: u64;
+            match (crm, op2) {
+                $($(($crm, $op2) => {
+                    // SAFETY: reading an ID register has no side effect.
+                    unsafe { asm!(concat!("mrs {0}, S3_0_C0_C", stringify!($crm), "_", stringify!($op2)), out(reg) v, options(nomem, nostack, preserves_flags)) }
+                })*)*
+                _ => v = 0,
+            }
+            v
+        }
+    };
+}
+
+id_space!(
+    1: 0 1 2 3 4 5 6 7;
+    2: 0 1 2 3 4 5 6 7;
+    3: 0 1 2 3 4 5 6 7;
+    4: 0 1 2 3 4 5 6 7;
+    5: 0 1 2 3 4 5 6 7;
+    6: 0 1 2 3 4 5 6 7;
+    7: 0 1 2 3 4 5 6 7;
+);
+
+/// `WFI` (wakes on any pending physical interrupt, even with PSTATE.I set: Arm ARM D1.6.2).
+#[inline(always)]
+pub fn wfi() {
+    // SAFETY: waiting for an interrupt has no effect on memory.
+    unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) }
+}
+
+/// `TLBI VMALLS12E1` for the current VMID on this CPU only, then `DSB NSH; ISB`.
+#[inline(always)]
+pub fn tlbi_vmalls12e1_local() {
+    // SAFETY: TLB invalidation only drops cached translations.
+    unsafe { asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack, preserves_flags)) }
+}

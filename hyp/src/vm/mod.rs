@@ -1,0 +1,513 @@
+//! VMs: built from the boot bundle's plan, their vCPUs pinned one to one on physical CPUs,
+//! run until every VM has exited.
+//!
+//! A VM's lifetime: [`create`] (RAM from host memory, aligned to the largest stage-2 block that
+//! fits; a VMID; stage-2 tables with the VM's own geometry, mapped eagerly or on first fault;
+//! kernel, initrd and DTB copied in and cleaned to the point of coherency) → its vCPU threads
+//! start on their CPUs (`vcpu::thread`) → a PSCI SYSTEM_OFF / SYSTEM_RESET, or a kill, stops
+//! every vCPU → the last vCPU out prints `vm <name>: exited (...)`.
+
+pub mod vcpu;
+
+use crate::boot::Boot;
+use crate::{gic, mem, virtio, Verdict};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use el2::arch::{cache, vsys};
+use el2::frames::{FrameAlloc, HwMaintenance};
+use el2::smp;
+use guest_loader::config::Mapping;
+use guest_loader::layout::{GICD_BASE, GICD_SIZE, GICR_BASE, RAM_BASE, UART_BASE};
+use guest_loader::{Bundle, Host, VmPlan};
+use log::{error, info, warn};
+use spin::mutex::SpinMutex;
+use spin::Once;
+use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
+use vdev::idregs::{GuestIdRegs, IdPolicy};
+use vdev::pl011::Pl011;
+use vdev::psci::{Psci, Workarounds};
+use vdev::vgic::{Vgic, VgicConfig};
+
+/// The guest UART's SPI (QEMU virt: SPI 1).
+pub const UART_INTID: u32 = 33;
+
+/// Why a VM stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmState {
+    /// Running.
+    Running = 0,
+    /// PSCI SYSTEM_OFF: a clean exit.
+    Off = 1,
+    /// PSCI SYSTEM_RESET (hyp does not restart VMs).
+    Reset = 2,
+    /// hyp stopped it (the reason was printed).
+    Killed = 3,
+}
+
+/// The VM's emulated devices and power state, shared by its vCPUs.
+pub struct Devices {
+    /// The GICv3 model.
+    pub vgic: Vgic,
+    /// PSCI state.
+    pub psci: Psci,
+    /// The virtual PL011.
+    pub uart: Pl011,
+    /// CPU_ON requests not yet picked up: (entry, context id) per vCPU.
+    pub starts: Vec<Option<(u64, u64)>>,
+    /// Host console bytes the UART had no room for yet.
+    pub rx_backlog: Vec<u8>,
+}
+
+/// Exit counters, by class.
+#[derive(Default)]
+pub struct Stats {
+    /// All exits.
+    pub total: AtomicU64,
+    /// PL011 accesses.
+    pub uart: AtomicU64,
+    /// Distributor and redistributor accesses.
+    pub gic: AtomicU64,
+    /// HVC/SMC calls.
+    pub hvc: AtomicU64,
+    /// Trapped system registers (ID registers, SGIs).
+    pub sysreg: AtomicU64,
+    /// WFI/WFE.
+    pub wfx: AtomicU64,
+    /// Physical interrupts.
+    pub irq: AtomicU64,
+    /// Stage-2 faults resolved by mapping (lazy mapping).
+    pub s2fault: AtomicU64,
+    /// Aborts and undefined instructions injected into the guest.
+    pub injected: AtomicU64,
+}
+
+/// One VM.
+pub struct Vm {
+    /// Its name (for `[<name>]` output and `vm <name>:` lines).
+    pub name: String,
+    /// vCPU i runs on physical CPU `pcpus[i]`.
+    pub pcpus: Vec<usize>,
+    /// `VTTBR_EL2` (root table and VMID).
+    pub vttbr: u64,
+    /// `VTCR_EL2`, from the VM's own stage-2 geometry.
+    pub vtcr: u64,
+    /// `CNTVOFF_EL2`: the guest's virtual counter starts near 0 at creation.
+    pub cntvoff: u64,
+    /// Guest RAM: IPA base, host PA, size.
+    pub ram_ipa: u64,
+    /// Host physical address of guest RAM.
+    pub ram_pa: u64,
+    /// Bytes of guest RAM.
+    pub ram_size: u64,
+    /// Redistributor region size (one frame pair per vCPU).
+    pub gicr_size: u64,
+    /// Kernel entry point and DTB IPA (x0) for vCPU 0.
+    pub entry: u64,
+    /// The DTB's IPA.
+    pub dtb: u64,
+    /// The ID register view.
+    pub idregs: GuestIdRegs,
+    /// The stage-2 tables (kept for the VM's lifetime).
+    pub s2: SpinMutex<PageTable<FrameAlloc, HwMaintenance>>,
+    /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
+    pub lazy_chunk: Option<u64>,
+    /// Devices and PSCI.
+    pub dev: SpinMutex<Devices>,
+    state: AtomicU8,
+    live: AtomicUsize,
+    done: AtomicBool,
+    /// Exit counters.
+    pub stats: Stats,
+}
+
+impl Vm {
+    /// The VM's state.
+    pub fn state(&self) -> VmState {
+        match self.state.load(Ordering::Acquire) {
+            0 => VmState::Running,
+            1 => VmState::Off,
+            2 => VmState::Reset,
+            _ => VmState::Killed,
+        }
+    }
+
+    /// Whether the VM has stopped (its vCPUs leave their run loops).
+    pub fn stopped(&self) -> bool {
+        self.state.load(Ordering::Acquire) != VmState::Running as u8
+    }
+
+    /// Stops the VM (the first reason wins) and kicks every vCPU but `me`.
+    pub fn stop(&self, why: VmState, me: usize, reason: Option<core::fmt::Arguments<'_>>) {
+        if self
+            .state
+            .compare_exchange(
+                VmState::Running as u8,
+                why as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        if let Some(r) = reason {
+            error!("vm {}: killed: {r}", self.name);
+        }
+        for (v, &p) in self.pcpus.iter().enumerate() {
+            if v != me {
+                gic::kick(p);
+            }
+        }
+    }
+
+    /// Kicks the vCPUs in `set` (except `me`) so they pick up a change of their interrupts.
+    pub fn kick(&self, set: vdev::vgic::VcpuSet, me: usize) {
+        for v in set.iter() {
+            if v != me {
+                if let Some(&p) = self.pcpus.get(v) {
+                    gic::kick(p);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        {
+            let mut d = self.dev.lock();
+            d.uart.flush(&mut |line: &str| el2::console::print(format_args!("{line}\n")));
+        }
+        let s = &self.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        info!(
+            "vm {}: exits {} (uart {}, gic {}, hvc {}, sysreg {}, wfx {}, irq {}, stage-2 faults {}, injected {})",
+            self.name,
+            g(&s.total),
+            g(&s.uart),
+            g(&s.gic),
+            g(&s.hvc),
+            g(&s.sysreg),
+            g(&s.wfx),
+            g(&s.irq),
+            g(&s.s2fault),
+            g(&s.injected)
+        );
+        match self.state() {
+            VmState::Off => info!("vm {}: exited (system off)", self.name),
+            VmState::Reset => info!("vm {}: exited (system reset)", self.name),
+            VmState::Killed | VmState::Running => info!("vm {}: exited (killed)", self.name),
+        }
+        self.done.store(true, Ordering::Release);
+        gic::kick(0);
+    }
+}
+
+static VMS: Once<Vec<&'static Vm>> = Once::new();
+
+/// Every VM (after creation).
+pub fn vms() -> &'static [&'static Vm] {
+    VMS.get().map(|v| v.as_slice()).unwrap_or(&[])
+}
+
+/// Bytes of host RAM kept back from guests for stage-2 tables and hyp's own needs.
+const HOST_RESERVE: u64 = 64 << 20;
+
+/// Loads the system from the boot bundle and runs it until every VM has exited.
+pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
+    let slots: Vec<(u64, u64)> = boot
+        .platform
+        .virtio_mmio
+        .as_slice()
+        .iter()
+        .map(|v| (v.regs.base, v.regs.size))
+        .collect();
+    let data = match virtio::read_bundle_disk(&slots) {
+        Ok(d) => d,
+        Err(virtio::DiskError::NoDisk) => return Ok(Verdict::NoVms),
+        Err(e) => {
+            error!("hyp: {e}");
+            return Err("cannot read the boot bundle disk");
+        }
+    };
+    let bundle = match Bundle::parse(&data) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("hyp: boot bundle: {e}");
+            return Err("the boot bundle is corrupt: rebuild it with `guest-loader bundle`");
+        }
+    };
+    let host = Host {
+        cpu: boot.cpu,
+        cpus: smp::online() as u32,
+        guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
+    };
+    let plan = match bundle.plan(&host) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{e}");
+            return Err("the bundle's system config was refused on this machine (see above)");
+        }
+    };
+    if plan.vms.is_empty() {
+        return Ok(Verdict::NoVms);
+    }
+    gic::init_distributor(&boot.platform, true)?;
+    gic::init_cpu()?;
+
+    let mut vmids = VmidAllocator::for_cpu(&boot.cpu);
+    let mut vms = Vec::new();
+    for vp in &plan.vms {
+        vms.push(create(boot, vp, &mut vmids)?);
+    }
+    let vms: &'static [&'static Vm] = VMS.call_once(|| vms).as_slice();
+    drop(plan);
+    drop(data);
+
+    // Start every vCPU on its CPU; the one pinned to CPU 0 (this one) runs last, here.
+    let mut mine = None;
+    for vm in vms {
+        for (v, &p) in vm.pcpus.iter().enumerate() {
+            if p == 0 {
+                mine = Some((*vm, v));
+                continue;
+            }
+            let arg = Box::leak(Box::new(vcpu::Start { vm, vcpu: v })) as *mut vcpu::Start;
+            if !smp::send_work(p, vcpu::thread_entry, arg as u64) {
+                error!("vm {}: cpu {p} is busy or offline: vCPU {v} cannot start", vm.name);
+                vm.stop(VmState::Killed, usize::MAX, Some(format_args!("cpu {p} unavailable")));
+                vm.live.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+    if let Some((vm, v)) = mine {
+        vcpu::thread(vm, v);
+    }
+    // Wait for every VM; CPU 0 keeps taking the host console's input meanwhile.
+    while !vms.iter().all(|vm| vm.done.load(Ordering::Acquire)) {
+        vsys::wfi();
+        while let Some(iar) = gic::ack() {
+            vcpu::host_irq(iar);
+            gic::eoi(iar);
+        }
+    }
+    if vms.iter().all(|vm| vm.state() == VmState::Off) {
+        Ok(Verdict::Ok)
+    } else {
+        Err("not every VM exited cleanly (see the vm lines above)")
+    }
+}
+
+/// Builds one VM from its plan.
+fn create(
+    boot: &Boot,
+    vp: &VmPlan<'_>,
+    vmids: &mut VmidAllocator,
+) -> Result<&'static Vm, &'static str> {
+    let geo = vp.geometry;
+    let memory = vp.memory;
+    // Align guest RAM to the largest stage-2 block that fits, so eager mapping uses blocks.
+    let mut align = geo.page_size();
+    for level in geo.start_level()..=2 {
+        if let Some(b) = geo.block_size(level) {
+            if b <= memory && b > align {
+                align = b;
+            }
+        }
+    }
+    let Some(pa) = mem::alloc_phys(memory, align) else {
+        error!(
+            "vm {}: {memory:#x} bytes of RAM aligned to {align:#x} do not fit in the free host RAM {}",
+            vp.name,
+            mem::remaining()
+        );
+        return Err("not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)");
+    };
+    let grant = match vmids.alloc() {
+        Ok(g) => g,
+        Err(e) => {
+            error!("vm {}: {e}", vp.name);
+            return Err("no VMID left");
+        }
+    };
+    let vmid16 = vmids.bits() == 16;
+    let vmid = grant.vmid;
+    // SAFETY: `mem::alloc_phys` hands out identity-mapped RAM used by nothing else, inside
+    // `mem::remaining()` at every later call.
+    let frames = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
+    let mut pt = match PageTable::with_vmid(geo, vmid.into(), frames, HwMaintenance) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("vm {}: stage-2 root tables: {e}", vp.name);
+            return Err("cannot allocate stage-2 tables");
+        }
+    };
+    let ram_ipa = vp.layout.ram.start;
+    debug_assert_eq!(ram_ipa, RAM_BASE);
+    let eager = vp.mapping == Mapping::Eager;
+    if eager {
+        // Caches: QEMU's virt RAM is coherent and hyp cleans what it loads (below), so the
+        // whole-range clean to PoC of `map` is skipped (MapOpts::skip_cmo).
+        let opts = MapOpts {
+            skip_cmo: true,
+            ..MapOpts::default()
+        };
+        if let Err(e) = pt.map(ram_ipa..ram_ipa + memory, pa, Attrs::ram(), opts) {
+            error!("vm {}: stage-2 map of RAM: {e}", vp.name);
+            return Err("cannot build the VM's stage-2 tables");
+        }
+    }
+    // Load the images.
+    for item in vp.load_items() {
+        let off = item.ipa.wrapping_sub(ram_ipa);
+        let len = item.data.len() as u64;
+        if item.ipa < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
+            error!(
+                "vm {}: {} at IPA {:#x} (+{len:#x}) is outside the VM's RAM",
+                vp.name, item.what, item.ipa
+            );
+            return Err("the load plan does not fit the VM's RAM");
+        }
+        let dst = pa + off;
+        // SAFETY: [dst, dst + len) lies in the VM's RAM (checked above), identity-mapped RAM
+        // that this VM owns and no vCPU runs yet; the source is a separate heap buffer.
+        unsafe {
+            core::ptr::copy_nonoverlapping(item.data.as_ptr(), dst as *mut u8, len as usize)
+        };
+        // The guest starts with its MMU and caches off (booting.rst): its view is memory.
+        cache::clean_to_poc(dst, len);
+    }
+    // The kernel's BSS (image_size beyond the file).
+    let k = vp.layout.kernel;
+    let file = vp.kernel.len() as u64;
+    if k.size > file && k.start >= ram_ipa && k.start - ram_ipa + k.size <= memory {
+        let dst = pa + (k.start - ram_ipa) + file;
+        // SAFETY: inside the VM's RAM (checked in this condition), owned by this VM.
+        unsafe { core::ptr::write_bytes(dst as *mut u8, 0, (k.size - file) as usize) };
+        cache::clean_to_poc(dst, k.size - file);
+    }
+    cache::invalidate_icache_all();
+
+    let n = vp.vcpus as usize;
+    let vgic = Vgic::new(VgicConfig {
+        n_vcpus: n,
+        n_spis: 32,
+    })
+    .map_err(|e| {
+        error!("vm {}: {e}", vp.name);
+        "cannot build the VM's GIC"
+    })?;
+    let psci = Psci::new(n, &[ram_ipa..ram_ipa + memory], Workarounds::default()).map_err(|e| {
+        error!("vm {}: {e}", vp.name);
+        "cannot build the VM's PSCI"
+    })?;
+    let policy = IdPolicy {
+        granules: vp.advertised_granules,
+        ipa_bits: vp.ipa_bits,
+    };
+    let idregs = GuestIdRegs::new(&policy, |r| vsys::id_reg(r.crm(), r.op2()));
+    let gicr_size = vgic.redist_size();
+    let pcpus: Vec<usize> = (vp.cpus.start..vp.cpus.end).map(|c| c as usize).collect();
+    if pcpus.len() != n || pcpus.iter().any(|&c| smp::mpidr_of(c).is_none()) {
+        error!(
+            "vm {}: needs CPUs {}..{}, but only {} are online",
+            vp.name,
+            vp.cpus.start,
+            vp.cpus.end,
+            smp::online()
+        );
+        return Err("not enough CPUs online for the VMs' vCPUs");
+    }
+    let vtcr = geo.vtcr_el2(boot.cpu.pa_bits(), vmid16);
+    let vttbr = pt.vttbr();
+    info!("{}", vp.stage2_line());
+    info!("{}", vp.page_size_line());
+    if vp.decision.fell_back() {
+        warn!("vm {}: {}", vp.name, vp.decision.refusals());
+    }
+    log::debug!(
+        "vm {}: RAM IPA {ram_ipa:#x}+{memory:#x} at PA {pa:#x}, VMID {}, VTCR_EL2 {vtcr:#x}, {} vCPUs on CPUs {:?}, {} mapping",
+        vp.name,
+        u16::from(vmid),
+        n,
+        pcpus,
+        if eager { "eager" } else { "lazy" }
+    );
+    let lazy_chunk = if eager {
+        None
+    } else {
+        // Map per fault the largest block up to 2 MiB-ish (the level-2 block for 4K; a page
+        // or block of the VM's granule otherwise), never more than the RAM.
+        let mut chunk = geo.page_size();
+        for level in geo.start_level()..=3 {
+            if let Some(b) = geo.block_size(level) {
+                if b <= memory && b <= align && b > chunk && b <= (32 << 20) {
+                    chunk = b;
+                }
+            }
+        }
+        Some(chunk)
+    };
+    let mut starts = Vec::with_capacity(n);
+    starts.resize(n, None);
+    let vm = Box::leak(Box::new(Vm {
+        name: vp.name.clone(),
+        pcpus,
+        vttbr,
+        vtcr,
+        cntvoff: vsys::cntpct_el0(),
+        ram_ipa,
+        ram_pa: pa,
+        ram_size: memory,
+        gicr_size,
+        entry: vp.layout.kernel.start,
+        dtb: vp.layout.dtb(),
+        idregs,
+        s2: SpinMutex::new(pt),
+        lazy_chunk,
+        dev: SpinMutex::new(Devices {
+            vgic,
+            psci,
+            uart: Pl011::new(&vp.name),
+            starts,
+            rx_backlog: Vec::new(),
+        }),
+        state: AtomicU8::new(VmState::Running as u8),
+        live: AtomicUsize::new(n),
+        done: AtomicBool::new(false),
+        stats: Stats::default(),
+    }));
+    Ok(vm)
+}
+
+/// Where an IPA falls in the VM's memory map.
+pub enum Region {
+    /// Guest RAM, at this offset.
+    Ram(u64),
+    /// The GIC distributor, at this offset.
+    Gicd(u64),
+    /// The redistributors, at this offset.
+    Gicr(u64),
+    /// The PL011, at this offset.
+    Uart(u64),
+    /// Nothing.
+    None,
+}
+
+impl Vm {
+    /// Classifies an IPA.
+    pub fn region(&self, ipa: u64) -> Region {
+        if ipa >= self.ram_ipa && ipa - self.ram_ipa < self.ram_size {
+            Region::Ram(ipa - self.ram_ipa)
+        } else if (GICD_BASE..GICD_BASE + GICD_SIZE).contains(&ipa) {
+            Region::Gicd(ipa - GICD_BASE)
+        } else if ipa >= GICR_BASE && ipa - GICR_BASE < self.gicr_size {
+            Region::Gicr(ipa - GICR_BASE)
+        } else if (UART_BASE..UART_BASE + vdev::pl011::REGION_SIZE).contains(&ipa) {
+            Region::Uart(ipa - UART_BASE)
+        } else {
+            Region::None
+        }
+    }
+}
