@@ -33,9 +33,13 @@ const S1_PXN: u64 = 1 << 53;
 const S1_XN: u64 = 1 << 54; // UXN at EL1&0, XN at EL2
 const S2_MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
 const S2_MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+/// With `HCR_EL2.FWB` set (FEAT_S2FWB), MemAttr 0b0110 forces Normal Write-Back whatever
+/// stage 1 says (Arm ARM D8.5.5; KVM `MT_S2_FWB_NORMAL`); Device-nGnRE stays 0b0001.
+const S2_FWB_MEMATTR_NORMAL_WB: u64 = 0b0110 << 2;
 const S2_AP_R: u64 = 1 << 6;
 const S2_AP_W: u64 = 1 << 7;
-const S2_XN: u64 = 1 << 54; // XN[1]: not executable at EL1 or EL0
+/// Stage-2 XN\[1\] (bit 54): not executable at EL1 or EL0.
+pub const S2_XN: u64 = 1 << 54;
 
 /// The memory type of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -147,8 +151,14 @@ pub fn check(regime: Regime, attrs: Attrs) -> Result<(), AttrError> {
 }
 
 /// Turns `attrs` into the attribute bits of a block/page descriptor for `regime` (AF set,
-/// valid and type bits and output address not included).
+/// valid and type bits and output address not included). Stage 2 without FEAT_S2FWB.
 pub fn encode(regime: Regime, attrs: Attrs) -> Result<u64, AttrError> {
+    encode_with(regime, false, attrs)
+}
+
+/// [`encode`], with `fwb` saying whether `HCR_EL2.FWB` is set (only stage 2 differs: Normal
+/// memory is then MemAttr 0b0110, forced write-back, and needs no clean to PoC).
+pub fn encode_with(regime: Regime, fwb: bool, attrs: Attrs) -> Result<u64, AttrError> {
     if !attrs.read {
         return Err(AttrError::NoRead(attrs));
     }
@@ -159,6 +169,7 @@ pub fn encode(regime: Regime, attrs: Attrs) -> Result<u64, AttrError> {
     match regime {
         Regime::Stage2 => {
             bits |= match attrs.mem {
+                MemType::Normal if fwb => S2_FWB_MEMATTR_NORMAL_WB,
                 MemType::Normal => S2_MEMATTR_NORMAL_WB,
                 MemType::Device => S2_MEMATTR_DEVICE_NGNRE,
             };
@@ -205,14 +216,15 @@ const fn attr_index(mem: MemType) -> u64 {
     }
 }
 
-/// Reads the abstract attributes back from a block/page descriptor of `regime`.
+/// Reads the abstract attributes back from a block/page descriptor of `regime` (either
+/// stage-2 encoding: MemAttr\[2\] set means Normal with and without FEAT_S2FWB).
 pub fn decode(regime: Regime, desc: u64) -> Attrs {
     match regime {
         Regime::Stage2 => Attrs {
             read: desc & S2_AP_R != 0,
             write: desc & S2_AP_W != 0,
             exec: desc & S2_XN == 0,
-            mem: if (desc >> 2) & 0b1111 == 0b1111 {
+            mem: if (desc >> 2) & 0b0100 != 0 {
                 MemType::Normal
             } else {
                 MemType::Device
@@ -291,6 +303,21 @@ mod tests {
         }
         let wo = Attrs::new(false, true, false, MemType::Normal);
         assert_eq!(encode(Regime::Stage2, wo), Err(AttrError::NoRead(wo)));
+    }
+
+    #[test]
+    fn stage2_fwb_bits() {
+        let ram = encode_with(Regime::Stage2, true, Attrs::ram()).unwrap();
+        assert_eq!((ram >> 2) & 0b1111, 0b0110);
+        assert_eq!(decode(Regime::Stage2, ram), Attrs::ram());
+        let dev = encode_with(Regime::Stage2, true, Attrs::device()).unwrap();
+        assert_eq!(dev, encode(Regime::Stage2, Attrs::device()).unwrap());
+        assert_eq!(decode(Regime::Stage2, dev), Attrs::device());
+        // Stage 1 ignores FWB.
+        assert_eq!(
+            encode_with(Regime::El2, true, Attrs::code()),
+            encode(Regime::El2, Attrs::code())
+        );
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! `hyp.hide-granules=` mask), or from a named QEMU CPU profile on the host.
 //!
 //! Field encodings (Arm ARM D19.2, ID_AA64MMFR0_EL1):
-//! - `TGran4` [31:28] and `TGran64` [27:24] are *signed*: 0b0000 supported, 0b0001 supported
+//! - `TGran4` \[31:28\] and `TGran64` \[27:24\] are *signed*: 0b0000 supported, 0b0001 supported
 //!   with 52-bit addresses (4K only), 0b1111 not supported.
-//! - `TGran16` [23:20] is *unsigned*: 0b0000 NOT supported, 0b0001 supported, 0b0010 supported
+//! - `TGran16` \[23:20\] is *unsigned*: 0b0000 NOT supported, 0b0001 supported, 0b0010 supported
 //!   with 52-bit addresses.
-//! - `TGran4_2` [43:40], `TGran16_2` [35:32], `TGran64_2` [39:36]: 0b0000 "as the stage-1 field
+//! - `TGran4_2` \[43:40\], `TGran16_2` \[35:32\], `TGran64_2` \[39:36\]: 0b0000 "as the stage-1 field
 //!   says", 0b0001 not supported at stage 2, 0b0010 supported, 0b0011 supported with 52 bits.
-//! - `PARange` [3:0]: 32, 36, 40, 42, 44, 48, 52 bits.
+//! - `PARange` \[3:0\]: 32, 36, 40, 42, 44, 48, 52 bits.
 
 use crate::Granule;
 use core::fmt;

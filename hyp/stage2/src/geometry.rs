@@ -289,7 +289,9 @@ impl Geometry {
         self.granule.size()
     }
 
-    /// Whether the CPU has FEAT_FWB (no clean to PoC needed before cacheable stage-2 mappings).
+    /// Whether the CPU has FEAT_S2FWB. Then stage-2 tables of this geometry use the FWB
+    /// encoding (Normal = MemAttr 0b0110, forced write-back) and skip the clean to PoC before
+    /// cacheable mappings, so **hyp must set `HCR_EL2.FWB`** whenever this is true.
     pub const fn fwb(&self) -> bool {
         self.fwb
     }

@@ -33,6 +33,10 @@ use core::ops::Range;
 /// issued instead (Hafnium and KVM use the same threshold).
 pub const MAX_TLBI_BY_ADDRESS: usize = 512;
 
+/// An empty walk cache (one slot per level: more slots did not help the random-order
+/// benchmark).
+const EMPTY_WALK_CACHE: [(u64, u64, u64); 4] = [(0, 0, 0); 4];
+
 /// Frames kept in reserve between operations so that a single-page map (the lazy-fault path)
 /// needs no counting pass; at most this many.
 const RESERVE_KEEP: usize = 4;
@@ -210,6 +214,8 @@ pub struct Ctx<A, M> {
     idx_mask: [u64; 4],
     /// The first level with block descriptors (and not above the start level).
     min_block: u32,
+    /// The last attributes encoded and their bits (maps repeat the same attributes).
+    last_attrs: Option<(Attrs, u64)>,
     /// A walk cache: per level, the last table descended into and the input span it covers
     /// (`end == 0`: empty). Leaf-only walks inside a span start at the deepest such table.
     /// Cleared whenever a table descriptor is overwritten or a table is freed.
@@ -268,7 +274,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     #[inline(always)]
     pub fn store(&mut self, v: &mut Visit, new: u64) {
         if self.is_table(v.entry, v.level) {
-            self.walk_cache = [(0, 0, 0); 4];
+            self.walk_cache = EMPTY_WALK_CACHE;
         }
         let start = self.start_of(v);
         self.maint.store(v.entry_pa, start, v.level, v.entry, new);
@@ -293,6 +299,33 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     #[inline(always)]
     pub fn start_of(&self, v: &Visit) -> u64 {
         v.addr & !(self.size(v.level) - 1)
+    }
+
+    /// The walk-cache slot of `level` for input address `addr`: (table, span start, span end).
+    #[inline(always)]
+    fn cached(&self, level: u32, _addr: u64) -> (u64, u64, u64) {
+        self.walk_cache[level as usize & 3]
+    }
+
+    /// Records that the level-`level` table `table` translates the parent span around `addr`.
+    #[inline(always)]
+    fn remember(&mut self, level: u32, addr: u64, table: u64) {
+        let s = self.shift[(level as usize - 1) & 3];
+        let span = addr & !((1u64 << s) - 1);
+        self.walk_cache[level as usize & 3] = (table, span, span + (1u64 << s));
+    }
+
+    /// [`attrs::encode`] for this regime, remembering the last result.
+    #[inline(always)]
+    fn encode(&mut self, a: Attrs) -> Result<u64, AttrError> {
+        match self.last_attrs {
+            Some((last, bits)) if last == a => Ok(bits),
+            _ => {
+                let bits = attrs::encode_with(self.geo.regime(), self.geo.fwb(), a)?;
+                self.last_attrs = Some((a, bits));
+                Ok(bits)
+            }
+        }
     }
 
     #[inline(always)]
@@ -420,7 +453,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 
     fn free_table(&mut self, pa: u64) {
-        self.walk_cache = [(0, 0, 0); 4];
+        self.walk_cache = EMPTY_WALK_CACHE;
         self.alloc.free(pa, self.geo.granule(), 1);
         self.tables -= 1;
     }
@@ -524,6 +557,73 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         }
     }
 
+    /// The map visitor: the common case (a page or block over an invalid entry) inline, the
+    /// rest out of line.
+    #[inline(always)]
+    fn map_visit(&mut self, v: &mut Visit, fill: &Fill) {
+        let o = fill.out(v.addr);
+        let block = self.covers(v) && self.blockable(v.level, o, fill.pages_only);
+        match v.kind {
+            VisitKind::Leaf if block => {
+                let new = Self::leaf_desc(o, v.level, fill.bits);
+                if v.old & DESC_VALID == 0 {
+                    self.store(v, new);
+                } else if v.old != new {
+                    self.map_replace_leaf(v, new);
+                }
+            }
+            VisitKind::Leaf => self.map_need_table(v, fill),
+            VisitKind::TablePre if block => self.map_table_to_block(v, o, fill.bits),
+            VisitKind::TablePre | VisitKind::TablePost => {}
+        }
+    }
+
+    /// A valid leaf becomes another leaf of the same size: in place if only permissions
+    /// change, else break-before-make.
+    #[inline(never)]
+    fn map_replace_leaf(&mut self, v: &mut Visit, new: u64) {
+        let start = self.start_of(v);
+        if (v.old ^ new) & !DESC_ATTR_MASK == 0 && !attrs_change_needs_bbm(v.old, new) {
+            self.store(v, new);
+            self.defer_invalidate(start);
+        } else {
+            self.store(v, 0);
+            self.invalidate_now(start);
+            self.store(v, new);
+        }
+    }
+
+    /// The range needs a table here: split a valid block, or build a fresh subtree offline
+    /// and publish it with one store.
+    #[inline(never)]
+    fn map_need_table(&mut self, v: &mut Visit, fill: &Fill) {
+        if v.old & DESC_VALID != 0 {
+            self.split_block(v);
+        } else {
+            let t = self.take_table();
+            self.build(t, v.level + 1, v.addr, v.end, fill);
+            // The new subtree must be visible before the table descriptor.
+            self.op(MaintOp::DsbIshSt);
+            self.store(v, t | 3);
+            v.skip_children = true;
+        }
+    }
+
+    /// Replaces a table by a block: break, flush the VMID, make; then the old subtree is
+    /// unreachable and its tables are freed.
+    #[inline(never)]
+    fn map_table_to_block(&mut self, v: &mut Visit, out: u64, bits: u64) {
+        let old_t = self.table_pa(v.old);
+        self.store(v, 0);
+        self.invalidate_all_now();
+        self.store(v, Self::leaf_desc(out, v.level, bits));
+        let mut sub = Vec::new();
+        self.collect_subtree(old_t, v.level + 1, &mut sub);
+        for t in sub {
+            self.free_table(t);
+        }
+    }
+
     /// Replaces the valid block in `v` by a table of equivalent entries (break-before-make).
     fn split_block(&mut self, v: &mut Visit) {
         let level = v.level;
@@ -613,7 +713,8 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     .granule()
                     .min_block_level()
                     .max(geometry.start_level()),
-                walk_cache: [(0, 0, 0); 4],
+                walk_cache: EMPTY_WALK_CACHE,
+                last_attrs: None,
                 alloc,
                 maint,
                 vmid: 0,
@@ -715,6 +816,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     idx_mask: c.idx_mask,
                     min_block: c.min_block,
                     walk_cache: c.walk_cache,
+                    last_attrs: c.last_attrs,
                     alloc: c.alloc,
                     maint,
                     vmid: c.vmid,
@@ -734,27 +836,41 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         self.ctx.read(entry_pa)
     }
 
+    #[inline(always)]
     fn check_range(&self, range: &Range<u64>) -> Result<(), MapError> {
-        let g = self.ctx.geo.granule();
-        if range.end < range.start {
-            return Err(MapError::RangeBackwards {
-                start: range.start,
-                end: range.end,
-            });
-        }
+        let mask = self.ctx.size(3) - 1;
         let limit = self.ctx.geo.input_limit();
-        if range.end > limit {
-            return Err(MapError::OutOfRange {
-                end: range.end,
-                limit,
-            });
-        }
-        for addr in [range.start, range.end] {
-            if addr & (g.size() - 1) != 0 {
-                return Err(MapError::Misaligned { addr, granule: g });
-            }
+        if range.end < range.start || range.end > limit || (range.start | range.end) & mask != 0 {
+            return Err(self.range_error(range));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn range_error(&self, range: &Range<u64>) -> MapError {
+        let g = self.ctx.geo.granule();
+        let limit = self.ctx.geo.input_limit();
+        if range.end < range.start {
+            MapError::RangeBackwards {
+                start: range.start,
+                end: range.end,
+            }
+        } else if range.end > limit {
+            MapError::OutOfRange {
+                end: range.end,
+                limit,
+            }
+        } else if range.start & (g.size() - 1) != 0 {
+            MapError::Misaligned {
+                addr: range.start,
+                granule: g,
+            }
+        } else {
+            MapError::Misaligned {
+                addr: range.end,
+                granule: g,
+            }
+        }
     }
 
     /// Walks `range` (clamped to nothing beyond the input limit), calling `visitor` for the
@@ -762,6 +878,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     /// descends into it unless `skip_children` is set); a `TablePre` visitor may turn a table
     /// into a leaf (the walker then does not descend). Root iteration covers every
     /// concatenated root table.
+    #[inline(always)]
     pub fn walk<E, F>(
         &mut self,
         range: Range<u64>,
@@ -787,27 +904,47 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             }
             .into());
         }
-        let start = self.ctx.geo.start_level();
+        self.walk_in(range, flags, visitor)
+    }
+
+    /// [`PageTable::walk`] without the range check (callers checked it).
+    #[inline(always)]
+    fn walk_in<E, F>(
+        &mut self,
+        range: Range<u64>,
+        flags: WalkFlags,
+        visitor: &mut F,
+    ) -> Result<(), E>
+    where
+        F: FnMut(&mut Ctx<A, M>, &mut Visit) -> Result<(), E>,
+    {
+        let mut table = self.root;
+        let mut level = self.ctx.geo.start_level();
         if flags == WalkFlags::LEAF {
-            for level in (start + 1..=3).rev() {
-                let (ct, cs, ce) = self.ctx.walk_cache[level as usize];
+            for l in (level + 1..=3).rev() {
+                let (ct, cs, ce) = self.ctx.cached(l, range.start);
                 if range.start >= cs && range.end <= ce {
-                    return walk_table(
-                        &mut self.ctx,
-                        ct,
-                        level,
-                        range.start,
-                        range.end,
-                        flags,
-                        visitor,
-                    );
+                    (table, level) = (ct, l);
+                    break;
                 }
             }
         }
+        // Without TablePost visits no stack is needed while the range fits one entry.
+        if !flags.contains(WalkFlags::TABLE_POST) && range.start < range.end {
+            return walk_one(
+                &mut self.ctx,
+                table,
+                level,
+                range.start,
+                range.end,
+                flags,
+                visitor,
+            );
+        }
         walk_table(
             &mut self.ctx,
-            self.root,
-            start,
+            table,
+            level,
             range.start,
             range.end,
             flags,
@@ -819,6 +956,12 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     #[inline(always)]
     fn prepare(&mut self, range: &Range<u64>, op: Op) -> Result<(), MapError> {
         let geo = self.ctx.geo;
+        // One page needs at most one table per level below the root.
+        if range.end - range.start == self.ctx.size(3)
+            && self.ctx.reserve.len() >= (3 - geo.start_level()) as usize
+        {
+            return Ok(());
+        }
         // Cheap upper bound: one table per level-(L-1) entry the range touches, per level,
         // down to the level whose blocks tile a map exactly (no table is needed below it).
         let mut bound = 0usize;
@@ -831,7 +974,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             } = op
             {
                 let m = (1u64 << s) - 1;
-                if l - 1 >= self.ctx.min_block && (range.start | range.end | out) & m == 0 {
+                if l > self.ctx.min_block && (range.start | range.end | out) & m == 0 {
                     break;
                 }
             }
@@ -850,8 +993,8 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             return Ok(());
         }
         let mut need = 0usize;
-        let _ = self.walk(range.clone(), WalkFlags::LEAF, &mut |c: &mut Ctx<A, M>,
-                                                                v: &mut Visit|
+        let _ = self.walk_in(range.clone(), WalkFlags::LEAF, &mut |c: &mut Ctx<A, M>,
+                                                                   v: &mut Visit|
          -> Result<
             (),
             MapError,
@@ -920,17 +1063,18 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     ) -> Result<(), MapError> {
         self.check_range(&range)?;
         let geo = self.ctx.geo;
-        let bits = attrs::encode(geo.regime(), attrs)?;
-        if out & (geo.page_size() - 1) != 0 {
-            return Err(MapError::Misaligned {
-                addr: out,
-                granule: geo.granule(),
-            });
-        }
+        let bits = self.ctx.encode(attrs)?;
         let len = range.end - range.start;
         let out_end = out.saturating_add(len);
-        if out_end > 1 << 48 {
-            return Err(MapError::OutputTooLarge { end: out_end });
+        if out & (self.ctx.size(3) - 1) != 0 || out_end > 1 << 48 {
+            return Err(if out_end > 1 << 48 {
+                MapError::OutputTooLarge { end: out_end }
+            } else {
+                MapError::Misaligned {
+                    addr: out,
+                    granule: geo.granule(),
+                }
+            });
         }
         if len == 0 {
             return Ok(());
@@ -959,65 +1103,16 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             bits,
             pages_only: po,
         };
-        let r: Result<(), MapError> = self.walk(
+        let r: Result<(), MapError> = self.walk_in(
             range,
             // A table can only become a block if the range covers a whole block entry.
-            if !po && len >= geo.block_size(2).unwrap_or(u64::MAX) {
+            if !po && len >= self.ctx.size(2) {
                 WalkFlags::LEAF | WalkFlags::TABLE_PRE
             } else {
                 WalkFlags::LEAF
             },
             &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
-                let o = out + (v.addr - lo);
-                let full = c.covers(v);
-                let block = full && c.blockable(v.level, o, po);
-                let start = c.start_of(v);
-                match v.kind {
-                    VisitKind::TablePre => {
-                        if block {
-                            // Replacing a table by a block: break, flush the VMID, make; then
-                            // the old subtree is unreachable and can go.
-                            let old_t = c.table_pa(v.old);
-                            c.store(v, 0);
-                            c.invalidate_all_now();
-                            c.store(v, Ctx::<A, M>::leaf_desc(o, v.level, bits));
-                            let mut sub = Vec::new();
-                            c.collect_subtree(old_t, v.level + 1, &mut sub);
-                            for t in sub {
-                                c.free_table(t);
-                            }
-                        }
-                    }
-                    VisitKind::Leaf => {
-                        let valid = v.old & DESC_VALID != 0;
-                        if block {
-                            let new = Ctx::<A, M>::leaf_desc(o, v.level, bits);
-                            if v.old == new {
-                            } else if !valid {
-                                c.store(v, new);
-                            } else if (v.old ^ new) & !DESC_ATTR_MASK == 0
-                                && !attrs_change_needs_bbm(v.old, new)
-                            {
-                                c.store(v, new);
-                                c.defer_invalidate(start);
-                            } else {
-                                c.store(v, 0);
-                                c.invalidate_now(start);
-                                c.store(v, new);
-                            }
-                        } else if valid {
-                            c.split_block(v);
-                        } else {
-                            let t = c.take_table();
-                            c.build(t, v.level + 1, v.addr, v.end, &fill);
-                            // The new subtree must be visible before the table descriptor.
-                            c.op(MaintOp::DsbIshSt);
-                            c.store(v, t | 3);
-                            v.skip_children = true;
-                        }
-                    }
-                    VisitKind::TablePost => {}
-                }
+                c.map_visit(v, &fill);
                 Ok(())
             },
         );
@@ -1080,10 +1175,10 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         // Fast path (the per-page pattern): the range lies in the cached leaf table, so a
         // leaf-only walk starts there; the full walk that frees tables runs only if that leaf
         // table is now empty.
-        let (ct, cs, ce) = self.ctx.walk_cache[3];
+        let (ct, cs, ce) = self.ctx.cached(3, range.start);
         let r = if range.start >= cs && range.end <= ce {
             let (lo, hi) = (range.start, range.end);
-            let r = self.walk(range.clone(), WalkFlags::LEAF, &mut visitor);
+            let r = self.walk_in(range.clone(), WalkFlags::LEAF, &mut visitor);
             let parent = Visit {
                 addr: lo,
                 end: hi,
@@ -1095,12 +1190,12 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                 skip_children: false,
             };
             if r.is_ok() && self.ctx.emptied(ct, &parent) {
-                self.walk(range, flags, &mut visitor)
+                self.walk_in(range, flags, &mut visitor)
             } else {
                 r
             }
         } else {
-            self.walk(range, flags, &mut visitor)
+            self.walk_in(range, flags, &mut visitor)
         };
         self.ctx.flush();
         self.trim_reserve();
@@ -1111,13 +1206,12 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     /// for dirty tracking), splitting blocks the range cuts. Unmapped parts stay unmapped.
     pub fn protect(&mut self, range: Range<u64>, attrs: Attrs) -> Result<(), MapError> {
         self.check_range(&range)?;
-        let geo = self.ctx.geo;
-        let bits = attrs::encode(geo.regime(), attrs)?;
+        let bits = self.ctx.encode(attrs)?;
         if range.is_empty() {
             return Ok(());
         }
         self.prepare(&range, Op::Split)?;
-        let r: Result<(), MapError> = self.walk(
+        let r: Result<(), MapError> = self.walk_in(
             range,
             WalkFlags::LEAF,
             &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
@@ -1133,7 +1227,8 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     return Ok(());
                 }
                 let start = c.start_of(v);
-                let becomes_exec = attrs.exec && !attrs::decode(c.geo.regime(), v.old).exec;
+                // Stage 2 only: the guest may now execute what it could not before.
+                let becomes_exec = attrs.exec && v.old & attrs::S2_XN != 0;
                 if c.geo.regime() == Regime::Stage2 && becomes_exec && !c.geo.dic() {
                     let pa = c.leaf_oa(v.old, v.level);
                     let len = c.size(v.level);
@@ -1208,6 +1303,67 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     }
 }
 
+/// The walker while the range fits in one entry per level: descends until a visit leaves a
+/// non-table entry, and hands over to [`walk_table`] at the first level where the range
+/// spans several entries. Only for walks without `TablePost` visits.
+#[inline(always)]
+fn walk_one<A, M, E, F>(
+    c: &mut Ctx<A, M>,
+    mut table: u64,
+    mut level: u32,
+    lo: u64,
+    hi: u64,
+    flags: WalkFlags,
+    f: &mut F,
+) -> Result<(), E>
+where
+    A: TableAlloc,
+    M: Maintenance,
+    F: FnMut(&mut Ctx<A, M>, &mut Visit) -> Result<(), E>,
+{
+    loop {
+        let shift = c.shift[level as usize & 3];
+        if lo >> shift != (hi - 1) >> shift {
+            return walk_table(c, table, level, lo, hi, flags, f);
+        }
+        let entry_pa = table + ((lo >> shift) & c.idx_mask[level as usize & 3]) * 8;
+        let old = c.read(entry_pa);
+        let was_table = c.is_table(old, level);
+        let mut entry = old;
+        let mut skip = false;
+        let want = if was_table {
+            flags.contains(WalkFlags::TABLE_PRE)
+        } else {
+            flags.contains(WalkFlags::LEAF)
+        };
+        if want {
+            let mut v = Visit {
+                addr: lo,
+                end: hi,
+                level,
+                kind: if was_table {
+                    VisitKind::TablePre
+                } else {
+                    VisitKind::Leaf
+                },
+                old,
+                entry: old,
+                entry_pa,
+                skip_children: false,
+            };
+            f(c, &mut v)?;
+            entry = v.entry;
+            skip = v.skip_children;
+        }
+        if !c.is_table(entry, level) || skip {
+            return Ok(());
+        }
+        level += 1;
+        table = c.table_pa(entry);
+        c.remember(level, lo, table);
+    }
+}
+
 /// A table the walk descended from: where to continue in it, and the table descriptor that
 /// led down (for the `TablePost` visit).
 #[derive(Clone, Copy)]
@@ -1215,7 +1371,6 @@ struct Frame {
     table: u64,
     hi: u64,
     child_start: u64,
-    child_end: u64,
     entry_pa: u64,
 }
 
@@ -1223,7 +1378,6 @@ const FRAME0: Frame = Frame {
     table: 0,
     hi: 0,
     child_start: 0,
-    child_end: 0,
     entry_pa: 0,
 };
 
@@ -1258,11 +1412,13 @@ where
             depth -= 1;
             level -= 1;
             let fr = stack[depth];
+            // The child's range ended where its parent entry's part of the walk ends.
+            let child_end = fhi;
             if flags.contains(WalkFlags::TABLE_POST) {
                 let entry = c.read(fr.entry_pa);
                 let mut v = Visit {
                     addr: fr.child_start,
-                    end: fr.child_end,
+                    end: child_end,
                     level,
                     kind: VisitKind::TablePost,
                     old: entry,
@@ -1274,11 +1430,37 @@ where
             }
             table = fr.table;
             fhi = fr.hi;
-            addr = fr.child_end;
+            addr = child_end;
             continue;
         }
         let shift = c.shift[level as usize & 3];
         let size = 1u64 << shift;
+        if level == 3 {
+            // A leaf table: a tight loop over its entries in the range.
+            if flags.contains(WalkFlags::LEAF) {
+                let mut entry_pa = table + ((addr >> shift) & c.idx_mask[3]) * 8;
+                while addr < fhi {
+                    let end = ((addr | (size - 1)) + 1).min(fhi);
+                    let old = c.read(entry_pa);
+                    let mut v = Visit {
+                        addr,
+                        end,
+                        level,
+                        kind: VisitKind::Leaf,
+                        old,
+                        entry: old,
+                        entry_pa,
+                        skip_children: false,
+                    };
+                    f(c, &mut v)?;
+                    addr = end;
+                    entry_pa += 8;
+                }
+            } else {
+                addr = fhi;
+            }
+            continue;
+        }
         let end = ((addr | (size - 1)) + 1).min(fhi);
         let entry_pa = table + ((addr >> shift) & c.idx_mask[level as usize & 3]) * 8;
         let old = c.read(entry_pa);
@@ -1314,15 +1496,13 @@ where
                 table,
                 hi: fhi,
                 child_start: addr,
-                child_end: end,
                 entry_pa,
             };
             depth += 1;
             level += 1;
             table = c.table_pa(entry);
             fhi = end;
-            let span = addr & !(size - 1);
-            c.walk_cache[level as usize & 3] = (table, span, span + size);
+            c.remember(level, addr, table);
         } else {
             addr = end;
         }

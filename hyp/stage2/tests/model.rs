@@ -69,7 +69,7 @@ struct Harness {
     bbm: BbmChecker,
     /// A mock TLB: leaf entries (input start, size, output start, attrs) seen by probes,
     /// evicted only by the recorded TLBIs. None may go stale.
-    tlb: Vec<(u64, u64, u64, Attrs)>,
+    tlb: BTreeMap<(u64, u64), (u64, Attrs)>,
 }
 
 impl Harness {
@@ -99,10 +99,11 @@ impl Harness {
             page,
             probes: BTreeSet::new(),
             bbm,
+            tlb: BTreeMap::new(),
         }
     }
 
-    fn apply(&mut self, op: &Op) {
+    fn apply(&mut self, op: &Op) -> (u64, u64) {
         let p = self.page;
         let (start, pages) = match *op {
             Op::Map { start, pages, .. }
@@ -147,6 +148,7 @@ impl Harness {
         for a in [lo, hi.wrapping_sub(1), hi, lo.wrapping_sub(1)] {
             self.probes.insert(a);
         }
+        (lo, hi)
     }
 
     fn check_addr(&mut self, addr: u64) {
@@ -158,12 +160,77 @@ impl Harness {
             .model
             .get(&page)
             .map(|&(pa, a)| (pa + (addr - page), a));
-        let got = self.pt.translate(addr).map(|(pa, a, _)| (pa, a));
-        assert_eq!(got, want, "translate({addr:#x})");
+        let got = self.pt.translate(addr);
+        assert_eq!(got.map(|(pa, a, _)| (pa, a)), want, "translate({addr:#x})");
     }
 
-    fn check_step(&mut self, seed: u64) {
-        self.check_tlb();
+    /// "Fills the TLB" with every valid leaf of the window, as a walker might have.
+    fn fill_tlb(&mut self) {
+        let span = window_pages(self.pt.geometry().granule()) * self.page;
+        let mut tlb = std::mem::take(&mut self.tlb);
+        self.pt
+            .walk::<MapError, _>(
+                self.base..self.base + span,
+                WalkFlags::LEAF,
+                &mut |c: &mut Ctx<VecAlloc, Recorder>, v: &mut Visit| {
+                    if v.old & 1 != 0 {
+                        let size = c.geometry().entry_size(v.level);
+                        let start = v.addr & !(size - 1);
+                        let oa = v.old & 0x0000_ffff_ffff_f000 & !(size - 1);
+                        let a = stage2::attrs::decode(Regime::Stage2, v.old);
+                        tlb.insert((start, size), (oa, a));
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        self.tlb = tlb;
+    }
+
+    /// Applies the step's recorded TLBIs to the mock TLB, then checks that no entry left in
+    /// it disagrees with the tables (a stale translation).
+    fn check_tlb(&mut self, lo: u64, hi: u64) {
+        let geo = *self.pt.geometry();
+        for ev in &self.pt.maintenance().events {
+            match ev {
+                Event::Op(MaintOp::TlbiIpas2e1is { operand, .. }) => {
+                    let ipa = operand << 12;
+                    // An entry of size S containing `ipa` starts at `ipa` aligned down to S.
+                    for level in 0..=3 {
+                        let size = geo.entry_size(level);
+                        self.tlb.remove(&(ipa & !(size - 1), size));
+                    }
+                }
+                Event::Op(MaintOp::TlbiVmalls12e1is { .. }) => self.tlb.clear(),
+                _ => {}
+            }
+        }
+        let p = self.page;
+        // Only the operation's range can have changed (translate probes check the rest).
+        for (&(start, size), &(oa, a)) in &self.tlb {
+            if start >= hi || start + size <= lo {
+                continue;
+            }
+            let offs = if size == p {
+                vec![0]
+            } else {
+                vec![0, (size / 2) & !(p - 1), size - p]
+            };
+            for off in offs {
+                let want = Some((oa + off, a));
+                let got = self.model.get(&(start + off)).copied();
+                assert_eq!(
+                    got,
+                    want,
+                    "stale TLB entry for {:#x} (entry {start:#x}+{size:#x})",
+                    start + off
+                );
+            }
+        }
+    }
+
+    fn check_step(&mut self, seed: u64, lo: u64, hi: u64) {
+        self.check_tlb(lo, hi);
         let probes: Vec<u64> = self.probes.iter().copied().collect();
         for a in probes {
             self.check_addr(a);
@@ -178,6 +245,7 @@ impl Harness {
         }
         self.bbm.feed(&self.pt.maintenance().events).unwrap();
         self.pt.maintenance_mut().events.clear();
+        self.fill_tlb();
         // Memory accounting: every allocated frame is a live table or in reserve.
         let a = self.pt.allocator();
         let root_tables = self.pt.geometry().root_tables() as usize;
@@ -231,8 +299,8 @@ impl Harness {
 fn run(g: Granule, bits: u32, where_: u8, ops: Vec<Op>, seed: u64) {
     let mut h = Harness::new(g, bits, where_);
     for (i, op) in ops.iter().enumerate() {
-        h.apply(op);
-        h.check_step(seed.wrapping_add(i as u64));
+        let (lo, hi) = h.apply(op);
+        h.check_step(seed.wrapping_add(i as u64), lo, hi);
     }
     h.finish();
 }

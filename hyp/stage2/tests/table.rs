@@ -258,6 +258,8 @@ fn cache_maintenance_decisions() {
         let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
         let mut pt = PageTable::new(geo, VecAlloc::new(), Recorder::default()).unwrap();
         pt.map_ok(0..0x20_0000, 0x4000_0000, Attrs::ram());
+        // Normal memory reads back as normal under either stage-2 encoding.
+        assert_eq!(pt.translate(0x1000).unwrap().1, Attrs::ram());
         let ops = pt.maintenance().ops();
         assert_eq!(
             ops.contains(&MaintOp::CleanDcachePoc {
@@ -355,4 +357,75 @@ fn walk_visits_concatenated_roots_and_tables() {
     assert_eq!(leaves, want);
     assert_eq!((pre, post), (3, 3));
     assert_eq!(pt.tables(), 16 + 3);
+}
+
+#[test]
+fn el1_regime_and_live_switch() {
+    // The probe guest's own stage 1: EL1-only access, UXN always, PXN unless executable.
+    let geo = Geometry::new(Regime::El1, Granule::K16, 39, &cpu()).unwrap();
+    assert_eq!((geo.start_level(), geo.levels()), (1, 3));
+    let mut pt = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+    let p = Granule::K16.size();
+    pt.map(0..4 * p, 0x4000_0000, Attrs::code(), MapOpts::default())
+        .unwrap();
+    pt.map(4 * p..8 * p, 0x4001_0000, Attrs::data(), MapOpts::default())
+        .unwrap();
+    let leaf = |pt: &mut PageTable<VecAlloc, _>, a: u64| {
+        let mut d = 0;
+        pt.walk::<MapError, _>(
+            a..a + p,
+            WalkFlags::LEAF,
+            &mut |_c: &mut Ctx<VecAlloc, _>, v: &mut Visit| {
+                d = v.old;
+                Ok(())
+            },
+        )
+        .unwrap();
+        d
+    };
+    let code = leaf(&mut pt, 0);
+    assert_eq!(code & (1 << 54), 1 << 54, "UXN");
+    assert_eq!(code & (1 << 53), 0, "PXN clear for code");
+    assert_eq!(code & (1 << 7), 1 << 7, "read-only");
+    assert_eq!(code & (1 << 6), 0, "no EL0 access");
+    let data = leaf(&mut pt, 4 * p);
+    assert_eq!(data & (3 << 53), 3 << 53);
+    assert_eq!(data & (1 << 7), 0);
+    // Once live, switch to a recording sink: the unmap is invalidated by VA (all ASIDs).
+    let (mut pt, _) = pt.with_maintenance(Recorder::default());
+    pt.unmap(0..p).unwrap();
+    let ops = pt.maintenance().ops();
+    assert!(
+        ops.contains(&MaintOp::TlbiVaae1is { operand: 0 }),
+        "{ops:?}"
+    );
+    assert_eq!(pt.translate(4 * p).unwrap().1, Attrs::data());
+    let (a, _) = pt.destroy();
+    assert_eq!(a.live_allocs(), 0);
+}
+
+#[test]
+fn el2_unmap_invalidates_by_va() {
+    let geo = Geometry::new(Regime::El2, Granule::K64, 48, &cpu()).unwrap();
+    let mut pt = PageTable::new(geo, VecAlloc::new(), Recorder::default()).unwrap();
+    let p = Granule::K64.size();
+    pt.map(
+        0x4000_0000..0x4000_0000 + 2 * p,
+        0x4000_0000,
+        Attrs::data(),
+        MapOpts::default(),
+    )
+    .unwrap();
+    pt.maintenance_mut().events.clear();
+    pt.unmap(0x4000_0000..0x4000_0000 + p).unwrap();
+    assert_eq!(
+        pt.maintenance().ops(),
+        vec![
+            MaintOp::DsbIshSt,
+            MaintOp::TlbiVae2is { operand: 0x4_0000 },
+            MaintOp::DsbIsh,
+            MaintOp::Isb
+        ]
+    );
+    pt.destroy();
 }
