@@ -13,6 +13,7 @@
 //!   high, see `vm::vcpu`).
 //! - The host PL011's SPI, routed to CPU 0: console input for the first VM.
 
+use aarch64_cpu::registers::ICC_SRE_EL2;
 use el2::arch::{barrier, vsys};
 use el2::dt::Platform;
 use el2::smp;
@@ -102,7 +103,9 @@ fn wait_rwp(dist: usize) {
 /// disabled except the host UART's (group 1, routed to CPU 0) when `uart_rx` is set.
 pub fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), &'static str> {
     let Some(gic) = platform.gic else {
-        return Err("the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3");
+        return Err(
+            "the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3",
+        );
     };
     let mut redists = [(0usize, 0usize); 4];
     let mut n = 0;
@@ -113,7 +116,10 @@ pub fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), &'
         }
     }
     let uart = platform.uart.map(|u| u.regs.base as usize).unwrap_or(0);
-    let uart_spi = platform.uart.and_then(|u| u.intid).filter(|&i| (32..1020).contains(&i));
+    let uart_spi = platform
+        .uart
+        .and_then(|u| u.intid)
+        .filter(|&i| (32..1020).contains(&i));
     let layout = LAYOUT.call_once(|| Layout {
         dist: gic.dist.base as usize,
         redists,
@@ -197,10 +203,14 @@ pub fn init_cpu() -> Result<(), &'static str> {
     wr(r + GICR_ICENABLER0, u32::MAX);
     wr(r + GICR_IGROUPR0, u32::MAX);
     for i in 0..8 {
-        wr(r + GICR_IPRIORITYR + i * 4, u32::from_ne_bytes([PRIORITY; 4]));
+        wr(
+            r + GICR_IPRIORITYR + i * 4,
+            u32::from_ne_bytes([PRIORITY; 4]),
+        );
     }
     // PPIs 25 and 27 level-sensitive (ICFGR1 fields 0b00).
-    let cfg = rd(r + GICR_ICFGR1) & !(3 << ((MAINTENANCE_PPI - 16) * 2) | 3 << ((VTIMER_PPI - 16) * 2));
+    let cfg =
+        rd(r + GICR_ICFGR1) & !(3 << ((MAINTENANCE_PPI - 16) * 2) | 3 << ((VTIMER_PPI - 16) * 2));
     wr(r + GICR_ICFGR1, cfg);
     wr(
         r + GICR_ISENABLER0,
@@ -210,7 +220,9 @@ pub fn init_cpu() -> Result<(), &'static str> {
     // allowed for EL1 (Enable, so the guest's ICC_SRE_EL1 works: IHI 0069 §12.2.24); priority
     // mask open; no binary-point preemption (hyp never takes IRQs); EOImode 0; group 1 on.
     unsafe {
-        vsys::set_icc_sre_el2(vsys::icc_sre_el2() | 0b1001);
+        vsys::set_icc_sre_el2(
+            vsys::icc_sre_el2() | (ICC_SRE_EL2::SRE::SET + ICC_SRE_EL2::ENABLE::SET).value,
+        );
         barrier::isb();
         vsys::set_icc_pmr_el1(0xff);
         vsys::set_icc_bpr1_el1(0);
@@ -223,7 +235,8 @@ pub fn init_cpu() -> Result<(), &'static str> {
 }
 
 fn my_redist() -> usize {
-    REDIST[smp::current_cpu().min(el2::dt::MAX_CPUS - 1)].load(core::sync::atomic::Ordering::Acquire)
+    REDIST[smp::current_cpu().min(el2::dt::MAX_CPUS - 1)]
+        .load(core::sync::atomic::Ordering::Acquire)
 }
 
 /// Enables (`on`) or disables a PPI on this CPU.
@@ -239,15 +252,9 @@ pub fn set_ppi(intid: u32, on: bool) {
 /// Sends [`KICK_SGI`] to the CPU with logical index `cpu`.
 pub fn kick(cpu: usize) {
     let Some(m) = smp::mpidr_of(cpu) else { return };
-    let aff0 = m & 0xff;
-    if aff0 >= 16 {
-        return; // ICC_SGI1R_EL1.TargetList names Aff0 0..15 only (no range selector here).
-    }
-    let v = ((m >> 32) & 0xff) << 48
-        | ((m >> 16) & 0xff) << 32
-        | ((m >> 8) & 0xff) << 16
-        | (KICK_SGI as u64) << 24
-        | 1 << aff0;
+    let Some(v) = el2::exc::sgi1r(m, KICK_SGI) else {
+        return; // Aff0 above 15: not addressable without a range selector
+    };
     barrier::dsb_ish();
     // SAFETY: sends an SGI; the target only exits its guest or wakes from WFI.
     unsafe { vsys::set_icc_sgi1r_el1(v) };

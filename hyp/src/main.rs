@@ -5,7 +5,9 @@
 //!    (heap and the physical allocator), EL2 page tables and MMU, exception vectors.
 //! 2. Secondary CPUs: PSCI CPU_ON for every other CPU of the device tree; they wait for work.
 //! 3. Test switches (`hyp.test=`, `selftest`).
-//! 4. `run_system`: load the system from the boot bundle and run its VMs (lead's part).
+//! 4. `run_system` (`vm`): the physical GIC, the secondaries into hyp's WFI idle loop, the boot
+//!    bundle from its virtio-blk disk (`virtio`), the plan (`guest-loader`), the VMs, and one
+//!    vCPU thread per physical CPU until every VM has exited.
 //! 5. Power off with the success marker, or the failure marker on any fatal error.
 //!
 //! hyp is built only for `aarch64-unknown-none`; on any other target this is a stub `main`
@@ -29,11 +31,17 @@ extern crate alloc;
 #[cfg(hyp_bare)]
 mod boot;
 #[cfg(hyp_bare)]
+mod gic;
+#[cfg(hyp_bare)]
 mod mem;
 #[cfg(hyp_bare)]
 mod mmu;
 #[cfg(hyp_bare)]
 mod selftest;
+#[cfg(hyp_bare)]
+mod virtio;
+#[cfg(hyp_bare)]
+mod vm;
 
 #[cfg(hyp_bare)]
 use el2::fatal;
@@ -62,24 +70,11 @@ pub enum Verdict {
     Ok,
 }
 
-/// Loads the system from the boot bundle and runs it until every VM has exited.
-///
-/// THE LEAD's PLUG-IN POINT: find the bundle on a virtio-blk disk (`virtio.rs`, `bundle.rs`,
-/// `boot.platform.virtio_mmio` lists the slots), resolve it with `guest-loader` against
-/// `boot.cpu` (the one `CpuFeatures` value, hide mask applied), and run the VMs. Guest memory
-/// and stage-2 table frames come from [`mem::alloc_phys`]; secondary CPUs take work with
-/// `el2::smp::send_work(cpu, fn(u64), arg)`; guest exits arrive through
-/// `el2::trap::set_lower_el_handler`. Return an error to fail the run with a message.
+/// Loads the system from the boot bundle and runs it until every VM has exited
+/// (`vm::run_system`).
 #[cfg(hyp_bare)]
 fn run_system(boot: &boot::Boot) -> Result<Verdict, &'static str> {
-    log::debug!(
-        "hyp: system: el2 granule {}, PA {} bits, {} virtio-mmio slots, host DTB {}",
-        boot.el2_granule,
-        boot.cpu.pa_bits(),
-        boot.platform.virtio_mmio.len(),
-        boot.dtb
-    );
-    Ok(Verdict::NoVms)
+    vm::run_system(boot)
 }
 
 /// Rust entry of the boot CPU (from `el2::arch` entry.S): x0 = device tree address.

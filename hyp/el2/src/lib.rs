@@ -17,6 +17,7 @@ pub mod cmdline;
 pub mod console;
 pub mod dt;
 pub mod esr;
+pub mod exc;
 pub mod fatal;
 pub mod frames;
 pub mod granule;

@@ -7,6 +7,7 @@
 //! start on their CPUs (`vcpu::thread`) → a PSCI SYSTEM_OFF / SYSTEM_RESET, or a kill, stops
 //! every vCPU → the last vCPU out prints `vm <name>: exited (...)`.
 
+pub mod cpus;
 pub mod vcpu;
 
 use crate::boot::Boot;
@@ -82,6 +83,8 @@ pub struct Stats {
     pub s2fault: AtomicU64,
     /// Aborts and undefined instructions injected into the guest.
     pub injected: AtomicU64,
+    /// Counter ticks spent in hyp between an exit and the next entry (idle excluded).
+    pub handling: AtomicU64,
 }
 
 /// One VM.
@@ -154,7 +157,8 @@ impl Vm {
             return;
         }
         if let Some(r) = reason {
-            error!("vm {}: killed: {r}", self.name);
+            // Guest misbehaviour: warn, not error (style.md rule 10).
+            warn!("vm {}: killed: {r}", self.name);
         }
         for (v, &p) in self.pcpus.iter().enumerate() {
             if v != me {
@@ -177,12 +181,14 @@ impl Vm {
     fn finish(&self) {
         {
             let mut d = self.dev.lock();
-            d.uart.flush(&mut |line: &str| el2::console::print(format_args!("{line}\n")));
+            d.uart
+                .flush(&mut |line: &str| el2::console::print(format_args!("{line}\n")));
         }
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let freq = el2::arch::sysreg::counter().1;
         info!(
-            "vm {}: exits {} (uart {}, gic {}, hvc {}, sysreg {}, wfx {}, irq {}, stage-2 faults {}, injected {})",
+            "vm {}: exits {} (uart {}, gic {}, hvc {}, sysreg {}, wfx {}, irq {}, stage-2 faults {}, injected {}), handled in {} ms",
             self.name,
             g(&s.total),
             g(&s.uart),
@@ -192,7 +198,8 @@ impl Vm {
             g(&s.wfx),
             g(&s.irq),
             g(&s.s2fault),
-            g(&s.injected)
+            g(&s.injected),
+            g(&s.handling) * 1000 / freq
         );
         match self.state() {
             VmState::Off => info!("vm {}: exited (system off)", self.name),
@@ -211,11 +218,18 @@ pub fn vms() -> &'static [&'static Vm] {
     VMS.get().map(|v| v.as_slice()).unwrap_or(&[])
 }
 
+/// Milliseconds since the counter started (QEMU: since the machine started).
+fn ms() -> u64 {
+    let (c, f) = el2::arch::sysreg::counter();
+    c / (f / 1000).max(1)
+}
+
 /// Bytes of host RAM kept back from guests for stage-2 tables and hyp's own needs.
 const HOST_RESERVE: u64 = 64 << 20;
 
 /// Loads the system from the boot bundle and runs it until every VM has exited.
 pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
+    let t_start = ms();
     let slots: Vec<(u64, u64)> = boot
         .platform
         .virtio_mmio
@@ -223,7 +237,17 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
         .iter()
         .map(|v| (v.regs.base, v.regs.size))
         .collect();
-    let data = match virtio::read_bundle_disk(&slots) {
+    // The GIC, and the secondary CPUs into hyp's WFI-based idle loop, before the (long) read
+    // of the bundle.
+    let gic_ok = gic::init_distributor(&boot.platform, true).and_then(|_| gic::init_cpu());
+    if gic_ok.is_ok() {
+        for cpu in 1..smp::online() {
+            if !cpus::take_over(cpu) {
+                warn!("hyp: cpu {cpu} did not come to hyp's idle loop: it runs no vCPU");
+            }
+        }
+    }
+    let data = match virtio::read_bundle_disk(&slots, mem::alloc_phys) {
         Ok(d) => d,
         Err(virtio::DiskError::NoDisk) => return Ok(Verdict::NoVms),
         Err(e) => {
@@ -231,7 +255,8 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
             return Err("cannot read the boot bundle disk");
         }
     };
-    let bundle = match Bundle::parse(&data) {
+    let t_read = ms();
+    let bundle = match Bundle::parse(data) {
         Ok(b) => b,
         Err(e) => {
             error!("hyp: boot bundle: {e}");
@@ -250,11 +275,16 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
             return Err("the bundle's system config was refused on this machine (see above)");
         }
     };
+    let t_plan = ms();
     if plan.vms.is_empty() {
         return Ok(Verdict::NoVms);
     }
-    gic::init_distributor(&boot.platform, true)?;
-    gic::init_cpu()?;
+    gic_ok?;
+    log::debug!(
+        "hyp: {} VMs; hyp's own granule {}",
+        plan.vms.len(),
+        boot.el2_granule
+    );
 
     let mut vmids = VmidAllocator::for_cpu(&boot.cpu);
     let mut vms = Vec::new();
@@ -262,8 +292,11 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
         vms.push(create(boot, vp, &mut vmids)?);
     }
     let vms: &'static [&'static Vm] = VMS.call_once(|| vms).as_slice();
+    log::debug!(
+        "hyp: times since boot: hyp up {t_start} ms, bundle read {t_read} ms, planned {t_plan} ms, VMs built {} ms",
+        ms()
+    );
     drop(plan);
-    drop(data);
 
     // Start every vCPU on its CPU; the one pinned to CPU 0 (this one) runs last, here.
     let mut mine = None;
@@ -274,9 +307,16 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
                 continue;
             }
             let arg = Box::leak(Box::new(vcpu::Start { vm, vcpu: v })) as *mut vcpu::Start;
-            if !smp::send_work(p, vcpu::thread_entry, arg as u64) {
-                error!("vm {}: cpu {p} is busy or offline: vCPU {v} cannot start", vm.name);
-                vm.stop(VmState::Killed, usize::MAX, Some(format_args!("cpu {p} unavailable")));
+            if !cpus::dispatch(p, vcpu::thread_entry, arg as u64) {
+                error!(
+                    "vm {}: cpu {p} is busy or offline: vCPU {v} cannot start",
+                    vm.name
+                );
+                vm.stop(
+                    VmState::Killed,
+                    usize::MAX,
+                    Some(format_args!("cpu {p} unavailable")),
+                );
                 vm.live.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -307,7 +347,8 @@ fn create(
 ) -> Result<&'static Vm, &'static str> {
     let geo = vp.geometry;
     let memory = vp.memory;
-    // Align guest RAM to the largest stage-2 block that fits, so eager mapping uses blocks.
+    // Align guest RAM to the largest stage-2 block that fits, so that stage 2 can use blocks
+    // (`hyp.stage2=blocks`; by default it maps pages, see el2::cmdline).
     let mut align = geo.page_size();
     for level in geo.start_level()..=2 {
         if let Some(b) = geo.block_size(level) {
@@ -336,7 +377,7 @@ fn create(
     // SAFETY: `mem::alloc_phys` hands out identity-mapped RAM used by nothing else, inside
     // `mem::remaining()` at every later call.
     let frames = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
-    let mut pt = match PageTable::with_vmid(geo, vmid.into(), frames, HwMaintenance) {
+    let mut pt = match PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance) {
         Ok(t) => t,
         Err(e) => {
             error!("vm {}: stage-2 root tables: {e}", vp.name);
@@ -351,7 +392,7 @@ fn create(
         // whole-range clean to PoC of `map` is skipped (MapOpts::skip_cmo).
         let opts = MapOpts {
             skip_cmo: true,
-            ..MapOpts::default()
+            pages_only: !boot.cmdline.stage2_blocks,
         };
         if let Err(e) = pt.map(ram_ipa..ram_ipa + memory, pa, Attrs::ram(), opts) {
             error!("vm {}: stage-2 map of RAM: {e}", vp.name);
@@ -372,9 +413,7 @@ fn create(
         let dst = pa + off;
         // SAFETY: [dst, dst + len) lies in the VM's RAM (checked above), identity-mapped RAM
         // that this VM owns and no vCPU runs yet; the source is a separate heap buffer.
-        unsafe {
-            core::ptr::copy_nonoverlapping(item.data.as_ptr(), dst as *mut u8, len as usize)
-        };
+        unsafe { el2::arch::guest::copy_bulk(dst as *mut u8, item.data.as_ptr(), len as usize) };
         // The guest starts with its MMU and caches off (booting.rst): its view is memory.
         cache::clean_to_poc(dst, len);
     }
@@ -398,7 +437,9 @@ fn create(
         error!("vm {}: {e}", vp.name);
         "cannot build the VM's GIC"
     })?;
-    let psci = Psci::new(n, &[ram_ipa..ram_ipa + memory], Workarounds::default()).map_err(|e| {
+    let ram = ram_ipa..ram_ipa + memory;
+    let ram_range = core::slice::from_ref(&ram);
+    let psci = Psci::new(n, ram_range, Workarounds::default()).map_err(|e| {
         error!("vm {}: {e}", vp.name);
         "cannot build the VM's PSCI"
     })?;
@@ -427,23 +468,30 @@ fn create(
         warn!("vm {}: {}", vp.name, vp.decision.refusals());
     }
     log::debug!(
-        "vm {}: RAM IPA {ram_ipa:#x}+{memory:#x} at PA {pa:#x}, VMID {}, VTCR_EL2 {vtcr:#x}, {} vCPUs on CPUs {:?}, {} mapping",
+        "vm {}: RAM IPA {ram_ipa:#x}+{memory:#x} at PA {pa:#x}, VMID {}, VTCR_EL2 {vtcr:#x}, {} vCPUs on CPUs {:?}, {} mapping with {}",
         vp.name,
-        u16::from(vmid),
+        vmid.get(),
         n,
         pcpus,
-        if eager { "eager" } else { "lazy" }
+        if eager { "eager" } else { "lazy" },
+        if boot.cmdline.stage2_blocks {
+            "blocks"
+        } else {
+            "pages"
+        }
     );
     let lazy_chunk = if eager {
         None
     } else {
-        // Map per fault the largest block up to 2 MiB-ish (the level-2 block for 4K; a page
-        // or block of the VM's granule otherwise), never more than the RAM.
+        // Map per fault one page of the VM's stage-2 granule, or with `hyp.stage2=blocks` the
+        // largest block up to 32 MiB that the RAM's alignment allows.
         let mut chunk = geo.page_size();
-        for level in geo.start_level()..=3 {
-            if let Some(b) = geo.block_size(level) {
-                if b <= memory && b <= align && b > chunk && b <= (32 << 20) {
-                    chunk = b;
+        if boot.cmdline.stage2_blocks {
+            for level in geo.start_level()..=3 {
+                if let Some(b) = geo.block_size(level) {
+                    if b <= memory && b <= align && b > chunk && b <= (32 << 20) {
+                        chunk = b;
+                    }
                 }
             }
         }
@@ -469,7 +517,12 @@ fn create(
         dev: SpinMutex::new(Devices {
             vgic,
             psci,
-            uart: Pl011::new(&vp.name),
+            uart: {
+                let mut u = Pl011::new(&vp.name);
+                // Linux's earlycon writes before enabling the UART (firmware normally has).
+                u.set_transmit_when_disabled(true);
+                u
+            },
             starts,
             rx_backlog: Vec::new(),
         }),

@@ -198,5 +198,12 @@ pub fn wfi() {
 #[inline(always)]
 pub fn tlbi_vmalls12e1_local() {
     // SAFETY: TLB invalidation only drops cached translations.
-    unsafe { asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack, preserves_flags)) }
+    unsafe {
+        asm!(
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    }
 }

@@ -1,0 +1,786 @@
+//! A vCPU's thread on its physical CPU: EL2 controls for the VM, the run loop, and exit
+//! handling.
+//!
+//! vCPUs are pinned one to one, so a physical CPU only ever runs one vCPU: the guest's EL1
+//! system registers, its timer registers and the GIC list registers stay live in the hardware
+//! across exits and are never switched. Only what hyp's own code may clobber is saved at each
+//! exit: GPRs, SP_EL0, ELR/SPSR, FP/SIMD (`el2::arch::guest`).
+
+use super::{Region, Vm, VmState, UART_INTID};
+use crate::gic;
+use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, ICH_HCR_EL2, ICH_LR0_EL2, MDCR_EL2};
+use core::sync::atomic::{AtomicU64, Ordering};
+use el2::arch::guest::{self, GuestRegs};
+use el2::arch::{barrier, sysreg, vsys};
+use el2::exc::{self, SPSR_EL1H_MASKED};
+use log::warn;
+use stage2::{Attrs, MapOpts};
+use tock_registers::LocalRegisterCopy;
+use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
+use vdev::mmio::MmioError;
+use vdev::psci::PsciAction;
+use vdev::vgic::VcpuSet;
+use vdev::{Mpidr, SysReg};
+
+/// What a secondary CPU is asked to run.
+pub struct Start {
+    /// The VM.
+    pub vm: &'static Vm,
+    /// The vCPU index.
+    pub vcpu: usize,
+}
+
+/// `el2::smp::send_work` entry: `arg` is a leaked `Box<Start>`.
+pub fn thread_entry(arg: u64) {
+    // SAFETY: `run_system` passes a pointer from `Box::leak`, used once, here.
+    let s = unsafe { &*(arg as *const Start) };
+    thread(s.vm, s.vcpu);
+}
+
+/// HCR_EL2 while a guest runs (Arm ARM D23.2.53), bit by bit:
+/// - VM: stage-2 translation on for EL1&0.
+/// - SWIO: data cache invalidate by set/way is upgraded to clean+invalidate (the guest cannot
+///   discard lines of memory it does not own).
+/// - PTW: a stage-1 table walk that lands on Device memory at stage 2 faults (instead of
+///   reading MMIO as page tables).
+/// - FMO, IMO: physical FIQ/IRQ go to EL2 while a guest runs, and the guest's ICC_* accesses
+///   use the virtual CPU interface (the ICH_* list registers).
+/// - AMO: physical SError goes to EL2 (a guest-caused SError stops that VM, not hyp).
+/// - BSU = inner shareable: barriers the guest executes are at least Inner Shareable.
+/// - TWI: WFI traps, so an idle vCPU idles its CPU in hyp until an interrupt is due for it.
+///   (TWE stays 0: a WFE in a guest spin loop is cheaper left to the CPU.)
+/// - TID3: reads of the ID registers trap; the guest sees the sanitized view (vdev idregs).
+/// - TSC: SMC traps (there is no EL3 firmware for the guest; PSCI is served by hyp).
+/// - TIDCP: IMPLEMENTATION DEFINED system registers trap (the guest gets an UNDEF).
+/// - RW: EL1 is AArch64.
+///
+/// Everything else is 0. FB stays 0: vCPUs never migrate (pinned 1:1), so a guest's local TLB
+/// or I-cache maintenance is correctly local to its CPU and its broadcast (IS) forms reach the
+/// CPUs of its other vCPUs anyway; forcing broadcast would only make every local TLBI a
+/// machine-wide one (on QEMU TCG, a stop-the-world flush of every CPU). No TGE/E2H (hyp is not
+/// a host OS), no VI/VF/VSE (virtual interrupts come from the list registers), no TVM/TRVM
+/// (the guest owns its stage 1), DC/CD/ID 0, API/APK 0 (pointer authentication is hidden from
+/// the guest's ID registers, so it never enables it).
+fn hcr_guest() -> u64 {
+    (HCR_EL2::VM::Enable
+        + HCR_EL2::SWIO::SET
+        + HCR_EL2::PTW::SET
+        + HCR_EL2::FMO::EnableVirtualFIQ
+        + HCR_EL2::IMO::EnableVirtualIRQ
+        + HCR_EL2::AMO::SET
+        + HCR_EL2::BSU::InnerShareable
+        + HCR_EL2::TWI::SET
+        + HCR_EL2::TID3::SET
+        + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
+        + HCR_EL2::TIDCP::SET
+        + HCR_EL2::RW::EL1IsAarch64)
+        .value
+}
+
+/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN: the guest reads the physical counter and uses
+/// the EL1 physical timer of its own CPU without traps (pinned 1:1; hyp uses neither). The
+/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter.
+fn cnthctl_guest() -> u64 {
+    (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
+}
+
+/// MDCR_EL2: TPM and TPMCR trap the PMU (hidden in the guest's ID_AA64DFR0); HPMN (the
+/// counters EL1 could reach) is kept from its reset value.
+fn mdcr_guest(current: u64) -> u64 {
+    let hpmn = current & MDCR_EL2::HPMN.mask;
+    (MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET + MDCR_EL2::HPMN.val(hpmn)).value
+}
+
+/// SCTLR_EL1 at vCPU entry: RES1 bits (11, 20, 22, 23, 28, 29), MMU, caches and alignment
+/// checks off, little-endian (booting.rst: "MMU off, D-cache off").
+const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+/// ICH_HCR_EL2: the virtual CPU interface on (En), with the underflow maintenance interrupt
+/// (UIE: at most one list register valid) when more is pending than the list registers hold.
+fn ich_hcr(underflow: bool) -> u64 {
+    let uie = if underflow {
+        ICH_HCR_EL2::UIE::SET
+    } else {
+        ICH_HCR_EL2::UIE::CLEAR
+    };
+    (ICH_HCR_EL2::En::SET + uie).value
+}
+
+/// ICH_LR<n>_EL2.EOI (HW = 0): a maintenance interrupt when the guest deactivates the entry.
+fn lr_eoi() -> u64 {
+    ICH_LR0_EL2::EOI::SET.value
+}
+
+static WARNED: AtomicU64 = AtomicU64::new(0);
+
+fn warn_limited(args: core::fmt::Arguments<'_>) {
+    if WARNED.fetch_add(1, Ordering::Relaxed) < 20 {
+        warn!("{args}");
+    }
+}
+
+/// How a run of the vCPU ended.
+enum Stop {
+    /// The VM stopped.
+    Vm,
+    /// PSCI CPU_OFF: wait for a CPU_ON.
+    CpuOff,
+}
+
+struct Vcpu {
+    vm: &'static Vm,
+    id: usize,
+    regs: GuestRegs,
+    /// The virtual timer's line is high in the vGIC and the physical PPI 27 is disabled.
+    timer_masked: bool,
+    n_lrs: usize,
+    lrs: [u64; 16],
+    /// The model holds this exit's list-register state (`sync` ran since the last entry).
+    synced: bool,
+    /// When the last exit happened (counter ticks), for `Stats::handling`.
+    exit_at: Option<u64>,
+}
+
+/// Runs vCPU `id` of `vm` on this CPU until the VM stops.
+pub fn thread(vm: &'static Vm, id: usize) {
+    if let Err(e) = gic::init_cpu() {
+        vm.stop(VmState::Killed, id, Some(format_args!("vCPU {id}: {e}")));
+    } else {
+        let mut v = Vcpu {
+            vm,
+            id,
+            regs: GuestRegs::default(),
+            timer_masked: false,
+            n_lrs: ((vsys::ich_vtr_el2() & 0x1f) as usize + 1).min(16),
+            lrs: [0; 16],
+            synced: true,
+            exit_at: None,
+        };
+        v.setup_el2();
+        let mut start = if id == 0 {
+            Some((vm.entry, vm.dtb))
+        } else {
+            None
+        };
+        while let Some((entry, ctx)) = start.take().or_else(|| v.wait_for_cpu_on()) {
+            v.reset(entry, ctx);
+            v.exit_at = None;
+            match v.run() {
+                Stop::Vm => break,
+                Stop::CpuOff => continue,
+            }
+        }
+        // Leave nothing of the guest's interrupt state behind on this CPU.
+        // SAFETY: this CPU runs no guest any more.
+        unsafe {
+            vsys::set_ich_hcr_el2(0);
+            for i in 0..v.n_lrs {
+                vsys::set_ich_lr(i, 0);
+            }
+        }
+        gic::set_ppi(gic::VTIMER_PPI, false);
+    }
+    if vm.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        vm.finish();
+    }
+}
+
+impl Vcpu {
+    /// The EL2 controls for this VM on this CPU. A CPU runs one vCPU for good, so these are
+    /// written once; VTCR_EL2/VTTBR_EL2 carry this VM's own stage-2 granule and VMID.
+    fn setup_el2(&mut self) {
+        let vm = self.vm;
+        let mpidr = Mpidr::from_vcpu(self.id)
+            .map(|m| m.vmpidr())
+            .unwrap_or(1 << 31);
+        // SAFETY: this CPU is dedicated to this vCPU; the stage-2 tables in VTTBR_EL2 map only
+        // the VM's RAM; nothing runs at EL1 until `enter`.
+        unsafe {
+            vsys::set_vtcr_el2(vm.vtcr);
+            sysreg::set_vttbr_el2(vm.vttbr);
+            barrier::isb();
+            // No stale EL1&0 translations of this VMID on this CPU.
+            vsys::tlbi_vmalls12e1_local();
+            vsys::set_vpidr_el2(vsys::midr_el1());
+            vsys::set_vmpidr_el2(mpidr);
+            vsys::set_cnthctl_el2(cnthctl_guest());
+            vsys::set_cntvoff_el2(vm.cntvoff);
+            vsys::set_mdcr_el2(mdcr_guest(vsys::mdcr_el2()));
+            vsys::set_ich_vmcr_el2(0);
+            vsys::set_ich_hcr_el2(ich_hcr(false));
+            for i in 0..self.n_lrs {
+                vsys::set_ich_lr(i, 0);
+            }
+            sysreg::set_hcr_el2(hcr_guest());
+        }
+        barrier::isb();
+        gic::set_ppi(gic::VTIMER_PPI, true);
+    }
+
+    /// Architectural entry state (booting.rst; PSCI CPU_ON, DEN 0022 §6.4.3): EL1h, DAIF
+    /// masked, MMU and caches off, x0 = `ctx`, pc = `entry`.
+    fn reset(&mut self, entry: u64, ctx: u64) {
+        // After a CPU_OFF the list registers still hold the last run's interrupts: fold them
+        // into the model so the first entry rewrites them from it.
+        self.sync();
+        self.regs = GuestRegs::default();
+        self.regs.x[0] = ctx;
+        self.regs.elr = entry;
+        self.regs.spsr = SPSR_EL1H_MASKED;
+        // SAFETY: the guest's own EL1 state on its dedicated CPU.
+        unsafe {
+            vsys::set_sctlr_el1(SCTLR_EL1_RESET);
+            vsys::set_cntv_ctl_el0(0);
+            vsys::set_cpacr_el1(0);
+        }
+        barrier::isb();
+        if self.timer_masked {
+            self.timer_masked = false;
+            gic::set_ppi(gic::VTIMER_PPI, true);
+        }
+    }
+
+    /// Waits (idle) until a PSCI CPU_ON names this vCPU; `None` when the VM stops first.
+    fn wait_for_cpu_on(&mut self) -> Option<(u64, u64)> {
+        self.sync();
+        loop {
+            if self.vm.stopped() {
+                return None;
+            }
+            {
+                let mut d = self.vm.dev.lock();
+                if let Some(s) = d.starts.get_mut(self.id).and_then(Option::take) {
+                    d.psci.started(self.id);
+                    return Some(s);
+                }
+            }
+            vsys::wfi();
+            self.physical_irqs();
+        }
+    }
+
+    fn run(&mut self) -> Stop {
+        let vm = self.vm;
+        loop {
+            if vm.stopped() {
+                return Stop::Vm;
+            }
+            self.timer_check();
+            // The list registers are rewritten only after the model was brought up to date
+            // at this exit (`sync`); an exit that touched no interrupt state (most PL011
+            // accesses, ID registers, PSCI) re-enters with the list registers as they are.
+            if self.synced {
+                self.flush();
+            }
+            if let Some(t) = self.exit_at.take() {
+                vm.stats
+                    .handling
+                    .fetch_add(vsys::cntpct_el0().wrapping_sub(t), Ordering::Relaxed);
+            }
+            // SAFETY: setup_el2 made this CPU's stage-2 and trap context the VM's.
+            let vector = unsafe { guest::enter(&mut self.regs) };
+            self.exit_at = Some(vsys::cntpct_el0());
+            self.synced = false;
+            vm.stats.total.fetch_add(1, Ordering::Relaxed);
+            match vector {
+                8 => {
+                    if let Some(stop) = self.sync_exit() {
+                        return stop;
+                    }
+                }
+                9 | 10 => {
+                    vm.stats.irq.fetch_add(1, Ordering::Relaxed);
+                    self.sync();
+                    self.physical_irqs();
+                }
+                11 => {
+                    vm.stop(
+                        VmState::Killed,
+                        self.id,
+                        Some(format_args!(
+                            "SError from vCPU {} (ESR_EL2 {:#x}, pc {:#x})",
+                            self.id, self.regs.esr, self.regs.elr
+                        )),
+                    );
+                    return Stop::Vm;
+                }
+                _ => {
+                    vm.stop(
+                        VmState::Killed,
+                        self.id,
+                        Some(format_args!(
+                            "vCPU {} left AArch64 (exception vector {vector}): AArch32 guests are not supported",
+                            self.id
+                        )),
+                    );
+                    return Stop::Vm;
+                }
+            }
+        }
+    }
+
+    /// Folds the list registers back into the vGIC model (once per exit, before anything
+    /// reads or changes this vCPU's interrupt state; vdev's `sync_lrs` contract).
+    fn sync(&mut self) {
+        if self.synced {
+            return;
+        }
+        for i in 0..self.n_lrs {
+            self.lrs[i] = vsys::ich_lr(i);
+        }
+        self.vm
+            .dev
+            .lock()
+            .vgic
+            .sync_lrs(self.id, &self.lrs[..self.n_lrs]);
+        self.synced = true;
+    }
+
+    /// Writes the list registers from the model for the next entry (after `sync`).
+    fn flush(&mut self) {
+        let underflow = {
+            let mut d = self.vm.dev.lock();
+            let f = d.vgic.flush_lrs(self.id, &mut self.lrs, self.n_lrs);
+            f.underflow
+        };
+        // SAFETY: the list registers of this CPU's vCPU.
+        unsafe {
+            for i in 0..self.n_lrs {
+                let mut lr = self.lrs[i];
+                // The virtual timer is level-triggered and its physical PPI is off while the
+                // line is high: ask for a maintenance interrupt at its deactivation to look at
+                // the timer again (the guest reprograms it without exiting).
+                let lr_reg = LocalRegisterCopy::<u64, ICH_LR0_EL2::Register>::new(lr);
+                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(gic::VTIMER_PPI)
+                    && lr_reg.read(ICH_LR0_EL2::State) != 0
+                {
+                    lr |= lr_eoi();
+                }
+                vsys::set_ich_lr(i, lr);
+            }
+            vsys::set_ich_hcr_el2(ich_hcr(underflow));
+        }
+    }
+
+    /// Physical interrupts pending at this CPU, acknowledged and handled (after `sync`).
+    fn physical_irqs(&mut self) {
+        while let Some(iar) = gic::ack() {
+            let intid = (iar & 0xff_ffff) as u32;
+            match intid {
+                gic::VTIMER_PPI => {
+                    // Off until the guest has dealt with it (timer_check), then EOI.
+                    gic::set_ppi(gic::VTIMER_PPI, false);
+                    self.timer_masked = true;
+                    let k = self
+                        .vm
+                        .dev
+                        .lock()
+                        .vgic
+                        .set_level(gic::VTIMER_PPI, self.id, true);
+                    if let Ok(k) = k {
+                        self.vm.kick(k, self.id);
+                    }
+                }
+                gic::MAINTENANCE_PPI => {
+                    // The model already folded the list registers back (sync_lrs); clear the
+                    // conditions so the level drops: EOI bits of deactivated entries, UIE.
+                    let eisr = vsys::ich_eisr_el2();
+                    // SAFETY: the list registers of this CPU's vCPU; only maintenance bits.
+                    unsafe {
+                        for i in 0..self.n_lrs {
+                            if eisr & (1 << i) != 0 {
+                                vsys::set_ich_lr(i, vsys::ich_lr(i) & !lr_eoi());
+                            }
+                        }
+                        vsys::set_ich_hcr_el2(ich_hcr(false));
+                    }
+                }
+                _ => host_irq(iar),
+            }
+            gic::eoi(iar);
+        }
+    }
+
+    /// The virtual timer's line: while it is high in the vGIC the physical PPI is off; once
+    /// the guest has masked, disabled or reprogrammed the timer, the line drops and the PPI
+    /// is back on.
+    fn timer_check(&mut self) {
+        if !self.timer_masked {
+            return;
+        }
+        let ctl = vsys::cntv_ctl_el0();
+        if !exc::timer_asserted(ctl) {
+            self.sync();
+            let _ = self
+                .vm
+                .dev
+                .lock()
+                .vgic
+                .set_level(gic::VTIMER_PPI, self.id, false);
+            self.timer_masked = false;
+            gic::set_ppi(gic::VTIMER_PPI, true);
+        }
+    }
+
+    /// WFI: idle this CPU until an interrupt is deliverable to the vCPU or the VM stops.
+    fn idle(&mut self) {
+        // Idle time is not exit handling.
+        if let Some(t) = self.exit_at.take() {
+            self.vm
+                .stats
+                .handling
+                .fetch_add(vsys::cntpct_el0().wrapping_sub(t), Ordering::Relaxed);
+        }
+        self.sync();
+        loop {
+            if self.vm.stopped() {
+                return;
+            }
+            self.timer_check();
+            if self.vm.dev.lock().vgic.has_deliverable(self.id) {
+                return;
+            }
+            vsys::wfi();
+            self.physical_irqs();
+        }
+    }
+
+    fn advance(&mut self) {
+        self.regs.elr = self.regs.elr.wrapping_add(Exit::instr_len(self.regs.esr));
+    }
+
+    fn sync_exit(&mut self) -> Option<Stop> {
+        let vm = self.vm;
+        let r = &self.regs;
+        let exit = Exit::decode(r.esr, r.far, r.hpfar);
+        match exit {
+            Exit::Hvc { .. } => {
+                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
+                return self.psci();
+            }
+            Exit::Smc { .. } => {
+                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
+                self.advance();
+                return self.psci();
+            }
+            Exit::SysReg(a) => {
+                vm.stats.sysreg.fetch_add(1, Ordering::Relaxed);
+                log::trace!(
+                    "vm {}: vCPU {}: {} {} x{} at pc {:#x}",
+                    vm.name,
+                    self.id,
+                    if a.read { "MRS" } else { "MSR" },
+                    a.reg,
+                    a.rt,
+                    self.regs.elr
+                );
+                if a.reg == SysReg::ICC_SGI1R_EL1 && !a.read {
+                    self.sync();
+                    let v = self.regs.get(a.rt);
+                    let k = vm.dev.lock().vgic.sgi(self.id, v);
+                    vm.kick(k, self.id);
+                    self.advance();
+                } else if a.reg == SysReg::ICC_SGI0R_EL1 || a.reg == SysReg::ICC_ASGI1R_EL1 {
+                    // Group 0 / the other security state: the VM has neither (GICD_CTLR.DS).
+                    self.advance();
+                } else if let (true, Some(v)) = (a.read, vm.idregs.read(a.reg)) {
+                    self.regs.set(a.rt, v);
+                    self.advance();
+                } else {
+                    warn_limited(format_args!(
+                        "vm {}: vCPU {}: {} {} at pc {:#x} is not emulated: UNDEF injected",
+                        vm.name,
+                        self.id,
+                        if a.read { "MRS" } else { "MSR" },
+                        a.reg,
+                        self.regs.elr
+                    ));
+                    self.inject_undef();
+                }
+            }
+            Exit::Wfx(w) => {
+                vm.stats.wfx.fetch_add(1, Ordering::Relaxed);
+                self.advance();
+                if matches!(w, Wfx::Wfi | Wfx::Wfit { .. }) {
+                    self.idle();
+                }
+            }
+            Exit::DataAbort(da) => {
+                if let Some(ipa) = da.ipa {
+                    if self.stage2_fault(ipa, da.fault) {
+                        return None;
+                    }
+                }
+                match da.mmio() {
+                    Ok(acc) => match self.mmio(acc) {
+                        Ok(()) => self.advance(),
+                        Err(e) => {
+                            warn_limited(format_args!(
+                                "vm {}: vCPU {}: {} at pc {:#x}: external abort injected",
+                                vm.name, self.id, e, self.regs.elr
+                            ));
+                            self.inject_abort(true);
+                        }
+                    },
+                    Err(e) => {
+                        warn_limited(format_args!(
+                            "vm {}: vCPU {}: {e} at pc {:#x}: external abort injected",
+                            vm.name, self.id, self.regs.elr
+                        ));
+                        self.inject_abort(true);
+                    }
+                }
+            }
+            Exit::InstrAbort(ia) => {
+                if let Some(ipa) = ia.ipa {
+                    if self.stage2_fault(ipa, ia.fault) {
+                        return None;
+                    }
+                }
+                warn_limited(format_args!(
+                    "vm {}: vCPU {}: instruction fetch from IPA {:#x?} (not RAM) at pc {:#x}: external abort injected",
+                    vm.name, self.id, ia.ipa, self.regs.elr
+                ));
+                self.inject_abort(false);
+            }
+            Exit::Other { ec, iss } => {
+                warn_limited(format_args!(
+                    "vm {}: vCPU {}: exception class {ec:#x} (ISS {iss:#x}) at pc {:#x} is not handled: UNDEF injected",
+                    vm.name, self.id, self.regs.elr
+                ));
+                self.inject_undef();
+            }
+        }
+        None
+    }
+
+    /// A stage-2 translation fault on RAM with lazy mapping: maps the chunk around it.
+    fn stage2_fault(&mut self, ipa: u64, fault: FaultKind) -> bool {
+        let vm = self.vm;
+        let (Some(chunk), Region::Ram(off)) = (vm.lazy_chunk, vm.region(ipa)) else {
+            return false;
+        };
+        if !matches!(fault, FaultKind::Translation { .. }) {
+            return false;
+        }
+        let start = off & !(chunk - 1);
+        let end = (start + chunk).min(vm.ram_size);
+        let opts = MapOpts {
+            skip_cmo: true,
+            ..MapOpts::default()
+        };
+        let mut pt = vm.s2.lock();
+        // Another vCPU may have mapped it meanwhile.
+        if pt.translate(ipa).is_some() {
+            return true;
+        }
+        match pt.map(
+            vm.ram_ipa + start..vm.ram_ipa + end,
+            vm.ram_pa + start,
+            Attrs::ram(),
+            opts,
+        ) {
+            Ok(()) => {
+                vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                drop(pt);
+                vm.stop(
+                    VmState::Killed,
+                    self.id,
+                    Some(format_args!("stage-2 map of IPA {ipa:#x} failed: {e}")),
+                );
+                true
+            }
+        }
+    }
+
+    fn mmio(&mut self, acc: MmioAccess) -> Result<(), MmioFault> {
+        let vm = self.vm;
+        let value = acc.store_value(self.regs.get(acc.reg));
+        let region = vm.region(acc.ipa);
+        let kicks = match region {
+            Region::Gicd(off) | Region::Gicr(off) => {
+                vm.stats.gic.fetch_add(1, Ordering::Relaxed);
+                self.sync();
+                let mut d = vm.dev.lock();
+                let dist = matches!(region, Region::Gicd(_));
+                if acc.write {
+                    if dist {
+                        d.vgic.dist_write(off, acc.size, value)?
+                    } else {
+                        d.vgic.redist_write(off, acc.size, value)?
+                    }
+                } else {
+                    let v = if dist {
+                        d.vgic.dist_read(off, acc.size)?
+                    } else {
+                        d.vgic.redist_read(off, acc.size)?
+                    };
+                    self.regs.set(acc.reg, acc.load_value(v));
+                    VcpuSet::EMPTY
+                }
+            }
+            Region::Uart(off) => {
+                vm.stats.uart.fetch_add(1, Ordering::Relaxed);
+                let (before, after) = {
+                    let mut d = vm.dev.lock();
+                    let d = &mut *d;
+                    let before = d.uart.irq_level();
+                    if acc.write {
+                        d.uart.write(off, acc.size, value, &mut |line: &str| {
+                            el2::console::print(format_args!("{line}\n"))
+                        })?;
+                    } else {
+                        let v = d.uart.read(off, acc.size)?;
+                        self.regs.set(acc.reg, acc.load_value(v));
+                    }
+                    // Console input waiting for room in the receive FIFO.
+                    if !d.rx_backlog.is_empty() {
+                        let mut n = 0;
+                        while n < d.rx_backlog.len() && d.uart.push_rx(d.rx_backlog[n]) {
+                            n += 1;
+                        }
+                        d.rx_backlog.drain(..n);
+                    }
+                    (before, d.uart.irq_level())
+                };
+                // The fast path: most accesses (FR polls, DR writes) leave the interrupt line
+                // as it was, and then the vGIC is not touched at all.
+                if before == after {
+                    return Ok(());
+                }
+                self.sync();
+                vm.dev
+                    .lock()
+                    .vgic
+                    .set_level(UART_INTID, 0, after)
+                    .unwrap_or(VcpuSet::EMPTY)
+            }
+            Region::Ram(_) | Region::None => {
+                return Err(MmioFault::Outside(acc.ipa));
+            }
+        };
+        vm.kick(kicks, self.id);
+        Ok(())
+    }
+
+    fn psci(&mut self) -> Option<Stop> {
+        let vm = self.vm;
+        let x = [
+            self.regs.x[0],
+            self.regs.x[1],
+            self.regs.x[2],
+            self.regs.x[3],
+        ];
+        let action = vm.dev.lock().psci.call(self.id, x);
+        match action {
+            PsciAction::Return(v) => self.regs.x[0] = v,
+            PsciAction::CpuOn {
+                vcpu,
+                entry,
+                context_id,
+            } => {
+                self.regs.x[0] = 0;
+                if let Some(slot) = vm.dev.lock().starts.get_mut(vcpu) {
+                    *slot = Some((entry, context_id));
+                }
+                if let Some(&p) = vm.pcpus.get(vcpu) {
+                    gic::kick(p);
+                }
+            }
+            PsciAction::CpuOff => return Some(Stop::CpuOff),
+            PsciAction::SystemOff => {
+                vm.stop(VmState::Off, self.id, None);
+                return Some(Stop::Vm);
+            }
+            PsciAction::SystemReset => {
+                vm.stop(VmState::Reset, self.id, None);
+                return Some(Stop::Vm);
+            }
+            PsciAction::Idle => {
+                self.regs.x[0] = 0;
+                self.idle();
+            }
+        }
+        None
+    }
+
+    /// Takes a synchronous exception to the guest's EL1 as the CPU would (Arm ARM D1.3.2):
+    /// ELR_EL1/SPSR_EL1 from the interrupted context, ESR_EL1 (and FAR_EL1), then EL1h with
+    /// DAIF masked at `VBAR_EL1` + the vector offset for where it came from (`el2::exc`).
+    fn inject_sync(&mut self, esr: u64, far: Option<u64>) {
+        self.vm.stats.injected.fetch_add(1, Ordering::Relaxed);
+        let spsr = self.regs.spsr;
+        // SAFETY: the guest's own EL1 registers on its dedicated CPU.
+        unsafe {
+            vsys::set_elr_el1(self.regs.elr);
+            vsys::set_spsr_el1(spsr);
+            vsys::set_esr_el1(esr);
+            if let Some(f) = far {
+                vsys::set_far_el1(f);
+            }
+        }
+        self.regs.elr = vsys::vbar_el1().wrapping_add(exc::sync_vector_offset(spsr));
+        self.regs.spsr = exc::exception_pstate(spsr, vsys::sctlr_el1());
+    }
+
+    /// An Undefined Instruction exception.
+    fn inject_undef(&mut self) {
+        self.inject_sync(exc::ESR_UNDEF, None);
+    }
+
+    /// A synchronous external abort on the faulting address.
+    fn inject_abort(&mut self, data: bool) {
+        let write = self.regs.esr & (1 << 6) != 0;
+        let esr = exc::external_abort_esr(data, exc::at_el0(self.regs.spsr), write);
+        let far = self.regs.far;
+        self.inject_sync(esr, Some(far));
+    }
+}
+
+/// Why an MMIO access could not be emulated.
+enum MmioFault {
+    Device(MmioError),
+    Outside(u64),
+}
+
+impl From<MmioError> for MmioFault {
+    fn from(e: MmioError) -> Self {
+        MmioFault::Device(e)
+    }
+}
+
+impl core::fmt::Display for MmioFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MmioFault::Device(e) => write!(f, "{e}"),
+            MmioFault::Outside(ipa) => write!(
+                f,
+                "access to IPA {ipa:#x}, which is neither RAM nor an emulated device"
+            ),
+        }
+    }
+}
+
+/// A physical interrupt that is not a vCPU's own: the host UART's input goes to the first VM.
+pub fn host_irq(iar: u64) {
+    let intid = (iar & 0xff_ffff) as u32;
+    if Some(intid) == gic::uart_spi() {
+        let Some(vm) = super::vms().first() else {
+            gic::drain_host_uart(|_| {});
+            return;
+        };
+        let mut d = vm.dev.lock();
+        let d = &mut *d;
+        gic::drain_host_uart(|b| {
+            if (!d.rx_backlog.is_empty() || !d.uart.push_rx(b)) && d.rx_backlog.len() < 4096 {
+                d.rx_backlog.push(b);
+            }
+        });
+        let level = d.uart.irq_level();
+        if let Ok(k) = d.vgic.set_level(UART_INTID, 0, level) {
+            vm.kick(k, usize::MAX);
+        }
+    }
+}
