@@ -67,12 +67,15 @@ pub fn check_chars(user: &str) -> Result<(), CmdlineError> {
     }
 }
 
-/// Builds the final command line: the user's words, then `arm64.pagesize=<page>` (unless the
-/// user already wrote the same value). A different value is an error.
+/// Builds the final command line: the user's kernel words, then `arm64.pagesize=<page>` (unless
+/// the user already wrote the same value), then anything after `--`, which Linux hands to init
+/// rather than parsing it (Documentation/admin-guide/kernel-parameters.rst). A different value
+/// is an error.
 pub fn build(user: &str, page: Granule) -> Result<String, CmdlineError> {
     check_chars(user)?;
     let mut has_param = false;
-    for word in user.split_ascii_whitespace() {
+    let kernel_words = user.split_ascii_whitespace().take_while(|&w| w != "--");
+    for word in kernel_words.clone() {
         if let Some(value) = word
             .strip_prefix(PAGESIZE_PARAM)
             .and_then(|r| r.strip_prefix('='))
@@ -91,20 +94,19 @@ pub fn build(user: &str, page: Granule) -> Result<String, CmdlineError> {
         }
     }
     let mut out = String::new();
-    for word in user.split_ascii_whitespace() {
+    let mut push = |word: &str| {
         if !out.is_empty() {
             out.push(' ');
         }
         out.push_str(word);
-    }
+    };
+    kernel_words.for_each(&mut push);
     if !has_param {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(PAGESIZE_PARAM);
-        out.push('=');
-        out.push_str(page.name());
+        push(&alloc::format!("{PAGESIZE_PARAM}={}", page.name()));
     }
+    user.split_ascii_whitespace()
+        .skip_while(|&w| w != "--")
+        .for_each(&mut push);
     if out.len() + 1 > CMDLINE_MAX {
         return Err(CmdlineError::TooLong { len: out.len() + 1 });
     }
@@ -126,6 +128,20 @@ mod tests {
         assert_eq!(
             build("  a   b\t c ", Granule::K64).unwrap(),
             "a b c arm64.pagesize=64k"
+        );
+    }
+
+    #[test]
+    fn pagesize_goes_before_the_init_arguments() {
+        assert_eq!(
+            build("console=ttyAMA0 -- single", Granule::K16).unwrap(),
+            "console=ttyAMA0 arm64.pagesize=16k -- single"
+        );
+        assert_eq!(build("--", Granule::K4).unwrap(), "arm64.pagesize=4k --");
+        // After `--` the words belong to init: not a conflict, and not the kernel's setting.
+        assert_eq!(
+            build("quiet -- arm64.pagesize=64k", Granule::K4).unwrap(),
+            "quiet arm64.pagesize=4k -- arm64.pagesize=64k"
         );
     }
 
