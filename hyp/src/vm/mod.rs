@@ -97,6 +97,8 @@ pub struct Vm {
     pub vttbr: u64,
     /// `VTCR_EL2`, from the VM's own stage-2 geometry.
     pub vtcr: u64,
+    /// The stage-2 descriptors use the FEAT_S2FWB encoding, so `HCR_EL2.FWB` must be set.
+    pub fwb: bool,
     /// `CNTVOFF_EL2`: the guest's virtual counter starts near 0 at creation.
     pub cntvoff: u64,
     /// Guest RAM: IPA base, host PA, size.
@@ -504,6 +506,7 @@ fn create(
         pcpus,
         vttbr,
         vtcr,
+        fwb: geo.fwb(),
         cntvoff: vsys::cntpct_el0(),
         ram_ipa,
         ram_pa: pa,

@@ -61,8 +61,19 @@ pub fn thread_entry(arg: u64) {
 /// a host OS), no VI/VF/VSE (virtual interrupts come from the list registers), no TVM/TRVM
 /// (the guest owns its stage 1), DC/CD/ID 0, API/APK 0 (pointer authentication is hidden from
 /// the guest's ID registers, so it never enables it).
-fn hcr_guest() -> u64 {
+/// - FWB: set when the VM's stage-2 descriptors use the FEAT_S2FWB MemAttr encoding (the
+///   geometry chose it because ID_AA64MMFR2_EL1.FWB says the CPU has it): stage 2 then forces
+///   write-back for guest RAM whatever the guest's stage 1 says (Arm ARM D8.6.6), which is why
+///   no clean to PoC is needed before mapping. Without the bit, those descriptors would mean
+///   another memory type.
+fn hcr_guest(fwb: bool) -> u64 {
+    let fwb = if fwb {
+        HCR_EL2::FWB::SET
+    } else {
+        HCR_EL2::FWB::CLEAR
+    };
     (HCR_EL2::VM::Enable
+        + fwb
         + HCR_EL2::SWIO::SET
         + HCR_EL2::PTW::SET
         + HCR_EL2::FMO::EnableVirtualFIQ
@@ -210,7 +221,7 @@ impl Vcpu {
             for i in 0..self.n_lrs {
                 vsys::set_ich_lr(i, 0);
             }
-            sysreg::set_hcr_el2(hcr_guest());
+            sysreg::set_hcr_el2(hcr_guest(vm.fwb));
         }
         barrier::isb();
         gic::set_ppi(gic::VTIMER_PPI, true);
