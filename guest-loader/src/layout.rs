@@ -401,3 +401,43 @@ mod tests {
 
     use alloc::string::ToString;
 }
+
+/// Host RAM hyp keeps for itself before guests get any, as `check` estimates it for a host of
+/// `host_ram` bytes and a boot bundle of `bundle_bytes`. It mirrors what hyp does at boot
+/// (hyp/src/boot.rs, hyp/src/vm/mod.rs): its image, stacks and guard pages (16 MiB), its heap
+/// (a quarter of the RAM left, between 16 MiB and 256 MiB), the bundle read into RAM, and
+/// 64 MiB kept back for stage-2 tables. hyp itself plans with the RAM it really has left, so a
+/// config that passes `check` with this estimate also fits at boot.
+pub const fn hyp_reserve(host_ram: u64, bundle_bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let image = 16 * MIB;
+    let rest = host_ram.saturating_sub(image);
+    let heap = {
+        let q = rest / 4;
+        if q < 16 * MIB {
+            16 * MIB
+        } else if q > 256 * MIB {
+            256 * MIB
+        } else {
+            q
+        }
+    };
+    let bundle = (bundle_bytes + MIB - 1) / MIB * MIB;
+    image + heap + bundle + 64 * MIB
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::hyp_reserve;
+
+    #[test]
+    fn reserve_follows_hyp_boot() {
+        const M: u64 = 1 << 20;
+        // 2 GiB: heap capped at 256M; a 45M bundle rounds up to 45M.
+        assert_eq!(hyp_reserve(2048 * M, 45 * M - 5), (16 + 256 + 45 + 64) * M);
+        // 256 MiB: heap is a quarter of what is left after the image.
+        assert_eq!(hyp_reserve(256 * M, 0), (16 + 60 + 64) * M);
+        // Tiny hosts: heap floor of 16M, never an underflow.
+        assert_eq!(hyp_reserve(8 * M, 1), (16 + 16 + 1 + 64) * M);
+    }
+}

@@ -33,10 +33,6 @@ mod cli {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    /// RAM the CLI keeps back for hyp itself (image, heap, tables, the bundle in memory) when
-    /// it turns `--mem` into the RAM available for guests.
-    const HYP_RESERVE: u64 = 128 << 20;
-
     const USAGE: &str = "usage:
   guest-loader check  CONFIG [--cpu PROFILE] [--smp N] [--mem SIZE] [--granule G] [--hide-granules LIST]
   guest-loader dtb    CONFIG --vm NAME -o FILE [check's options]
@@ -207,7 +203,10 @@ cortex-a72, neoverse-n1, a64fx; --granule overrides [hypervisor] granule (4k|16k
         let host = Host {
             cpu: cpu.hide(a.hide),
             cpus: a.smp,
-            guest_ram: a.mem.saturating_sub(HYP_RESERVE),
+            guest_ram: a.mem.saturating_sub(guest_loader::layout::hyp_reserve(
+                a.mem,
+                text.len() as u64 + files.values().map(|f| f.len() as u64).sum::<u64>(),
+            )),
         };
         let plan = match plan_system(&cfg, &files, &host) {
             Ok(p) => p,

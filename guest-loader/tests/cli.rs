@@ -48,7 +48,7 @@ fn check_prints_the_plan() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     for line in [
-        "host: cpu max, 4 cpus, 2G RAM (1920M for guests)",
+        "host: cpu max, 4 cpus, 2G RAM (1710M for guests)",
         "system: hyp el2 granule 16K (granule = \"16k\")",
         "vm web: 2 vCPUs on cpus 0..=1, memory 256M",
         "vm web: guest page size 16K (arm64.pagesize=16k)",
