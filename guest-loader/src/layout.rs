@@ -422,7 +422,7 @@ pub const fn hyp_reserve(host_ram: u64, bundle_bytes: u64) -> u64 {
             q
         }
     };
-    let bundle = (bundle_bytes + MIB - 1) / MIB * MIB;
+    let bundle = bundle_bytes.div_ceil(MIB) * MIB;
     image + heap + bundle + 64 * MIB
 }
 
