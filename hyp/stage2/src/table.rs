@@ -16,6 +16,14 @@
 //!   per operation: stage 2 `TLBI IPAS2E1IS` per entry, `DSB ISH`, `TLBI VMALLE1IS`, or one
 //!   `TLBI VMALLS12E1IS` above 512 entries. Replacing a table by a block flushes the VMID.
 //!   Tables emptied by an unmap are freed only after that flush.
+//!
+//! Fast paths (the lazy-fault, block and per-page-unmap patterns) skip the walker when the
+//! operation needs no table: a map of one page/block (or a run of same-size leaves in one
+//! table) over invalid entries below existing tables is the cache maintenance plus the
+//! descriptor stores; an unmap of one valid leaf is one store plus its invalidation (the
+//! general walk still runs, after the store, when the leaf's table became empty). Each
+//! checks everything before its first store and otherwise leaves the work to the general
+//! path, so the rules above hold unchanged.
 
 use crate::attrs::{
     self, attrs_change_needs_bbm, AttrError, Attrs, MemType, DESC_ATTR_MASK, DESC_OA_MASK,
@@ -214,6 +222,10 @@ pub struct Ctx<A, M> {
     idx_mask: [u64; 4],
     /// The first level with block descriptors (and not above the start level).
     min_block: u32,
+    /// Per `log2(size)`: 1 + the level whose entries map exactly `size` bytes and may be
+    /// leaves (level 3, or a block level at or below `min_block`); 0 if none. Lets the
+    /// one-entry fast paths find their level without geometry arithmetic.
+    leaf_level: [u8; 64],
     /// The last attributes encoded and their bits (maps repeat the same attributes).
     last_attrs: Option<(Attrs, u64)>,
     /// A walk cache: per level, the last table descended into and the input span it covers
@@ -305,6 +317,67 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     #[inline(always)]
     fn cached(&self, level: u32, _addr: u64) -> (u64, u64, u64) {
         self.walk_cache[level as usize & 3]
+    }
+
+    /// The level whose single entry `[start, end)` is exactly (one aligned page, or one
+    /// aligned block at a level that may hold blocks), or `None`.
+    #[inline(always)]
+    fn one_entry_level(&self, start: u64, end: u64) -> Option<u32> {
+        let len = end.wrapping_sub(start);
+        if start >= end || !len.is_power_of_two() || start & (len - 1) != 0 {
+            return None;
+        }
+        match self.leaf_level[len.trailing_zeros() as usize & 63] {
+            0 => None,
+            l => Some(l as u32 - 1),
+        }
+    }
+
+    /// Descends through table descriptors only, from the deepest cached table (or `root`), to
+    /// the level-`level` entry translating `addr`: (descriptor address, table holding it), or
+    /// `None` if a non-table entry is met above `level`. Reads only (and fills the walk cache).
+    #[inline(always)]
+    fn descend(&mut self, root: u64, addr: u64, level: u32) -> Option<(u64, u64)> {
+        let start = self.geo.start_level();
+        let mut l = level;
+        let mut table = root;
+        while l > start {
+            let (ct, cs, ce) = self.walk_cache[l as usize & 3];
+            if addr >= cs && addr < ce {
+                table = ct;
+                break;
+            }
+            l -= 1;
+        }
+        while l < level {
+            let shift = self.shift[l as usize & 3];
+            let entry_pa = table + ((addr >> shift) & self.idx_mask[l as usize & 3]) * 8;
+            let d = self.read(entry_pa);
+            if !self.is_table(d, l) {
+                return None;
+            }
+            table = self.table_pa(d);
+            l += 1;
+            self.remember(l, addr, table);
+        }
+        let shift = self.shift[level as usize & 3];
+        let entry_pa = table + ((addr >> shift) & self.idx_mask[level as usize & 3]) * 8;
+        Some((entry_pa, table))
+    }
+
+    /// Stage 2's cache maintenance of memory about to be mapped: clean to PoC unless FWB,
+    /// and invalidate the I-cache before an executable mapping unless DIC (guests start with
+    /// caches off; Arm ARM D7.5.9, D7.5.2).
+    #[inline(always)]
+    fn map_cmo(&mut self, out: u64, len: u64, attrs: Attrs, opts: MapOpts) {
+        if self.geo.regime() == Regime::Stage2 && !opts.skip_cmo && attrs.mem == MemType::Normal {
+            if !self.geo.fwb() {
+                self.op(MaintOp::CleanDcachePoc { pa: out, len });
+            }
+            if attrs.exec && !self.geo.dic() {
+                self.op(MaintOp::InvalidateIcachePou { pa: out, len });
+            }
+        }
     }
 
     /// Records that the level-`level` table `table` translates the parent span around `addr`.
@@ -713,6 +786,17 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     .granule()
                     .min_block_level()
                     .max(geometry.start_level()),
+                leaf_level: {
+                    let min_block = geometry
+                        .granule()
+                        .min_block_level()
+                        .max(geometry.start_level());
+                    let mut t = [0u8; 64];
+                    for l in min_block..=3 {
+                        t[geometry.level_shift(l) as usize & 63] = l as u8 + 1;
+                    }
+                    t
+                },
                 walk_cache: EMPTY_WALK_CACHE,
                 last_attrs: None,
                 alloc,
@@ -815,6 +899,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     shift: c.shift,
                     idx_mask: c.idx_mask,
                     min_block: c.min_block,
+                    leaf_level: c.leaf_level,
                     walk_cache: c.walk_cache,
                     last_attrs: c.last_attrs,
                     alloc: c.alloc,
@@ -1046,6 +1131,99 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         }
     }
 
+    /// The fast path of [`PageTable::map`] (the lazy-fault and block patterns): one aligned
+    /// page or block, with the attributes of the previous map, over an invalid entry whose
+    /// tables all exist. It needs no table, so no prepare pass, no walker and no flush: the
+    /// cache maintenance, then one descriptor store (invalid to valid: no break-before-make,
+    /// no TLBI, Arm ARM D8.16.1). Returns `false`, having changed nothing, when the general
+    /// path must run (including every error case).
+    #[inline(always)]
+    fn map_fast(&mut self, range: &Range<u64>, out: u64, attrs: Attrs, opts: MapOpts) -> bool {
+        let Some(level) = self.ctx.one_entry_level(range.start, range.end) else {
+            return self.map_run_fast(range, out, attrs, opts);
+        };
+        let c = &mut self.ctx;
+        let len = range.end - range.start;
+        if (level < 3 && opts.pages_only)
+            || out & (len - 1) != 0
+            || out > (1u64 << 48) - len
+            || range.end > c.geo.input_limit()
+        {
+            return false;
+        }
+        let bits = match c.last_attrs {
+            Some((a, b)) if a == attrs => b,
+            _ => return false,
+        };
+        let Some((entry_pa, _)) = c.descend(self.root, range.start, level) else {
+            return false;
+        };
+        let old = c.read(entry_pa);
+        if old & DESC_VALID != 0 {
+            return false;
+        }
+        c.map_cmo(out, len, attrs, opts);
+        let new = Ctx::<A, M>::leaf_desc(out, level, bits);
+        c.maint.store(entry_pa, range.start, level, old, new);
+        c.write(entry_pa, new);
+        true
+    }
+
+    /// The fast path of [`PageTable::map`] for a run of same-size leaves in one table (e.g.
+    /// a few 1 GiB blocks): `range` and `out` aligned to the largest leaf size they allow,
+    /// the run inside one table, every entry of it invalid, every table above it present.
+    /// The general walk would store exactly these descriptors in this order (each entry is
+    /// covered, blockable and invalid: no break-before-make, no TLBI). Returns `false`,
+    /// having changed nothing, when the general path must run.
+    #[inline(never)]
+    fn map_run_fast(&mut self, range: &Range<u64>, out: u64, attrs: Attrs, opts: MapOpts) -> bool {
+        let c = &mut self.ctx;
+        let (start, end) = (range.start, range.end);
+        if start >= end || end > c.geo.input_limit() {
+            return false;
+        }
+        let len = end - start;
+        if out > (1u64 << 48) - len {
+            return false;
+        }
+        // The largest leaf size the addresses allow (as the general path picks it).
+        let m = (start | end | out).trailing_zeros();
+        let mut level = if opts.pages_only { 3 } else { c.min_block };
+        while level < 3 && c.shift[level as usize & 3] > m {
+            level += 1;
+        }
+        let shift = c.shift[level as usize & 3];
+        if shift > m {
+            return false;
+        }
+        if level > c.geo.start_level() {
+            let ps = c.shift[(level - 1) as usize & 3];
+            if start >> ps != (end - 1) >> ps {
+                return false;
+            }
+        }
+        let bits = match c.last_attrs {
+            Some((a, b)) if a == attrs => b,
+            _ => return false,
+        };
+        let Some((entry_pa, _)) = c.descend(self.root, start, level) else {
+            return false;
+        };
+        let n = len >> shift;
+        if (0..n).any(|k| c.read(entry_pa + 8 * k) & DESC_VALID != 0) {
+            return false;
+        }
+        c.map_cmo(out, len, attrs, opts);
+        for k in 0..n {
+            let pa = entry_pa + 8 * k;
+            let old = c.read(pa);
+            let new = Ctx::<A, M>::leaf_desc(out + (k << shift), level, bits);
+            c.maint.store(pa, start + (k << shift), level, old, new);
+            c.write(pa, new);
+        }
+        true
+    }
+
     /// Maps `range` to output addresses from `out` with `attrs`, using the largest blocks
     /// alignment allows (unless `opts.pages_only`). Existing mappings in the range are
     /// replaced (with break-before-make). Either the whole range is mapped or, on error, the
@@ -1054,7 +1232,23 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     /// For stage 2, cacheable memory is cleaned to PoC first unless the CPU has FEAT_FWB, and
     /// executable memory has its I-cache invalidated unless `CTR_EL0.DIC` (both skipped with
     /// `opts.skip_cmo`).
+    #[inline]
     pub fn map(
+        &mut self,
+        range: Range<u64>,
+        out: u64,
+        attrs: Attrs,
+        opts: MapOpts,
+    ) -> Result<(), MapError> {
+        if self.map_fast(&range, out, attrs, opts) {
+            return Ok(());
+        }
+        self.map_slow(range, out, attrs, opts)
+    }
+
+    /// [`PageTable::map`] beyond its fast path: check, prepare, maintain, walk, flush.
+    #[inline(never)]
+    fn map_slow(
         &mut self,
         range: Range<u64>,
         out: u64,
@@ -1086,16 +1280,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             pages_only: opts.pages_only,
         };
         self.prepare(&range, op)?;
-        // Guests start with caches off: clean what they will see to PoC, and make the
-        // I-cache coherent before the memory becomes executable (Arm ARM D7.5.9, D7.5.2).
-        if geo.regime() == Regime::Stage2 && !opts.skip_cmo && attrs.mem == MemType::Normal {
-            if !geo.fwb() {
-                self.ctx.op(MaintOp::CleanDcachePoc { pa: out, len });
-            }
-            if attrs.exec && !geo.dic() {
-                self.ctx.op(MaintOp::InvalidateIcachePou { pa: out, len });
-            }
-        }
+        self.ctx.map_cmo(out, len, attrs, opts);
         let po = opts.pages_only;
         let fill = Fill {
             out,
@@ -1122,12 +1307,60 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     }
 
     /// Unmaps `range`, splitting blocks the range cuts and freeing tables it empties.
+    #[inline]
     pub fn unmap(&mut self, range: Range<u64>) -> Result<(), MapError> {
         self.check_range(&range)?;
         if range.is_empty() {
             return Ok(());
         }
-        self.prepare(&range, Op::Split)?;
+        // Fast path (the per-page pattern): the range is exactly one valid leaf entry below
+        // tables only. It needs no table; the entry is invalidated at once (the same
+        // sequence a flush of one pending entry issues) unless its table is now empty, in
+        // which case the general walk below frees the emptied tables (its leaf visit finds
+        // the entry invalid) and the one flush covers everything.
+        let mut cleared = false;
+        if let Some(level) = self.ctx.one_entry_level(range.start, range.end) {
+            if let Some((entry_pa, table)) = self.ctx.descend(self.root, range.start, level) {
+                let c = &mut self.ctx;
+                let old = c.read(entry_pa);
+                if old & DESC_VALID != 0 && !c.is_table(old, level) {
+                    c.maint.store(entry_pa, range.start, level, old, 0);
+                    c.write(entry_pa, 0);
+                    let emptied = level > c.geo.start_level() && {
+                        let parent = Visit {
+                            addr: range.start,
+                            end: range.end,
+                            level: level - 1,
+                            kind: VisitKind::TablePost,
+                            old: 0,
+                            entry: 0,
+                            entry_pa: 0,
+                            skip_children: false,
+                        };
+                        c.emptied(table, &parent)
+                    };
+                    if !emptied {
+                        c.invalidate_now(range.start);
+                        return Ok(());
+                    }
+                    c.defer_invalidate(range.start);
+                    cleared = true;
+                }
+            }
+        }
+        self.unmap_slow(range, cleared)
+    }
+
+    /// [`PageTable::unmap`] beyond its fast path: prepare, walk (splitting blocks, freeing
+    /// emptied tables), flush. `cleared`: the fast path already cleared the range's one
+    /// entry and queued its invalidation, and only the emptied tables remain to be freed.
+    #[inline(never)]
+    fn unmap_slow(&mut self, range: Range<u64>, cleared: bool) -> Result<(), MapError> {
+        // After the fast path cleared the entry, the walk only frees tables: nothing to
+        // prepare (and nothing may fail).
+        if !cleared {
+            self.prepare(&range, Op::Split)?;
+        }
         // Whole subtrees can only be detached if the range covers a whole table entry.
         let flags = if range.end - range.start >= self.ctx.geo.entry_size(2) {
             WalkFlags::LEAF | WalkFlags::TABLE_PRE | WalkFlags::TABLE_POST
@@ -1172,31 +1405,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
             }
             Ok(())
         };
-        // Fast path (the per-page pattern): the range lies in the cached leaf table, so a
-        // leaf-only walk starts there; the full walk that frees tables runs only if that leaf
-        // table is now empty.
-        let (ct, cs, ce) = self.ctx.cached(3, range.start);
-        let r = if range.start >= cs && range.end <= ce {
-            let (lo, hi) = (range.start, range.end);
-            let r = self.walk_in(range.clone(), WalkFlags::LEAF, &mut visitor);
-            let parent = Visit {
-                addr: lo,
-                end: hi,
-                level: 2,
-                kind: VisitKind::TablePost,
-                old: 0,
-                entry: 0,
-                entry_pa: 0,
-                skip_children: false,
-            };
-            if r.is_ok() && self.ctx.emptied(ct, &parent) {
-                self.walk_in(range, flags, &mut visitor)
-            } else {
-                r
-            }
-        } else {
-            self.walk_in(range, flags, &mut visitor)
-        };
+        let r = self.walk_in(range, flags, &mut visitor);
         self.ctx.flush();
         self.trim_reserve();
         r
@@ -1505,6 +1714,201 @@ where
             c.remember(level, addr, table);
         } else {
             addr = end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maint::{check_bbm, Event, Recorder};
+    use crate::{CpuFeatures, VecAlloc};
+    use alloc::vec;
+
+    fn table(g: Granule) -> PageTable<VecAlloc, Recorder> {
+        let cpu = CpuFeatures::profile("max").unwrap();
+        let geo = Geometry::stage2(g, 40, &cpu).unwrap();
+        PageTable::with_vmid(geo, 3, VecAlloc::new(), Recorder::default()).unwrap()
+    }
+
+    fn oa_mask(g: Granule) -> u64 {
+        DESC_OA_MASK & !(g.size() - 1)
+    }
+
+    /// The cache maintenance `map` issues for `[out, out + len)` of `Attrs::ram()`.
+    fn cmo(pt: &PageTable<VecAlloc, Recorder>, out: u64, len: u64) -> Vec<Event> {
+        let geo = pt.geometry();
+        let mut v = vec![];
+        if !geo.fwb() {
+            v.push(Event::Op(MaintOp::CleanDcachePoc { pa: out, len }));
+        }
+        if Attrs::ram().exec && !geo.dic() {
+            v.push(Event::Op(MaintOp::InvalidateIcachePou { pa: out, len }));
+        }
+        v
+    }
+
+    /// The single-entry invalidation of stage 2 (one flushed pending entry).
+    fn tlbi(vmid: u16, input: u64) -> Vec<Event> {
+        vec![
+            Event::Op(MaintOp::DsbIshSt),
+            Event::Op(MaintOp::TlbiIpas2e1is {
+                vmid,
+                operand: tlbi_ipa_operand(input),
+            }),
+            Event::Op(MaintOp::DsbIsh),
+            Event::Op(MaintOp::TlbiVmalle1is { vmid }),
+            Event::Op(MaintOp::DsbIsh),
+            Event::Op(MaintOp::Isb),
+        ]
+    }
+
+    #[test]
+    fn one_page_map_into_existing_tables_needs_no_allocation_and_stores_once() {
+        for g in Granule::ALL {
+            let mut pt = table(g);
+            let p = g.size();
+            let base = 1u64 << 32;
+            let ram = Attrs::ram();
+            pt.map(base..base + p, 1 << 33, ram, MapOpts::default())
+                .unwrap();
+            let tables = pt.tables();
+            // No allocation may succeed: the page must still map (its tables exist).
+            pt.release_reserve();
+            pt.allocator_mut().fail_after(Some(0));
+            pt.maintenance_mut().events.clear();
+            let (a, o) = (base + 5 * p, (1 << 33) + 9 * p);
+            pt.map(a..a + p, o, ram, MapOpts::default()).unwrap();
+            assert_eq!(pt.tables(), tables, "{g}");
+            assert_eq!(pt.translate(a).map(|t| (t.0, t.1, t.2)), Some((o, ram, 3)));
+            let ev = pt.maintenance().events.clone();
+            let mut want = cmo(&pt, o, p);
+            let Some(Event::Store {
+                input, level, old, ..
+            }) = ev.last().copied()
+            else {
+                panic!("{g}: no store in {ev:?}");
+            };
+            assert_eq!((input, level, old & DESC_VALID), (a, 3, 0), "{g}");
+            want.push(ev[ev.len() - 1]);
+            assert_eq!(ev, want, "{g}");
+            // A page needing a new leaf table still fails, and changes nothing.
+            let far = base + (1 << 30);
+            assert!(matches!(
+                pt.map(far..far + p, o, ram, MapOpts::default()),
+                Err(MapError::NoMemory { got: 0, .. })
+            ));
+            assert_eq!(pt.tables(), tables, "{g}");
+            assert_eq!(pt.translate(far), None);
+            pt.allocator_mut().fail_after(None);
+            check_bbm(&pt.maintenance().events, oa_mask(g)).unwrap();
+            let (alloc, _) = pt.destroy();
+            assert_eq!((alloc.live_allocs(), alloc.bad_frees), (0, 0), "{g}");
+        }
+    }
+
+    #[test]
+    fn one_block_map_over_invalid_entry_is_one_store_and_over_a_valid_one_is_bbm() {
+        let g = Granule::K4;
+        let mut pt = table(g);
+        let gib = 1u64 << 30;
+        let ram = Attrs::ram();
+        pt.map(0..gib, 4 * gib, ram, MapOpts::default()).unwrap();
+        pt.maintenance_mut().events.clear();
+        pt.map(gib..2 * gib, 5 * gib, ram, MapOpts::default())
+            .unwrap();
+        let ev = pt.maintenance().events.clone();
+        assert_eq!(ev.len(), cmo(&pt, 5 * gib, gib).len() + 1, "{ev:?}");
+        assert!(matches!(
+            ev.last(),
+            Some(Event::Store { input, level: 1, old: 0, new, .. })
+                if *input == gib && *new & DESC_OA_MASK == 5 * gib && *new & 3 == 1
+        ));
+        // Another output for a valid block: break, invalidate, make (the general path).
+        pt.maintenance_mut().events.clear();
+        pt.map(gib..2 * gib, 6 * gib, ram, MapOpts::default())
+            .unwrap();
+        let ev = pt.maintenance().events.clone();
+        let stores: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Store { old, new, .. } => Some((*old & DESC_VALID, *new & DESC_VALID)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stores, vec![(1, 0), (0, 1)], "{ev:?}");
+        check_bbm(&ev, oa_mask(g)).unwrap();
+        assert_eq!(pt.translate(gib + 4096).map(|t| t.0), Some(6 * gib + 4096));
+        // A run of blocks in one table over invalid entries: the maintenance, then one store
+        // per block in order, and no table.
+        pt.release_reserve();
+        let tables = pt.tables();
+        let allocs = pt.allocator().total_allocs();
+        pt.maintenance_mut().events.clear();
+        pt.map(4 * gib..8 * gib, 16 * gib, ram, MapOpts::default())
+            .unwrap();
+        let ev = pt.maintenance().events.clone();
+        let want = cmo(&pt, 16 * gib, 4 * gib);
+        let n = want.len();
+        assert_eq!(ev[..n], want[..], "{ev:?}");
+        for (k, e) in ev[n..].iter().enumerate() {
+            let k = k as u64;
+            assert!(matches!(
+                e,
+                Event::Store { input, level: 1, old: 0, new, .. }
+                    if *input == (4 + k) * gib && *new & DESC_OA_MASK == (16 + k) * gib
+            ));
+        }
+        assert_eq!(ev.len(), n + 4);
+        assert_eq!(
+            (pt.tables(), pt.allocator().total_allocs()),
+            (tables, allocs)
+        );
+        assert_eq!(
+            pt.translate(7 * gib + 4096).map(|t| t.0),
+            Some(19 * gib + 4096)
+        );
+        pt.destroy();
+    }
+
+    #[test]
+    fn one_page_unmap_invalidates_at_once_and_frees_the_tables_it_empties() {
+        for g in Granule::ALL {
+            let mut pt = table(g);
+            let p = g.size();
+            let base = 1u64 << 32;
+            let roots = pt.geometry().root_tables() as usize;
+            pt.map(base..base + 2 * p, 1 << 33, Attrs::ram(), MapOpts::PAGES)
+                .unwrap();
+            let tables = pt.tables();
+            assert!(tables > roots);
+            pt.maintenance_mut().events.clear();
+            pt.unmap(base..base + p).unwrap();
+            let ev = pt.maintenance().events.clone();
+            assert!(matches!(
+                ev[0],
+                Event::Store { input, level: 3, new: 0, old, .. } if input == base && old & 1 == 1
+            ));
+            assert_eq!(ev[1..], tlbi(3, base)[..], "{g}");
+            assert_eq!(pt.tables(), tables, "{g}");
+            assert_eq!(pt.translate(base), None);
+            assert!(pt.translate(base + p).is_some());
+            // The last page: its leaf table (and every table above it) is freed.
+            pt.maintenance_mut().events.clear();
+            pt.unmap(base + p..base + 2 * p).unwrap();
+            assert_eq!(pt.tables(), roots, "{g}");
+            let ev = pt.maintenance().events.clone();
+            assert!(ev.contains(&Event::Op(MaintOp::TlbiIpas2e1is {
+                vmid: 3,
+                operand: tlbi_ipa_operand(base + p)
+            })));
+            check_bbm(&ev, oa_mask(g)).unwrap();
+            // Unmapping what is not mapped changes nothing.
+            pt.maintenance_mut().events.clear();
+            pt.unmap(base..base + p).unwrap();
+            assert!(pt.maintenance().events.is_empty(), "{g}");
+            let (alloc, _) = pt.destroy();
+            assert_eq!((alloc.live_allocs(), alloc.bad_frees), (0, 0), "{g}");
         }
     }
 }
