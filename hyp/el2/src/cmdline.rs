@@ -9,6 +9,9 @@
 //!   blocks, QEMU's TCG softmmu records every guest TLB entry at the stage-2 block size, so
 //!   each guest TLBI by VA flushes its whole TLB (a 4K Debian boot spends ~0.4 s more, in
 //!   ftrace's text patching); on hardware, blocks are the better choice.
+//! - `hyp.stress=N|off`: stage-2 stress for testing (default `off`): every N-th exit of a
+//!   VM's vCPU 0, hyp unmaps, write-protects or migrates a few random guest RAM pages behind
+//!   the running guest (see hyp's `vm::stress`).
 //! - `hyp.test=exception|panic|write-text|exec-data|stack-overflow|smp-work|map-device|none`: test-only switches that exercise
 //!   the failure paths and W^X.
 //!
@@ -94,6 +97,8 @@ pub struct Cmdline {
     /// `hyp.stage2=blocks`: map guest RAM at stage 2 with the largest blocks alignment allows
     /// (default: pages of the VM's stage-2 granule).
     pub stage2_blocks: bool,
+    /// `hyp.stress=N`: stage-2 stress every N-th exit of vCPU 0; 0 = off (the default).
+    pub stress: u32,
 }
 
 /// A bad `hyp.` word on the command line.
@@ -121,7 +126,7 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::UnknownKey { word } => write!(
                 f,
                 "unknown option `{word}` on hyp's command line; known: hyp.granule=, \
-                 hyp.hide-granules=, hyp.log=, hyp.stage2=, hyp.test="
+                 hyp.hide-granules=, hyp.log=, hyp.stage2=, hyp.stress=, hyp.test="
             ),
             CmdlineError::BadValue {
                 key,
@@ -136,6 +141,7 @@ const GRANULE_EXPECTED: &str = "one of 4k, 16k, 64k, auto";
 const HIDE_EXPECTED: &str = "a comma-separated list of 4k, 16k, 64k (may be empty)";
 const LOG_EXPECTED: &str = "one of error, warn, info, debug, trace";
 const STAGE2_EXPECTED: &str = "pages or blocks";
+const STRESS_EXPECTED: &str = "a number of exits from 1 to 1000000, or off";
 const TEST_EXPECTED: &str =
     "one of none, exception, panic, write-text, exec-data, stack-overflow, smp-work, \
      map-device";
@@ -202,6 +208,21 @@ impl Cmdline {
                                 expected: STAGE2_EXPECTED,
                             })
                         }
+                    }
+                }
+                "stress" => {
+                    c.stress = match value {
+                        "off" | "0" => 0,
+                        _ => match value.parse::<u32>() {
+                            Ok(n) if (1..=1_000_000).contains(&n) => n,
+                            _ => {
+                                return Err(CmdlineError::BadValue {
+                                    key: "hyp.stress",
+                                    value,
+                                    expected: STRESS_EXPECTED,
+                                })
+                            }
+                        },
                     }
                 }
                 "test" => {
@@ -349,6 +370,31 @@ mod tests {
             Cmdline::parse("hyp.stage2=huge").unwrap_err().to_string(),
             "bad value `hyp.stage2=huge`: expected pages or blocks"
         );
+    }
+
+    #[test]
+    fn stress_period() {
+        assert_eq!(Cmdline::parse("").unwrap().stress, 0);
+        assert_eq!(Cmdline::parse("hyp.stress=64").unwrap().stress, 64);
+        assert_eq!(Cmdline::parse("hyp.stress=1").unwrap().stress, 1);
+        assert_eq!(
+            Cmdline::parse("hyp.stress=8 hyp.stress=off")
+                .unwrap()
+                .stress,
+            0
+        );
+        for bad in [
+            "hyp.stress=",
+            "hyp.stress=-1",
+            "hyp.stress=fast",
+            "hyp.stress=1000001",
+        ] {
+            let e = Cmdline::parse(bad).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a number of exits"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

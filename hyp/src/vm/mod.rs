@@ -8,6 +8,7 @@
 //! every vCPU → the last vCPU out prints `vm <name>: exited (...)`.
 
 pub mod cpus;
+pub mod stress;
 pub mod vcpu;
 
 use crate::boot::Boot;
@@ -119,6 +120,8 @@ pub struct Vm {
     pub s2: SpinMutex<PageTable<FrameAlloc, HwMaintenance>>,
     /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
     pub lazy_chunk: Option<u64>,
+    /// `hyp.stress=N`: the stage-2 stress state; `None` when off.
+    pub stress: Option<stress::Stress>,
     /// Devices and PSCI.
     pub dev: SpinMutex<Devices>,
     state: AtomicU8,
@@ -203,6 +206,9 @@ impl Vm {
             g(&s.injected),
             g(&s.handling) * 1000 / freq
         );
+        if let Some(st) = &self.stress {
+            info!("{}", st.line(&self.name));
+        }
         match self.state() {
             VmState::Off => info!("vm {}: exited (system off)", self.name),
             VmState::Reset => info!("vm {}: exited (system reset)", self.name),
@@ -517,6 +523,12 @@ fn create(
         idregs,
         s2: SpinMutex::new(pt),
         lazy_chunk,
+        stress: (boot.cmdline.stress != 0).then(|| {
+            stress::Stress::new(
+                boot.cmdline.stress,
+                vsys::cntpct_el0() ^ u64::from(vmid.get()),
+            )
+        }),
         dev: SpinMutex::new(Devices {
             vgic,
             psci,

@@ -149,6 +149,8 @@ struct Vcpu {
     synced: bool,
     /// When the last exit happened (counter ticks), for `Stats::handling`.
     exit_at: Option<u64>,
+    /// This vCPU's exits (drives `hyp.stress`).
+    exits: u64,
 }
 
 /// Runs vCPU `id` of `vm` on this CPU until the VM stops.
@@ -165,6 +167,7 @@ pub fn thread(vm: &'static Vm, id: usize) {
             lrs: [0; 16],
             synced: true,
             exit_at: None,
+            exits: 0,
         };
         v.setup_el2();
         let mut start = if id == 0 {
@@ -292,6 +295,12 @@ impl Vcpu {
             self.exit_at = Some(vsys::cntpct_el0());
             self.synced = false;
             vm.stats.total.fetch_add(1, Ordering::Relaxed);
+            self.exits += 1;
+            if let (0, Some(st)) = (self.id, &vm.stress) {
+                if self.exits.is_multiple_of(st.period) {
+                    self.stress_step(st);
+                }
+            }
             match vector {
                 8 => {
                     if let Some(stop) = self.sync_exit() {
@@ -564,34 +573,93 @@ impl Vcpu {
         None
     }
 
-    /// A stage-2 translation fault on RAM with lazy mapping: maps the chunk around it.
+    /// One `hyp.stress` step (vCPU 0, every N-th exit); a failure stops the VM.
+    fn stress_step(&mut self, st: &super::stress::Stress) {
+        let vm = self.vm;
+        let r = {
+            let mut pt = vm.s2.lock();
+            st.step(&mut pt, vm.ram_ipa, vm.ram_size, self.exits)
+        };
+        if let Err(e) = r {
+            vm.stop(VmState::Killed, self.id, Some(format_args!("{e}")));
+        }
+    }
+
+    /// A stage-2 fault on RAM that hyp resolves: a translation fault with lazy mapping (maps
+    /// the chunk around it) or under `hyp.stress` (maps the page back, at its migrated frame
+    /// if it moved), or a permission fault under `hyp.stress` (the page was write-protected:
+    /// write permission is restored and the page counted dirty). `false`: not such a fault.
     fn stage2_fault(&mut self, ipa: u64, fault: FaultKind) -> bool {
         let vm = self.vm;
-        let (Some(chunk), Region::Ram(off)) = (vm.lazy_chunk, vm.region(ipa)) else {
+        let Region::Ram(off) = vm.region(ipa) else {
             return false;
         };
-        if !matches!(fault, FaultKind::Translation { .. }) {
-            return false;
+        let stress = vm.stress.as_ref();
+        match (fault, stress) {
+            (FaultKind::Translation { .. }, _) => {}
+            (FaultKind::Permission { .. }, Some(st)) => {
+                let mut pt = vm.s2.lock();
+                let page = pt.geometry().page_size();
+                let start = ipa & !(page - 1);
+                match pt.translate(ipa) {
+                    // Unmapped meanwhile (a stress step): retry, which faults as translation.
+                    None => return true,
+                    // Another vCPU restored it meanwhile.
+                    Some((_, attrs, _)) if attrs.write => return true,
+                    Some((_, attrs, _)) => {
+                        // Only hyp write-protects guest RAM; restore what the stress took.
+                        if let Err(e) = pt.protect(
+                            start..start + page,
+                            Attrs {
+                                write: true,
+                                ..attrs
+                            },
+                        ) {
+                            drop(pt);
+                            vm.stop(
+                                VmState::Killed,
+                                self.id,
+                                Some(format_args!(
+                                    "stage-2 write permission for IPA {ipa:#x} failed: {e}"
+                                )),
+                            );
+                            return true;
+                        }
+                        st.count_dirty(off / page);
+                        return true;
+                    }
+                }
+            }
+            _ => return false,
         }
+        let mut pt = vm.s2.lock();
+        // Under stress, one page of the VM's granule (migrated pages are recorded per page);
+        // else the lazy chunk.
+        let (chunk, pa_of) = match (stress, vm.lazy_chunk) {
+            (Some(_), _) => (pt.geometry().page_size(), true),
+            (None, Some(c)) => (c, false),
+            (None, None) => return false,
+        };
         let start = off & !(chunk - 1);
         let end = (start + chunk).min(vm.ram_size);
+        let pa = match stress {
+            Some(st) if pa_of => st.frame_of(start, chunk, vm.ram_pa),
+            _ => vm.ram_pa + start,
+        };
         let opts = MapOpts {
             skip_cmo: true,
             ..MapOpts::default()
         };
-        let mut pt = vm.s2.lock();
         // Another vCPU may have mapped it meanwhile.
         if pt.translate(ipa).is_some() {
             return true;
         }
-        match pt.map(
-            vm.ram_ipa + start..vm.ram_ipa + end,
-            vm.ram_pa + start,
-            Attrs::ram(),
-            opts,
-        ) {
+        match pt.map(vm.ram_ipa + start..vm.ram_ipa + end, pa, Attrs::ram(), opts) {
             Ok(()) => {
                 vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
+                if let Some(st) = stress {
+                    st.count_refault(start / chunk);
+                }
                 true
             }
             Err(e) => {
