@@ -11,6 +11,10 @@ use el2::{console, fatal, psci, smp};
 use log::{debug, info, warn};
 use stage2::{CpuFeatures, Granule, IdRegs};
 
+/// The Image header's `text_offset` (hyp/el2/src/arch/entry.S): the loader puts hyp at a 2 MiB
+/// aligned RAM base plus this, so the bytes below the image up to that base are hyp's too.
+const IMAGE_TEXT_OFFSET: u64 = 0x20_0000;
+
 /// What boot found and decided; handed to the rest of hyp.
 pub struct Boot {
     /// The host device tree, parsed.
@@ -133,8 +137,8 @@ pub fn early(dtb: usize) -> Boot {
     let dtb_range = PhysRange::new(dtb as u64, platform.dtb_size as u64);
     let mut reserved = [PhysRange::default(); 10];
     reserved[0] = PhysRange::new(
-        layout.start.saturating_sub(0x20_0000),
-        layout.end - layout.start.saturating_sub(0x20_0000),
+        layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
+        layout.end - layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
     );
     reserved[1] = dtb_range;
     for (slot, r) in reserved[2..].iter_mut().zip(platform.reserved.as_slice()) {

@@ -114,7 +114,8 @@ pub fn read_bundle_disk(
         let len = bytes as usize;
         // Host RAM straight from the physical allocator: no heap, and no zero-filling of a
         // buffer the device overwrites whole (tens of MiB on an emulated CPU).
-        let pa = alloc(bytes.max(SECTOR_SIZE as u64), 0x1000).ok_or(DiskError::NoMemory(bytes))?;
+        let pa = alloc(bytes.max(SECTOR_SIZE as u64), PAGE_SIZE as u64)
+            .ok_or(DiskError::NoMemory(bytes))?;
         // SAFETY: `alloc` hands out identity-mapped RAM used by nothing else, for good (never
         // freed); RAM always holds some bytes, so the slice is initialized.
         let data = unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, len) };

@@ -159,6 +159,18 @@ pub enum VisitKind {
     TablePost,
 }
 
+impl VisitKind {
+    /// The kind of a visit before descending: `TablePre` for a table entry, else `Leaf`.
+    #[inline(always)]
+    const fn of(is_table: bool) -> Self {
+        if is_table {
+            VisitKind::TablePre
+        } else {
+            VisitKind::Leaf
+        }
+    }
+}
+
 /// One visited descriptor.
 #[derive(Clone, Copy, Debug)]
 pub struct Visit {
@@ -181,6 +193,28 @@ pub struct Visit {
 }
 
 impl Visit {
+    /// A visit of the entry at `entry_pa` holding `desc`, for `addr..end` of the walked range.
+    #[inline(always)]
+    const fn at(
+        addr: u64,
+        end: u64,
+        level: u32,
+        kind: VisitKind,
+        desc: u64,
+        entry_pa: u64,
+    ) -> Self {
+        Visit {
+            addr,
+            end,
+            level,
+            kind,
+            old: desc,
+            entry: desc,
+            entry_pa,
+            skip_children: false,
+        }
+    }
+
     /// The first input address the entry maps.
     pub fn entry_start(&self, geo: &Geometry) -> u64 {
         self.addr & !(geo.entry_size(self.level) - 1)
@@ -1327,16 +1361,14 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                     c.maint.store(entry_pa, range.start, level, old, 0);
                     c.write(entry_pa, 0);
                     let emptied = level > c.geo.start_level() && {
-                        let parent = Visit {
-                            addr: range.start,
-                            end: range.end,
-                            level: level - 1,
-                            kind: VisitKind::TablePost,
-                            old: 0,
-                            entry: 0,
-                            entry_pa: 0,
-                            skip_children: false,
-                        };
+                        let parent = Visit::at(
+                            range.start,
+                            range.end,
+                            level - 1,
+                            VisitKind::TablePost,
+                            0,
+                            0,
+                        );
                         c.emptied(table, &parent)
                     };
                     if !emptied {
@@ -1546,20 +1578,7 @@ where
             flags.contains(WalkFlags::LEAF)
         };
         if want {
-            let mut v = Visit {
-                addr: lo,
-                end: hi,
-                level,
-                kind: if was_table {
-                    VisitKind::TablePre
-                } else {
-                    VisitKind::Leaf
-                },
-                old,
-                entry: old,
-                entry_pa,
-                skip_children: false,
-            };
+            let mut v = Visit::at(lo, hi, level, VisitKind::of(was_table), old, entry_pa);
             f(c, &mut v)?;
             entry = v.entry;
             skip = v.skip_children;
@@ -1625,16 +1644,14 @@ where
             let child_end = fhi;
             if flags.contains(WalkFlags::TABLE_POST) {
                 let entry = c.read(fr.entry_pa);
-                let mut v = Visit {
-                    addr: fr.child_start,
-                    end: child_end,
+                let mut v = Visit::at(
+                    fr.child_start,
+                    child_end,
                     level,
-                    kind: VisitKind::TablePost,
-                    old: entry,
+                    VisitKind::TablePost,
                     entry,
-                    entry_pa: fr.entry_pa,
-                    skip_children: false,
-                };
+                    fr.entry_pa,
+                );
                 f(c, &mut v)?;
             }
             table = fr.table;
@@ -1651,16 +1668,7 @@ where
                 while addr < fhi {
                     let end = ((addr | (size - 1)) + 1).min(fhi);
                     let old = c.read(entry_pa);
-                    let mut v = Visit {
-                        addr,
-                        end,
-                        level,
-                        kind: VisitKind::Leaf,
-                        old,
-                        entry: old,
-                        entry_pa,
-                        skip_children: false,
-                    };
+                    let mut v = Visit::at(addr, end, level, VisitKind::Leaf, old, entry_pa);
                     f(c, &mut v)?;
                     addr = end;
                     entry_pa += 8;
@@ -1682,20 +1690,7 @@ where
             flags.contains(WalkFlags::LEAF)
         };
         if want {
-            let mut v = Visit {
-                addr,
-                end,
-                level,
-                kind: if was_table {
-                    VisitKind::TablePre
-                } else {
-                    VisitKind::Leaf
-                },
-                old,
-                entry: old,
-                entry_pa,
-                skip_children: false,
-            };
+            let mut v = Visit::at(addr, end, level, VisitKind::of(was_table), old, entry_pa);
             f(c, &mut v)?;
             entry = v.entry;
             skip = v.skip_children;
