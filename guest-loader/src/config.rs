@@ -17,6 +17,8 @@
 //! granule = "16k"                # 4k | 16k | 64k | page_size (default page_size)
 //! ipa_bits = 40                  # 32..PARange (default 40)
 //! mapping = "eager"              # eager | lazy (default eager)
+//! table_memory = "256K"          # lazy only: cap the VM's stage-2 tables (default: the
+//!                                # worst case for its RAM, which never runs out)
 //! ```
 //!
 //! Parsing ([`parse_config`]) checks everything that needs neither the CPU nor the files;
@@ -150,6 +152,8 @@ pub struct VmPos {
     pub stage2_granule: Pos,
     /// `stage2.ipa_bits`.
     pub ipa_bits: Pos,
+    /// `stage2.table_memory`.
+    pub table_memory: Pos,
     /// Byte range of the `kernel` string value (with quotes), for the bundle's rewrite.
     pub kernel_span: Range<usize>,
     /// Byte range of the `initrd` string value, if any.
@@ -165,6 +169,9 @@ pub struct Stage2Config {
     pub ipa_bits: u32,
     /// Eager or lazy mapping.
     pub mapping: Mapping,
+    /// A cap on the bytes of stage-2 tables (`None`: the geometry's worst case for the
+    /// VM's RAM, [`stage2::Geometry::table_budget`]).
+    pub table_memory: Option<u64>,
 }
 
 /// One validated `[[vm]]` table.
@@ -299,10 +306,26 @@ pub enum ErrorKind {
     OutOfMemory {
         /// This VM's memory.
         asked: u64,
+        /// Its stage-2 table budget (0 when its plan failed earlier).
+        tables: u64,
         /// Guest RAM not used by earlier VMs.
         free: u64,
         /// Guest RAM in total.
         host: u64,
+    },
+    /// `stage2.table_memory` with eager mapping, below what mapping all RAM takes.
+    TableMemoryEager {
+        /// As written.
+        asked: u64,
+        /// What an eager map of the VM's RAM needs.
+        needed: u64,
+    },
+    /// `stage2.table_memory` below the root tables and one table per level.
+    TableMemoryTooSmall {
+        /// As written.
+        asked: u64,
+        /// The least that can map one page.
+        min: u64,
     },
     /// `ipa_bits` beyond the CPU's PARange.
     IpaBeyondPaRange {
@@ -411,13 +434,34 @@ impl fmt::Display for ErrorKind {
                 "{asked} vCPUs asked but only {free} of the {host} physical CPUs are left \
                  (vCPUs are pinned one to one); lower vcpus or run with more CPUs (--smp)"
             ),
-            OutOfMemory { asked, free, host } => write!(
+            OutOfMemory {
+                asked,
+                tables,
+                free,
+                host,
+            } => write!(
                 f,
-                "{} asked but only {} of the {} of guest RAM is left; lower memory or give the \
-                 machine more RAM (--mem)",
+                "{} asked (plus {} of stage-2 tables) but only {} of the {} of guest RAM is \
+                 left; lower memory or give the machine more RAM (--mem)",
                 format_size(*asked),
+                format_size(*tables),
                 format_size(*free),
                 format_size(*host)
+            ),
+            TableMemoryEager { asked, needed } => write!(
+                f,
+                "{} is less than the {} of stage-2 tables that eager mapping of this VM's RAM \
+                 takes; remove table_memory or use mapping = \"lazy\"",
+                format_size(*asked),
+                format_size(*needed)
+            ),
+            TableMemoryTooSmall { asked, min } => write!(
+                f,
+                "{} cannot hold the root tables and one table per level ({}); write at least \
+                 table_memory = \"{}\"",
+                format_size(*asked),
+                format_size(*min),
+                format_size(*min)
             ),
             IpaBeyondPaRange {
                 ipa_bits,
@@ -597,6 +641,7 @@ struct RawStage2 {
     granule: Option<Spanned<String>>,
     ipa_bits: Option<Spanned<i64>>,
     mapping: Option<Spanned<String>>,
+    table_memory: Option<Spanned<RawSize>>,
 }
 
 /// Only the names of the VMs, to say which VM a structural error is in.
@@ -811,9 +856,11 @@ fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Opt
         granule: Stage2Granule::PageSize,
         ipa_bits: DEFAULT_IPA_BITS,
         mapping: Mapping::Eager,
+        table_memory: None,
     };
     pos.stage2_granule = pos.table;
     pos.ipa_bits = pos.table;
+    pos.table_memory = pos.table;
     let mut ipa_ok = true;
     if let Some(s2) = &raw.stage2 {
         let s2r = s2.get_ref();
@@ -865,6 +912,18 @@ fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Opt
                         expected: "\"eager\" or \"lazy\"",
                     },
                 ),
+            }
+        }
+        if let Some(t) = &s2r.table_memory {
+            pos.table_memory = cx.pos(t.span());
+            let parsed = match t.get_ref() {
+                RawSize::Int(v) if *v < 0 => Err(SizeError::Negative { value: *v }),
+                RawSize::Int(v) => Ok(*v as u64),
+                RawSize::Str(s) => parse_size(s),
+            };
+            match parsed {
+                Ok(b) => stage2.table_memory = Some(b),
+                Err(e) => cx.err(t.span(), vm, "stage2.table_memory", ErrorKind::BadSize(e)),
             }
         }
     }
@@ -1069,7 +1128,8 @@ mapping = "lazy"
             Stage2Config {
                 granule: Stage2Granule::PageSize,
                 ipa_bits: 40,
-                mapping: Mapping::Eager
+                mapping: Mapping::Eager,
+                table_memory: None,
             }
         );
         assert!(v.cmdline.is_empty());

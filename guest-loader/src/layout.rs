@@ -406,8 +406,9 @@ mod tests {
 /// `host_ram` bytes and a boot bundle of `bundle_bytes`. It mirrors what hyp does at boot
 /// (hyp/src/boot.rs, hyp/src/vm/mod.rs): its image, stacks and guard pages (16 MiB), its heap
 /// (a quarter of the RAM left, between 16 MiB and 256 MiB), the bundle read into RAM, and
-/// 64 MiB kept back for stage-2 tables. hyp itself plans with the RAM it really has left, so a
-/// config that passes `check` with this estimate also fits at boot.
+/// 64 MiB kept back (the alignment of VMs' RAM, `hyp.stress` frames; each VM's stage-2 tables
+/// are planned with the VM). hyp itself plans with the RAM it really has left, so a config
+/// that passes `check` with this estimate also fits at boot.
 pub const fn hyp_reserve(host_ram: u64, bundle_bytes: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     let image = 16 * MIB;

@@ -10,7 +10,7 @@ use crate::config::{
 };
 use crate::fdt::{guest_dtb, DtbInput};
 use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
-use crate::layout::{place, Layout, LayoutRequest};
+use crate::layout::{place, Layout, LayoutRequest, RAM_BASE};
 use crate::size::format_size;
 use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
@@ -214,6 +214,10 @@ pub struct VmPlan<'a> {
     pub geometry: Geometry,
     /// Eager or lazy stage-2 mapping.
     pub mapping: Mapping,
+    /// Bytes of host RAM reserved for the VM's stage-2 tables: the geometry's worst case for
+    /// its RAM ([`Geometry::table_budget`]), or the smaller `stage2.table_memory` of a lazy
+    /// VM. The VM's tables never take more; only this VM stops when they run out.
+    pub table_budget: u64,
     /// The final command line (with `arm64.pagesize=`).
     pub cmdline: String,
     /// Where everything goes.
@@ -333,6 +337,12 @@ impl SystemPlan<'_> {
                 vm.geometry.sl0(),
                 vm.geometry.t0sz(),
                 vm.mapping
+            );
+            let _ = writeln!(
+                s,
+                "vm {n}: stage-2 table budget {} ({} bytes, reserved beside its RAM)",
+                format_size(vm.table_budget),
+                vm.table_budget
             );
             let h = &vm.kernel_header;
             let _ = writeln!(
@@ -459,6 +469,28 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         d
     }
 
+    /// The VM's stage-2 table budget (see [`VmPlan::table_budget`]); `None` after an error.
+    fn table_budget(&mut self, vm: &VmConfig, geo: &Geometry) -> Option<u64> {
+        let worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+        let Some(asked) = vm.stage2.table_memory else {
+            return Some(worst);
+        };
+        let min = geo.root_bytes() + u64::from(3 - geo.start_level()) * geo.table_bytes();
+        let kind = if asked < min {
+            ErrorKind::TableMemoryTooSmall { asked, min }
+        } else if vm.stage2.mapping == Mapping::Eager && asked < worst {
+            ErrorKind::TableMemoryEager {
+                asked,
+                needed: worst,
+            }
+        } else {
+            // More than the worst case is never used.
+            return Some(asked.min(worst));
+        };
+        self.err(vm, vm.pos.table_memory, "stage2.table_memory", kind);
+        None
+    }
+
     fn vm(&mut self, vm: &VmConfig, cpus: Range<u32>) -> Option<VmPlan<'a>> {
         let before = self.errors.len();
         let cpu = self.host.cpu;
@@ -545,6 +577,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 return None;
             }
         };
+        let table_budget = self.table_budget(vm, &geometry)?;
         let cmdline = match cmdline::build(&vm.cmdline, page_size) {
             Ok(c) => c,
             Err(e) => {
@@ -596,6 +629,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             ipa_bits: ipa,
             geometry,
             mapping: vm.stage2.mapping,
+            table_budget,
             cmdline,
             layout,
             kernel_header: kernel.header,
@@ -654,22 +688,27 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
             );
         }
         let free_ram = host.guest_ram.saturating_sub(used_ram);
-        if vm.memory > free_ram {
+        let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
+        used_cpus = used_cpus.saturating_add(vm.vcpus);
+        let plan = r.vm(vm, cpus);
+        // RAM and the VM's stage-2 tables are both carved from host RAM.
+        let tables = plan.as_ref().map_or(0, |p| p.table_budget);
+        let needed = vm.memory.saturating_add(tables);
+        if needed > free_ram {
             r.err(
                 vm,
                 vm.pos.memory,
                 "memory",
                 ErrorKind::OutOfMemory {
                     asked: vm.memory,
+                    tables,
                     free: free_ram,
                     host: host.guest_ram,
                 },
             );
         }
-        let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
-        used_cpus = used_cpus.saturating_add(vm.vcpus);
-        used_ram = used_ram.saturating_add(vm.memory);
-        if let Some(p) = r.vm(vm, cpus) {
+        used_ram = used_ram.saturating_add(needed);
+        if let Some(p) = plan {
             vms.push(p);
         }
     }

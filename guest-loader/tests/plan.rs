@@ -339,7 +339,9 @@ fn host_limits_span_vms() {
     let e = err(&two, &host_with("max", 8, 384 << 20));
     assert!(
         e.to_string().contains(
-            "vm \"u\": memory: 256M asked but only 128M of the 384M of guest RAM is left"
+            // The first VM's 256M and its 524K of stage-2 tables are taken.
+            "vm \"u\": memory: 256M asked (plus 524K of stage-2 tables) but only 130548K of the \
+             384M of guest RAM is left"
         ),
         "{e}"
     );

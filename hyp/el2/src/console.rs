@@ -10,7 +10,7 @@
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use spin::mutex::SpinMutex;
+use spin::mutex::{TicketMutex, TicketMutexGuard};
 
 const DR: usize = 0x00;
 const FR: usize = 0x18;
@@ -27,8 +27,34 @@ const CR_RXE: u32 = 1 << 9;
 
 /// The UART's base address; 0 until [`init`].
 static BASE: AtomicUsize = AtomicUsize::new(0);
-/// Serialises whole lines from different CPUs.
-static LOCK: SpinMutex<()> = SpinMutex::new(());
+/// Serialises whole lines from different CPUs. A ticket lock: CPUs waiting for it are served
+/// in arrival order, so no CPU can be starved by others that print often.
+static LOCK: TicketMutex<()> = TicketMutex::new(());
+
+/// Holding the console: lines written with [`Held::line`] come out whole.
+pub struct Held {
+    _guard: TicketMutexGuard<'static, ()>,
+}
+
+impl Held {
+    /// Writes `text` and a line end.
+    pub fn line(&self, text: &str) {
+        let _ = RawConsole.write_str(text);
+        let _ = RawConsole.write_str("\n");
+    }
+}
+
+/// Takes the console if no other CPU holds it (never waits).
+pub fn try_hold() -> Option<Held> {
+    LOCK.try_lock().map(|g| Held { _guard: g })
+}
+
+/// Takes the console, waiting (in turn) while other CPUs print.
+pub fn hold() -> Held {
+    Held {
+        _guard: LOCK.lock(),
+    }
+}
 
 fn reg(base: usize, off: usize) -> *mut u32 {
     (base + off) as *mut u32
@@ -96,7 +122,7 @@ pub fn print(args: fmt::Arguments<'_>) {
 /// Takes the console lock if it can within a bounded number of tries (for the fatal path:
 /// a CPU that faulted while printing must not deadlock the report). Returns whether it got it;
 /// the caller then prints with [`RawConsole`] either way.
-pub fn lock_for_fatal() -> Option<spin::mutex::SpinMutexGuard<'static, ()>> {
+pub fn lock_for_fatal() -> Option<TicketMutexGuard<'static, ()>> {
     for _ in 0..1_000_000 {
         if let Some(g) = LOCK.try_lock() {
             return Some(g);

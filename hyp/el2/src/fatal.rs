@@ -33,7 +33,7 @@ mod runtime {
         }
     }
 
-    fn finish(g: Option<spin::mutex::SpinMutexGuard<'static, ()>>) -> ! {
+    fn finish(g: Option<spin::mutex::TicketMutexGuard<'static, ()>>) -> ! {
         let _ = writeln!(RawConsole, "{FAIL_MARKER}");
         drop(g);
         crate::psci::system_off()

@@ -6,14 +6,21 @@ use alloc::vec::Vec;
 use stage2::{Granule, TableAlloc};
 
 use crate::dt::PhysRange;
+use crate::memmap::PhysBump;
 
 /// Where frames come from: `alloc(size, align)` returns a physical address (identity mapped),
 /// or `None` when memory is exhausted.
 pub type FrameSource = fn(u64, u64) -> Option<u64>;
 
-/// Table frames from a [`FrameSource`], recycled through a free list.
+/// New frames come from a shared source, or from a range reserved for one table alone.
+enum Source {
+    Shared(FrameSource),
+    Pool(PhysBump),
+}
+
+/// Table frames from a [`FrameSource`] or a reserved pool, recycled through a free list.
 pub struct FrameAlloc {
-    source: FrameSource,
+    source: Source,
     /// Every frame handed out lies in this range (checked before making a slice).
     bounds: PhysRange,
     free: Vec<(u64, u64)>,
@@ -30,8 +37,25 @@ impl FrameAlloc {
     /// built with it lives, and used by nothing else.
     pub unsafe fn new(source: FrameSource, bounds: PhysRange) -> Self {
         FrameAlloc {
-            source,
+            source: Source::Shared(source),
             bounds,
+            free: Vec::new(),
+            live_bytes: 0,
+        }
+    }
+
+    /// A frame allocator with `pool` to itself: its tables never hold more than `pool.size`
+    /// bytes (a VM's stage-2 table budget), and when that is exhausted only its own
+    /// allocations fail. Align `pool.base` to the largest allocation (the concatenated root)
+    /// so that no byte is lost to alignment.
+    ///
+    /// # Safety
+    /// `pool` must be RAM, readable and writable at VA = PA, used by nothing else for as long
+    /// as this allocator or any table built with it lives.
+    pub unsafe fn pool(pool: PhysRange) -> Self {
+        FrameAlloc {
+            source: Source::Pool(PhysBump::new(pool)),
+            bounds: pool,
             free: Vec::new(),
             live_bytes: 0,
         }
@@ -64,7 +88,10 @@ impl TableAlloc for FrameAlloc {
         let bytes = granule.size().checked_mul(count as u64)?;
         let pa = match self.free.iter().position(|&(_, b)| b == bytes) {
             Some(i) if self.free[i].0.is_multiple_of(bytes) => self.free.swap_remove(i).0,
-            _ => (self.source)(bytes, bytes)?,
+            _ => match &mut self.source {
+                Source::Shared(f) => f(bytes, bytes)?,
+                Source::Pool(b) => b.alloc(bytes, bytes)?,
+            },
         };
         let p = self.check(pa, bytes);
         // SAFETY: `pa..pa + bytes` came from the source (or our free list of its frames),
@@ -193,6 +220,34 @@ mod tests {
         assert_eq!(a.table(t2, Granule::K16)[5], 0);
         // Exhaustion is None, not a panic.
         assert!(a.alloc(Granule::K64, 8).is_none());
+    }
+
+    #[test]
+    fn a_pool_holds_exactly_its_budget_and_recycles() {
+        // A 16K table with 2 concatenated roots plus 3 tables: 5 frames of 16 KiB.
+        let r = arena(0x40000);
+        let pool = PhysRange::new(r.base, 5 * 0x4000);
+        // SAFETY: the pool is part of the leaked arena `r`, used by nothing else.
+        let mut a = unsafe { FrameAlloc::pool(pool) };
+        let root = a.alloc(Granule::K16, 2).unwrap();
+        assert_eq!(
+            root, pool.base,
+            "an aligned pool loses nothing to alignment"
+        );
+        let t: Vec<u64> = (0..3).map(|_| a.alloc(Granule::K16, 1).unwrap()).collect();
+        assert!(t
+            .iter()
+            .all(|&f| pool.contains(f) && f + 0x4000 <= pool.end()));
+        // The budget is spent: the next table fails, and only here.
+        assert!(a.alloc(Granule::K16, 1).is_none());
+        a.free(t[1], Granule::K16, 1);
+        assert_eq!(
+            a.alloc(Granule::K16, 1),
+            Some(t[1]),
+            "freed frames come back"
+        );
+        assert!(a.alloc(Granule::K16, 1).is_none());
+        assert_eq!(a.live_bytes(), 5 * 0x4000);
     }
 
     #[test]

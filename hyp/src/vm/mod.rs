@@ -8,6 +8,7 @@
 //! every vCPU → the last vCPU out prints `vm <name>: exited (...)`.
 
 pub mod cpus;
+pub mod output;
 pub mod stress;
 pub mod vcpu;
 
@@ -18,6 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use el2::arch::{cache, vsys};
+use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::smp;
 use guest_loader::config::Mapping;
@@ -27,9 +29,11 @@ use log::{error, info, warn};
 use spin::mutex::SpinMutex;
 use spin::Once;
 use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
+use vdev::console::OutQueue;
 use vdev::idregs::{GuestIdRegs, IdPolicy};
 use vdev::pl011::Pl011;
 use vdev::psci::{Psci, Workarounds};
+use vdev::traps::HostFeatures;
 use vdev::vgic::{Vgic, VgicConfig};
 
 /// The guest UART's SPI (QEMU virt: SPI 1).
@@ -86,6 +90,10 @@ pub struct Stats {
     pub injected: AtomicU64,
     /// Counter ticks spent in hyp between an exit and the next entry (idle excluded).
     pub handling: AtomicU64,
+    /// Data cache maintenance instructions by set/way (trapped).
+    pub set_way: AtomicU64,
+    /// Cleans of the VM's RAM they caused.
+    pub set_way_flushes: AtomicU64,
 }
 
 /// One VM.
@@ -100,6 +108,8 @@ pub struct Vm {
     pub vtcr: u64,
     /// The stage-2 descriptors use the FEAT_S2FWB encoding, so `HCR_EL2.FWB` must be set.
     pub fwb: bool,
+    /// The host CPU's features the trap controls depend on (`vdev::traps`).
+    pub host: HostFeatures,
     /// `CNTVOFF_EL2`: the guest's virtual counter starts near 0 at creation.
     pub cntvoff: u64,
     /// Guest RAM: IPA base, host PA, size.
@@ -124,6 +134,13 @@ pub struct Vm {
     pub stress: Option<stress::Stress>,
     /// Devices and PSCI.
     pub dev: SpinMutex<Devices>,
+    /// UART output lines waiting for the physical console (`output`). Taken after `dev`
+    /// when both are held.
+    pub out: SpinMutex<OutQueue>,
+    /// `out` is not empty (read without its lock by CPUs looking for output to write).
+    pub out_pending: AtomicBool,
+    /// Warnings about this guest's misbehaviour printed so far (`warn_limited`).
+    warned: AtomicU64,
     state: AtomicU8,
     live: AtomicUsize,
     done: AtomicBool,
@@ -172,6 +189,21 @@ impl Vm {
         }
     }
 
+    /// A warning about this guest's misbehaviour: the first [`WARN_BUDGET`] of each VM are
+    /// printed, then one line saying the rest are counted (a guest cannot flood hyp's console
+    /// or silence another VM's warnings). Guest misbehaviour is `warn!` (style.md rule 10).
+    pub fn warn_limited(&self, args: core::fmt::Arguments<'_>) {
+        let n = self.warned.fetch_add(1, Ordering::Relaxed);
+        if n < WARN_BUDGET {
+            warn!("{args}");
+        } else if n == WARN_BUDGET {
+            warn!(
+                "vm {}: more than {WARN_BUDGET} warnings: the rest are only counted",
+                self.name
+            );
+        }
+    }
+
     /// Kicks the vCPUs in `set` (except `me`) so they pick up a change of their interrupts.
     pub fn kick(&self, set: vdev::vgic::VcpuSet, me: usize) {
         for v in set.iter() {
@@ -186,9 +218,9 @@ impl Vm {
     fn finish(&self) {
         {
             let mut d = self.dev.lock();
-            d.uart
-                .flush(&mut |line: &str| el2::console::print(format_args!("{line}\n")));
+            d.uart.flush(&mut |line: &str| output::queue(self, line));
         }
+        output::drain(self);
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let freq = el2::arch::sysreg::counter().1;
@@ -208,6 +240,25 @@ impl Vm {
         );
         if let Some(st) = &self.stress {
             info!("{}", st.line(&self.name));
+        }
+        let sw = g(&s.set_way);
+        if sw > 0 {
+            info!(
+                "vm {}: set/way: {sw} operations trapped, {} cleans of guest RAM",
+                self.name,
+                g(&s.set_way_flushes)
+            );
+        }
+        let dropped = self.out.lock().dropped_total();
+        if dropped > 0 {
+            info!(
+                "vm {}: console: {dropped} bytes dropped (the guest wrote faster than the UART drains)",
+                self.name
+            );
+        }
+        let warned = self.warned.load(Ordering::Relaxed);
+        if warned > WARN_BUDGET {
+            info!("vm {}: {warned} warnings in all", self.name);
         }
         match self.state() {
             VmState::Off => info!("vm {}: exited (system off)", self.name),
@@ -232,7 +283,12 @@ fn ms() -> u64 {
     c / (f / 1000).max(1)
 }
 
-/// Bytes of host RAM kept back from guests for stage-2 tables and hyp's own needs.
+/// Warnings printed per VM before the rest are only counted.
+const WARN_BUDGET: u64 = 20;
+
+/// Bytes of host RAM kept back from the plan's guest RAM for hyp's own needs after boot: the
+/// alignment of each VM's RAM to its largest stage-2 block, and `hyp.stress`'s spare frames.
+/// Each VM's stage-2 tables are not among them: the plan reserves them with the VM.
 const HOST_RESERVE: u64 = 64 << 20;
 
 /// Loads the system from the boot bundle and runs it until every VM has exited.
@@ -332,14 +388,19 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
     if let Some((vm, v)) = mine {
         vcpu::thread(vm, v);
     }
-    // Wait for every VM; CPU 0 keeps taking the host console's input meanwhile.
+    // Wait for every VM; CPU 0 keeps writing queued output and taking the host console's
+    // input meanwhile.
     while !vms.iter().all(|vm| vm.done.load(Ordering::Acquire)) {
+        if output::pump_one() {
+            continue;
+        }
         vsys::wfi();
         while let Some(iar) = gic::ack() {
             vcpu::host_irq(iar);
             gic::eoi(iar);
         }
     }
+    output::drain_all();
     if vms.iter().all(|vm| vm.state() == VmState::Off) {
         Ok(Verdict::Ok)
     } else {
@@ -382,9 +443,20 @@ fn create(
     };
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
-    // SAFETY: `mem::alloc_phys` hands out identity-mapped RAM used by nothing else, inside
-    // `mem::remaining()` at every later call.
-    let frames = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
+    // The VM's stage-2 tables come from their own pool, the plan's budget for them: a VM can
+    // exhaust only its own table memory. Aligned to the concatenated root (the first and
+    // largest allocation), so no byte of it is lost to alignment.
+    let budget = vp.table_budget;
+    let Some(pool) = mem::alloc_phys(budget, geo.root_bytes()) else {
+        error!(
+            "vm {}: its stage-2 table budget of {budget:#x} bytes does not fit in the free host RAM {}",
+            vp.name,
+            mem::remaining()
+        );
+        return Err("not enough host RAM for the VMs' stage-2 tables");
+    };
+    // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
+    let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
     let mut pt = match PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance) {
         Ok(t) => t,
         Err(e) => {
@@ -407,6 +479,16 @@ fn create(
             return Err("cannot build the VM's stage-2 tables");
         }
     }
+    // Scrub: the VM's RAM starts as zeros, whatever hyp, firmware or an earlier user left
+    // there (XSA-245: data must not leak into a VM through its RAM). Without FEAT_S2FWB the
+    // guest starts with its caches off and reads memory, so the zeros are cleaned to PoC;
+    // with it, stage 2 makes the guest's view cacheable and coherent with hyp's.
+    // SAFETY: [pa, pa + memory) is this VM's RAM (just allocated, identity mapped, normal
+    // memory); no vCPU runs yet.
+    unsafe { el2::arch::guest::zero_bulk(pa as *mut u8, memory as usize) };
+    if !geo.fwb() {
+        cache::clean_to_poc(pa, memory);
+    }
     // Load the images.
     for item in vp.load_items() {
         let off = item.ipa.wrapping_sub(ram_ipa);
@@ -425,15 +507,7 @@ fn create(
         // The guest starts with its MMU and caches off (booting.rst): its view is memory.
         cache::clean_to_poc(dst, len);
     }
-    // The kernel's BSS (image_size beyond the file).
-    let k = vp.layout.kernel;
-    let file = vp.kernel.len() as u64;
-    if k.size > file && k.start >= ram_ipa && k.start - ram_ipa + k.size <= memory {
-        let dst = pa + (k.start - ram_ipa) + file;
-        // SAFETY: inside the VM's RAM (checked in this condition), owned by this VM.
-        unsafe { core::ptr::write_bytes(dst as *mut u8, 0, (k.size - file) as usize) };
-        cache::clean_to_poc(dst, k.size - file);
-    }
+    // The kernel's BSS (image_size beyond the file) is among the scrubbed zeros.
     cache::invalidate_icache_all();
 
     let n = vp.vcpus as usize;
@@ -513,6 +587,13 @@ fn create(
         vttbr,
         vtcr,
         fwb: geo.fwb(),
+        host: HostFeatures {
+            pfr0: vsys::id_reg(4, 0),
+            pfr1: vsys::id_reg(4, 1),
+            dfr0: vsys::id_reg(5, 0),
+            mmfr0: vsys::id_reg(7, 0),
+            mmfr1: vsys::id_reg(7, 1),
+        },
         cntvoff: vsys::cntpct_el0(),
         ram_ipa,
         ram_pa: pa,
@@ -541,6 +622,9 @@ fn create(
             starts,
             rx_backlog: Vec::new(),
         }),
+        out: SpinMutex::new(OutQueue::new(&vp.name, vdev::console::QUEUE_BYTES)),
+        out_pending: AtomicBool::new(false),
+        warned: AtomicU64::new(0),
         state: AtomicU8::new(VmState::Running as u8),
         live: AtomicUsize::new(n),
         done: AtomicBool::new(false),

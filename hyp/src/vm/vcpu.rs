@@ -8,17 +8,18 @@
 
 use super::{Region, Vm, VmState, UART_INTID};
 use crate::gic;
-use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, ICH_HCR_EL2, ICH_LR0_EL2, MDCR_EL2};
-use core::sync::atomic::{AtomicU64, Ordering};
+use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2};
+use core::sync::atomic::Ordering;
 use el2::arch::guest::{self, GuestRegs};
 use el2::arch::{barrier, sysreg, vsys};
 use el2::exc::{self, SPSR_EL1H_MASKED};
-use log::warn;
 use stage2::{Attrs, MapOpts};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
 use vdev::mmio::MmioError;
 use vdev::psci::PsciAction;
+use vdev::sysregs::{Emulated, VcpuSysRegs};
+use vdev::traps;
 use vdev::vgic::VcpuSet;
 use vdev::{Mpidr, SysReg};
 
@@ -37,69 +38,11 @@ pub fn thread_entry(arg: u64) {
     thread(s.vm, s.vcpu);
 }
 
-/// HCR_EL2 while a guest runs (Arm ARM D23.2.53), bit by bit:
-/// - VM: stage-2 translation on for EL1&0.
-/// - SWIO: data cache invalidate by set/way is upgraded to clean+invalidate (the guest cannot
-///   discard lines of memory it does not own).
-/// - PTW: a stage-1 table walk that lands on Device memory at stage 2 faults (instead of
-///   reading MMIO as page tables).
-/// - FMO, IMO: physical FIQ/IRQ go to EL2 while a guest runs, and the guest's ICC_* accesses
-///   use the virtual CPU interface (the ICH_* list registers).
-/// - AMO: physical SError goes to EL2 (a guest-caused SError stops that VM, not hyp).
-/// - BSU = inner shareable: barriers the guest executes are at least Inner Shareable.
-/// - TWI: WFI traps, so an idle vCPU idles its CPU in hyp until an interrupt is due for it.
-///   (TWE stays 0: a WFE in a guest spin loop is cheaper left to the CPU.)
-/// - TID3: reads of the ID registers trap; the guest sees the sanitized view (vdev idregs).
-/// - TSC: SMC traps (there is no EL3 firmware for the guest; PSCI is served by hyp).
-/// - TIDCP: IMPLEMENTATION DEFINED system registers trap (the guest gets an UNDEF).
-/// - RW: EL1 is AArch64.
-///
-/// Everything else is 0. FB stays 0: vCPUs never migrate (pinned 1:1), so a guest's local TLB
-/// or I-cache maintenance is correctly local to its CPU and its broadcast (IS) forms reach the
-/// CPUs of its other vCPUs anyway; forcing broadcast would only make every local TLBI a
-/// machine-wide one (on QEMU TCG, a stop-the-world flush of every CPU). No TGE/E2H (hyp is not
-/// a host OS), no VI/VF/VSE (virtual interrupts come from the list registers), no TVM/TRVM
-/// (the guest owns its stage 1), DC/CD/ID 0, API/APK 0 (pointer authentication is hidden from
-/// the guest's ID registers, so it never enables it).
-/// - FWB: set when the VM's stage-2 descriptors use the FEAT_S2FWB MemAttr encoding (the
-///   geometry chose it because ID_AA64MMFR2_EL1.FWB says the CPU has it): stage 2 then forces
-///   write-back for guest RAM whatever the guest's stage 1 says (Arm ARM D8.6.6), which is why
-///   no clean to PoC is needed before mapping. Without the bit, those descriptors would mean
-///   another memory type.
-fn hcr_guest(fwb: bool) -> u64 {
-    let fwb = if fwb {
-        HCR_EL2::FWB::SET
-    } else {
-        HCR_EL2::FWB::CLEAR
-    };
-    (HCR_EL2::VM::Enable
-        + fwb
-        + HCR_EL2::SWIO::SET
-        + HCR_EL2::PTW::SET
-        + HCR_EL2::FMO::EnableVirtualFIQ
-        + HCR_EL2::IMO::EnableVirtualIRQ
-        + HCR_EL2::AMO::SET
-        + HCR_EL2::BSU::InnerShareable
-        + HCR_EL2::TWI::SET
-        + HCR_EL2::TID3::SET
-        + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
-        + HCR_EL2::TIDCP::SET
-        + HCR_EL2::RW::EL1IsAarch64)
-        .value
-}
-
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN: the guest reads the physical counter and uses
 /// the EL1 physical timer of its own CPU without traps (pinned 1:1; hyp uses neither). The
 /// virtual timer is the guest's; CNTVOFF_EL2 sets its counter.
 fn cnthctl_guest() -> u64 {
     (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
-}
-
-/// MDCR_EL2: TPM and TPMCR trap the PMU (hidden in the guest's ID_AA64DFR0); HPMN (the
-/// counters EL1 could reach) is kept from its reset value.
-fn mdcr_guest(current: u64) -> u64 {
-    let hpmn = current & MDCR_EL2::HPMN.mask;
-    (MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET + MDCR_EL2::HPMN.val(hpmn)).value
 }
 
 /// SCTLR_EL1 at vCPU entry: RES1 bits (11, 20, 22, 23, 28, 29), MMU, caches and alignment
@@ -119,14 +62,6 @@ fn ich_hcr(underflow: bool) -> u64 {
 /// ICH_LR<n>_EL2.EOI (HW = 0): a maintenance interrupt when the guest deactivates the entry.
 fn lr_eoi() -> u64 {
     ICH_LR0_EL2::EOI::SET.value
-}
-
-static WARNED: AtomicU64 = AtomicU64::new(0);
-
-fn warn_limited(args: core::fmt::Arguments<'_>) {
-    if WARNED.fetch_add(1, Ordering::Relaxed) < 20 {
-        warn!("{args}");
-    }
 }
 
 /// How a run of the vCPU ended.
@@ -151,6 +86,11 @@ struct Vcpu {
     exit_at: Option<u64>,
     /// This vCPU's exits (drives `hyp.stress`).
     exits: u64,
+    /// The EL1 registers hyp emulates for this vCPU (OS lock, ACTLR).
+    sysregs: VcpuSysRegs,
+    /// A set/way operation made the VM's memory coherent since the last other exit: the
+    /// rest of that set/way loop needs no more maintenance.
+    set_way_done: bool,
 }
 
 /// Runs vCPU `id` of `vm` on this CPU until the VM stops.
@@ -168,6 +108,8 @@ pub fn thread(vm: &'static Vm, id: usize) {
             synced: true,
             exit_at: None,
             exits: 0,
+            sysregs: VcpuSysRegs::default(),
+            set_way_done: false,
         };
         v.setup_el2();
         let mut start = if id == 0 {
@@ -218,13 +160,26 @@ impl Vcpu {
             vsys::set_vmpidr_el2(mpidr);
             vsys::set_cnthctl_el2(cnthctl_guest());
             vsys::set_cntvoff_el2(vm.cntvoff);
-            vsys::set_mdcr_el2(mdcr_guest(vsys::mdcr_el2()));
+            // Trap controls (vdev::traps: each bit with its reason).
+            let c = traps::guest_controls(&vm.host, vm.fwb, vsys::mdcr_el2());
+            vsys::set_mdcr_el2(c.mdcr);
+            vsys::set_cptr_el2(c.cptr);
+            if let Some(hcrx) = c.hcrx {
+                vsys::set_hcrx_el2(hcrx);
+            }
+            if c.zero_fgt {
+                vsys::set_hfgrtr_el2(0);
+                vsys::set_hfgwtr_el2(0);
+                vsys::set_hfgitr_el2(0);
+                vsys::set_hdfgrtr_el2(0);
+                vsys::set_hdfgwtr_el2(0);
+            }
             vsys::set_ich_vmcr_el2(0);
             vsys::set_ich_hcr_el2(ich_hcr(false));
             for i in 0..self.n_lrs {
                 vsys::set_ich_lr(i, 0);
             }
-            sysreg::set_hcr_el2(hcr_guest(vm.fwb));
+            sysreg::set_hcr_el2(c.hcr);
         }
         barrier::isb();
         gic::set_ppi(gic::VTIMER_PPI, true);
@@ -240,8 +195,17 @@ impl Vcpu {
         self.regs.x[0] = ctx;
         self.regs.elr = entry;
         self.regs.spsr = SPSR_EL1H_MASKED;
+        // Every EL1 register the guest can reach starts from its reset value: the ones hyp
+        // emulates in the model, the rest in the hardware (vsys::reset_el1_state).
+        self.sysregs = VcpuSysRegs::default();
+        let dfr0 = self.vm.host.dfr0;
+        let (brps, wrps) = (
+            ((dfr0 >> 12) & 0xf) as u32 + 1,
+            ((dfr0 >> 20) & 0xf) as u32 + 1,
+        );
         // SAFETY: the guest's own EL1 state on its dedicated CPU.
         unsafe {
+            vsys::reset_el1_state(brps, wrps);
             vsys::set_sctlr_el1(SCTLR_EL1_RESET);
             vsys::set_cntv_ctl_el0(0);
             vsys::set_cpacr_el1(0);
@@ -267,6 +231,9 @@ impl Vcpu {
                     return Some(s);
                 }
             }
+            if super::output::pump_one() {
+                continue;
+            }
             vsys::wfi();
             self.physical_irqs();
         }
@@ -278,6 +245,8 @@ impl Vcpu {
             if vm.stopped() {
                 return Stop::Vm;
             }
+            // At most one line of queued console output (never waits for the console).
+            super::output::pump_one();
             self.timer_check();
             // The list registers are rewritten only after the model was brought up to date
             // at this exit (`sync`); an exit that touched no interrupt state (most PL011
@@ -459,6 +428,10 @@ impl Vcpu {
             if self.vm.dev.lock().vgic.has_deliverable(self.id) {
                 return;
             }
+            // An idle CPU writes queued console output, a line at a time, until none is left.
+            if super::output::pump_one() {
+                continue;
+            }
             vsys::wfi();
             self.physical_irqs();
         }
@@ -472,6 +445,10 @@ impl Vcpu {
         let vm = self.vm;
         let r = &self.regs;
         let exit = Exit::decode(r.esr, r.far, r.hpfar);
+        // Only consecutive set/way operations (one guest loop) share one maintenance.
+        if !matches!(exit, Exit::SysReg(a) if vdev::sysregs::is_set_way(a.reg)) {
+            self.set_way_done = false;
+        }
         match exit {
             Exit::Hvc { .. } => {
                 vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
@@ -505,8 +482,8 @@ impl Vcpu {
                 } else if let (true, Some(v)) = (a.read, vm.idregs.read(a.reg)) {
                     self.regs.set(a.rt, v);
                     self.advance();
-                } else {
-                    warn_limited(format_args!(
+                } else if !self.emulate_sysreg(a.reg, a.read, a.rt) {
+                    vm.warn_limited(format_args!(
                         "vm {}: vCPU {}: {} {} at pc {:#x} is not emulated: UNDEF injected",
                         vm.name,
                         self.id,
@@ -534,7 +511,7 @@ impl Vcpu {
                     Ok(acc) => match self.mmio(acc) {
                         Ok(()) => self.advance(),
                         Err(e) => {
-                            warn_limited(format_args!(
+                            vm.warn_limited(format_args!(
                                 "vm {}: vCPU {}: {} at pc {:#x}: external abort injected",
                                 vm.name, self.id, e, self.regs.elr
                             ));
@@ -542,7 +519,7 @@ impl Vcpu {
                         }
                     },
                     Err(e) => {
-                        warn_limited(format_args!(
+                        vm.warn_limited(format_args!(
                             "vm {}: vCPU {}: {e} at pc {:#x}: external abort injected",
                             vm.name, self.id, self.regs.elr
                         ));
@@ -556,14 +533,14 @@ impl Vcpu {
                         return None;
                     }
                 }
-                warn_limited(format_args!(
+                vm.warn_limited(format_args!(
                     "vm {}: vCPU {}: instruction fetch from IPA {:#x?} (not RAM) at pc {:#x}: external abort injected",
                     vm.name, self.id, ia.ipa, self.regs.elr
                 ));
                 self.inject_abort(false);
             }
             Exit::Other { ec, iss } => {
-                warn_limited(format_args!(
+                vm.warn_limited(format_args!(
                     "vm {}: vCPU {}: exception class {ec:#x} (ISS {iss:#x}) at pc {:#x} is not handled: UNDEF injected",
                     vm.name, self.id, self.regs.elr
                 ));
@@ -571,6 +548,42 @@ impl Vcpu {
             }
         }
         None
+    }
+
+    /// A trapped access hyp emulates per vCPU (`vdev::sysregs`); `false` when it is not
+    /// emulated (the caller injects an UNDEF).
+    fn emulate_sysreg(&mut self, reg: vdev::SysReg, read: bool, rt: u8) -> bool {
+        match self.sysregs.access(reg, read, self.regs.get(rt)) {
+            Emulated::Read(v) => {
+                self.regs.set(rt, v);
+                self.advance();
+            }
+            Emulated::Done => self.advance(),
+            Emulated::SetWay => {
+                self.set_way();
+                self.advance();
+            }
+            Emulated::Undefined => return false,
+        }
+        true
+    }
+
+    /// A data cache maintenance instruction by set/way (`HCR_EL2.TSW`). Set/way operations act
+    /// on the physical caches, shared with hyp and other VMs, and a guest issues them in loops
+    /// over every set and way to make memory coherent before it turns its caches or MMU on or
+    /// off. hyp does what that loop means for the VM's own memory, once per loop, as KVM does
+    /// (`kvm_set_way_flush`): clean and invalidate the VM's RAM to the point of coherency by
+    /// address. With FEAT_S2FWB stage 2 forces write-back for all guest RAM, so the guest's
+    /// view is coherent whatever its caches do and there is nothing to do.
+    fn set_way(&mut self) {
+        let vm = self.vm;
+        vm.stats.set_way.fetch_add(1, Ordering::Relaxed);
+        if self.set_way_done || vm.fwb {
+            return;
+        }
+        vm.stats.set_way_flushes.fetch_add(1, Ordering::Relaxed);
+        el2::arch::cache::clean_invalidate_to_poc(vm.ram_pa, vm.ram_size);
+        self.set_way_done = true;
     }
 
     /// One `hyp.stress` step (vCPU 0, every N-th exit); a failure stops the VM.
@@ -663,12 +676,15 @@ impl Vcpu {
                 true
             }
             Err(e) => {
+                let budget = pt.allocator().live_bytes();
                 drop(pt);
-                vm.stop(
-                    VmState::Killed,
-                    self.id,
-                    Some(format_args!("stage-2 map of IPA {ipa:#x} failed: {e}")),
-                );
+                let why = match e {
+                    stage2::MapError::NoMemory { .. } => format_args!(
+                        "stage-2 table budget exhausted ({budget} bytes in use) mapping IPA {ipa:#x}; raise stage2.table_memory"
+                    ),
+                    _ => format_args!("stage-2 map of IPA {ipa:#x} failed: {e}"),
+                };
+                vm.stop(VmState::Killed, self.id, Some(why));
                 true
             }
         }
@@ -708,7 +724,7 @@ impl Vcpu {
                     let before = d.uart.irq_level();
                     if acc.write {
                         d.uart.write(off, acc.size, value, &mut |line: &str| {
-                            el2::console::print(format_args!("{line}\n"))
+                            super::output::queue(vm, line)
                         })?;
                     } else {
                         let v = d.uart.read(off, acc.size)?;

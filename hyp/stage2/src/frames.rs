@@ -79,6 +79,7 @@ pub struct VecAlloc {
     allocs: u64,
     frees: u64,
     fail_after: Option<u64>,
+    live_limit: Option<u64>,
     /// Frees of addresses that were not live (double or wild frees).
     pub bad_frees: u64,
 }
@@ -105,6 +106,12 @@ impl VecAlloc {
     /// Makes the allocation after the next `n` ones fail (`None` clears it).
     pub fn fail_after(&mut self, n: Option<u64>) {
         self.fail_after = n;
+    }
+
+    /// Refuses any allocation that would make more than `bytes` live at once (a table
+    /// budget; `None` clears it).
+    pub fn limit_live_bytes(&mut self, bytes: Option<u64>) {
+        self.live_limit = bytes;
     }
 
     /// Bytes currently allocated.
@@ -163,6 +170,12 @@ impl TableAlloc for VecAlloc {
             self.fail_after = Some(n - 1);
         }
         let bytes = granule.size() * count as u64;
+        if self
+            .live_limit
+            .is_some_and(|l| self.live_bytes.saturating_add(bytes) > l)
+        {
+            return None;
+        }
         let pa = match self.take_free(bytes) {
             Some(pa) => {
                 let i = self.index(pa);

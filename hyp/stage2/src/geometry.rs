@@ -284,6 +284,28 @@ impl Geometry {
         }
     }
 
+    /// The most bytes of tables a [`crate::PageTable`] of this geometry ever holds while
+    /// it maps addresses of `range` only (input addresses, within
+    /// [`input_limit`](Self::input_limit)): the root tables; at each level L below the root,
+    /// one table per level-(L-1) entry that `range` touches (all of them exist when every
+    /// page of `range` is mapped with pages: blocks only ever replace tables, and emptied
+    /// tables are freed). No sequence of maps, unmaps and protections inside `range` needs
+    /// more (the frames the walker keeps in reserve between operations are an optimisation
+    /// it does without when its allocator refuses them), so a VM whose table memory is this
+    /// budget never runs out, and one with less can only exhaust its own.
+    pub fn table_budget(&self, range: core::ops::Range<u64>) -> u64 {
+        if range.end <= range.start {
+            return self.root_bytes();
+        }
+        let last = range.end - 1;
+        let mut tables = 0;
+        for level in self.start_level as u32 + 1..=3 {
+            let s = self.level_shift(level - 1);
+            tables += (last >> s) - (range.start >> s) + 1;
+        }
+        self.root_bytes() + tables * self.table_bytes()
+    }
+
     /// The page (leaf) size.
     pub const fn page_size(&self) -> u64 {
         self.granule.size()

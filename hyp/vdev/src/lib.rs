@@ -8,6 +8,7 @@
 //!   MMIO load rules (size, sign extension, 32/64-bit destination).
 //! - [`psci`]: PSCI 1.1 and SMCCC 1.1 dispatch and per-vCPU power state.
 //! - [`pl011`]: a virtual PL011 UART with line-buffered, prefixed output.
+//! - [`console`]: a VM's bounded queue of output lines, with counted drops.
 //! - [`vgic`]: a GICv3 distributor and redistributors, SGIs, and list-register management.
 //! - [`idregs`]: the guest's sanitized view of the ID registers.
 //! - [`mpidr`]: vCPU index ↔ MPIDR affinity.
@@ -41,12 +42,15 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod console;
 pub mod exit;
 pub mod idregs;
 pub mod mmio;
 pub mod mpidr;
 pub mod pl011;
 pub mod psci;
+pub mod sysregs;
+pub mod traps;
 pub mod vgic;
 
 pub use exit::{DataAbort, Exit, ExitError, FaultKind, MmioAccess, SysReg, SysRegAccess};

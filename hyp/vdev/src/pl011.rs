@@ -293,15 +293,20 @@ impl Pl011 {
                     self.out.pop();
                 }
             }
-            b'\t' | 0x20..=0x7e | 0x80..=0xff => {
-                self.out.push(byte);
+            // Other control characters (escape sequences included) must not reach the host
+            // terminal: they are shown as `?`.
+            _ => {
+                let shown = match byte {
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => byte,
+                    _ => b'?',
+                };
+                self.out.push(shown);
+                // Every byte that grows the line passes this bound: a guest can never make
+                // the line longer than MAX_LINE, whatever it writes.
                 if self.out.len() - self.prefix_len >= MAX_LINE {
                     self.emit(sink);
                 }
             }
-            // Other control characters (escape sequences included) must not reach the host
-            // terminal.
-            _ => self.out.push(b'?'),
         }
     }
 
@@ -507,6 +512,29 @@ mod tests {
         put(&mut u, &mut s, b"\n\x1b[1mA\x08B\xc3\xa9\xff\n");
         assert_eq!(s.0[1], "[vm0] xxxxxxxxxx");
         assert_eq!(s.0[2], "[vm0] ?[1mB\u{e9}?");
+    }
+
+    #[test]
+    fn no_byte_value_grows_the_line_past_its_bound() {
+        // A hostile guest writing any byte (control bytes and bytes >= 0x80 included) in a
+        // loop, never a newline: the line buffer stays bounded and every emitted line too.
+        let (mut u, mut s) = enabled();
+        let mut sent = 0usize;
+        for round in 0..64 {
+            for b in 0..=255u8 {
+                if b == b'\n' {
+                    continue;
+                }
+                for _ in 0..(round % 7 + 1) {
+                    u.write(reg::DR, W, u64::from(b), &mut s).unwrap();
+                    sent += 1;
+                    assert!(u.out.len() <= u.prefix_len + MAX_LINE, "line buffer grew");
+                }
+            }
+        }
+        assert!(sent > 50 * MAX_LINE);
+        assert!(s.0.len() > 40, "the flood was cut into lines");
+        assert!(s.0.iter().all(|l| l.len() <= 6 + MAX_LINE));
     }
 
     #[test]

@@ -71,6 +71,18 @@ rw!(/// `MDCR_EL2`.
     mdcr_el2, set_mdcr_el2, "mdcr_el2");
 rw!(/// `CPTR_EL2`.
     cptr_el2, set_cptr_el2, "cptr_el2");
+rw!(/// `HCRX_EL2` (FEAT_HCX only).
+    hcrx_el2, set_hcrx_el2, "S3_4_C1_C2_2");
+wo!(/// `HFGRTR_EL2` (FEAT_FGT only).
+    set_hfgrtr_el2, "S3_4_C1_C1_4");
+wo!(/// `HFGWTR_EL2` (FEAT_FGT only).
+    set_hfgwtr_el2, "S3_4_C1_C1_5");
+wo!(/// `HFGITR_EL2` (FEAT_FGT only).
+    set_hfgitr_el2, "S3_4_C1_C1_6");
+wo!(/// `HDFGRTR_EL2` (FEAT_FGT only).
+    set_hdfgrtr_el2, "S3_4_C3_C1_4");
+wo!(/// `HDFGWTR_EL2` (FEAT_FGT only).
+    set_hdfgwtr_el2, "S3_4_C3_C1_5");
 rw!(/// `CNTV_CTL_EL0` (the guest's virtual timer control, live while its vCPU is pinned here).
     cntv_ctl_el0, set_cntv_ctl_el0, "cntv_ctl_el0");
 rw!(/// `ICC_SRE_EL2`.
@@ -207,3 +219,84 @@ pub fn tlbi_vmalls12e1_local() {
         )
     }
 }
+
+/// Writes the EL1 and EL0 system registers a vCPU can reach that the run loop does not set
+/// itself to their documented reset values: 0 (the Arm ARM leaves most of them UNKNOWN at
+/// reset; 0 disables every translation, timer, breakpoint and watchpoint they control).
+/// `brps`/`wrps`: how many breakpoints and watchpoints the CPU has
+/// (`ID_AA64DFR0_EL1.BRPs/WRPs` + 1); only those registers exist.
+///
+/// Not here: `SCTLR_EL1`, `CPACR_EL1`, `CNTV_CTL_EL0` (the caller writes their entry values),
+/// `SP_EL0`, `ELR_EL2`/`SPSR_EL2`, the general and FP/SIMD registers (the world switch loads
+/// them from `GuestRegs`), and what traps (emulated per vCPU or UNDEFINED).
+///
+/// # Safety
+/// The caller owns this CPU's EL1 state: no guest runs on it until the next entry.
+pub unsafe fn reset_el1_state(brps: u32, wrps: u32) {
+    // SAFETY: EL1/EL0 registers of the guest this CPU is dedicated to; none of them affects
+    // EL2's own translation or memory.
+    unsafe {
+        asm!(
+            "msr ttbr0_el1, xzr",
+            "msr ttbr1_el1, xzr",
+            "msr tcr_el1, xzr",
+            "msr mair_el1, xzr",
+            "msr amair_el1, xzr",
+            "msr vbar_el1, xzr",
+            "msr contextidr_el1, xzr",
+            "msr tpidr_el1, xzr",
+            "msr tpidr_el0, xzr",
+            "msr tpidrro_el0, xzr",
+            "msr sp_el1, xzr",
+            "msr elr_el1, xzr",
+            "msr spsr_el1, xzr",
+            "msr esr_el1, xzr",
+            "msr far_el1, xzr",
+            "msr afsr0_el1, xzr",
+            "msr afsr1_el1, xzr",
+            "msr par_el1, xzr",
+            "msr cntkctl_el1, xzr",
+            "msr mdscr_el1, xzr",
+            "msr csselr_el1, xzr",
+            "msr cntv_cval_el0, xzr",
+            "msr cntp_ctl_el0, xzr",
+            "msr cntp_cval_el0, xzr",
+            "msr mdccint_el1, xzr",
+            options(nostack, preserves_flags)
+        );
+    }
+    for n in 0..brps.min(16) {
+        // SAFETY: breakpoint `n` exists (n < BRPs + 1).
+        unsafe { set_dbg_bp(n, 0, 0) };
+    }
+    for n in 0..wrps.min(16) {
+        // SAFETY: watchpoint `n` exists (n < WRPs + 1).
+        unsafe { set_dbg_wp(n, 0, 0) };
+    }
+}
+
+macro_rules! dbg_pair {
+    ($(#[$m:meta])* $name:ident, $ctl:literal, $val:literal: $($n:literal)*) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Register pair `n` must exist on this CPU; the caller owns this CPU's EL1 state.
+        unsafe fn $name(n: u32, ctl: u64, val: u64) {
+            match n {
+                $(
+                    // SAFETY: the caller's contract.
+                    $n => unsafe {
+                        asm!(concat!("msr ", $ctl, $n, "_el1, {0}"), concat!("msr ", $val, $n, "_el1, {1}"),
+                            in(reg) ctl, in(reg) val, options(nostack, preserves_flags))
+                    },
+                )*
+                _ => {}
+            }
+        }
+    };
+}
+
+dbg_pair!(/// `DBGBCR<n>_EL1` and `DBGBVR<n>_EL1`.
+    set_dbg_bp, "dbgbcr", "dbgbvr": 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+dbg_pair!(/// `DBGWCR<n>_EL1` and `DBGWVR<n>_EL1`.
+    set_dbg_wp, "dbgwcr", "dbgwvr": 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);

@@ -1,0 +1,136 @@
+//! The probe's tests, selected by `probe.test=<name>[,<name>...]`.
+//!
+//! | test | what it checks | parameters |
+//! |---|---|---|
+//! | `victim` | its console lines are timely and its RAM keeps its data while other VMs misbehave | `probe.lines` (100), `probe.gap_us` (20000), `probe.mem` (4M) |
+//! | `ram-zero` | every byte of its free RAM reads zero before it writes any | |
+//! | `hostile-uart-flood` | writes control and high bytes to the UART, never a newline | `probe.bytes` (4M) |
+//! | `hostile-giant-line` | writes one enormous line | `probe.bytes` (4M) |
+//! | `hostile-features` | every feature its ID registers hide is UNDEFINED, the emulated registers behave, set/way operations are harmless | |
+//! | `hostile-hvc` | random HVC/SMC calls get SMCCC answers, never a crash | `probe.calls` (100000), `probe.seed` |
+//! | `hostile-mmio` | random accesses to every emulated device get a value or an abort | `probe.accesses` (20000), `probe.seed` |
+//! | `hostile-touch` | touches every page of its free RAM (a lazy VM's table budget) | `probe.stride` (4K) |
+//! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three workarounds | |
+
+use crate::rt::{self, Args};
+use crate::{arch, hostile, say};
+
+/// What a test reports: PASS with its figures, or FAIL with why, each a short line.
+pub struct Verdict {
+    pass: bool,
+    text: Line,
+}
+
+/// A PASS with `figures`.
+pub fn pass(figures: Line) -> Verdict {
+    Verdict {
+        pass: true,
+        text: figures,
+    }
+}
+
+/// A FAIL because of `why`.
+pub fn fail(why: Line) -> Verdict {
+    Verdict {
+        pass: false,
+        text: why,
+    }
+}
+
+/// A fixed-capacity line of text for a verdict (no heap).
+pub struct Line {
+    buf: [u8; 200],
+    len: usize,
+}
+
+impl Line {
+    /// An empty line.
+    pub fn new() -> Line {
+        Line {
+            buf: [0; 200],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl core::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `format!` into a [`Line`].
+#[macro_export]
+macro_rules! line {
+    ($($t:tt)*) => {{
+        let mut l = $crate::tests::Line::new();
+        let _ = core::fmt::Write::write_fmt(&mut l, format_args!($($t)*));
+        l
+    }};
+}
+
+/// Everything a test may need.
+pub struct Env {
+    /// The command line.
+    pub args: Args,
+    /// The device tree's address.
+    pub dtb: usize,
+}
+
+type Test = fn(&Env) -> Verdict;
+
+const TESTS: &[(&str, Test)] = &[
+    ("victim", hostile::victim),
+    ("ram-zero", hostile::ram_zero),
+    ("hostile-uart-flood", hostile::uart_flood),
+    ("hostile-giant-line", hostile::giant_line),
+    ("hostile-features", hostile::features),
+    ("hostile-hvc", hostile::hvc),
+    ("hostile-mmio", hostile::mmio),
+    ("hostile-touch", hostile::touch),
+    ("smccc", hostile::smccc),
+];
+
+/// The probe's Rust entry (vCPU 0, from `arch`'s boot code).
+#[no_mangle]
+extern "C" fn probe_main(dtb: usize) -> ! {
+    let env = Env {
+        args: Args::from_dtb(dtb),
+        dtb,
+    };
+    let list = env.args.get("probe.test").unwrap_or("");
+    if list.is_empty() {
+        say!(
+            "PROBE: FAIL no probe.test= on the command line ({})",
+            env.args.all()
+        );
+        rt::system_off();
+    }
+    let t0 = arch::counter();
+    for name in list.split(',') {
+        match TESTS.iter().find(|(n, _)| *n == name) {
+            Some(&(n, test)) => {
+                rt::set_running(n);
+                let v = test(&env);
+                let word = if v.pass { "PASS" } else { "FAIL" };
+                say!("PROBE {n}: {word} {}", v.text.as_str());
+            }
+            None => say!("PROBE {name}: FAIL no such test"),
+        }
+    }
+    say!(
+        "PROBE done in {} ms",
+        rt::micros(t0, arch::counter()) / 1000
+    );
+    rt::system_off()
+}
