@@ -29,7 +29,7 @@ use spin::Once;
 use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
 use vdev::idregs::{GuestIdRegs, IdPolicy};
 use vdev::pl011::Pl011;
-use vdev::psci::{Psci, Workarounds};
+use vdev::psci::Psci;
 use vdev::vgic::{Vgic, VgicConfig};
 
 /// The guest UART's SPI (QEMU virt: SPI 1).
@@ -447,7 +447,7 @@ fn create(
     })?;
     let ram = ram_ipa..ram_ipa + memory;
     let ram_range = core::slice::from_ref(&ram);
-    let psci = Psci::new(n, ram_range, Workarounds::default()).map_err(|e| {
+    let psci = Psci::new(n, ram_range, boot.workarounds).map_err(|e| {
         error!("vm {}: {e}", vp.name);
         "cannot build the VM's PSCI"
     })?;
