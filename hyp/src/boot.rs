@@ -1,5 +1,5 @@
 //! The boot CPU's bring-up, in order: device tree → console → command line → CPU features →
-//! EL2 granule → memory → EL2 MMU → secondary CPUs.
+//! EL2 granule → memory → EL2 MMU → Spectre mitigations → secondary CPUs.
 
 use crate::{mem, mmu, HEAP};
 use el2::arch::{self, sysreg};
@@ -7,9 +7,11 @@ use el2::cmdline::{Cmdline, LogLevel};
 use el2::dt::{dtb_total_size, PhysRange, Platform, MAX_DTB_SIZE};
 use el2::granule::choose_el2_granule;
 use el2::memmap::largest_free;
+use el2::spectre::{Decision, ExitOverride};
 use el2::{console, fatal, psci, smp};
 use log::{debug, info, warn};
 use stage2::{CpuFeatures, Granule, IdRegs};
+use vdev::psci::Workarounds;
 
 /// The Image header's `text_offset` (hyp/el2/src/arch/entry.S): the loader puts hyp at a 2 MiB
 /// aligned RAM base plus this, so the bytes below the image up to that base are hyp's too.
@@ -28,6 +30,9 @@ pub struct Boot {
     pub cpu: CpuFeatures,
     /// hyp's own EL2 stage-1 granule.
     pub el2_granule: Granule,
+    /// What every VM's guests are told by `SMCCC_ARCH_FEATURES` for the Spectre workarounds
+    /// (`el2::spectre`).
+    pub workarounds: Workarounds,
 }
 
 /// The device tree at `dtb` as a slice, or `None` if there is no valid header there.
@@ -182,6 +187,7 @@ pub fn early(dtb: usize) -> Boot {
         mmu.va_bits,
         mmu.levels
     );
+    let workarounds = spectre(&cmdline);
 
     Boot {
         platform,
@@ -189,6 +195,38 @@ pub fn early(dtb: usize) -> Boot {
         cmdline,
         cpu,
         el2_granule: choice.granule,
+        workarounds,
+    }
+}
+
+/// Spectre-class hygiene (`el2::spectre`): decides from this CPU's ID registers and what EL3
+/// firmware answers, prints `hyp: spectre: …`, installs the exit-path mitigation on this CPU
+/// (the secondaries install the same when they start), and returns the guests' answers.
+fn spectre(cmdline: &Cmdline) -> Workarounds {
+    let ids = arch::spectre::cpu_ids();
+    let firmware = arch::spectre::probe_firmware();
+    debug!(
+        "hyp: spectre: MIDR_EL1 {:#x}, ID_AA64PFR0_EL1 {:#x}, ID_AA64PFR1_EL1 {:#x}, \
+         ID_AA64MMFR1_EL1 {:#x}, ID_AA64ISAR2_EL1 {:#x}; firmware: {firmware}",
+        ids.midr, ids.pfr0, ids.pfr1, ids.mmfr1, ids.isar2
+    );
+    let d = Decision::new(ids, firmware);
+    info!("{}", d.line());
+    let exit = d.exit_with(cmdline.spectre_exit);
+    if cmdline.spectre_exit != ExitOverride::Auto {
+        warn!("hyp: spectre: exit path forced to {exit} by hyp.spectre-exit= (test only)");
+    }
+    arch::spectre::configure(&d, exit);
+    let a = d.guest_answers();
+    debug!(
+        "hyp: spectre: guests' SMCCC_ARCH_FEATURES: WORKAROUND_1 {}, WORKAROUND_2 {}, \
+         WORKAROUND_3 {}",
+        a.wa1, a.wa2, a.wa3
+    );
+    Workarounds {
+        wa1: a.wa1,
+        wa2: a.wa2,
+        wa3: a.wa3,
     }
 }
 

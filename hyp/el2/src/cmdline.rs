@@ -12,12 +12,16 @@
 //! - `hyp.stress=N|off`: stage-2 stress for testing (default `off`): every N-th exit of a
 //!   VM's vCPU 0, hyp unmaps, write-protects or migrates a few random guest RAM pages behind
 //!   the running guest (see hyp's `vm::stress`).
+//! - `hyp.spectre-exit=auto|none|loop|clrbhb|wa1|wa3`: test-only: run this Spectre
+//!   mitigation on every exit from a guest instead of the one the CPU needs (default `auto`;
+//!   the guests' SMCCC answers do not change; see `spectre`).
 //! - `hyp.test=exception|panic|write-text|exec-data|stack-overflow|smp-work|map-device|none`: test-only switches that exercise
 //!   the failure paths and W^X.
 //!
 //! A `hyp.` word with an unknown key or a bad value is an error: a typo must not silently
 //! change which granule hyp runs with.
 
+use crate::spectre::ExitOverride;
 use core::fmt;
 use stage2::cpu::parse_granule_list;
 use stage2::Granule;
@@ -99,6 +103,8 @@ pub struct Cmdline {
     pub stage2_blocks: bool,
     /// `hyp.stress=N`: stage-2 stress every N-th exit of vCPU 0; 0 = off (the default).
     pub stress: u32,
+    /// `hyp.spectre-exit=` (test only).
+    pub spectre_exit: ExitOverride,
 }
 
 /// A bad `hyp.` word on the command line.
@@ -126,7 +132,8 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::UnknownKey { word } => write!(
                 f,
                 "unknown option `{word}` on hyp's command line; known: hyp.granule=, \
-                 hyp.hide-granules=, hyp.log=, hyp.stage2=, hyp.stress=, hyp.test="
+                 hyp.hide-granules=, hyp.log=, hyp.stage2=, hyp.stress=, hyp.spectre-exit=, \
+                 hyp.test="
             ),
             CmdlineError::BadValue {
                 key,
@@ -224,6 +231,13 @@ impl Cmdline {
                             }
                         },
                     }
+                }
+                "spectre-exit" => {
+                    c.spectre_exit = ExitOverride::parse(value).ok_or(CmdlineError::BadValue {
+                        key: "hyp.spectre-exit",
+                        value,
+                        expected: ExitOverride::EXPECTED,
+                    })?
                 }
                 "test" => {
                     c.test = match value {
@@ -395,6 +409,27 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn spectre_exit_override() {
+        assert_eq!(Cmdline::parse("").unwrap().spectre_exit, ExitOverride::Auto);
+        assert_eq!(
+            Cmdline::parse("hyp.spectre-exit=wa3").unwrap().spectre_exit,
+            ExitOverride::Wa3
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.spectre-exit=loop hyp.spectre-exit=auto")
+                .unwrap()
+                .spectre_exit,
+            ExitOverride::Auto
+        );
+        assert_eq!(
+            Cmdline::parse("hyp.spectre-exit=off")
+                .unwrap_err()
+                .to_string(),
+            "bad value `hyp.spectre-exit=off`: expected one of auto, none, loop, clrbhb, wa1, wa3"
+        );
     }
 
     #[test]

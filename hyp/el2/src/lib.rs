@@ -26,4 +26,5 @@ pub mod memmap;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod psci;
 pub mod smp;
+pub mod spectre;
 pub mod trap;

@@ -28,6 +28,12 @@ fn method() -> u8 {
     METHOD.load(Ordering::Acquire)
 }
 
+/// Whether the device tree named `smc` as the conduit: then EL3 firmware answers SMCCC calls
+/// (an `hvc` from EL2 would reach hyp itself).
+pub fn conduit_is_smc() -> bool {
+    method() == SMC
+}
+
 /// `CPU_ON` (64-bit): starts `mpidr` at physical address `entry` with x0 = `context`.
 pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), PsciError> {
     match method() {

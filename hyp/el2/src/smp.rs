@@ -147,6 +147,9 @@ mod runtime {
     /// up as the boot CPU's.
     #[no_mangle]
     extern "C" fn el2_secondary_main(index: usize) -> ! {
+        // The boot CPU's Spectre decision (exit-path vectors, SSBS, firmware SSBD), before
+        // this CPU can run a guest.
+        arch::spectre::install_this_cpu();
         ONLINE.fetch_add(1, Ordering::AcqRel);
         barrier::sev();
         log::debug!(

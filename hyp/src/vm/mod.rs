@@ -32,7 +32,7 @@ use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
 use vdev::console::OutQueue;
 use vdev::idregs::{GuestIdRegs, IdPolicy};
 use vdev::pl011::Pl011;
-use vdev::psci::{Psci, Workarounds};
+use vdev::psci::Psci;
 use vdev::traps::HostFeatures;
 use vdev::vgic::{Vgic, VgicConfig};
 
@@ -521,7 +521,7 @@ fn create(
     })?;
     let ram = ram_ipa..ram_ipa + memory;
     let ram_range = core::slice::from_ref(&ram);
-    let psci = Psci::new(n, ram_range, Workarounds::default()).map_err(|e| {
+    let psci = Psci::new(n, ram_range, boot.workarounds).map_err(|e| {
         error!("vm {}: {e}", vp.name);
         "cannot build the VM's PSCI"
     })?;

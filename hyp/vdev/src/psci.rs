@@ -137,8 +137,18 @@ pub enum PsciAction {
 }
 
 /// `SMCCC_ARCH_FEATURES` answers for the Spectre workaround calls: the value returned for each
-/// (DEN 0028 §7.4–7.6). hyp does not implement the mitigations, so the default is
-/// `NOT_SUPPORTED`; set `0` only when the call itself is meaningful on the host.
+/// (DEN 0028). hyp decides them at boot from the CPU and its firmware (`el2::spectre`, with
+/// KVM's values: `SUCCESS` 0 mitigated, `SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED` 1, `NOT_REQUIRED`
+/// -2 for a Spectre v4 mitigation that is always on, `NOT_SUPPORTED` -1). The default, used by
+/// tests, is `NOT_SUPPORTED` for all three.
+///
+/// The calls themselves do nothing but answer: a guest's `SMCCC_ARCH_WORKAROUND_1`/`_3` is an
+/// exit from the guest, and hyp's exit path already ran the mitigation the CPU needs before
+/// this code (`el2` `vectors.S`), as KVM returns at once from the same calls in
+/// `hyp-entry.S`. `SMCCC_ARCH_WORKAROUND_2` (enable/disable) is not switched per guest: when
+/// it is offered (`NOT_REQUIRED`), the mitigation is on for good and the request is
+/// acknowledged with `SUCCESS`, as KVM does. A call whose answer is `NOT_SUPPORTED` returns
+/// `NOT_SUPPORTED` (KVM returns `SUCCESS` there; SMCCC allows either for an unsupported call).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workarounds {
     /// Answer for `SMCCC_ARCH_WORKAROUND_1`.
@@ -286,6 +296,7 @@ impl Psci {
         }
     }
 
+    /// A workaround call whose `SMCCC_ARCH_FEATURES` answer is `feature` (see [`Workarounds`]).
     fn workaround_call(&self, feature: i64) -> i64 {
         if feature == ret::NOT_SUPPORTED {
             ret::NOT_SUPPORTED
@@ -608,6 +619,55 @@ mod tests {
             p.call(0, [af, fid::SMCCC_ARCH_WORKAROUND_2 as u64, 0, 0]),
             neg(ret::NOT_SUPPORTED)
         );
+        // QEMU -cpu max (el2::spectre): WORKAROUND_1/3 unaffected (1), WORKAROUND_2
+        // NOT_SUPPORTED (the guest has SSBS).
+        let mut p = Psci::new(
+            1,
+            &[RAM],
+            Workarounds {
+                wa1: 1,
+                wa2: ret::NOT_SUPPORTED,
+                wa3: 1,
+            },
+        )
+        .unwrap();
+        for (id, want) in [
+            (fid::SMCCC_ARCH_WORKAROUND_1, 1),
+            (fid::SMCCC_ARCH_WORKAROUND_2, ret::NOT_SUPPORTED),
+            (fid::SMCCC_ARCH_WORKAROUND_3, 1),
+        ] {
+            assert_eq!(p.call(0, [af, id as u64, 0, 0]), neg(want), "{id:#x}");
+        }
+        assert_eq!(
+            p.call(0, [fid::SMCCC_ARCH_WORKAROUND_3 as u64, 0, 0, 0]),
+            PsciAction::Return(0)
+        );
+        assert_eq!(
+            p.call(0, [fid::SMCCC_ARCH_WORKAROUND_2 as u64, 1, 0, 0]),
+            neg(ret::NOT_SUPPORTED)
+        );
+        // Firmware SSBD on for good: NOT_REQUIRED, and WORKAROUND_2(0 or 1) is acknowledged
+        // without effect.
+        let mut p = Psci::new(
+            1,
+            &[RAM],
+            Workarounds {
+                wa1: 0,
+                wa2: -2,
+                wa3: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.call(0, [af, fid::SMCCC_ARCH_WORKAROUND_2 as u64, 0, 0]),
+            neg(-2)
+        );
+        for enable in [0, 1] {
+            assert_eq!(
+                p.call(0, [fid::SMCCC_ARCH_WORKAROUND_2 as u64, enable, 0, 0]),
+                PsciAction::Return(0)
+            );
+        }
     }
 
     #[test]

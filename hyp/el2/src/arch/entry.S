@@ -8,7 +8,8 @@
 .equ STACK_STRIDE, 0x60000          // per CPU, arch/mod.rs: guard, exception stack, guard, stack
 .equ EXC_STACK_TOP, 0x20000         // SP_EL2: exceptions (64 KiB above a 64 KiB guard)
 .equ MAIN_STACK_TOP, 0x60000        // SP_EL0: hyp's code (192 KiB above a 64 KiB guard)
-.equ SCTLR_EL2_MMU_OFF, 0x30c50830  // RES1 bits 4,5,11,16,18,22,23,28,29 (HCR_EL2.E2H=0); M,C,I,EE=0
+.equ SCTLR_EL2_MMU_OFF, 0x30c50830  // RES1 bits 4,5,11,16,18,22,23,28,29 (HCR_EL2.E2H=0); M,C,I,EE=0;
+                                    // DSSBS (44) = 0: exceptions enter EL2 with PSTATE.SSBS = 0
 .equ HCR_EL2_BOOT, (1 << 31)        // RW: EL1 is AArch64; everything else 0 (no traps yet)
 .equ CPTR_EL2_BOOT, 0x32ff          // RES1 bits 13,12,9,7:0; TFP=0 and TZ=0: FP/SIMD not trapped
 .equ CPACR_EL1_FPEN, (3 << 20)      // FPEN=0b11: no FP/SIMD traps at EL1/EL0

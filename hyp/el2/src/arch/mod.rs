@@ -8,6 +8,7 @@
 pub mod barrier;
 pub mod cache;
 pub mod guest;
+pub mod spectre;
 pub mod sysreg;
 pub mod tlb;
 pub mod vsys;
