@@ -10,7 +10,7 @@
 //! | `hostile-hvc` | random HVC/SMC calls get SMCCC answers, never a crash | `probe.calls` (100000), `probe.seed` |
 //! | `hostile-mmio` | random accesses to every emulated device get a value or an abort | `probe.accesses` (20000), `probe.seed` |
 //! | `hostile-touch` | touches every page of its free RAM (a lazy VM's table budget) | `probe.stride` (4K) |
-//! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three workarounds | |
+//! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
 use crate::{arch, hostile, say};
