@@ -14,6 +14,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use stage2::Granule;
 use vm_fdt::FdtWriter;
 
 /// Phandles of the nodes others refer to.
@@ -43,6 +44,10 @@ pub struct DtbInput<'a> {
     pub cmdline: &'a str,
     /// The initrd's place, if any.
     pub initrd: Option<Region>,
+    /// The VM's stage-2 granule (told to the guest in `/hypervisor`).
+    pub stage2_granule: Granule,
+    /// The VM's IPA size in bits (told to the guest in `/hypervisor`).
+    pub ipa_bits: u32,
 }
 
 /// The device tree could not be written.
@@ -99,6 +104,7 @@ pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
     create_clock_node(&mut fdt)?;
     create_uart_node(&mut fdt)?;
     create_chosen_node(&mut fdt, vm)?;
+    create_hypervisor_node(&mut fdt, vm)?;
     fdt.end_node(root)?;
     let blob = fdt.finish()?;
     if blob.len() as u64 > DTB_MAX_SIZE {
@@ -226,6 +232,20 @@ fn create_chosen_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
     Ok(())
 }
 
+/// `/hypervisor`: what the hypervisor really maps the guest with, so that a guest can align
+/// what it shares with the hypervisor to the stage-2 granule (a page-size-bound driver one
+/// level down): `compatible = "hyp,hypervisor"`, `hyp,stage2-granule = <bytes>` and
+/// `hyp,ipa-bits = <bits>` (u32 cells).
+fn create_hypervisor_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
+    let node = fdt.begin_node("hypervisor")?;
+    fdt.property_string("compatible", "hyp,hypervisor")?;
+    // Granule sizes are 4K, 16K or 64K: they fit a u32 cell.
+    fdt.property_u32("hyp,stage2-granule", vm.stage2_granule.size() as u32)?;
+    fdt.property_u32("hyp,ipa-bits", vm.ipa_bits)?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +260,8 @@ mod tests {
             },
             cmdline: "console=ttyAMA0 arm64.pagesize=16k",
             initrd: None,
+            stage2_granule: Granule::K4,
+            ipa_bits: 40,
         })
         .unwrap();
         assert_eq!(&dtb[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
@@ -257,6 +279,8 @@ mod tests {
             },
             cmdline: "a\0b",
             initrd: None,
+            stage2_granule: Granule::K4,
+            ipa_bits: 40,
         });
         assert!(matches!(e, Err(DtbError::Writer(_))));
     }

@@ -340,6 +340,12 @@ impl SystemPlan<'_> {
             );
             let _ = writeln!(
                 s,
+                "vm {n}: device tree /hypervisor: hyp,stage2-granule = <{:#x}>, hyp,ipa-bits = <{}>",
+                vm.stage2_granule.size(),
+                vm.ipa_bits
+            );
+            let _ = writeln!(
+                s,
                 "vm {n}: stage-2 table budget {} ({} bytes, reserved beside its RAM)",
                 format_size(vm.table_budget),
                 vm.table_budget
@@ -603,6 +609,8 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             ram: layout.ram,
             cmdline: &cmdline,
             initrd: layout.initrd,
+            stage2_granule,
+            ipa_bits: ipa,
         }) {
             Ok(d) => d,
             Err(e) => {

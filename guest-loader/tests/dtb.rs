@@ -87,6 +87,7 @@ fn two_vcpu_16k_guest_with_initrd() {
             "/cpus",
             "/cpus/cpu@0",
             "/cpus/cpu@1",
+            "/hypervisor",
             "/intc@8000000",
             "/memory@40000000",
             "/pl011@9000000",
@@ -103,6 +104,16 @@ fn two_vcpu_16k_guest_with_initrd() {
             ("#address-cells", "<0x02>"),
             ("#size-cells", "<0x02>"),
             ("interrupt-parent", "<0x01>"),
+        ],
+    );
+    // The stage-2 geometry told to the guest: 16K stage 2 (page_size), 40-bit IPA.
+    expect(
+        &nodes,
+        "/hypervisor",
+        &[
+            ("compatible", "\"hyp,hypervisor\""),
+            ("hyp,stage2-granule", "<0x4000>"),
+            ("hyp,ipa-bits", "<0x28>"),
         ],
     );
     expect(
@@ -239,6 +250,25 @@ fn many_vcpus_use_two_affinity_levels_and_no_initrd() {
         &[
             ("device_type", "\"memory\""),
             ("reg", "<0x00 0x40000000 0x00 0x40000000>"),
+        ],
+    );
+}
+
+#[test]
+fn hypervisor_node_tells_the_stage2_granule_not_the_page_size() {
+    let files = common::files();
+    let text =
+        "[[vm]]\nname = \"s\"\nmemory = \"64M\"\nkernel = \"k16.img\"\npage_size = \"16k\"\n\
+                [vm.stage2]\ngranule = \"64k\"\nipa_bits = 36\n";
+    let plan = plan_text("t.toml", text, &files, &common::host()).unwrap();
+    let nodes = decode(&plan.vms[0].dtb);
+    expect(
+        &nodes,
+        "/hypervisor",
+        &[
+            ("compatible", "\"hyp,hypervisor\""),
+            ("hyp,stage2-granule", "<0x10000>"),
+            ("hyp,ipa-bits", "<0x24>"),
         ],
     );
 }

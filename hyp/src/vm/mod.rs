@@ -608,6 +608,7 @@ fn create(
             stress::Stress::new(
                 boot.cmdline.stress,
                 vsys::cntpct_el0() ^ u64::from(vmid.get()),
+                n,
             )
         }),
         dev: SpinMutex::new(Devices {

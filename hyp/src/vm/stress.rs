@@ -12,6 +12,12 @@
 //!   vCPU can write the old frame while it is copied; then the IPA is mapped to the new frame.
 //!   The IPA page → frame record is what the fault path maps after a later unmap.
 //!
+//! **Forward progress.** One guest instruction may need several pages at once (its code, its
+//! data, every page of the stage-1 walk that translates them), each mapped by its own fault.
+//! A step that unmapped one of them again before the instruction retried would make it fault
+//! forever (a livelock at `hyp.stress=1`). So every page a vCPU's faults mapped since its PC
+//! last changed is pinned: steps leave it alone until that vCPU has moved on.
+//!
 //! Every change runs with the VM's `s2` lock held; the stress state's own lock is always taken
 //! after `s2` (lock order: `s2` → `Stress::state`). The other vCPUs keep running on their CPUs
 //! meanwhile: their correctness relies on the stage2 library's break-before-make and broadcast
@@ -37,6 +43,10 @@ const TRIES: usize = 16;
 const PAGE_LEVEL: u32 = 3;
 /// Recently faulted pages remembered as targets.
 const HOT: usize = 64;
+/// Pages pinned per vCPU for the instruction it retries (see "Forward progress"): more than
+/// any one A64 instruction needs (two data pages, two code pages and a 5-level stage-1 walk
+/// for each address); beyond it the oldest pin goes.
+const PINS: usize = 24;
 
 /// One VM's stress state and counters.
 pub struct Stress {
@@ -65,6 +75,9 @@ struct State {
     hot: Vec<u64>,
     /// Next slot of `hot` to overwrite once it is full.
     hot_next: usize,
+    /// Per vCPU: the PC of its last stage-2 fault and the pages its faults at that PC mapped
+    /// (pinned: no step touches them).
+    pins: Vec<(u64, Vec<u64>)>,
 }
 
 /// What a step did to one page.
@@ -75,8 +88,8 @@ enum Op {
 }
 
 impl Stress {
-    /// Stress every `period`-th exit (`period` ≥ 1).
-    pub fn new(period: u32, seed: u64) -> Stress {
+    /// Stress every `period`-th exit (`period` ≥ 1) of a VM with `vcpus` vCPUs.
+    pub fn new(period: u32, seed: u64, vcpus: usize) -> Stress {
         Stress {
             period: u64::from(period.max(1)),
             state: SpinMutex::new(State {
@@ -87,6 +100,7 @@ impl Stress {
                 allocated: 0,
                 hot: Vec::with_capacity(HOT),
                 hot_next: 0,
+                pins: (0..vcpus).map(|_| (u64::MAX, Vec::new())).collect(),
             }),
             unmapped: AtomicU64::new(0),
             protected: AtomicU64::new(0),
@@ -141,6 +155,9 @@ impl Stress {
             } else {
                 r % pages
             };
+            if st.pinned(idx) {
+                continue;
+            }
             let ipa = ram_ipa + idx * page;
             // Only pages mapped as pages of the VM's granule (not blocks): a block would be
             // split, which is the library's business but not this stress's.
@@ -234,6 +251,23 @@ impl Stress {
         self.remember(idx);
     }
 
+    /// Pins page `idx`, which a stage-2 fault of vCPU `vcpu` at guest PC `pc` just mapped or
+    /// made writable, until that vCPU faults at another PC ("Forward progress").
+    pub fn pin(&self, vcpu: usize, pc: u64, idx: u64) {
+        let mut st = self.state.lock();
+        let Some((at, pages)) = st.pins.get_mut(vcpu) else {
+            return;
+        };
+        if *at != pc {
+            *at = pc;
+            pages.clear();
+        }
+        if pages.len() == PINS {
+            pages.remove(0);
+        }
+        pages.push(idx);
+    }
+
     /// Counts write-protected guest RAM page `idx` written (write permission restored).
     pub fn count_dirty(&self, idx: u64) {
         self.dirty.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +287,11 @@ impl Stress {
 }
 
 impl State {
+    /// Whether a vCPU's retried instruction needs page `idx`.
+    fn pinned(&self, idx: u64) -> bool {
+        self.pins.iter().any(|(_, p)| p.contains(&idx))
+    }
+
     /// xorshift64 (Marsaglia 2003).
     fn next(&mut self) -> u64 {
         let mut x = self.rng;

@@ -639,6 +639,7 @@ impl Vcpu {
                             return true;
                         }
                         st.count_dirty(off / page);
+                        st.pin(self.id, self.regs.elr, off / page);
                         return true;
                     }
                 }
@@ -663,8 +664,11 @@ impl Vcpu {
             skip_cmo: true,
             ..MapOpts::default()
         };
-        // Another vCPU may have mapped it meanwhile.
+        // Another vCPU may have mapped it meanwhile (this vCPU needs it all the same).
         if pt.translate(ipa).is_some() {
+            if let Some(st) = stress {
+                st.pin(self.id, self.regs.elr, start / chunk);
+            }
             return true;
         }
         match pt.map(vm.ram_ipa + start..vm.ram_ipa + end, pa, Attrs::ram(), opts) {
@@ -672,6 +676,7 @@ impl Vcpu {
                 vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
                 if let Some(st) = stress {
                     st.count_refault(start / chunk);
+                    st.pin(self.id, self.regs.elr, start / chunk);
                 }
                 true
             }

@@ -235,3 +235,11 @@ pub unsafe fn ldp(addr: u64) -> u64 {
     unsafe { asm!("ldp {}, {}, [{}]", out(reg) a, out(reg) b, in(reg) addr, options(nostack)) };
     a ^ b
 }
+
+/// `ID_AA64MMFR0_EL1` as hyp shows it to the guest.
+pub fn id_aa64mmfr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading an ID register has no side effects (hyp traps and answers it).
+    unsafe { asm!("mrs {}, id_aa64mmfr0_el1", out(reg) v, options(nomem, nostack)) };
+    v
+}

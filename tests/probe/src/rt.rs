@@ -113,7 +113,8 @@ impl Args {
     }
 }
 
-fn parse_num(s: &str) -> Option<u64> {
+/// Parses a decimal, `0x` hex, or K/M-suffixed number.
+pub fn parse_num(s: &str) -> Option<u64> {
     let (digits, mul) = match s.as_bytes().last()? {
         b'K' | b'k' => (&s[..s.len() - 1], 1u64 << 10),
         b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),

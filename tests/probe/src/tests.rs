@@ -10,6 +10,7 @@
 //! | `hostile-hvc` | random HVC/SMC calls get SMCCC answers, never a crash | `probe.calls` (100000), `probe.seed` |
 //! | `hostile-mmio` | random accesses to every emulated device get a value or an abort | `probe.accesses` (20000), `probe.seed` |
 //! | `hostile-touch` | touches every page of its free RAM (a lazy VM's table budget) | `probe.stride` (4K) |
+//! | `hypervisor` | the `/hypervisor` node's stage-2 granule and IPA size (against `probe.s2`, `probe.ipa` when given) | `probe.s2`, `probe.ipa` |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
@@ -99,6 +100,7 @@ const TESTS: &[(&str, Test)] = &[
     ("hostile-mmio", hostile::mmio),
     ("hostile-touch", hostile::touch),
     ("smccc", hostile::smccc),
+    ("hypervisor", hostile::hypervisor),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).
