@@ -4,7 +4,7 @@
 use crate::{mem, mmu, HEAP};
 use el2::arch::{self, sysreg};
 use el2::cmdline::{Cmdline, LogLevel};
-use el2::dt::{dtb_total_size, PhysRange, Platform, MAX_DTB_SIZE};
+use el2::dt::{dtb_total_size, PhysRange, Platform, MAX_DTB_SIZE, MAX_RESERVED_RANGES};
 use el2::granule::choose_el2_granule;
 use el2::memmap::largest_free;
 use el2::spectre::{Decision, ExitOverride};
@@ -52,14 +52,27 @@ pub(crate) fn dtb_slice(dtb: usize) -> Option<&'static [u8]> {
 }
 
 /// Device tree and console. Without a console nothing can be reported, so failures before
-/// it is up power off silently.
+/// it is up power off silently; a tree hyp refuses (`Platform::parse`) is reported on its
+/// console when one can still be found in it.
 fn platform_and_console(dtb: usize) -> Platform<'static> {
     let Some(blob) = dtb_slice(dtb) else {
         psci::system_off();
     };
     let platform = match Platform::parse(blob) {
         Ok(p) => p,
-        Err(_) => psci::system_off(),
+        Err(e) => {
+            let (uart, method) = Platform::find_console(blob);
+            if let Some(m) = method {
+                psci::set_method(m);
+            }
+            let Some(uart) = uart else {
+                psci::system_off();
+            };
+            // SAFETY: as below: the device tree names this PL011 as the console.
+            unsafe { console::init(uart.regs.base as usize) };
+            console::init_logger(log::LevelFilter::Info);
+            el2::fatal!("host device tree refused: {e}")
+        }
     };
     if let Some(m) = platform.psci {
         psci::set_method(m);
@@ -140,7 +153,7 @@ pub fn early(dtb: usize) -> Boot {
         );
     }
     let dtb_range = PhysRange::new(dtb as u64, platform.dtb_size as u64);
-    let mut reserved = [PhysRange::default(); 10];
+    let mut reserved = [PhysRange::default(); 2 + MAX_RESERVED_RANGES];
     reserved[0] = PhysRange::new(
         layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
         layout.end - layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
@@ -234,10 +247,10 @@ fn spectre(cmdline: &Cmdline) -> Workarounds {
 pub fn start_secondaries(boot: &Boot) {
     let (list, skipped) =
         smp::assign_indices(sysreg::mpidr_affinity(), boot.platform.cpus.as_slice());
-    if skipped + boot.platform.cpus.dropped() > 0 {
+    let not_started = skipped + boot.platform.cpus_not_listed;
+    if not_started > 0 {
         warn!(
-            "hyp: {} cpus not started: hyp supports at most {}",
-            skipped + boot.platform.cpus.dropped(),
+            "hyp: {not_started} cpus of /cpus not started: hyp runs on at most {} (dt::MAX_CPUS)",
             el2::dt::MAX_CPUS
         );
     }

@@ -15,7 +15,7 @@
 
 use aarch64_cpu::registers::ICC_SRE_EL2;
 use el2::arch::{barrier, vsys};
-use el2::dt::Platform;
+use el2::dt::{Platform, MAX_REDIST_REGIONS};
 use el2::smp;
 use log::warn;
 use spin::Once;
@@ -57,7 +57,7 @@ const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 
 struct Layout {
     dist: usize,
-    redists: [(usize, usize); 4],
+    redists: [(usize, usize); MAX_REDIST_REGIONS],
     n_redists: usize,
     uart_spi: Option<u32>,
     uart: usize,
@@ -107,14 +107,12 @@ pub fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), &'
             "the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3",
         );
     };
-    let mut redists = [(0usize, 0usize); 4];
-    let mut n = 0;
-    for r in gic.redists.as_slice() {
-        if n < redists.len() {
-            redists[n] = (r.base as usize, r.size as usize);
-            n += 1;
-        }
+    // The same capacity as the device tree's list: every region it kept is used.
+    let mut redists = [(0usize, 0usize); MAX_REDIST_REGIONS];
+    for (slot, r) in redists.iter_mut().zip(gic.redists.as_slice()) {
+        *slot = (r.base as usize, r.size as usize);
     }
+    let n = gic.redists.len();
     let uart = platform.uart.map(|u| u.regs.base as usize).unwrap_or(0);
     let uart_spi = platform
         .uart

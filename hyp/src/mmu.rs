@@ -12,7 +12,7 @@ use crate::mem;
 use aarch64_cpu::registers::SCTLR_EL2;
 use core::fmt;
 use el2::arch::{self, barrier, cache, sysreg, tlb};
-use el2::dt::{PhysRange, Platform};
+use el2::dt::{PhysRange, Platform, MAX_REDIST_REGIONS, MAX_VIRTIO_MMIO};
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::memmap::align_up;
 use el2::smp;
@@ -93,6 +93,10 @@ fn sctlr_on_bits() -> u64 {
 type Table = PageTable<FrameAlloc, NoMaintenance>;
 
 /// hyp's live EL2 table, once the MMU is on.
+/// Device ranges hyp maps for itself: the console UART, the GIC distributor, its
+/// redistributor regions and the virtio-mmio slots, each at most as many as `Platform` lists.
+const MAX_DEVICE_RANGES: usize = 2 + MAX_REDIST_REGIONS + MAX_VIRTIO_MMIO;
+
 static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance>>> = SpinMutex::new(None);
 
 /// Maps `range` (rounded out to the EL2 granule) as Device-nGnRE, read/write, execute-never,
@@ -215,15 +219,18 @@ pub fn enable(
         }
     }
 
-    // Devices, rounded out to the granule, merged so no page is mapped twice.
-    let mut devs = [PhysRange::default(); 48];
+    // Devices, rounded out to the granule, merged so no page is mapped twice. The array
+    // holds every device range `Platform` can list (its lists refuse a tree with more).
+    let mut devs = [PhysRange::default(); MAX_DEVICE_RANGES];
     let mut n = 0;
     let mut add = |r: PhysRange| {
-        if n < devs.len() && r.size > 0 {
+        if r.size > 0 {
             let s = r.base & !(page - 1);
             let e = align_up(r.end(), page).unwrap_or(u64::MAX);
-            devs[n] = PhysRange::new(s, e - s);
-            n += 1;
+            if let Some(slot) = devs.get_mut(n) {
+                *slot = PhysRange::new(s, e - s);
+                n += 1;
+            }
         }
     };
     if let Some(u) = p.uart {

@@ -1,8 +1,19 @@
 //! The host device tree: what hyp needs from it, parsed with the `fdt` crate into plain values.
 //!
-//! Only bounds-checked accessors of `fdt` 0.1.5 are used here (`find_node`, `all_nodes`,
-//! `property`, `raw_reg`); its `cpus()`, `memory()` and `chosen()` helpers panic when a node is
-//! missing, so they are avoided. Cell values are decoded here from the raw bytes.
+//! Only bounds-checked accessors of `fdt` 0.1.5 are used here (`find_node("/")`, `children`,
+//! `property`, `properties`); its `cpus()`, `memory()` and `chosen()` helpers panic when a node
+//! is missing, and its `raw_reg()` loops forever when a parent has `#address-cells = 0` and
+//! `#size-cells = 0`, so they are avoided. `reg` is decoded here from the raw bytes with the
+//! parent's cell counts, found by walking the tree from the root ([`walk`]), which also gives
+//! every node its full path for error messages.
+//!
+//! The tree is parsed before hyp has a heap, so what hyp keeps lives in fixed-size [`List`]s.
+//! None of them drops an entry silently: a tree with more RAM ranges, reserved ranges,
+//! redistributor regions or virtio-mmio slots than hyp keeps is refused with
+//! [`DtError::TooMany`], naming the node and the limit, because a dropped reserved range would
+//! become VM RAM. The one exception is `/cpus`: hyp runs on the first [`MAX_CPUS`] CPUs and
+//! counts the others in [`Platform::cpus_not_listed`] (boot warns; CPUs hyp does not start
+//! stay off, which exposes nothing).
 //!
 //! Addresses are taken as they appear in `reg` (QEMU's virt machine puts every device we use
 //! at the root or under an identity `ranges;`), so no bus translation is done.
@@ -15,8 +26,17 @@ use fdt::Fdt;
 /// booting.rst: "The device tree blob (dtb) must ... not exceed 2 megabytes in size").
 pub const MAX_DTB_SIZE: usize = 2 << 20;
 
-/// The most CPUs hyp tracks.
+/// The most CPUs hyp runs on (one stack each in `linker.ld`).
 pub const MAX_CPUS: usize = 16;
+/// The most RAM ranges hyp takes: the `reg` entries of every `device_type = "memory"` node.
+pub const MAX_MEMORY_RANGES: usize = 16;
+/// The most reserved ranges hyp takes: `/memreserve/` entries and the `reg` entries of every
+/// `/reserved-memory` child, together.
+pub const MAX_RESERVED_RANGES: usize = 32;
+/// The most GICv3 redistributor regions (`#redistributor-regions`).
+pub const MAX_REDIST_REGIONS: usize = 8;
+/// The most virtio-mmio slots (QEMU's virt machine has 32).
+pub const MAX_VIRTIO_MMIO: usize = 32;
 
 /// A physical address range `[base, base + size)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,7 +80,13 @@ impl fmt::Display for PhysRange {
 pub struct List<T: Copy + Default, const N: usize> {
     items: [T; N],
     len: usize,
-    dropped: usize,
+}
+
+/// [`List::push`] found the list full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListFull {
+    /// The list's capacity.
+    pub limit: usize,
 }
 
 impl<T: Copy + Default, const N: usize> Default for List<T, N> {
@@ -68,30 +94,22 @@ impl<T: Copy + Default, const N: usize> Default for List<T, N> {
         List {
             items: [T::default(); N],
             len: 0,
-            dropped: 0,
         }
     }
 }
 
 impl<T: Copy + Default, const N: usize> List<T, N> {
-    /// Appends `item`, or counts it as dropped when the list is full.
-    pub fn push(&mut self, item: T) {
-        if self.len < N {
-            self.items[self.len] = item;
-            self.len += 1;
-        } else {
-            self.dropped += 1;
-        }
+    /// Appends `item`, or says the list is full (the item is not kept).
+    pub fn push(&mut self, item: T) -> Result<(), ListFull> {
+        let slot = self.items.get_mut(self.len).ok_or(ListFull { limit: N })?;
+        *slot = item;
+        self.len += 1;
+        Ok(())
     }
 
     /// The items kept.
     pub fn as_slice(&self) -> &[T] {
         &self.items[..self.len]
-    }
-
-    /// How many items did not fit.
-    pub fn dropped(&self) -> usize {
-        self.dropped
     }
 
     /// Number of items kept.
@@ -129,7 +147,7 @@ pub struct GicV3 {
     /// The distributor (GICD).
     pub dist: PhysRange,
     /// The redistributor regions (GICR), `#redistributor-regions` of them.
-    pub redists: List<PhysRange, 4>,
+    pub redists: List<PhysRange, MAX_REDIST_REGIONS>,
 }
 
 /// A virtio-mmio slot.
@@ -155,22 +173,104 @@ pub struct CpuNode {
 pub struct Platform<'a> {
     /// The device tree blob itself (`totalsize` bytes at the address in x0).
     pub dtb_size: usize,
-    /// RAM: the `reg` entries of every `device_type = "memory"` node.
-    pub memory: List<PhysRange, 8>,
-    /// `/memreserve/` entries and `/reserved-memory` children with a `reg`.
-    pub reserved: List<PhysRange, 8>,
+    /// RAM: the non-empty `reg` entries of every `device_type = "memory"` node.
+    pub memory: List<PhysRange, MAX_MEMORY_RANGES>,
+    /// `/memreserve/` entries and the `reg` entries of every `/reserved-memory` child.
+    pub reserved: List<PhysRange, MAX_RESERVED_RANGES>,
     /// The console UART (the `/chosen` `stdout-path` one, else the first `arm,pl011`).
     pub uart: Option<Pl011>,
-    /// The GICv3, if any.
+    /// The first GICv3, if any.
     pub gic: Option<GicV3>,
     /// The virtio-mmio slots, in address order as the tree lists them.
-    pub virtio_mmio: List<VirtioMmio, 32>,
+    pub virtio_mmio: List<VirtioMmio, MAX_VIRTIO_MMIO>,
     /// How to call PSCI, if there is a `/psci` node.
     pub psci: Option<PsciMethod>,
-    /// The CPUs, in tree order (the first is normally the boot CPU).
+    /// The first [`MAX_CPUS`] CPUs, in tree order (the first is normally the boot CPU).
     pub cpus: List<CpuNode, MAX_CPUS>,
+    /// CPUs of `/cpus` beyond [`MAX_CPUS`], which hyp does not start.
+    pub cpus_not_listed: usize,
     /// `/chosen` `bootargs` (empty when absent).
     pub bootargs: &'a str,
+}
+
+/// Bytes of a node path kept for messages (below 256, and small enough to keep `DtError`
+/// under clippy's `result_large_err` limit); longer paths are shown cut, ending in `...`.
+const PATH_BYTES: usize = 80;
+
+/// The full path of a device-tree node, for error messages (no heap: a fixed buffer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NodePath {
+    buf: [u8; PATH_BYTES],
+    len: u8,
+    cut: bool,
+}
+
+impl NodePath {
+    /// The path `s` (a literal such as `"/memreserve/"`).
+    pub fn new(s: &str) -> NodePath {
+        let mut p = NodePath {
+            buf: [0; PATH_BYTES],
+            len: 0,
+            cut: false,
+        };
+        p.push(s);
+        p
+    }
+
+    /// The path of the node named by `names`, the node names from the root down (the root
+    /// itself is `[]`).
+    fn of(names: &[&str]) -> NodePath {
+        if names.is_empty() {
+            return NodePath::new("/");
+        }
+        let mut p = NodePath::new("");
+        for n in names {
+            p.push("/");
+            p.push(n);
+        }
+        p
+    }
+
+    fn push(&mut self, s: &str) {
+        for c in s.chars() {
+            let mut b = [0u8; 4];
+            let enc = c.encode_utf8(&mut b).as_bytes();
+            let at = usize::from(self.len);
+            match self.buf.get_mut(at..at + enc.len()) {
+                Some(dst) if !self.cut => {
+                    dst.copy_from_slice(enc);
+                    // At most PATH_BYTES (< 256).
+                    self.len += enc.len() as u8;
+                }
+                _ => {
+                    self.cut = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The path (its first [`PATH_BYTES`] bytes when it was longer).
+    pub fn as_str(&self) -> &str {
+        // Only whole UTF-8 characters are copied in.
+        core::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl fmt::Display for NodePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())?;
+        if self.cut {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
 }
 
 /// A device tree hyp cannot use.
@@ -187,12 +287,52 @@ pub enum DtError {
         /// `totalsize` from the header.
         totalsize: u32,
     },
-    /// `fdt` rejected the blob.
+    /// `fdt` rejected the blob, or [`validate`] found what `fdt` would panic on.
     Malformed,
     /// No `/memory` node with a usable `reg`.
     NoMemory,
     /// No `/psci` node with `method = "smc"` or `"hvc"`.
     NoPsci,
+    /// More entries of one kind than hyp keeps: hyp refuses to boot rather than drop one.
+    TooMany {
+        /// The node whose entry did not fit.
+        node: NodePath,
+        /// What the entries are, plural ("reserved ranges").
+        what: &'static str,
+        /// How many hyp keeps.
+        limit: usize,
+    },
+    /// A `#address-cells`, `#size-cells` or `#redistributor-regions` that is not one 32-bit
+    /// cell.
+    BadCells {
+        /// The node that has the property.
+        node: NodePath,
+        /// The property.
+        name: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A `reg` hyp needs that does not decode with its parent's cell counts (hyp takes 1 or 2
+    /// address cells and 0 to 2 size cells, and whole entries).
+    BadReg {
+        /// The node with the `reg`.
+        node: NodePath,
+        /// The parent's `#address-cells`.
+        address_cells: u32,
+        /// The parent's `#size-cells`.
+        size_cells: u32,
+        /// The length of `reg` in bytes.
+        len: usize,
+    },
+    /// A GICv3 whose `reg` has fewer redistributor regions than `#redistributor-regions`.
+    MissingRedists {
+        /// The GIC node.
+        node: NodePath,
+        /// `#redistributor-regions`.
+        declared: usize,
+        /// Regions present in `reg` after the distributor.
+        found: usize,
+    },
 }
 
 impl fmt::Display for DtError {
@@ -209,8 +349,8 @@ impl fmt::Display for DtError {
                  beyond the buffer"
             ),
             DtError::Malformed => f.write_str(
-                "the device tree is malformed (bad block offsets, token nesting, names or \
-                 property sizes)",
+                "the device tree is malformed (bad block offsets, token nesting, names, \
+                 property sizes or /memreserve/ block)",
             ),
             DtError::NoMemory => {
                 f.write_str("the device tree has no memory node with a reg property")
@@ -218,6 +358,35 @@ impl fmt::Display for DtError {
             DtError::NoPsci => f.write_str(
                 "the device tree has no /psci node with method \"smc\" or \"hvc\": hyp needs \
                  PSCI to start CPUs and power off",
+            ),
+            DtError::TooMany { node, what, limit } => write!(
+                f,
+                "device tree node {node}: more than {limit} {what} in the tree; hyp keeps at \
+                 most {limit} and refuses to boot rather than ignore one"
+            ),
+            DtError::BadCells { node, name, len } => write!(
+                f,
+                "device tree node {node}: {name} is {len} bytes, not one 32-bit cell"
+            ),
+            DtError::BadReg {
+                node,
+                address_cells,
+                size_cells,
+                len,
+            } => write!(
+                f,
+                "device tree node {node}: reg of {len} bytes does not decode with its parent's \
+                 #address-cells = {address_cells} and #size-cells = {size_cells} (hyp takes 1 \
+                 or 2 address cells, 0 to 2 size cells, whole entries)"
+            ),
+            DtError::MissingRedists {
+                node,
+                declared,
+                found,
+            } => write!(
+                f,
+                "device tree node {node}: #redistributor-regions = {declared} but reg has \
+                 {found} redistributor regions after the distributor"
             ),
         }
     }
@@ -252,30 +421,172 @@ pub fn dtb_total_size(header: &[u8]) -> Result<usize, DtError> {
     Ok(totalsize as usize)
 }
 
-/// A big-endian value of 1 or 2 cells.
-fn cells(b: &[u8]) -> Option<u64> {
-    match b.len() {
-        0 => Some(0),
-        4 => be32(b, 0).map(u64::from),
-        8 => be64(b, 0),
-        _ => None,
+/// A big-endian value of 0, 1 or 2 cells (at most 8 bytes: callers check the cell counts).
+fn be_cells(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x))
+}
+
+/// The value of a property that must be exactly one 32-bit cell (`#address-cells` and the
+/// like), or `None` when it is any other length.
+fn one_cell(value: &[u8]) -> Option<u32> {
+    if value.len() == 4 {
+        be32(value, 0)
+    } else {
+        None
     }
 }
 
-fn regs<'a, const N: usize>(node: FdtNode<'_, 'a>) -> List<PhysRange, N> {
-    let mut out = List::default();
-    if let Some(it) = node.raw_reg() {
-        for r in it {
-            if let (Some(base), Some(size)) = (cells(r.address), cells(r.size)) {
-                out.push(PhysRange { base, size });
+/// How the `reg` of a node's children is laid out (the node's `#address-cells` and
+/// `#size-cells`; 2 and 1 when absent, as the devicetree specification says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cells {
+    address: u32,
+    size: u32,
+}
+
+impl Cells {
+    const DEFAULT: Cells = Cells {
+        address: 2,
+        size: 1,
+    };
+
+    /// The cell counts `node` gives its children; `path` is `node`'s path.
+    fn of(node: FdtNode<'_, '_>, path: &[&str]) -> Result<Cells, DtError> {
+        let mut c = Cells::DEFAULT;
+        for (name, slot) in [
+            ("#address-cells", &mut c.address),
+            ("#size-cells", &mut c.size),
+        ] {
+            if let Some(p) = node.property(name) {
+                *slot = one_cell(p.value).ok_or(DtError::BadCells {
+                    node: NodePath::of(path),
+                    name,
+                    len: p.value.len(),
+                })?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Bytes per `reg` entry, or `None` for cell counts hyp does not decode (an address is 1
+    /// or 2 cells, a size 0 to 2: one `u64` each, and never an empty entry).
+    fn entry_bytes(self) -> Option<usize> {
+        if (1..=2).contains(&self.address) && self.size <= 2 {
+            Some(4 * (self.address + self.size) as usize)
+        } else {
+            None
+        }
+    }
+}
+
+/// One node met by [`walk`].
+struct Visit<'v, 'b, 'a> {
+    node: FdtNode<'b, 'a>,
+    /// The parent (`None` for the root), whose cell counts decode `node`'s `reg`.
+    parent: Option<FdtNode<'b, 'a>>,
+    /// The node names from the root down to `node` (empty for the root).
+    names: &'v [&'a str],
+}
+
+impl<'a> Visit<'_, '_, 'a> {
+    fn path(&self) -> NodePath {
+        NodePath::of(self.names)
+    }
+
+    /// Whether the node is a direct child of the root node named `name` (`/name/<node>`).
+    fn is_child_of(&self, name: &str) -> bool {
+        self.names.len() == 2 && self.names[0] == name
+    }
+
+    /// Whether `path` (absolute; a segment without `@unit` also matches a node name with
+    /// one, as `fdt`'s `find_node` does) names this node.
+    fn is_at(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut segs = rest.split('/').filter(|s| !s.is_empty());
+        let mut names = self.names.iter();
+        loop {
+            match (segs.next(), names.next()) {
+                (None, None) => return true,
+                (Some(s), Some(n)) => {
+                    let base = n.split('@').next().unwrap_or(n);
+                    if s != *n && (s.contains('@') || s != base) {
+                        return false;
+                    }
+                }
+                _ => return false,
             }
         }
     }
-    out
+
+    /// The node's `reg` entries (none when it has no `reg`), decoded with the parent's cell
+    /// counts; [`DtError::BadReg`] or [`DtError::BadCells`] when they do not decode.
+    fn reg(&self) -> Result<impl Iterator<Item = PhysRange> + 'a, DtError> {
+        let value: &'a [u8] = self.node.property("reg").map(|p| p.value).unwrap_or(&[]);
+        let parent_path = &self.names[..self.names.len().saturating_sub(1)];
+        let cells = match self.parent {
+            Some(p) => Cells::of(p, parent_path)?,
+            None => Cells::DEFAULT,
+        };
+        let bad = DtError::BadReg {
+            node: self.path(),
+            address_cells: cells.address,
+            size_cells: cells.size,
+            len: value.len(),
+        };
+        let entry = cells.entry_bytes().ok_or(bad)?;
+        if !value.len().is_multiple_of(entry) {
+            return Err(bad);
+        }
+        let split = 4 * cells.address as usize;
+        Ok(value.chunks_exact(entry).map(move |e| {
+            let (a, s) = e.split_at(split);
+            PhysRange::new(be_cells(a), be_cells(s))
+        }))
+    }
+
+    /// The first `reg` entry, if any.
+    fn first_reg(&self) -> Result<Option<PhysRange>, DtError> {
+        Ok(self.reg()?.next())
+    }
 }
 
-fn first_reg(node: FdtNode<'_, '_>) -> Option<PhysRange> {
-    regs::<1>(node).as_slice().first().copied()
+/// Calls `f` on every node, parents before children, in tree order. `validate` bounds the
+/// depth by [`MAX_DEPTH`], so neither the recursion nor `names` can run out.
+fn walk<'b, 'a>(
+    fdt: &'b Fdt<'a>,
+    f: &mut dyn FnMut(&Visit<'_, 'b, 'a>) -> Result<(), DtError>,
+) -> Result<(), DtError> {
+    fn visit<'b, 'a>(
+        node: FdtNode<'b, 'a>,
+        parent: Option<FdtNode<'b, 'a>>,
+        names: &mut [&'a str; MAX_DEPTH],
+        depth: usize,
+        f: &mut dyn FnMut(&Visit<'_, 'b, 'a>) -> Result<(), DtError>,
+    ) -> Result<(), DtError> {
+        f(&Visit {
+            node,
+            parent,
+            names: &names[..depth],
+        })?;
+        for child in node.children() {
+            let Some(slot) = names.get_mut(depth) else {
+                return Err(DtError::Malformed);
+            };
+            *slot = child.name;
+            visit(child, Some(node), names, depth + 1, f)?;
+        }
+        Ok(())
+    }
+    let root = fdt.find_node("/").ok_or(DtError::Malformed)?;
+    visit(root, None, &mut [""; MAX_DEPTH], 0, f)
+}
+
+/// The child of the root named exactly `name`. (`fdt`'s `find_node` stops at a NOP between
+/// the root's children and misses the nodes after it; `children` skips them.)
+fn root_child<'b, 'a>(root: FdtNode<'b, 'a>, name: &str) -> Option<FdtNode<'b, 'a>> {
+    root.children().find(|c| c.name == name)
 }
 
 fn is_compatible(node: FdtNode<'_, '_>, what: &str) -> bool {
@@ -303,16 +614,83 @@ fn gic_intid(node: FdtNode<'_, '_>) -> Option<u32> {
     }
 }
 
-/// `/memreserve/` entries, bounds-checked (pairs of big-endian u64, ended by a zero pair).
-fn memreserve<const N: usize>(data: &[u8], out: &mut List<PhysRange, N>) {
-    let Some(off) = be32(data, 16) else { return };
-    let mut off = off as usize;
-    while let (Some(base), Some(size)) = (be64(data, off), be64(data, off.saturating_add(8))) {
+/// `/memreserve/` entries, bounds-checked (pairs of big-endian u64, ended by a zero pair that
+/// must be inside the blob).
+fn memreserve<const N: usize>(data: &[u8], out: &mut List<PhysRange, N>) -> Result<(), DtError> {
+    let mut off = be32(data, 16).ok_or(DtError::Malformed)? as usize;
+    loop {
+        let (Some(base), Some(size)) = (be64(data, off), be64(data, off.saturating_add(8))) else {
+            return Err(DtError::Malformed);
+        };
         if base == 0 && size == 0 {
-            break;
+            return Ok(());
         }
-        out.push(PhysRange { base, size });
+        out.push(PhysRange { base, size })
+            .map_err(|f| DtError::TooMany {
+                node: NodePath::new("/memreserve/"),
+                what: "reserved ranges",
+                limit: f.limit,
+            })?;
         off = off.saturating_add(16);
+    }
+}
+
+/// The validated `fdt` view of `data` (at least `totalsize` bytes).
+fn open(data: &[u8]) -> Result<Fdt<'_>, DtError> {
+    let size = dtb_total_size(data)?;
+    let data = data.get(..size).ok_or(DtError::BadSize {
+        totalsize: size as u32,
+    })?;
+    validate(data)?;
+    Fdt::new(data).map_err(|_| DtError::Malformed)
+}
+
+/// The console: the node `/chosen` `stdout-path` names (up to `:` options; an alias is
+/// resolved through `/aliases`) if it is a PL011, else the first `arm,pl011` in tree order.
+fn console(fdt: &Fdt<'_>) -> Result<Option<Pl011>, DtError> {
+    let stdout = fdt
+        .find_node("/")
+        .and_then(|r| root_child(r, "chosen"))
+        .and_then(|c| prop_str(c, "stdout-path"))
+        .map(|p| p.split(':').next().unwrap_or(p))
+        .and_then(|p| {
+            if p.starts_with('/') {
+                Some(p)
+            } else {
+                fdt.find_node("/")
+                    .and_then(|r| root_child(r, "aliases"))
+                    .and_then(|a| prop_str(a, p))
+            }
+        });
+    let (mut chosen, mut first) = (None, None);
+    walk(fdt, &mut |v| {
+        if !is_compatible(v.node, "arm,pl011") {
+            return Ok(());
+        }
+        let is_stdout = stdout.is_some_and(|p| v.is_at(p));
+        if (is_stdout && chosen.is_none()) || first.is_none() {
+            if let Some(regs) = v.first_reg()? {
+                let uart = Pl011 {
+                    regs,
+                    intid: gic_intid(v.node),
+                };
+                if is_stdout && chosen.is_none() {
+                    chosen = Some(uart);
+                }
+                first = first.or(Some(uart));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(chosen.or(first))
+}
+
+fn psci(fdt: &Fdt<'_>) -> Option<PsciMethod> {
+    let psci = fdt.find_node("/").and_then(|r| root_child(r, "psci"));
+    match psci.and_then(|n| prop_str(n, "method")) {
+        Some("smc") => Some(PsciMethod::Smc),
+        Some("hvc") => Some(PsciMethod::Hvc),
+        _ => None,
     }
 }
 
@@ -420,12 +798,16 @@ fn validate(data: &[u8]) -> Result<(), DtError> {
             FDT_NOP => {
                 // `fdt` skips NOPs only before an END_NODE/END (and before properties and
                 // children when iterating, but not when skipping a node): accept them only
-                // where every path skips them.
+                // where every path this module takes skips them. That includes NOPs before
+                // a child of the root (never skipped as a whole; `children` skips them),
+                // which is where libfdt leaves a deleted node, as QEMU does with `-dtb`.
                 let mut p = pos;
                 while be32(st, p) == Some(FDT_NOP) {
                     p += 4;
                 }
-                if !matches!(be32(st, p), Some(FDT_END_NODE) | Some(FDT_END)) {
+                let before_root_child = depth == 1 && be32(st, p) == Some(FDT_BEGIN_NODE);
+                if !before_root_child && !matches!(be32(st, p), Some(FDT_END_NODE) | Some(FDT_END))
+                {
                     return bad;
                 }
             }
@@ -440,144 +822,139 @@ fn validate(data: &[u8]) -> Result<(), DtError> {
 impl<'a> Platform<'a> {
     /// Parses the device tree in `data` (at least `totalsize` bytes).
     pub fn parse(data: &'a [u8]) -> Result<Platform<'a>, DtError> {
-        let dtb_size = dtb_total_size(data)?;
-        if data.len() < dtb_size {
-            return Err(DtError::BadSize {
-                totalsize: dtb_size as u32,
-            });
-        }
-        let data = &data[..dtb_size];
-        validate(data)?;
-        let fdt = Fdt::new(data).map_err(|_| DtError::Malformed)?;
+        let fdt = open(data)?;
+        let dtb_size = fdt.total_size();
 
-        let mut memory = List::default();
-        let mut reserved = List::default();
-        let mut uart_nodes: List<Pl011, 4> = List::default();
+        let mut memory: List<PhysRange, MAX_MEMORY_RANGES> = List::default();
+        let mut reserved: List<PhysRange, MAX_RESERVED_RANGES> = List::default();
         let mut gic = None;
-        let mut virtio_mmio = List::default();
+        let mut virtio_mmio: List<VirtioMmio, MAX_VIRTIO_MMIO> = List::default();
+        let mut cpus: List<CpuNode, MAX_CPUS> = List::default();
+        let mut cpus_not_listed = 0;
 
-        memreserve(data, &mut reserved);
+        memreserve(&data[..dtb_size], &mut reserved)?;
 
-        for node in fdt.all_nodes() {
+        walk(&fdt, &mut |v| {
+            let node = v.node;
+            let too_many = |what, f: ListFull| DtError::TooMany {
+                node: v.path(),
+                what,
+                limit: f.limit,
+            };
             if prop_str(node, "device_type") == Some("memory") {
-                for r in regs::<8>(node).as_slice() {
-                    if r.size > 0 {
-                        memory.push(*r);
+                for r in v.reg()?.filter(|r| r.size > 0) {
+                    memory.push(r).map_err(|f| too_many("RAM ranges", f))?;
+                }
+            }
+            if v.is_child_of("reserved-memory") {
+                for r in v.reg()? {
+                    reserved
+                        .push(r)
+                        .map_err(|f| too_many("reserved ranges", f))?;
+                }
+            }
+            if v.is_child_of("cpus") && prop_str(node, "device_type") == Some("cpu") {
+                if let Some(r) = v.first_reg()? {
+                    let cpu = CpuNode {
+                        mpidr: r.base,
+                        psci: prop_str(node, "enable-method") == Some("psci"),
+                    };
+                    if cpus.push(cpu).is_err() {
+                        cpus_not_listed += 1;
                     }
                 }
             }
-            if is_compatible(node, "arm,pl011") {
-                if let Some(regs) = first_reg(node) {
-                    uart_nodes.push(Pl011 {
-                        regs,
-                        intid: gic_intid(node),
-                    });
-                }
-            }
-            if is_compatible(node, "arm,gic-v3") {
-                let all = regs::<8>(node);
-                let n = node
-                    .property("#redistributor-regions")
-                    .and_then(|p| be32(p.value, 0))
-                    .unwrap_or(1) as usize;
-                if let Some((dist, rest)) = all.as_slice().split_first() {
+            if gic.is_none() && is_compatible(node, "arm,gic-v3") {
+                let mut regs = v.reg()?;
+                if let Some(dist) = regs.next() {
+                    let declared = match node.property("#redistributor-regions") {
+                        Some(p) => one_cell(p.value).ok_or(DtError::BadCells {
+                            node: v.path(),
+                            name: "#redistributor-regions",
+                            len: p.value.len(),
+                        })? as usize,
+                        None => 1,
+                    };
+                    if declared > MAX_REDIST_REGIONS {
+                        return Err(too_many(
+                            "redistributor regions",
+                            ListFull {
+                                limit: MAX_REDIST_REGIONS,
+                            },
+                        ));
+                    }
                     let mut redists = List::default();
-                    for r in rest.iter().take(n) {
-                        redists.push(*r);
+                    for r in regs.take(declared) {
+                        redists
+                            .push(r)
+                            .map_err(|f| too_many("redistributor regions", f))?;
                     }
-                    gic = Some(GicV3 {
-                        dist: *dist,
-                        redists,
-                    });
+                    if redists.len() < declared {
+                        return Err(DtError::MissingRedists {
+                            node: v.path(),
+                            declared,
+                            found: redists.len(),
+                        });
+                    }
+                    gic = Some(GicV3 { dist, redists });
                 }
             }
             if is_compatible(node, "virtio,mmio") {
-                if let (Some(regs), Some(intid)) = (first_reg(node), gic_intid(node)) {
-                    virtio_mmio.push(VirtioMmio { regs, intid });
+                if let (Some(regs), Some(intid)) = (v.first_reg()?, gic_intid(node)) {
+                    virtio_mmio
+                        .push(VirtioMmio { regs, intid })
+                        .map_err(|f| too_many("virtio-mmio slots", f))?;
                 }
             }
-        }
+            Ok(())
+        })?;
         if memory.is_empty() {
             return Err(DtError::NoMemory);
         }
-        if let Some(rm) = fdt.find_node("/reserved-memory") {
-            for child in rm.children() {
-                for r in regs::<4>(child).as_slice() {
-                    reserved.push(*r);
-                }
-            }
-        }
 
-        let chosen = fdt.find_node("/chosen");
-        let bootargs = chosen.and_then(|c| prop_str(c, "bootargs")).unwrap_or("");
-        // The console: /chosen stdout-path (up to ':' options) if it names a PL011.
-        let stdout = chosen
-            .and_then(|c| prop_str(c, "stdout-path"))
-            .map(|p| p.split(':').next().unwrap_or(p))
-            .and_then(|p| fdt.find_node(p))
-            .filter(|n| is_compatible(*n, "arm,pl011"))
-            .and_then(|n| {
-                first_reg(n).map(|regs| Pl011 {
-                    regs,
-                    intid: gic_intid(n),
-                })
-            });
-        let uart = stdout.or_else(|| uart_nodes.as_slice().first().copied());
-
-        let psci = fdt
-            .find_node("/psci")
-            .and_then(|n| prop_str(n, "method"))
-            .and_then(|m| match m {
-                "smc" => Some(PsciMethod::Smc),
-                "hvc" => Some(PsciMethod::Hvc),
-                _ => None,
-            });
-
-        let mut cpus = List::default();
-        if let Some(cpus_node) = fdt.find_node("/cpus") {
-            for c in cpus_node.children() {
-                if prop_str(c, "device_type") != Some("cpu") {
-                    continue;
-                }
-                if let Some(mpidr) = c
-                    .raw_reg()
-                    .and_then(|mut r| r.next())
-                    .and_then(|r| cells(r.address))
-                {
-                    cpus.push(CpuNode {
-                        mpidr,
-                        psci: prop_str(c, "enable-method") == Some("psci"),
-                    });
-                }
-            }
-        }
+        let bootargs = fdt
+            .find_node("/")
+            .and_then(|r| root_child(r, "chosen"))
+            .and_then(|c| prop_str(c, "bootargs"))
+            .unwrap_or("");
 
         Ok(Platform {
             dtb_size,
             memory,
             reserved,
-            uart,
+            uart: console(&fdt)?,
             gic,
             virtio_mmio,
-            psci,
+            psci: psci(&fdt),
             cpus,
+            cpus_not_listed,
             bootargs,
         })
+    }
+
+    /// The console UART and PSCI method of the device tree in `data`, as far as they can be
+    /// found, for reporting why [`Platform::parse`] refused it.
+    pub fn find_console(data: &[u8]) -> (Option<Pl011>, Option<PsciMethod>) {
+        match open(data) {
+            Ok(fdt) => (console(&fdt).ok().flatten(), psci(&fdt)),
+            Err(_) => (None, None),
+        }
     }
 
     /// The first `reg` range of the first node compatible with `compatible` in the device
     /// tree `data` (the blob [`Platform::parse`] accepted), for devices `Platform` does not
     /// list.
     pub fn find_compatible_reg(data: &[u8], compatible: &str) -> Option<PhysRange> {
-        let size = dtb_total_size(data).ok()?;
-        let data = data.get(..size)?;
-        validate(data).ok()?;
-        let fdt = Fdt::new(data).ok()?;
-        let reg = fdt
-            .all_nodes()
-            .find(|n| is_compatible(*n, compatible))
-            .and_then(first_reg);
-        reg
+        let fdt = open(data).ok()?;
+        let mut found = None;
+        walk(&fdt, &mut |v| {
+            if found.is_none() && is_compatible(v.node, compatible) {
+                found = Some(v.first_reg().ok().flatten());
+            }
+            Ok(())
+        })
+        .ok()?;
+        found.flatten()
     }
 
     /// The PSCI method, or [`DtError::NoPsci`].
@@ -751,13 +1128,12 @@ mod tests {
     }
 
     #[test]
-    fn list_counts_overflow() {
+    fn list_refuses_when_full() {
         let mut l: List<u32, 2> = List::default();
-        for i in 0..5 {
-            l.push(i);
-        }
+        assert_eq!(l.push(0), Ok(()));
+        assert_eq!(l.push(1), Ok(()));
+        assert_eq!(l.push(2), Err(ListFull { limit: 2 }));
         assert_eq!(l.as_slice(), &[0, 1]);
-        assert_eq!(l.dropped(), 3);
     }
 
     #[test]
@@ -768,5 +1144,669 @@ mod tests {
         assert!(!a.overlaps(&PhysRange::new(0x2000, 1)));
         assert_eq!(PhysRange::new(u64::MAX - 1, 10).end(), u64::MAX);
         assert_eq!(a.to_string(), "[0x1000, 0x2000)");
+    }
+
+    // ---- Synthesized trees: every list either keeps everything or refuses by name ----
+
+    use vm_fdt::{FdtReserveEntry, FdtWriter};
+
+    /// What [`synth`] puts in a QEMU-virt-like tree besides its fixed parts (2 root cells,
+    /// `/psci`, one PL011 as `stdout-path`, one `/memory` bank).
+    #[derive(Default)]
+    struct Synth {
+        /// `/memreserve/` entries.
+        memreserve: Vec<(u64, u64)>,
+        /// `/reserved-memory` children, each with its `reg` entries (2+2 cells).
+        reserved: Vec<Vec<(u64, u64)>>,
+        /// `/reserved-memory`'s own properties replacing `#address-cells = 2`,
+        /// `#size-cells = 2` (name, raw value).
+        reserved_cells: Option<Vec<(&'static str, Vec<u8>)>>,
+        /// Extra `reg` entries of the one memory node.
+        memory: Vec<(u64, u64)>,
+        /// More memory nodes, one bank each.
+        memory_nodes: usize,
+        /// GICv3 redistributor regions: (declared, present).
+        redists: Option<(u32, usize)>,
+        /// virtio-mmio slots.
+        virtio: usize,
+        /// CPUs.
+        cpus: usize,
+        /// The root's properties replacing `#address-cells = 2`, `#size-cells = 2`.
+        root_cells: Option<Vec<(&'static str, Vec<u8>)>>,
+        /// Adds an empty node `gone` (under the root, or under `/reserved-memory`) for
+        /// [`nop_out`] to delete as libfdt does.
+        gone: Option<&'static str>,
+    }
+
+    /// Turns the empty node `gone` into NOP tokens, as libfdt's `fdt_nop_node` deletes a node.
+    fn nop_out(mut t: Vec<u8>) -> Vec<u8> {
+        let mut node = Vec::new();
+        node.extend_from_slice(&FDT_BEGIN_NODE.to_be_bytes());
+        node.extend_from_slice(b"gone\0\0\0\0");
+        node.extend_from_slice(&FDT_END_NODE.to_be_bytes());
+        let at = t.windows(node.len()).position(|w| w == node).unwrap();
+        for i in 0..node.len() / 4 {
+            t[at + 4 * i..at + 4 * i + 4].copy_from_slice(&FDT_NOP.to_be_bytes());
+        }
+        t
+    }
+
+    /// Parses a synthesized tree (leaked: `Platform` borrows it; tests only).
+    fn parse(t: Vec<u8>) -> Result<Platform<'static>, DtError> {
+        Platform::parse(t.leak())
+    }
+
+    fn reg64(entries: &[(u64, u64)]) -> Vec<u64> {
+        entries.iter().flat_map(|&(b, s)| [b, s]).collect()
+    }
+
+    fn synth(s: &Synth) -> Vec<u8> {
+        let rsv: Vec<FdtReserveEntry> = s
+            .memreserve
+            .iter()
+            .map(|&(b, l)| FdtReserveEntry::new(b, l).unwrap())
+            .collect();
+        let mut w = FdtWriter::new_with_mem_reserv(&rsv).unwrap();
+        let root = w.begin_node("").unwrap();
+        let two = 2u32.to_be_bytes().to_vec();
+        let root_cells = s.root_cells.clone().unwrap_or_else(|| {
+            alloc::vec![
+                ("#address-cells", two.clone()),
+                ("#size-cells", two.clone())
+            ]
+        });
+        for (name, v) in &root_cells {
+            w.property(name, v).unwrap();
+        }
+        let chosen = w.begin_node("chosen").unwrap();
+        w.property_string("stdout-path", "/pl011@9000000").unwrap();
+        w.end_node(chosen).unwrap();
+        if s.gone == Some("/") {
+            let g = w.begin_node("gone").unwrap();
+            w.end_node(g).unwrap();
+        }
+        let psci = w.begin_node("psci").unwrap();
+        w.property_string("compatible", "arm,psci-1.0").unwrap();
+        w.property_string("method", "smc").unwrap();
+        w.end_node(psci).unwrap();
+        let uart = w.begin_node("pl011@9000000").unwrap();
+        w.property_string("compatible", "arm,pl011").unwrap();
+        w.property_array_u64("reg", &[0x900_0000, 0x1000]).unwrap();
+        w.property_array_u32("interrupts", &[0, 1, 4]).unwrap();
+        w.end_node(uart).unwrap();
+        let mut banks = alloc::vec![(0x4000_0000u64, 0x8000_0000u64)];
+        banks.extend_from_slice(&s.memory);
+        let mem = w.begin_node("memory@40000000").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.property_array_u64("reg", &reg64(&banks)).unwrap();
+        w.end_node(mem).unwrap();
+        for i in 0..s.memory_nodes as u64 {
+            let base = 0x10_0000_0000 + i * 0x1000_0000;
+            let n = w.begin_node(&alloc::format!("memory@{base:x}")).unwrap();
+            w.property_string("device_type", "memory").unwrap();
+            w.property_array_u64("reg", &[base, 0x1000_0000]).unwrap();
+            w.end_node(n).unwrap();
+        }
+        if !s.reserved.is_empty() || s.reserved_cells.is_some() {
+            let rm = w.begin_node("reserved-memory").unwrap();
+            let cells = s.reserved_cells.clone().unwrap_or_else(|| {
+                alloc::vec![
+                    ("#address-cells", two.clone()),
+                    ("#size-cells", two.clone())
+                ]
+            });
+            for (name, v) in &cells {
+                w.property(name, v).unwrap();
+            }
+            w.property_null("ranges").unwrap();
+            if s.gone == Some("/reserved-memory") {
+                let g = w.begin_node("gone").unwrap();
+                w.end_node(g).unwrap();
+            }
+            for (i, regs) in s.reserved.iter().enumerate() {
+                let base = regs.first().map_or(i as u64, |r| r.0);
+                let c = w
+                    .begin_node(&alloc::format!("carveout{i}@{base:x}"))
+                    .unwrap();
+                w.property_array_u64("reg", &reg64(regs)).unwrap();
+                w.property_null("no-map").unwrap();
+                w.end_node(c).unwrap();
+            }
+            w.end_node(rm).unwrap();
+        }
+        if let Some((declared, present)) = s.redists {
+            let gic = w.begin_node("intc@8000000").unwrap();
+            w.property_string("compatible", "arm,gic-v3").unwrap();
+            w.property_u32("#redistributor-regions", declared).unwrap();
+            let mut regs = alloc::vec![(0x800_0000u64, 0x1_0000u64)];
+            regs.extend((0..present as u64).map(|i| (0x10_0000 * (i + 1), 0x2_0000)));
+            w.property_array_u64("reg", &reg64(&regs)).unwrap();
+            w.end_node(gic).unwrap();
+        }
+        for i in 0..s.virtio as u64 {
+            let base = 0xa00_0000 + i * 0x200;
+            let n = w
+                .begin_node(&alloc::format!("virtio_mmio@{base:x}"))
+                .unwrap();
+            w.property_string("compatible", "virtio,mmio").unwrap();
+            w.property_array_u64("reg", &[base, 0x200]).unwrap();
+            w.property_array_u32("interrupts", &[0, 16 + i as u32, 1])
+                .unwrap();
+            w.end_node(n).unwrap();
+        }
+        let cpus = w.begin_node("cpus").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 0).unwrap();
+        for i in 0..s.cpus as u32 {
+            let c = w.begin_node(&alloc::format!("cpu@{i:x}")).unwrap();
+            w.property_string("device_type", "cpu").unwrap();
+            w.property_string("enable-method", "psci").unwrap();
+            w.property_u32("reg", i).unwrap();
+            w.end_node(c).unwrap();
+        }
+        w.end_node(cpus).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    /// `n` disjoint 64 KiB ranges in RAM, starting at `from`.
+    fn carveouts(from: u64, n: usize) -> Vec<(u64, u64)> {
+        (0..n as u64)
+            .map(|i| (from + i * 0x10_0000, 0x1_0000))
+            .collect()
+    }
+
+    fn ranges_of(v: &[(u64, u64)]) -> Vec<PhysRange> {
+        v.iter().map(|&(b, s)| PhysRange::new(b, s)).collect()
+    }
+
+    fn too_many(e: DtError) -> (alloc::string::String, &'static str, usize) {
+        match e {
+            DtError::TooMany { node, what, limit } => {
+                let msg = e.to_string();
+                assert!(msg.contains(node.as_str()), "{msg}");
+                assert!(msg.contains(&alloc::format!("at most {limit}")), "{msg}");
+                (node.as_str().into(), what, limit)
+            }
+            e => panic!("expected TooMany, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_synthesized_base_tree_parses() {
+        let p = parse(synth(&Synth {
+            cpus: 2,
+            ..Synth::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            p.memory.as_slice(),
+            &[PhysRange::new(0x4000_0000, 0x8000_0000)]
+        );
+        assert!(p.reserved.is_empty());
+        assert_eq!(p.uart.unwrap().regs, PhysRange::new(0x900_0000, 0x1000));
+        assert_eq!(p.uart.unwrap().intid, Some(33));
+        assert_eq!(p.psci, Some(PsciMethod::Smc));
+        assert_eq!(p.cpus.len(), 2);
+        assert!(p.gic.is_none());
+    }
+
+    /// Nine and more reserved ranges (the old limit was 8) are all kept, from `/memreserve/`
+    /// and from `/reserved-memory` children with five and more `reg` entries (the old limit
+    /// was 4 per child), up to the limit exactly.
+    #[test]
+    fn every_reserved_range_is_kept_up_to_the_limit() {
+        let memreserve = carveouts(0x7000_0000, 9);
+        let big_child = carveouts(0x5000_0000, 12);
+        let rest = MAX_RESERVED_RANGES - 9 - 12;
+        let small: Vec<Vec<(u64, u64)>> = carveouts(0x6000_0000, rest)
+            .into_iter()
+            .map(|r| alloc::vec![r])
+            .collect();
+        let mut reserved = alloc::vec![big_child.clone()];
+        reserved.extend(small.iter().cloned());
+        let p = parse(synth(&Synth {
+            memreserve: memreserve.clone(),
+            reserved,
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap();
+        let mut want = ranges_of(&memreserve);
+        want.extend(ranges_of(&big_child));
+        want.extend(small.iter().flat_map(|c| ranges_of(c)));
+        assert_eq!(p.reserved.as_slice(), &want[..]);
+        assert_eq!(p.reserved.len(), MAX_RESERVED_RANGES);
+    }
+
+    #[test]
+    fn one_reserved_range_too_many_refuses_naming_the_child() {
+        // In one child's reg (five and more entries).
+        let e = parse(synth(&Synth {
+            reserved: alloc::vec![carveouts(0x5000_0000, MAX_RESERVED_RANGES + 1)],
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        assert_eq!(
+            too_many(e),
+            (
+                "/reserved-memory/carveout0@50000000".into(),
+                "reserved ranges",
+                MAX_RESERVED_RANGES
+            )
+        );
+        // Spread over /memreserve/ and many children: the child that overflows is named.
+        let mut reserved: Vec<Vec<(u64, u64)>> = carveouts(0x5000_0000, MAX_RESERVED_RANGES - 3)
+            .into_iter()
+            .map(|r| alloc::vec![r])
+            .collect();
+        reserved.push(carveouts(0x6800_0000, 5));
+        let e = parse(synth(&Synth {
+            memreserve: carveouts(0x7000_0000, 2),
+            reserved,
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        let (node, what, limit) = too_many(e);
+        assert_eq!(node, "/reserved-memory/carveout29@68000000");
+        assert_eq!((what, limit), ("reserved ranges", MAX_RESERVED_RANGES));
+        // In /memreserve/ alone.
+        let e = parse(synth(&Synth {
+            memreserve: carveouts(0x7000_0000, MAX_RESERVED_RANGES + 1),
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        assert_eq!(too_many(e).0, "/memreserve/");
+    }
+
+    #[test]
+    fn every_ram_range_is_kept_or_the_tree_is_refused() {
+        // Nine entries in one memory node (the old per-node limit was 8), more nodes up to
+        // the limit.
+        let extra = carveouts(0x1_0000_0000, 8);
+        let p = parse(synth(&Synth {
+            memory: extra.clone(),
+            memory_nodes: MAX_MEMORY_RANGES - 9,
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap();
+        assert_eq!(p.memory.len(), MAX_MEMORY_RANGES);
+        assert_eq!(&p.memory.as_slice()[1..9], &ranges_of(&extra)[..]);
+        let e = parse(synth(&Synth {
+            memory: extra,
+            memory_nodes: MAX_MEMORY_RANGES - 8,
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        let (node, what, limit) = too_many(e);
+        assert!(node.starts_with("/memory@"), "{node}");
+        assert_eq!((what, limit), ("RAM ranges", MAX_MEMORY_RANGES));
+    }
+
+    #[test]
+    fn redistributor_regions_beyond_four_are_kept_or_refused() {
+        let p = parse(synth(&Synth {
+            redists: Some((MAX_REDIST_REGIONS as u32, MAX_REDIST_REGIONS)),
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap();
+        let g = p.gic.unwrap();
+        assert_eq!(g.dist, PhysRange::new(0x800_0000, 0x1_0000));
+        assert_eq!(g.redists.len(), MAX_REDIST_REGIONS);
+        assert_eq!(
+            g.redists.as_slice().last(),
+            Some(&PhysRange::new(
+                0x10_0000 * MAX_REDIST_REGIONS as u64,
+                0x2_0000
+            ))
+        );
+        let e = parse(synth(&Synth {
+            redists: Some((MAX_REDIST_REGIONS as u32 + 1, MAX_REDIST_REGIONS + 1)),
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        assert_eq!(
+            too_many(e),
+            (
+                "/intc@8000000".into(),
+                "redistributor regions",
+                MAX_REDIST_REGIONS
+            )
+        );
+        // Declared but missing from reg.
+        let e = parse(synth(&Synth {
+            redists: Some((3, 2)),
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            DtError::MissingRedists {
+                node: NodePath::new("/intc@8000000"),
+                declared: 3,
+                found: 2
+            }
+        );
+        assert!(e.to_string().contains("/intc@8000000"), "{e}");
+    }
+
+    #[test]
+    fn virtio_slots_beyond_the_limit_refuse() {
+        let p = parse(synth(&Synth {
+            virtio: MAX_VIRTIO_MMIO,
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap();
+        assert_eq!(p.virtio_mmio.len(), MAX_VIRTIO_MMIO);
+        let e = parse(synth(&Synth {
+            virtio: MAX_VIRTIO_MMIO + 1,
+            cpus: 1,
+            ..Synth::default()
+        }))
+        .unwrap_err();
+        let (node, what, limit) = too_many(e);
+        assert_eq!(
+            node,
+            alloc::format!("/virtio_mmio@{:x}", 0xa00_0000 + MAX_VIRTIO_MMIO * 0x200)
+        );
+        assert_eq!((what, limit), ("virtio-mmio slots", MAX_VIRTIO_MMIO));
+    }
+
+    /// CPUs are the one list that neither grows nor refuses: hyp runs on the first
+    /// MAX_CPUS and counts the rest (boot warns), since a CPU left off exposes nothing.
+    #[test]
+    fn cpus_beyond_the_limit_are_counted() {
+        let p = parse(synth(&Synth {
+            cpus: MAX_CPUS + 3,
+            ..Synth::default()
+        }))
+        .unwrap();
+        assert_eq!(p.cpus.len(), MAX_CPUS);
+        assert_eq!(p.cpus_not_listed, 3);
+        let mpidrs: Vec<u64> = p.cpus.as_slice().iter().map(|c| c.mpidr).collect();
+        assert_eq!(mpidrs, (0..MAX_CPUS as u64).collect::<Vec<_>>());
+    }
+
+    fn cell(v: u32) -> Vec<u8> {
+        v.to_be_bytes().to_vec()
+    }
+
+    /// `#address-cells`/`#size-cells` that are not 4 bytes: shorter ones are stopped by
+    /// `validate` (`fdt` would panic on them), longer ones by `Cells::of`. Each test fails
+    /// if its check is removed.
+    #[test]
+    fn cell_count_properties_must_be_one_cell() {
+        for (name, len) in [
+            ("#address-cells", 0),
+            ("#size-cells", 2),
+            ("#address-cells", 3),
+        ] {
+            let short = synth(&Synth {
+                reserved: alloc::vec![carveouts(0x5000_0000, 1)],
+                reserved_cells: Some(alloc::vec![
+                    (
+                        "#address-cells",
+                        if name == "#address-cells" {
+                            alloc::vec![0; len]
+                        } else {
+                            cell(2)
+                        }
+                    ),
+                    (
+                        "#size-cells",
+                        if name == "#size-cells" {
+                            alloc::vec![0; len]
+                        } else {
+                            cell(2)
+                        }
+                    ),
+                ]),
+                cpus: 1,
+                ..Synth::default()
+            });
+            assert_eq!(validate(&short), Err(DtError::Malformed), "{name} {len}");
+            assert_eq!(
+                Platform::parse(&short).unwrap_err(),
+                DtError::Malformed,
+                "{name} {len}"
+            );
+        }
+        // A short cell count at the root (the parent of every memory and device node).
+        let short_root = synth(&Synth {
+            root_cells: Some(alloc::vec![
+                ("#address-cells", alloc::vec![0, 2]),
+                ("#size-cells", cell(2))
+            ]),
+            cpus: 1,
+            ..Synth::default()
+        });
+        assert_eq!(
+            Platform::parse(&short_root).unwrap_err(),
+            DtError::Malformed
+        );
+        // Longer than one cell: fdt would read the first 4 bytes; hyp refuses.
+        for name in ["#address-cells", "#size-cells"] {
+            let mut long = cell(0);
+            long.extend_from_slice(&cell(2));
+            let t = synth(&Synth {
+                reserved: alloc::vec![carveouts(0x5000_0000, 1)],
+                reserved_cells: Some(alloc::vec![
+                    (
+                        "#address-cells",
+                        if name == "#address-cells" {
+                            long.clone()
+                        } else {
+                            cell(2)
+                        }
+                    ),
+                    (
+                        "#size-cells",
+                        if name == "#size-cells" {
+                            long.clone()
+                        } else {
+                            cell(2)
+                        }
+                    ),
+                ]),
+                cpus: 1,
+                ..Synth::default()
+            });
+            assert_eq!(validate(&t), Ok(()));
+            let e = Platform::parse(&t).unwrap_err();
+            assert_eq!(
+                e,
+                DtError::BadCells {
+                    node: NodePath::new("/reserved-memory"),
+                    name,
+                    len: 8
+                }
+            );
+            assert!(e.to_string().contains("/reserved-memory: #"), "{e}");
+        }
+    }
+
+    /// Cell counts hyp cannot decode refuse the node instead of dropping its ranges: 3
+    /// address cells, 3 size cells, 0/0 (on which `fdt`'s `raw_reg` never ends), and a `reg`
+    /// that is not whole entries.
+    #[test]
+    fn reg_that_does_not_decode_refuses_the_node() {
+        for (a, s) in [(3, 2), (2, 3), (0, 0), (0, 2)] {
+            let t = synth(&Synth {
+                reserved: alloc::vec![carveouts(0x5000_0000, 1)],
+                reserved_cells: Some(alloc::vec![
+                    ("#address-cells", cell(a)),
+                    ("#size-cells", cell(s))
+                ]),
+                cpus: 1,
+                ..Synth::default()
+            });
+            let e = Platform::parse(&t).unwrap_err();
+            assert_eq!(
+                e,
+                DtError::BadReg {
+                    node: NodePath::new("/reserved-memory/carveout0@50000000"),
+                    address_cells: a,
+                    size_cells: s,
+                    len: 16
+                },
+                "{a}/{s}"
+            );
+            assert!(
+                e.to_string()
+                    .contains("carveout0@50000000: reg of 16 bytes"),
+                "{e}"
+            );
+        }
+        // 2 address cells + 1 size cell: 16 bytes are one and a third entries.
+        let t = synth(&Synth {
+            reserved: alloc::vec![carveouts(0x5000_0000, 1)],
+            reserved_cells: Some(alloc::vec![
+                ("#address-cells", cell(2)),
+                ("#size-cells", cell(1))
+            ]),
+            cpus: 1,
+            ..Synth::default()
+        });
+        assert!(matches!(
+            Platform::parse(&t),
+            Err(DtError::BadReg {
+                len: 16,
+                address_cells: 2,
+                size_cells: 1,
+                ..
+            })
+        ));
+        // 1 + 1 cells decode: the 16 bytes are two ranges.
+        let t = synth(&Synth {
+            reserved: alloc::vec![alloc::vec![(0x5000_0000_0001_0000, 0x2000_0000_0000_1000)]],
+            reserved_cells: Some(alloc::vec![
+                ("#address-cells", cell(1)),
+                ("#size-cells", cell(1))
+            ]),
+            cpus: 1,
+            ..Synth::default()
+        });
+        assert_eq!(
+            Platform::parse(&t).unwrap().reserved.as_slice(),
+            &[
+                PhysRange::new(0x5000_0000, 0x1_0000),
+                PhysRange::new(0x2000_0000, 0x1000)
+            ]
+        );
+        // A root with 1 + 0 cells: the memory node's reg has no size; hyp keeps no
+        // empty RAM range and finds no memory.
+        let t = synth(&Synth {
+            root_cells: Some(alloc::vec![
+                ("#address-cells", cell(1)),
+                ("#size-cells", cell(0))
+            ]),
+            cpus: 1,
+            ..Synth::default()
+        });
+        assert_eq!(Platform::parse(&t).unwrap_err(), DtError::NoMemory);
+    }
+
+    #[test]
+    fn unterminated_memreserve_is_malformed() {
+        let mut d = synth(&Synth {
+            memreserve: carveouts(0x7000_0000, 1),
+            cpus: 1,
+            ..Synth::default()
+        });
+        assert_eq!(Platform::parse(&d).unwrap().reserved.len(), 1);
+        // Point the block at its last 16 bytes before totalsize... minus 8: no terminator.
+        let total = d.len();
+        d[16..20].copy_from_slice(&((total - 8) as u32).to_be_bytes());
+        assert_eq!(Platform::parse(&d).unwrap_err(), DtError::Malformed);
+    }
+
+    #[test]
+    fn console_for_refusals_and_paths() {
+        // A refused tree still yields its console and PSCI method for the report.
+        let t = synth(&Synth {
+            virtio: MAX_VIRTIO_MMIO + 1,
+            cpus: 1,
+            ..Synth::default()
+        });
+        assert!(Platform::parse(&t).is_err());
+        let (uart, psci) = Platform::find_console(&t);
+        assert_eq!(uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(psci, Some(PsciMethod::Smc));
+        assert_eq!(Platform::find_console(&t[..64]), (None, None));
+        // Long paths are cut for messages, never a panic.
+        let long = "n".repeat(200);
+        let p = NodePath::of(&[&long, "x"]);
+        assert_eq!(p.as_str().len(), PATH_BYTES);
+        assert!(p.to_string().ends_with("n..."));
+        assert_eq!(NodePath::of(&[]).to_string(), "/");
+        assert_eq!(NodePath::of(&["a", "b@1"]).to_string(), "/a/b@1");
+        // Multi-byte characters are never split.
+        let wide = "é".repeat(100);
+        assert!(NodePath::of(&[&wide]).as_str().len() <= PATH_BYTES);
+    }
+
+    /// A node deleted with libfdt's `fdt_nop_node` leaves NOP tokens; QEMU does this to the
+    /// tree it loads with `-dtb`. Between the root's children they are skipped; inside
+    /// another node `fdt` 0.1.5 would panic skipping it, so they are refused there.
+    #[test]
+    fn nops_of_a_deleted_root_child_are_skipped() {
+        let base = Synth {
+            reserved: alloc::vec![carveouts(0x5000_0000, 1)],
+            virtio: 2,
+            cpus: 2,
+            ..Synth::default()
+        };
+        let t = nop_out(synth(&Synth {
+            gone: Some("/"),
+            ..base
+        }));
+        let p = parse(t).unwrap();
+        assert_eq!(p.psci, Some(PsciMethod::Smc));
+        assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(p.bootargs, "");
+        assert_eq!(p.reserved.len(), 1);
+        assert_eq!(p.virtio_mmio.len(), 2);
+        assert_eq!(p.cpus.len(), 2);
+        let t = nop_out(synth(&Synth {
+            reserved: alloc::vec![carveouts(0x5000_0000, 1)],
+            gone: Some("/reserved-memory"),
+            cpus: 1,
+            ..Synth::default()
+        }));
+        assert_eq!(parse(t).unwrap_err(), DtError::Malformed);
+    }
+
+    /// The `dt` fuzz target's seeds (fuzz/seeds/dt, made by tools/fuzz-seeds) are trees hyp
+    /// accepts, so the fuzzer starts past the header and structure checks.
+    #[test]
+    fn the_fuzz_seeds_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/dt");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let p = Platform::parse(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(p.uart.is_some() && p.psci.is_some(), "{}", path.display());
+            n += 1;
+        }
+        assert!(n >= 3, "{n} seeds");
+        // The small one has something in every list.
+        let small = std::fs::read(dir.join("small.dtb")).unwrap();
+        let p = Platform::parse(&small).unwrap();
+        assert_eq!(p.memory.len(), 2);
+        assert_eq!(p.reserved.len(), 3);
+        assert_eq!(p.gic.unwrap().redists.len(), 2);
+        assert_eq!((p.virtio_mmio.len(), p.cpus.len()), (1, 2));
+        assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(p.psci, Some(PsciMethod::Hvc));
     }
 }

@@ -25,8 +25,8 @@ pub fn assign_indices(
     let mut skipped = 0;
     let mut next = 1;
     for c in cpus.iter().filter(|c| c.mpidr != boot_mpidr) {
-        if next < MAX_CPUS {
-            out.push((next, c.mpidr));
+        // Index 0 is the boot CPU, so the list (MAX_CPUS long) fills at index MAX_CPUS - 1.
+        if next < MAX_CPUS && out.push((next, c.mpidr)).is_ok() {
             next += 1;
         } else {
             skipped += 1;

@@ -147,6 +147,11 @@ pub struct Pl011 {
     tx_when_disabled: bool,
 }
 
+/// A C1 control character (U+0080..=U+009F), the 8-bit escape sequences.
+fn is_c1_control(c: char) -> bool {
+    ('\u{80}'..='\u{9f}').contains(&c)
+}
+
 impl Pl011 {
     /// A PL011 in its reset state whose output lines are prefixed with `[<name>] `.
     pub fn new(name: &str) -> Self {
@@ -312,11 +317,15 @@ impl Pl011 {
 
     fn emit(&mut self, sink: &mut impl LineSink) {
         match core::str::from_utf8(&self.out) {
-            Ok(s) => sink.line(s),
-            Err(_) => {
+            Ok(s) if !s.chars().any(is_c1_control) => sink.line(s),
+            _ => {
+                // Invalid UTF-8 becomes '?', and so do C1 controls: written as UTF-8
+                // (U+009B is CSI, U+008F SS3, ...) many terminals act on them as on ESC.
                 let mut s = String::with_capacity(self.out.len());
                 for chunk in self.out.utf8_chunks() {
-                    s.push_str(chunk.valid());
+                    for c in chunk.valid().chars() {
+                        s.push(if is_c1_control(c) { '?' } else { c });
+                    }
                     if !chunk.invalid().is_empty() {
                         s.push('?');
                     }
@@ -696,5 +705,20 @@ mod tests {
         u.write(0xfe0, W, 0, &mut s).unwrap();
         assert_eq!(u.read(0xfe0, W).unwrap(), 0x11);
         assert_eq!(u.read(reg::RIS, W).unwrap(), 0);
+    }
+
+    /// Found by the `pl011` fuzz target: bytes that are valid UTF-8 for a C1 control
+    /// (0xc2 0x8f is U+008F SS3, 0xc2 0x9b U+009B CSI) reached the host console as that
+    /// control, which terminals take as the start of an escape sequence.
+    #[test]
+    fn c1_controls_in_utf8_do_not_reach_the_host() {
+        let (mut u, mut s) = enabled();
+        put(
+            &mut u,
+            &mut s,
+            b"\xc2\x9b31mred\xc2\x8fx caf\xc3\xa9 \xc2\xa0\r\n",
+        );
+        assert_eq!(s.0, ["[vm0] ?31mred?x caf\u{e9} \u{a0}"]);
+        assert!(!s.0[0].chars().any(|c| c.is_control()));
     }
 }
