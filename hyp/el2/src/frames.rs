@@ -146,6 +146,7 @@ mod hw {
                 }
                 MaintOp::TlbiVmalle1is { vmid } => with_vmid(vmid, raw::vmalle1is),
                 MaintOp::TlbiVmalls12e1is { vmid } => with_vmid(vmid, raw::vmalls12e1is),
+                MaintOp::TlbiAlle1is => raw::alle1is(),
                 MaintOp::TlbiVae2is { operand } => raw::vae2is(operand),
                 MaintOp::TlbiAlle2is => raw::alle2is(),
                 MaintOp::TlbiVaae1is { operand } => raw::vaae1is(operand),

@@ -373,13 +373,21 @@ fn create(
         );
         return Err("not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)");
     };
-    let grant = match vmids.alloc() {
+    // On a VMID rollover the allocator itself invalidates every VMID's TLB entries
+    // (TLBI ALLE1IS, DSB ISH) before returning.
+    let grant = match vmids.alloc(&mut HwMaintenance) {
         Ok(g) => g,
         Err(e) => {
             error!("vm {}: {e}", vp.name);
             return Err("no VMID left");
         }
     };
+    if grant.flushed {
+        log::debug!(
+            "vm {}: VMID rollover: every VMID's TLB entries invalidated",
+            vp.name
+        );
+    }
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
     // SAFETY: `mem::alloc_phys` hands out identity-mapped RAM used by nothing else, inside

@@ -61,8 +61,10 @@
 //!   `read_entry(entry_pa)`, `with_maintenance(self, m2) -> (PageTable<A, M2>, M)`,
 //!   `destroy(self) -> (A, M)` (frees every frame; not `Drop`).
 //! - [`VmidAllocator`]: `new(bits)`, `for_cpu(&CpuFeatures)`,
-//!   `alloc() -> Result<VmidGrant { vmid: Vmid, flush_all: bool }, VmidError>`,
-//!   `free(Vmid) -> Result<(), VmidError>`; never VMID 0, never two live VMs with one VMID.
+//!   `alloc(&mut impl Maintenance) -> Result<VmidGrant { vmid: Vmid, flushed: bool }, VmidError>`
+//!   (on rollover it issues the `TLBI ALLE1IS` sequence itself before returning),
+//!   `free(Vmid) -> Result<(), VmidError>`; never VMID 0, never two live VMs with one VMID,
+//!   never a freed VMID before a flush.
 //!
 //! # Rules the implementation follows
 //! - Prepare, then commit: every table a map/unmap/protect needs is allocated before the

@@ -206,7 +206,9 @@ impl Harness {
                         self.tlb.remove(&(ipa & !(size - 1), size));
                     }
                 }
-                Event::Op(MaintOp::TlbiVmalls12e1is { .. }) => self.tlb.clear(),
+                Event::Op(MaintOp::TlbiVmalls12e1is { .. } | MaintOp::TlbiAlle1is) => {
+                    self.tlb.clear()
+                }
                 _ => {}
             }
         }
