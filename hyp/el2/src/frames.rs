@@ -1,8 +1,10 @@
 //! Page-table memory for hyp: a [`TableAlloc`] over identity-mapped RAM (the one place where
-//! table frames become slices), and `HwMaintenance` (aarch64 only), the real barriers, TLBIs and cache
-//! operations behind `stage2`'s `Maintenance`.
+//! table frames become slices, of `AtomicU64` so that every access to a live descriptor is a
+//! single-copy-atomic 64-bit one), and `HwMaintenance` (aarch64 only), the real barriers,
+//! TLBIs and cache operations behind `stage2`'s `Maintenance`.
 
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicU64;
 use stage2::{Granule, TableAlloc};
 
 use crate::dt::PhysRange;
@@ -107,17 +109,23 @@ impl TableAlloc for FrameAlloc {
         self.free.push((pa, bytes));
     }
 
-    fn table(&self, pa: u64, granule: Granule) -> &[u64] {
-        let p = self.check(pa, granule.size());
+    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
+        let p = self.check(pa, granule.size()).cast::<AtomicU64>();
         // SAFETY: `pa` is a table this allocator handed out (TableAlloc's contract, and
-        // `check` keeps it inside our RAM); it is identity mapped and the borrow of `self`
-        // keeps the table from being freed or handed out meanwhile.
+        // `check` keeps it inside our RAM and 8-byte aligned, as `AtomicU64` needs); it is
+        // identity mapped and the borrow of `self` keeps the table from being freed or handed
+        // out meanwhile. `AtomicU64` has the size and bit validity of `u64`. Hardware walkers read the memory concurrently (stage-2 access-flag and
+        // dirty updates are off, so they never write it); atomic types allow that, and every
+        // store through the slice is one single-copy-atomic 64-bit store.
         unsafe { core::slice::from_raw_parts(p, granule.entries()) }
     }
 
-    fn table_mut(&mut self, pa: u64, granule: Granule) -> &mut [u64] {
-        let p = self.check(pa, granule.size());
+    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
+        let p = self.check(pa, granule.size()).cast::<AtomicU64>();
         // SAFETY: as in `table`; the `&mut self` borrow makes this the only slice of it.
+        // TableAlloc's contract: stage2 asks only for tables not yet published, which no
+        // walker reads, so plain (possibly merged) stores through `get_mut` are not seen
+        // half-done by any walker.
         unsafe { core::slice::from_raw_parts_mut(p, granule.entries()) }
     }
 }
@@ -165,6 +173,7 @@ mod hw {
                 }
                 MaintOp::TlbiVmalle1is { vmid } => with_vmid(vmid, raw::vmalle1is),
                 MaintOp::TlbiVmalls12e1is { vmid } => with_vmid(vmid, raw::vmalls12e1is),
+                MaintOp::TlbiAlle1is => raw::alle1is(),
                 MaintOp::TlbiVae2is { operand } => raw::vae2is(operand),
                 MaintOp::TlbiAlle2is => raw::alle2is(),
                 MaintOp::TlbiVaae1is { operand } => raw::vaae1is(operand),
@@ -179,6 +188,7 @@ mod hw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::sync::atomic::Ordering;
 
     /// The host stands in for identity-mapped RAM with a leaked, aligned buffer.
     fn arena(bytes: usize) -> PhysRange {
@@ -208,16 +218,21 @@ mod tests {
         let mut a = unsafe { FrameAlloc::new(source, r) };
         let t = a.alloc(Granule::K16, 2).unwrap();
         assert_eq!(t % 0x8000, 0);
-        assert!(a.table(t, Granule::K16).iter().all(|&d| d == 0));
-        a.table_mut(t, Granule::K16)[5] = 0xdead;
-        assert_eq!(a.table(t, Granule::K16)[5], 0xdead);
+        assert!(a
+            .table(t, Granule::K16)
+            .iter()
+            .all(|d| d.load(Ordering::Relaxed) == 0));
+        *a.fresh_table(t, Granule::K16)[5].get_mut() = 0xdead;
+        assert_eq!(a.read_entry(t + 5 * 8, Granule::K16), 0xdead);
+        a.write_entry(t + 6 * 8, Granule::K16, 0xbeef);
+        assert_eq!(a.table(t, Granule::K16)[6].load(Ordering::Relaxed), 0xbeef);
         assert_eq!(a.live_bytes(), 0x8000);
         a.free(t, Granule::K16, 2);
         assert_eq!(a.live_bytes(), 0);
         // Reused and zeroed again.
         let t2 = a.alloc(Granule::K16, 2).unwrap();
         assert_eq!(t2, t);
-        assert_eq!(a.table(t2, Granule::K16)[5], 0);
+        assert_eq!(a.read_entry(t2 + 5 * 8, Granule::K16), 0);
         // Exhaustion is None, not a panic.
         assert!(a.alloc(Granule::K64, 8).is_none());
     }

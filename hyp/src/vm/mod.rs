@@ -434,13 +434,21 @@ fn create(
         );
         return Err("not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)");
     };
-    let grant = match vmids.alloc() {
+    // On a VMID rollover the allocator itself invalidates every VMID's TLB entries
+    // (TLBI ALLE1IS, DSB ISH) before returning.
+    let grant = match vmids.alloc(&mut HwMaintenance) {
         Ok(g) => g,
         Err(e) => {
             error!("vm {}: {e}", vp.name);
             return Err("no VMID left");
         }
     };
+    if grant.flushed {
+        log::debug!(
+            "vm {}: VMID rollover: every VMID's TLB entries invalidated",
+            vp.name
+        );
+    }
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
     // The VM's stage-2 tables come from their own pool, the plan's budget for them: a VM can

@@ -1,12 +1,30 @@
-//! Table memory: the [`TableAlloc`] trait and a `Vec`-backed allocator for host tests.
+//! Table memory: the [`TableAlloc`] trait, a `Vec`-backed allocator for host tests, and
+//! [`StoreAudit`], a test wrapper that checks how live tables are written.
 //!
 //! Tables are allocated in units of the granule. The walker never holds a pointer: it names a
 //! table by its physical address and asks the allocator for the table's descriptors as a safe
-//! slice. In hyp the implementer backs `table`/`table_mut` with identity-mapped memory (the
+//! slice. In hyp the implementer backs `table`/`fresh_table` with identity-mapped memory (the
 //! only `unsafe` involved lives there); on the host [`VecAlloc`] backs them with a `Vec`.
+//!
+//! # Live and fresh tables
+//! A table is *live* once a walker may read it: a root, and every table whose descriptor has
+//! been stored in a live table. Hardware walkers (this CPU's and the others') read live tables
+//! concurrently with hyp's updates, so every store to a live descriptor must be one
+//! single-copy-atomic 64-bit store (Arm ARM B2.2.1): never torn, merged into a wider (SIMD,
+//! `STP`, `memcpy`/`memset`) store or split. The types make this the only way: live tables are
+//! `&[AtomicU64]` ([`TableAlloc::table`]), whose only stores are atomic ones, and stage2
+//! writes them through [`TableAlloc::write_entry`] / [`TableAlloc::publish_entry`]. A
+//! *fresh* table (allocated, its descriptor not yet stored anywhere) is no walker's business:
+//! [`TableAlloc::fresh_table`] gives it as `&mut [AtomicU64]`, and `AtomicU64::get_mut` lets
+//! the compiler fill it with whatever stores it likes. The table becomes live with one
+//! `publish_entry` of its descriptor, which orders the fill before it.
 
-use crate::Granule;
+use crate::attrs::DESC_OA_MASK;
+use crate::{Geometry, Granule};
+use alloc::collections::BTreeMap;
+use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Memory for translation tables.
 pub trait TableAlloc {
@@ -19,26 +37,45 @@ pub trait TableAlloc {
     fn free(&mut self, pa: u64, granule: Granule, count: usize);
 
     /// The descriptors of the table of `granule` size at `pa` (one table: `granule.entries()`
-    /// entries). Only called with addresses this allocator returned and not yet freed.
-    fn table(&self, pa: u64, granule: Granule) -> &[u64];
+    /// entries), as walkers see them: only single-copy-atomic loads and stores are possible.
+    /// Only called with addresses this allocator returned and not yet freed.
+    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64];
 
-    /// Mutable access to the table of `granule` size at `pa`.
-    fn table_mut(&mut self, pa: u64, granule: Granule) -> &mut [u64];
+    /// Exclusive access to the *fresh* table of `granule` size at `pa`: allocated and not yet
+    /// published (no walker can reach it), for bulk initialisation through
+    /// `AtomicU64::get_mut` (plain stores the compiler may merge). Never called for a live
+    /// table: stage2 only calls it for tables it took from its reserve and has not published.
+    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64];
 
-    /// Reads the descriptor at `entry_pa` (inside a table of `granule` size). The default goes
+    /// Reads the descriptor at `entry_pa` (inside a table of `granule` size): one 64-bit
+    /// load (`Relaxed`: nothing else in memory is read on the strength of it without the
+    /// table lock, and stage-2 hardware access-flag/dirty updates are off). The default goes
     /// through [`TableAlloc::table`]; implementations may read it directly.
     #[inline(always)]
     fn read_entry(&self, entry_pa: u64, granule: Granule) -> u64 {
         let mask = granule.size() - 1;
         self.table(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize]
+            .load(Ordering::Relaxed)
     }
 
-    /// Writes the descriptor at `entry_pa` (a single 64-bit store, as the Arm ARM requires
-    /// for descriptors a walker may see: B2.2.1 single-copy atomicity).
+    /// Writes the descriptor at `entry_pa` of a live table with one single-copy-atomic 64-bit
+    /// store (`Relaxed`: the `DSB`s of the break-before-make sequences order it against the
+    /// TLB maintenance for the hardware; see `table.rs`).
     #[inline(always)]
     fn write_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
         let mask = granule.size() - 1;
-        self.table_mut(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize] = value;
+        self.table(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize]
+            .store(value, Ordering::Relaxed);
+    }
+
+    /// Writes a table descriptor that publishes a fresh subtree: one single-copy-atomic
+    /// 64-bit `Release` store, so every store that filled the subtree is ordered before it
+    /// (KVM's `smp_store_release` of a new table PTE).
+    #[inline(always)]
+    fn publish_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
+        let mask = granule.size() - 1;
+        self.table(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize]
+            .store(value, Ordering::Release);
     }
 }
 
@@ -49,11 +86,11 @@ impl<T: TableAlloc + ?Sized> TableAlloc for &mut T {
     fn free(&mut self, pa: u64, granule: Granule, count: usize) {
         (**self).free(pa, granule, count)
     }
-    fn table(&self, pa: u64, granule: Granule) -> &[u64] {
+    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
         (**self).table(pa, granule)
     }
-    fn table_mut(&mut self, pa: u64, granule: Granule) -> &mut [u64] {
-        (**self).table_mut(pa, granule)
+    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
+        (**self).fresh_table(pa, granule)
     }
     #[inline(always)]
     fn read_entry(&self, entry_pa: u64, granule: Granule) -> u64 {
@@ -62,6 +99,10 @@ impl<T: TableAlloc + ?Sized> TableAlloc for &mut T {
     #[inline(always)]
     fn write_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
         (**self).write_entry(entry_pa, granule, value)
+    }
+    #[inline(always)]
+    fn publish_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
+        (**self).publish_entry(entry_pa, granule, value)
     }
 }
 
@@ -72,7 +113,7 @@ impl<T: TableAlloc + ?Sized> TableAlloc for &mut T {
 /// injection ([`VecAlloc::fail_after`]) and records misuse instead of panicking.
 #[derive(Debug, Default)]
 pub struct VecAlloc {
-    arena: Vec<u64>,
+    arena: Vec<AtomicU64>,
     free: Vec<(u64, u64)>,
     live_bytes: u64,
     live_allocs: usize,
@@ -98,7 +139,7 @@ impl VecAlloc {
     pub fn with_pool(bytes: u64) -> VecAlloc {
         let mut a = VecAlloc::new();
         let words = (bytes / 8) as usize;
-        a.arena.resize(words, 0);
+        a.arena.resize_with(words, || AtomicU64::new(0));
         a.free.push((VecAlloc::BASE, bytes & !7));
         a
     }
@@ -179,7 +220,10 @@ impl TableAlloc for VecAlloc {
         let pa = match self.take_free(bytes) {
             Some(pa) => {
                 let i = self.index(pa);
-                self.arena[i..i + (bytes / 8) as usize].fill(0);
+                // A freed frame: no walker reaches it any more, so plain stores will do.
+                for w in &mut self.arena[i..i + (bytes / 8) as usize] {
+                    *w.get_mut() = 0;
+                }
                 pa
             }
             None => {
@@ -189,7 +233,9 @@ impl TableAlloc for VecAlloc {
                     self.free.push((end, start - end));
                 }
                 self.arena
-                    .resize(((start + bytes - VecAlloc::BASE) / 8) as usize, 0);
+                    .resize_with(((start + bytes - VecAlloc::BASE) / 8) as usize, || {
+                        AtomicU64::new(0)
+                    });
                 start
             }
         };
@@ -214,44 +260,314 @@ impl TableAlloc for VecAlloc {
         self.free.push((pa, bytes));
     }
 
-    fn table(&self, pa: u64, granule: Granule) -> &[u64] {
+    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
         let i = self.index(pa);
         &self.arena[i..i + granule.entries()]
     }
 
-    fn table_mut(&mut self, pa: u64, granule: Granule) -> &mut [u64] {
+    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
         let i = self.index(pa);
         &mut self.arena[i..i + granule.entries()]
     }
 
     #[inline(always)]
     fn read_entry(&self, entry_pa: u64, _granule: Granule) -> u64 {
-        self.arena[self.index(entry_pa)]
+        self.arena[self.index(entry_pa)].load(Ordering::Relaxed)
     }
 
     #[inline(always)]
     fn write_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
-        let i = self.index(entry_pa);
-        self.arena[i] = value;
+        self.arena[self.index(entry_pa)].store(value, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn publish_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
+        self.arena[self.index(entry_pa)].store(value, Ordering::Release);
+    }
+}
+
+/// One store to a live table, as [`StoreAudit`] saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveStore {
+    /// The descriptor's physical address.
+    pub entry_pa: u64,
+    /// The value stored.
+    pub value: u64,
+    /// Stored by [`TableAlloc::publish_entry`] (`Release`) rather than `write_entry`.
+    pub publish: bool,
+}
+
+/// A misuse of live table memory found by [`StoreAudit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditViolation {
+    /// The descriptor (or table) concerned.
+    pub pa: u64,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+impl core::fmt::Display for AuditViolation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "live table memory at {:#018x}: {}", self.pa, self.reason)
+    }
+}
+
+/// A [`TableAlloc`] wrapper for tests that audits how live tables are written.
+///
+/// It is given the tables' geometry and takes its first allocation as the root (as
+/// [`crate::PageTable::new`] does); the root and every table reachable from it are live. It
+/// keeps a shadow copy of every live table, changed only by `write_entry`/`publish_entry`,
+/// and records as violations:
+/// - [`TableAlloc::fresh_table`] (bulk, non-atomic access) of a live table;
+/// - a live descriptor that differs from its shadow: a store that bypassed `write_entry` and
+///   `publish_entry` (checked for the entry at every store, for every live table at every
+///   `fresh_table` and at [`StoreAudit::check`]);
+/// - a table descriptor stored by a `Relaxed` `write_entry` instead of `publish_entry`.
+///
+/// Every store to a live table is logged ([`StoreAudit::take_stores`]), so a test can match
+/// them one to one with the stores the walker reports to `Maintenance::store`: a torn or
+/// split store shows up as two.
+#[derive(Debug)]
+pub struct StoreAudit<A> {
+    inner: A,
+    geo: Geometry,
+    root: Option<u64>,
+    /// Live tables: physical address -> (level, shadow descriptors).
+    live: BTreeMap<u64, (u32, Vec<u64>)>,
+    stores: Vec<LiveStore>,
+    violations: Vec<AuditViolation>,
+}
+
+impl<A: TableAlloc> StoreAudit<A> {
+    /// Audits `inner` for tables of geometry `geo`.
+    pub fn new(inner: A, geo: Geometry) -> StoreAudit<A> {
+        StoreAudit {
+            inner,
+            geo,
+            root: None,
+            live: BTreeMap::new(),
+            stores: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// The audited allocator.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    /// The audited allocator, mutably (e.g. for failure injection).
+    pub fn inner_mut(&mut self) -> &mut A {
+        &mut self.inner
+    }
+
+    /// Unwraps the audited allocator.
+    pub fn into_inner(self) -> A {
+        self.inner
+    }
+
+    /// Live tables (the root tables included).
+    pub fn live_tables(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The stores to live tables since the last call, in order.
+    pub fn take_stores(&mut self) -> Vec<LiveStore> {
+        core::mem::take(&mut self.stores)
+    }
+
+    /// Compares every live table with its shadow, then returns the first violation seen so
+    /// far (and forgets them all).
+    pub fn check(&mut self) -> Result<(), AuditViolation> {
+        self.verify();
+        match self.violations.first().copied() {
+            Some(v) => {
+                self.violations.clear();
+                Err(v)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn violation(&mut self, pa: u64, reason: &'static str) {
+        self.violations.push(AuditViolation { pa, reason });
+    }
+
+    fn verify(&mut self) {
+        let g = self.geo.granule();
+        let mut bad = Vec::new();
+        for (&pa, (_, shadow)) in &self.live {
+            let now = self.inner.table(pa, g);
+            if let Some(i) =
+                (0..shadow.len()).find(|&i| now[i].load(Ordering::Relaxed) != shadow[i])
+            {
+                bad.push(pa + 8 * i as u64);
+            }
+        }
+        for pa in bad {
+            self.violation(
+                pa,
+                "a live descriptor changed without a store through write_entry or publish_entry",
+            );
+        }
+    }
+
+    fn child(&self, desc: u64) -> u64 {
+        desc & DESC_OA_MASK & !(self.geo.granule().size() - 1)
+    }
+
+    /// Makes the table at `pa` (level `level`) and every table below it live.
+    fn adopt(&mut self, pa: u64, level: u32) {
+        let g = self.geo.granule();
+        let shadow: Vec<u64> = self
+            .inner
+            .table(pa, g)
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect();
+        let children: Vec<u64> = if level < 3 {
+            shadow
+                .iter()
+                .filter(|&&d| d & 3 == 3)
+                .map(|&d| self.child(d))
+                .collect()
+        } else {
+            vec![]
+        };
+        if self.live.insert(pa, (level, shadow)).is_some() {
+            self.violation(pa, "a live table was published a second time");
+        }
+        for c in children {
+            self.adopt(c, level + 1);
+        }
+    }
+
+    /// The table at `pa` and every table below it are no longer reachable.
+    fn detach(&mut self, pa: u64) {
+        if let Some((level, shadow)) = self.live.remove(&pa) {
+            if level < 3 {
+                for d in shadow {
+                    if d & 3 == 3 {
+                        let c = self.child(d);
+                        self.detach(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn store(&mut self, entry_pa: u64, value: u64, publish: bool) {
+        let g = self.geo.granule();
+        let t = entry_pa & !(g.size() - 1);
+        let i = ((entry_pa - t) / 8) as usize;
+        let now = self.inner.read_entry(entry_pa, g);
+        if publish {
+            self.inner.publish_entry(entry_pa, g, value);
+        } else {
+            self.inner.write_entry(entry_pa, g, value);
+        }
+        let Some((level, shadow)) = self.live.get_mut(&t) else {
+            // A fresh table written atomically: allowed (if unusual).
+            return;
+        };
+        let (level, old) = (*level, core::mem::replace(&mut shadow[i], value));
+        self.stores.push(LiveStore {
+            entry_pa,
+            value,
+            publish,
+        });
+        if now != old {
+            self.violation(
+                entry_pa,
+                "a live descriptor changed without a store through write_entry or publish_entry",
+            );
+        }
+        if level < 3 && old & 3 == 3 && old != value {
+            let c = self.child(old);
+            self.detach(c);
+        }
+        if level < 3 && value & 3 == 3 && old != value {
+            if !publish {
+                self.violation(
+                    entry_pa,
+                    "a table descriptor was stored without Release (write_entry, not publish_entry)",
+                );
+            }
+            let c = self.child(value);
+            self.adopt(c, level + 1);
+        }
+    }
+}
+
+impl<A: TableAlloc> TableAlloc for StoreAudit<A> {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+        let pa = self.inner.alloc(granule, count)?;
+        if self.root.is_none() {
+            self.root = Some(pa);
+            let start = self.geo.start_level();
+            for k in 0..count as u64 {
+                self.adopt(pa + k * granule.size(), start);
+            }
+        }
+        Some(pa)
+    }
+
+    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
+        if self.root == Some(pa) {
+            // The whole table goes (destroy): nothing is live any more.
+            self.root = None;
+            self.live.clear();
+        } else {
+            self.detach(pa);
+        }
+        self.inner.free(pa, granule, count)
+    }
+
+    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
+        self.inner.table(pa, granule)
+    }
+
+    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
+        if self.live.contains_key(&pa) {
+            self.violation(pa, "fresh_table (bulk, non-atomic access) of a live table");
+        }
+        self.verify();
+        self.inner.fresh_table(pa, granule)
+    }
+
+    fn read_entry(&self, entry_pa: u64, granule: Granule) -> u64 {
+        self.inner.read_entry(entry_pa, granule)
+    }
+
+    fn write_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
+        self.store(entry_pa, value, false);
+    }
+
+    fn publish_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
+        self.store(entry_pa, value, true);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CpuFeatures;
 
     #[test]
     fn aligned_zeroed_and_counted() {
         let mut a = VecAlloc::new();
         let p1 = a.alloc(Granule::K4, 1).unwrap();
-        a.table_mut(p1, Granule::K4)[3] = 7;
+        *a.fresh_table(p1, Granule::K4)[3].get_mut() = 7;
         let p16 = a.alloc(Granule::K4, 16).unwrap();
         assert_eq!(p16 % (16 * 4096), 0);
         assert_eq!(a.live_allocs(), 2);
         a.free(p1, Granule::K4, 1);
         let p2 = a.alloc(Granule::K4, 1).unwrap();
         assert_eq!(p2, p1, "freed frame is reused");
-        assert!(a.table(p2, Granule::K4).iter().all(|&d| d == 0));
+        assert!(a
+            .table(p2, Granule::K4)
+            .iter()
+            .all(|d| d.load(Ordering::Relaxed) == 0));
         a.free(p2, Granule::K4, 1);
         a.free(p16, Granule::K4, 16);
         assert_eq!((a.live_allocs(), a.live_bytes(), a.bad_frees), (0, 0, 0));
@@ -272,5 +588,91 @@ mod tests {
         assert_eq!(a.arena.len(), len);
         assert!(a.alloc(Granule::K64, 1).is_some());
         assert!(a.arena.len() > len);
+    }
+
+    /// A 4K stage-2 audit with its root (level 1, two concatenated tables) allocated.
+    fn audit() -> (StoreAudit<VecAlloc>, u64) {
+        let cpu = CpuFeatures::profile("max").unwrap();
+        let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
+        let mut a = StoreAudit::new(VecAlloc::new(), geo);
+        let root = a.alloc(Granule::K4, 2).unwrap();
+        (a, root)
+    }
+
+    #[test]
+    fn audit_follows_publication_and_detachment() {
+        let g = Granule::K4;
+        let (mut a, root) = audit();
+        assert_eq!(a.live_tables(), 2);
+        // A fresh L2 table with a fresh L3 table below it, filled in bulk, then published.
+        let l2 = a.alloc(g, 1).unwrap();
+        let l3 = a.alloc(g, 1).unwrap();
+        for (k, e) in a.fresh_table(l3, g).iter_mut().enumerate() {
+            *e.get_mut() = (0x4000_0000 + (k as u64) * 4096) | 0x443;
+        }
+        *a.fresh_table(l2, g)[5].get_mut() = l3 | 3;
+        a.publish_entry(root + 8, g, l2 | 3);
+        assert_eq!(a.live_tables(), 4);
+        // Atomic stores to live tables are logged; so is their kind.
+        a.write_entry(l3 + 16, g, 0);
+        assert_eq!(
+            a.take_stores(),
+            [
+                LiveStore {
+                    entry_pa: root + 8,
+                    value: l2 | 3,
+                    publish: true
+                },
+                LiveStore {
+                    entry_pa: l3 + 16,
+                    value: 0,
+                    publish: false
+                }
+            ]
+        );
+        // Break the L2 entry: both tables leave the live set and may be refilled in bulk.
+        a.write_entry(root + 8, g, 0);
+        assert_eq!(a.live_tables(), 2);
+        a.fresh_table(l3, g)[0].get_mut();
+        assert_eq!(a.check(), Ok(()));
+        a.free(l3, g, 1);
+        a.free(l2, g, 1);
+        a.free(root, g, 2);
+        assert_eq!((a.live_tables(), a.inner().live_allocs()), (0, 0));
+    }
+
+    #[test]
+    fn audit_catches_bulk_bypassing_and_relaxed_publication() {
+        let g = Granule::K4;
+        // Bulk (non-atomic) access to a live table.
+        let (mut a, root) = audit();
+        *a.fresh_table(root, g)[1].get_mut() = 0x4000_0401;
+        let e = a.check().unwrap_err();
+        assert_eq!(e.pa, root);
+        assert!(e.reason.contains("fresh_table"), "{e}");
+        // A store through `table()` that bypassed write_entry: found by the next store to
+        // the entry, and by `check`.
+        let (mut a, root) = audit();
+        a.table(root, g)[3].store(0x4000_0401, Ordering::Relaxed);
+        assert_eq!(
+            a.check().map_err(|e| e.pa),
+            Err(root + 24),
+            "bypass found by check"
+        );
+        let (mut a, root) = audit();
+        a.table(root, g)[3].store(0x4000_0401, Ordering::Relaxed);
+        a.write_entry(root + 24, g, 0);
+        assert_eq!(a.check().map_err(|e| e.pa), Err(root + 24));
+        // A torn store: two stores where the walker meant one (the log shows both).
+        let (mut a, root) = audit();
+        a.write_entry(root + 24, g, 0x4000_0000);
+        a.write_entry(root + 24, g, 0x4000_0401);
+        assert_eq!(a.take_stores().len(), 2);
+        // A table published with a Relaxed store.
+        let (mut a, root) = audit();
+        let t = a.alloc(g, 1).unwrap();
+        a.write_entry(root, g, t | 3);
+        let e = a.check().unwrap_err();
+        assert!(e.reason.contains("Release"), "{e}");
     }
 }

@@ -34,12 +34,17 @@
 //!   FWB encoding and skip the clean to PoC, so hyp must set `HCR_EL2.FWB`.
 //! - [`TableAlloc`]: `alloc(&mut self, granule, count) -> Option<u64>` (contiguous, aligned
 //!   to `count * granule.size()`, zeroed), `free(&mut self, pa, granule, count)`,
-//!   `table(&self, pa, granule) -> &[u64]`, `table_mut(&mut self, pa, granule) -> &mut [u64]`,
-//!   and provided `read_entry(&self, entry_pa, granule) -> u64` /
-//!   `write_entry(&mut self, entry_pa, granule, value)` (override for speed; a descriptor
-//!   write must be one 64-bit store). Implemented for `&mut T`. [`VecAlloc`] is the host one
+//!   `table(&self, pa, granule) -> &[AtomicU64]` (live tables: single-copy-atomic accesses
+//!   only), `fresh_table(&mut self, pa, granule) -> &mut [AtomicU64]` (tables not yet
+//!   published, filled in bulk through `get_mut`), and provided
+//!   `read_entry(&self, entry_pa, granule) -> u64` (`Relaxed` load),
+//!   `write_entry(&mut self, entry_pa, granule, value)` (`Relaxed` store) and
+//!   `publish_entry(..)` (`Release` store of a table descriptor); override them for speed,
+//!   each must stay one 64-bit access. Implemented for `&mut T`. [`VecAlloc`] is the host one
 //!   (`new()`, `with_pool(bytes)`, `fail_after(Option<u64>)`, `live_allocs()`,
-//!   `live_bytes()`, `total_allocs()`, `total_frees()`, `bad_frees`).
+//!   `live_bytes()`, `total_allocs()`, `total_frees()`, `bad_frees`); [`StoreAudit`] wraps one
+//!   for tests and catches bulk or bypassing writes to live tables and table descriptors
+//!   published without `Release` (`new(inner, geometry)`, `check()`, `take_stores()`).
 //! - [`Maintenance`]: `op(&mut self, MaintOp)` plus a provided no-op
 //!   `store(&mut self, entry_pa, input, level, old, new)` hook. [`NoMaintenance`] (tables no
 //!   walker sees yet), [`Counter`], [`Recorder`] (+ [`BbmChecker`] / [`check_bbm`]).
@@ -56,8 +61,10 @@
 //!   `read_entry(entry_pa)`, `with_maintenance(self, m2) -> (PageTable<A, M2>, M)`,
 //!   `destroy(self) -> (A, M)` (frees every frame; not `Drop`).
 //! - [`VmidAllocator`]: `new(bits)`, `for_cpu(&CpuFeatures)`,
-//!   `alloc() -> Result<VmidGrant { vmid: Vmid, flush_all: bool }, VmidError>`,
-//!   `free(Vmid) -> Result<(), VmidError>`; never VMID 0, never two live VMs with one VMID.
+//!   `alloc(&mut impl Maintenance) -> Result<VmidGrant { vmid: Vmid, flushed: bool }, VmidError>`
+//!   (on rollover it issues the `TLBI ALLE1IS` sequence itself before returning),
+//!   `free(Vmid) -> Result<(), VmidError>`; never VMID 0, never two live VMs with one VMID,
+//!   never a freed VMID before a flush.
 //!
 //! # Rules the implementation follows
 //! - Prepare, then commit: every table a map/unmap/protect needs is allocated before the
@@ -66,6 +73,9 @@
 //!   or table-ness; stage-2 invalidation is `TLBI IPAS2E1IS` per entry, `DSB ISH`,
 //!   `TLBI VMALLE1IS`, or one `TLBI VMALLS12E1IS` above 512 entries; replacing a table by a
 //!   block flushes the VMID. Tables emptied by unmap are freed after the flush.
+//! - Live descriptors are written with one single-copy-atomic 64-bit store each (Arm ARM
+//!   B2.2.1; `AtomicU64`), a table descriptor that publishes a subtree with `Release`; only
+//!   tables no walker can reach yet are filled in bulk.
 //! - Stage 2 cleans mapped cacheable memory to PoC unless FEAT_FWB and invalidates the
 //!   I-cache before an executable mapping unless `CTR_EL0.DIC`.
 #![no_std]
@@ -87,7 +97,7 @@ pub mod vmid;
 
 pub use attrs::{AttrError, Attrs, MemType};
 pub use cpu::{CpuFeatures, GranuleRefusal, IdRegs, Stage};
-pub use frames::{TableAlloc, VecAlloc};
+pub use frames::{AuditViolation, LiveStore, StoreAudit, TableAlloc, VecAlloc};
 pub use geometry::{
     tlbi_ipa_operand, tlbi_va_operand, Geometry, GeometryError, Regime, ATTR_IDX_DEVICE,
     ATTR_IDX_NORMAL, MAIR_EL1, MAIR_EL2,

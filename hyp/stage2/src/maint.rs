@@ -43,6 +43,9 @@ pub enum MaintOp {
         /// The VM's VMID.
         vmid: u16,
     },
+    /// `TLBI ALLE1IS`: every stage-1 and stage-2 EL1&0 entry of every VMID (a VMID
+    /// rollover: freed VMIDs are about to be reused).
+    TlbiAlle1is,
     /// `TLBI VAE2IS, <operand>`: one EL2 virtual address (all levels).
     TlbiVae2is {
         /// VA >> 12.
@@ -127,7 +130,7 @@ impl Maintenance for Counter {
         match op {
             MaintOp::DsbIsh | MaintOp::DsbIshSt => self.dsb += 1,
             MaintOp::Isb => {}
-            MaintOp::TlbiVmalls12e1is { .. } | MaintOp::TlbiAlle2is => {
+            MaintOp::TlbiVmalls12e1is { .. } | MaintOp::TlbiAlle2is | MaintOp::TlbiAlle1is => {
                 self.tlbi += 1;
                 self.full_flushes += 1;
             }
@@ -253,6 +256,7 @@ impl BbmChecker {
                 operand == crate::tlbi_va_operand(input)
             }
             MaintOp::TlbiVmalls12e1is { .. }
+            | MaintOp::TlbiAlle1is
             | MaintOp::TlbiAlle2is
             | MaintOp::TlbiVmalle1Current => true,
             _ => false,

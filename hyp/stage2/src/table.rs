@@ -24,6 +24,19 @@
 //! general walk still runs, after the store, when the leaf's table became empty). Each
 //! checks everything before its first store and otherwise leaves the work to the general
 //! path, so the rules above hold unchanged.
+//!
+//! **Descriptor stores.** Walkers read live tables concurrently, so every store to a live
+//! descriptor is one single-copy-atomic 64-bit store (Arm ARM B2.2.1) through
+//! [`TableAlloc::write_entry`] (`Relaxed`) or, for a table descriptor that publishes a fresh
+//! subtree, [`TableAlloc::publish_entry`] (`Release`: the subtree's fill is ordered before
+//! it). Only fresh tables (`FreshTable`: from the reserve, not yet published) are written in
+//! bulk. What orders the `Relaxed` stores is the break-before-make sequence itself: the
+//! `DSB ISHST` after the invalid store makes it visible to every walker before the TLBI, and
+//! the `DSB ISH` after the TLBI completes the invalidation before the new store; the compiler
+//! cannot move a store across them because hyp's [`Maintenance`] runs each operation as an
+//! `asm!` block that may access memory (no `nomem`), a compiler barrier. Guest data is
+//! ordered before the leaf that maps it by the clean to PoC (which ends in `DSB`) or by the
+//! caller when it skips it.
 
 use crate::attrs::{
     self, attrs_change_needs_bbm, AttrError, Attrs, MemType, DESC_ATTR_MASK, DESC_OA_MASK,
@@ -36,6 +49,7 @@ use crate::Granule;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Above this many pending per-entry invalidations, one whole-VMID (or whole-regime) TLBI is
 /// issued instead (Hafnium and KVM use the same threshold).
@@ -276,6 +290,20 @@ pub struct Ctx<A, M> {
     free_later: Vec<u64>,
 }
 
+/// A table taken from the reserve and not yet published: no walker can reach it, so it may
+/// be filled in bulk ([`Ctx::fresh`]). Not `Copy`: [`FreshTable::descriptor`] gives up the
+/// bulk access and yields the one table descriptor that links it, stored either into a
+/// fresh parent (published with it) or by [`Ctx::store_table`].
+struct FreshTable(u64);
+
+impl FreshTable {
+    /// The table descriptor pointing at this table.
+    #[inline(always)]
+    fn descriptor(self) -> u64 {
+        self.0 | 3
+    }
+}
+
 /// What a fresh subtree is filled with: input `a` maps to `out + (a - lo)`.
 struct Fill {
     out: u64,
@@ -310,21 +338,45 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         self.alloc.read_entry(entry_pa, self.geo.granule())
     }
 
+    /// One single-copy-atomic store of a leaf or invalid descriptor of a live table.
     #[inline(always)]
     fn write(&mut self, entry_pa: u64, value: u64) {
         self.alloc.write_entry(entry_pa, self.geo.granule(), value);
     }
 
-    /// Stores `new` into the visited descriptor (reported to [`Maintenance::store`]) and
-    /// updates `v.entry`. The caller is responsible for break-before-make.
+    /// Stores the leaf or invalid descriptor `new` into the visited descriptor (reported to
+    /// [`Maintenance::store`]) and updates `v.entry`: one single-copy-atomic `Relaxed` store.
+    /// The caller is responsible for break-before-make. Table descriptors are stored only by
+    /// the library, which publishes the subtrees it builds with a `Release` store.
     #[inline(always)]
     pub fn store(&mut self, v: &mut Visit, new: u64) {
+        debug_assert!(
+            !self.is_table(new, v.level),
+            "invariant: table descriptors are published with store_table"
+        );
         if self.is_table(v.entry, v.level) {
             self.walk_cache = EMPTY_WALK_CACHE;
         }
         let start = self.start_of(v);
         self.maint.store(v.entry_pa, start, v.level, v.entry, new);
         self.write(v.entry_pa, new);
+        v.entry = new;
+    }
+
+    /// Publishes the fresh table `t` (its subtree filled) in the visited, invalid descriptor:
+    /// one single-copy-atomic `Release` store of its table descriptor, so every store that
+    /// filled the subtree is ordered before it (KVM's `smp_store_release`). The caller
+    /// issues the `DSB ISHST` that orders them for this CPU's walker.
+    #[inline(always)]
+    fn store_table(&mut self, v: &mut Visit, t: FreshTable) {
+        let new = t.descriptor();
+        if self.is_table(v.entry, v.level) {
+            self.walk_cache = EMPTY_WALK_CACHE;
+        }
+        let start = self.start_of(v);
+        self.maint.store(v.entry_pa, start, v.level, v.entry, new);
+        self.alloc
+            .publish_entry(v.entry_pa, self.geo.granule(), new);
         v.entry = new;
     }
 
@@ -566,20 +618,26 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 
     /// Takes a zeroed table from the reserve filled by the prepare pass.
-    fn take_table(&mut self) -> u64 {
+    fn take_table(&mut self) -> FreshTable {
         let t = self
             .reserve
             .pop()
             .expect("invariant: the prepare pass reserved every table the commit takes");
         self.tables += 1;
-        t
+        FreshTable(t)
+    }
+
+    /// The descriptors of a fresh table, for bulk initialisation (`AtomicU64::get_mut`).
+    #[inline(always)]
+    fn fresh(&mut self, t: &FreshTable) -> &mut [AtomicU64] {
+        self.alloc.fresh_table(t.0, self.geo.granule())
     }
 
     /// Collects every table below the table at `pa` (level `level`) and `pa` itself.
     fn collect_subtree(&mut self, pa: u64, level: u32, out: &mut Vec<u64>) {
         if level < 3 {
             for i in 0..self.geo.entries() {
-                let d = self.alloc.table(pa, self.geo.granule())[i];
+                let d = self.alloc.table(pa, self.geo.granule())[i].load(Ordering::Relaxed);
                 if self.is_table(d, level) {
                     let t = self.table_pa(d);
                     self.collect_subtree(t, level + 1, out);
@@ -629,9 +687,9 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 
     /// Fills the fresh (invisible) table `t` at `level` for `[addr, end)` as `fill` says,
-    /// building the tables below it from the reserve.
-    fn build(&mut self, t: u64, level: u32, addr: u64, end: u64, fill: &Fill) {
-        let g = self.geo.granule();
+    /// building the tables below it from the reserve. Plain stores: no walker sees `t` before
+    /// its descriptor is published.
+    fn build(&mut self, t: &FreshTable, level: u32, addr: u64, end: u64, fill: &Fill) {
         let size = self.size(level);
         let idx_mask = (self.geo.entries() - 1) as u64;
         let shift = self.geo.level_shift(level);
@@ -639,9 +697,9 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
             let i0 = ((addr >> shift) & idx_mask) as usize;
             let n = ((end - addr) >> shift) as usize;
             let base = fill.out(addr) | fill.bits | 3;
-            let table = self.alloc.table_mut(t, g);
+            let table = self.fresh(t);
             for (k, e) in table[i0..i0 + n].iter_mut().enumerate() {
-                *e = base + ((k as u64) << shift);
+                *e.get_mut() = base + ((k as u64) << shift);
             }
             return;
         }
@@ -656,10 +714,11 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
                 Self::leaf_desc(o, level, fill.bits)
             } else {
                 let c = self.take_table();
-                self.build(c, level + 1, a, e, fill);
-                c | 3
+                self.build(&c, level + 1, a, e, fill);
+                // `t` is fresh too: `c` is published with it.
+                c.descriptor()
             };
-            self.alloc.table_mut(t, g)[idx] = d;
+            *self.fresh(t)[idx].get_mut() = d;
             a = e;
         }
     }
@@ -708,10 +767,12 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
             self.split_block(v);
         } else {
             let t = self.take_table();
-            self.build(t, v.level + 1, v.addr, v.end, fill);
-            // The new subtree must be visible before the table descriptor.
+            self.build(&t, v.level + 1, v.addr, v.end, fill);
+            // The new subtree must be visible to every walker before the table descriptor:
+            // `DSB ISHST` for the hardware (this CPU's walker included), and the `Release`
+            // store of `store_table` for the compiler and any other observer.
             self.op(MaintOp::DsbIshSt);
-            self.store(v, t | 3);
+            self.store_table(v, t);
             v.skip_children = true;
         }
     }
@@ -739,16 +800,16 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let bits = v.entry & DESC_ATTR_MASK;
         let oa = self.leaf_oa(v.entry, level);
         let t = self.take_table();
-        let g = self.geo.granule();
         let ty = if child == 3 { 3 } else { 1 };
-        let table = self.alloc.table_mut(t, g);
-        for (k, e) in table.iter_mut().enumerate() {
-            *e = (oa + k as u64 * cs) | bits | ty;
+        for (k, e) in self.fresh(&t).iter_mut().enumerate() {
+            *e.get_mut() = (oa + k as u64 * cs) | bits | ty;
         }
         let start = self.start_of(v);
         self.store(v, 0);
+        // The DSB ISH that ends the invalidation also orders the fill before the table
+        // descriptor for the hardware; the store is `Release` for the compiler.
         self.invalidate_now(start);
-        self.store(v, t | 3);
+        self.store_table(v, t);
     }
 
     /// Whether the table at `t` (child of the visit `v`) is empty after `v`'s range was
@@ -764,7 +825,8 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let lo = ((v.addr >> shift) & mask) as usize;
         let hi = (((v.end - 1) >> shift) & mask) as usize;
         let table = self.alloc.table(t, self.geo.granule());
-        if table[lo] & DESC_VALID != 0 || table[hi] & DESC_VALID != 0 {
+        let valid = |i: usize| table[i].load(Ordering::Relaxed) & DESC_VALID != 0;
+        if valid(lo) || valid(hi) {
             return false;
         }
         let mut below = lo;
@@ -772,12 +834,12 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         while below > 0 || above < n {
             if below > 0 {
                 below -= 1;
-                if table[below] & DESC_VALID != 0 {
+                if valid(below) {
                     return false;
                 }
             }
             if above < n {
-                if table[above] & DESC_VALID != 0 {
+                if valid(above) {
                     return false;
                 }
                 above += 1;

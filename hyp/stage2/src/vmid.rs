@@ -3,9 +3,12 @@
 //! VMID 0 is never issued (hyp keeps it for "no VM loaded"); no two live VMs share a VMID.
 //! Freed VMIDs may still have TLB entries, so they are reused only after a flush: the
 //! allocator hands out never-used (or already flushed) VMIDs first and, when none is left,
-//! asks the caller for one `TLBI ALLE1IS`-style rollover flush ([`VmidGrant::flush_all`]),
-//! after which every freed VMID is clean again. Flushes therefore equal rollovers.
+//! performs one rollover flush itself (`DSB ISHST; TLBI ALLE1IS; DSB ISH; ISB` through the
+//! [`Maintenance`] it is given, KVM's `__kvm_flush_vm_context`) before returning, after which
+//! every freed VMID is clean again. A caller cannot forget the flush; flushes equal
+//! rollovers ([`VmidGrant::flushed`]).
 
+use crate::maint::{MaintOp, Maintenance};
 use crate::CpuFeatures;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -33,9 +36,10 @@ impl fmt::Display for Vmid {
 pub struct VmidGrant {
     /// The VMID.
     pub vmid: Vmid,
-    /// The caller must invalidate all stage-1 and stage-2 TLB entries of every VMID
-    /// (`TLBI ALLE1IS`; `DSB ISH`) before using `vmid`: freed VMIDs are being recycled.
-    pub flush_all: bool,
+    /// This allocation was a rollover: freed VMIDs are being recycled, and the allocator
+    /// already invalidated every VMID's stage-1 and stage-2 TLB entries (`TLBI ALLE1IS`,
+    /// completed by `DSB ISH`) before returning.
+    pub flushed: bool,
 }
 
 /// Why a VMID cannot be allocated or freed.
@@ -134,22 +138,29 @@ impl VmidAllocator {
             .find(|&v| !Self::test(&self.live, v) && !Self::test(&self.dirty, v))
     }
 
-    /// Allocates a VMID.
-    pub fn alloc(&mut self) -> Result<VmidGrant, VmidError> {
+    /// Allocates a VMID. On a rollover (no never-used or already flushed VMID is left) it
+    /// first invalidates every VMID's TLB entries through `maint`, inner shareable, and
+    /// waits for completion, so the VMID returned has no stale entry on any CPU.
+    pub fn alloc(&mut self, maint: &mut impl Maintenance) -> Result<VmidGrant, VmidError> {
         if self.live_count == self.capacity() {
             return Err(VmidError::Exhausted {
                 live: self.live_count,
                 bits: self.bits,
             });
         }
-        let mut flush_all = false;
+        let mut flushed = false;
         let v = match self.find_clean() {
             Some(v) => v,
             None => {
-                // Rollover: one full flush makes every freed VMID clean.
+                // Rollover: one full flush makes every freed VMID clean. (Live VMIDs lose
+                // their entries too; they refill them.)
+                maint.op(MaintOp::DsbIshSt);
+                maint.op(MaintOp::TlbiAlle1is);
+                maint.op(MaintOp::DsbIsh);
+                maint.op(MaintOp::Isb);
                 self.dirty.iter_mut().for_each(|w| *w = 0);
                 self.rollovers += 1;
-                flush_all = true;
+                flushed = true;
                 self.find_clean().ok_or(VmidError::Exhausted {
                     live: self.live_count,
                     bits: self.bits,
@@ -161,7 +172,7 @@ impl VmidAllocator {
         self.cursor = v % self.capacity() + 1;
         Ok(VmidGrant {
             vmid: Vmid(v as u16),
-            flush_all,
+            flushed,
         })
     }
 
@@ -181,57 +192,100 @@ impl VmidAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
+    use crate::maint::Recorder;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A mock TLB shared by every CPU. Each VM that runs leaves entries tagged with its VMID
+    /// and its own number (a VM's "generation" of that VMID); they go away only through the
+    /// TLBIs the allocator issues, and only when a later `DSB ISH` completes them.
+    #[derive(Default)]
+    struct Tlb {
+        /// VMID -> the VMs whose entries are tagged with it.
+        entries: BTreeMap<u16, BTreeSet<u64>>,
+        /// Issued, not yet completed: everything (`ALLE1IS`), or these VMIDs.
+        pending_all: bool,
+        pending: Vec<u16>,
+        /// Completed whole-TLB flushes.
+        flushes: u64,
+    }
+
+    impl Maintenance for Tlb {
+        fn op(&mut self, op: MaintOp) {
+            match op {
+                MaintOp::TlbiAlle1is => self.pending_all = true,
+                MaintOp::TlbiVmalls12e1is { vmid } => self.pending.push(vmid),
+                MaintOp::DsbIsh => {
+                    if core::mem::take(&mut self.pending_all) {
+                        self.entries.clear();
+                        self.flushes += 1;
+                    }
+                    for v in self.pending.drain(..) {
+                        self.entries.remove(&v);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 
     fn cycle(bits: u32, cycles: usize, live_target: usize) {
         let mut a = VmidAllocator::new(bits);
+        let mut tlb = Tlb::default();
         let mut live: BTreeSet<u16> = BTreeSet::new();
         let mut order: Vec<Vmid> = Vec::new();
+        let mut vms = 0u64;
         let mut flushes = 0;
-        // Freed since the last flush: must not be handed out before a flush.
-        let mut dirty: BTreeSet<u16> = BTreeSet::new();
         let mut seed = 0x1234_5678u64;
         for _ in 0..cycles {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             if live.len() < live_target || (seed & 1 == 0 && live.len() < a.capacity()) {
-                let g = a.alloc().unwrap();
+                let before = tlb.flushes;
+                let g = a.alloc(&mut tlb).unwrap();
                 let v = g.vmid.get();
                 assert_ne!(v, 0);
                 assert!((v as usize) < (1 << bits));
-                if g.flush_all {
-                    flushes += 1;
-                    dirty.clear();
+                // The new VM must not meet a translation an earlier VM left under its VMID.
+                if let Some(old) = tlb.entries.get(&v) {
+                    panic!("VMID {v} granted to VM {vms} with stale TLB entries of VMs {old:?}");
                 }
-                assert!(!dirty.contains(&v), "VMID {v} reused without a flush");
+                assert_eq!(g.flushed, tlb.flushes == before + 1, "VMID {v}");
+                flushes += u64::from(g.flushed);
                 assert!(live.insert(v), "VMID {v} issued twice");
                 order.push(g.vmid);
+                // The VM runs and fills the TLB; freeing its VMID later leaves them there.
+                tlb.entries.entry(v).or_default().insert(vms);
+                vms += 1;
             } else {
                 let i = (seed >> 8) as usize % order.len();
                 let v = order.swap_remove(i);
                 a.free(v).unwrap();
                 live.remove(&v.get());
-                dirty.insert(v.get());
             }
             assert_eq!(a.live(), live.len());
         }
         assert_eq!(flushes, a.rollovers());
+        assert_eq!(tlb.flushes, a.rollovers(), "flushes = rollovers");
+        assert!(a.rollovers() > 0, "the cycle must roll over");
     }
 
     #[test]
-    fn vmid8_never_zero_never_duplicate() {
+    fn vmid8_never_zero_never_duplicate_never_stale() {
         cycle(8, 4 * 256 * 4, 200);
         let mut a = VmidAllocator::new(8);
         for _ in 0..255 {
-            a.alloc().unwrap();
+            a.alloc(&mut Tlb::default()).unwrap();
         }
-        assert_eq!(a.alloc(), Err(VmidError::Exhausted { live: 255, bits: 8 }));
+        assert_eq!(
+            a.alloc(&mut Tlb::default()),
+            Err(VmidError::Exhausted { live: 255, bits: 8 })
+        );
         assert_eq!(a.free(Vmid(0)), Err(VmidError::NotLive(0)));
     }
 
     #[test]
-    fn vmid16_never_zero_never_duplicate() {
+    fn vmid16_never_zero_never_duplicate_never_stale() {
         cycle(16, 262_144, 100);
         let cpu = CpuFeatures::profile("max").unwrap();
         assert_eq!(VmidAllocator::for_cpu(&cpu).bits(), 16);
@@ -240,18 +294,29 @@ mod tests {
     }
 
     #[test]
-    fn rollover_only_when_every_clean_vmid_is_used() {
+    fn rollover_only_when_every_clean_vmid_is_used_and_flushes_before_returning() {
         let mut a = VmidAllocator::new(8);
+        let mut rec = Recorder::default();
         let mut vs = Vec::new();
         for _ in 0..255 {
-            let g = a.alloc().unwrap();
-            assert!(!g.flush_all);
+            let g = a.alloc(&mut rec).unwrap();
+            assert!(!g.flushed);
             vs.push(g.vmid);
         }
+        assert!(rec.events.is_empty(), "no maintenance without a rollover");
         a.free(vs[10]).unwrap();
-        let g = a.alloc().unwrap();
-        assert!(g.flush_all, "reusing a freed VMID needs a flush");
+        let g = a.alloc(&mut rec).unwrap();
+        assert!(g.flushed, "reusing a freed VMID needs a flush");
         assert_eq!(g.vmid, vs[10]);
+        assert_eq!(
+            rec.ops(),
+            [
+                MaintOp::DsbIshSt,
+                MaintOp::TlbiAlle1is,
+                MaintOp::DsbIsh,
+                MaintOp::Isb
+            ]
+        );
         assert_eq!(a.free(vs[10]), Ok(()));
         assert_eq!(a.free(vs[10]), Err(VmidError::NotLive(vs[10].get())));
     }

@@ -1,6 +1,7 @@
 //! Property tests: random map/unmap/protect sequences against a page-level model, for every
 //! granule and three IPA sizes. After every step `translate` agrees with the model at sampled
-//! and boundary addresses and the recorded maintenance never breaks break-before-make; at the
+//! and boundary addresses, the recorded maintenance never breaks break-before-make, and every
+//! store to a live table was one atomic store through the allocator ([`StoreAudit`]); at the
 //! end the whole table is compared and unmapping everything leaves only the root.
 
 use proptest::prelude::*;
@@ -60,8 +61,11 @@ fn op_strategy(g: Granule) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The tables' memory: a `VecAlloc` whose live tables are audited.
+type Alloc = StoreAudit<VecAlloc>;
+
 struct Harness {
-    pt: PageTable<VecAlloc, Recorder>,
+    pt: PageTable<Alloc, Recorder>,
     model: BTreeMap<u64, (u64, Attrs)>,
     base: u64,
     page: u64,
@@ -76,7 +80,8 @@ impl Harness {
     fn new(g: Granule, bits: u32, where_: u8) -> Harness {
         let cpu = CpuFeatures::profile("max").unwrap();
         let geo = Geometry::stage2(g, bits, &cpu).unwrap();
-        let pt = PageTable::with_vmid(geo, 3, VecAlloc::new(), Recorder::default()).unwrap();
+        let alloc = StoreAudit::new(VecAlloc::new(), geo);
+        let pt = PageTable::with_vmid(geo, 3, alloc, Recorder::default()).unwrap();
         let page = g.size();
         let span = window_pages(g) * page;
         let limit = 1u64 << bits;
@@ -172,7 +177,7 @@ impl Harness {
             .walk::<MapError, _>(
                 self.base..self.base + span,
                 WalkFlags::LEAF,
-                &mut |c: &mut Ctx<VecAlloc, Recorder>, v: &mut Visit| {
+                &mut |c: &mut Ctx<Alloc, Recorder>, v: &mut Visit| {
                     if v.old & 1 != 0 {
                         let size = c.geometry().entry_size(v.level);
                         let start = v.addr & !(size - 1);
@@ -201,7 +206,9 @@ impl Harness {
                         self.tlb.remove(&(ipa & !(size - 1), size));
                     }
                 }
-                Event::Op(MaintOp::TlbiVmalls12e1is { .. }) => self.tlb.clear(),
+                Event::Op(MaintOp::TlbiVmalls12e1is { .. } | MaintOp::TlbiAlle1is) => {
+                    self.tlb.clear()
+                }
                 _ => {}
             }
         }
@@ -243,17 +250,64 @@ impl Harness {
             x ^= x << 17;
             self.check_addr(self.base + x % span);
         }
+        self.check_stores();
         self.bbm.feed(&self.pt.maintenance().events).unwrap();
         self.pt.maintenance_mut().events.clear();
         self.fill_tlb();
         // Memory accounting: every allocated frame is a live table or in reserve.
-        let a = self.pt.allocator();
+        let a = self.pt.allocator().inner();
         let root_tables = self.pt.geometry().root_tables() as usize;
         assert_eq!(
             a.live_allocs(),
             self.pt.tables() - root_tables + 1 + self.pt.reserved_tables()
         );
         assert_eq!(a.bad_frees, 0);
+    }
+
+    /// Single-copy atomicity: no live table was written in bulk or behind the allocator's
+    /// back, table descriptors were published with `Release`, and the stores the allocator
+    /// saw are exactly the ones the walker reported to `Maintenance::store`, in order (a torn
+    /// or split store would show up twice).
+    fn check_stores(&mut self) {
+        let reported: Vec<(u64, u64)> = self
+            .pt
+            .maintenance()
+            .events
+            .iter()
+            .filter_map(|e| match *e {
+                Event::Store { entry_pa, new, .. } => Some((entry_pa, new)),
+                Event::Op(_) => None,
+            })
+            .collect();
+        let audit = self.pt.allocator_mut();
+        if let Err(e) = audit.check() {
+            panic!("{e}");
+        }
+        let stored: Vec<(u64, u64)> = audit
+            .take_stores()
+            .iter()
+            .map(|s| (s.entry_pa, s.value))
+            .collect();
+        if stored != reported {
+            let i = stored
+                .iter()
+                .zip(&reported)
+                .position(|(a, b)| a != b)
+                .unwrap_or(stored.len().min(reported.len()));
+            panic!(
+                "store #{i} to a live table: the allocator saw {:x?}, the walker reported \
+                 {:x?} ({} stores against {}; (entry, value))",
+                stored.get(i),
+                reported.get(i),
+                stored.len(),
+                reported.len()
+            );
+        }
+        assert_eq!(
+            audit.live_tables(),
+            self.pt.tables(),
+            "live tables = tables in use"
+        );
     }
 
     /// Every leaf, expanded to pages, equals the model.
@@ -265,7 +319,7 @@ impl Harness {
             .walk::<MapError, _>(
                 0..limit,
                 WalkFlags::LEAF,
-                &mut |c: &mut Ctx<VecAlloc, Recorder>, v: &mut Visit| {
+                &mut |c: &mut Ctx<Alloc, Recorder>, v: &mut Visit| {
                     if v.old & 1 != 0 {
                         let size = c.geometry().entry_size(v.level);
                         let start = v.addr & !(size - 1);
@@ -289,8 +343,10 @@ impl Harness {
         let roots = self.pt.geometry().root_tables() as usize;
         assert_eq!(self.pt.tables(), roots, "only the root remains");
         assert_eq!(self.pt.table_bytes(), self.pt.geometry().root_bytes());
+        self.check_stores();
         self.bbm.feed(&self.pt.maintenance().events).unwrap();
         let (a, _) = self.pt.destroy();
+        let a = a.into_inner();
         assert_eq!(a.live_allocs(), 0, "no frame leaked");
         assert_eq!(a.bad_frees, 0);
     }
@@ -391,6 +447,49 @@ fn model_every_size_fixed_sequence() {
                 ];
                 run(g, bits, where_, ops, 42);
             }
+        }
+    }
+}
+
+/// The single-entry and same-size-run fast paths of map and unmap, whatever proptest picks
+/// (they write live tables without the walker, so the store audit must see them too).
+#[test]
+fn model_fast_paths_fixed_sequence() {
+    let map = |start, pages, out, pages_only| Op::Map {
+        start,
+        pages,
+        out,
+        attrs: 0,
+        pages_only,
+    };
+    for (g, sizes) in [
+        (Granule::K4, [32, 40, 48]),
+        (Granule::K16, [36, 40, 47]),
+        (Granule::K64, [34, 42, 46]),
+    ] {
+        let l2 = 1u64 << (g.shift() - 3);
+        for bits in sizes {
+            let ops = vec![
+                // A leaf table, then a run of pages into it, then one page, then one page
+                // unmapped (its table stays).
+                map(0, 2, 8 * l2, true),
+                map(4, 3, 8 * l2 + 4, true),
+                map(8, 1, 8 * l2 + 8, true),
+                Op::Unmap { start: 8, pages: 1 },
+                Op::Unmap {
+                    start: 0,
+                    pages: 2 * l2 + 8,
+                },
+                // Two blocks; one unmapped and mapped again as one block entry.
+                map(0, 2 * l2, 8 * l2, false),
+                Op::Unmap {
+                    start: 0,
+                    pages: l2,
+                },
+                map(0, l2, 8 * l2, false),
+            ];
+            // At input 0 (blocks aligned) only: the other windows do not start on a block.
+            run(g, bits, 0, ops, 7);
         }
     }
 }

@@ -82,6 +82,12 @@ pub mod raw {
         unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) }
     }
 
+    /// `TLBI ALLE1IS`: every EL1&0 stage-1 and stage-2 entry of every VMID (VMID rollover).
+    pub fn alle1is() {
+        // SAFETY: TLB invalidation cannot break memory safety.
+        unsafe { asm!("tlbi alle1is", options(nostack, preserves_flags)) }
+    }
+
     /// `TLBI VAE2IS, op`.
     pub fn vae2is(op: u64) {
         // SAFETY: TLB invalidation cannot break memory safety.
