@@ -46,6 +46,27 @@ _start:
 4:  wfi
     b       4b
 
+// A secondary vCPU, started by PSCI CPU_ON with x0 = its index (the context id): MMU off,
+// its own 64 KiB stack, then Rust.
+.global probe_secondary_entry
+probe_secondary_entry:
+    mov     x19, x0
+    mov     x1, #3 << 20            // CPACR_EL1.FPEN
+    msr     cpacr_el1, x1
+    adrp    x1, probe_vectors
+    add     x1, x1, :lo12:probe_vectors
+    msr     vbar_el1, x1
+    isb
+    adrp    x1, __stacks_start
+    add     x1, x1, :lo12:__stacks_start
+    add     x2, x19, #1
+    lsl     x2, x2, #16
+    add     sp, x1, x2
+    mov     x0, x19
+    bl      probe_secondary_main
+5:  wfi
+    b       5b
+
 // EL1 exception vectors (Arm ARM D1.3.1): only "current EL with SP_ELx" is used.
 .section .text.vectors, "ax"
 .balign 0x800
@@ -242,4 +263,65 @@ pub fn id_aa64mmfr0() -> u64 {
     // SAFETY: reading an ID register has no side effects (hyp traps and answers it).
     unsafe { asm!("mrs {}, id_aa64mmfr0_el1", out(reg) v, options(nomem, nostack)) };
     v
+}
+
+/// Turns on the EL1 MMU and caches with `mair`, `tcr` and the root table `ttbr0` (Arm ARM
+/// D8.2: the tables, MAIR and TCR must be in place, and the TLB free of stale entries, before
+/// SCTLR_EL1.M is set).
+///
+/// # Safety
+/// The tables at `ttbr0` must identity-map everything the probe will touch (code, data,
+/// stacks, devices) with the attributes of `mair`, and be in memory (written with the caches
+/// off or cleaned).
+pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) {
+    // SAFETY: the caller's contract; the sequence is the architectural one.
+    unsafe {
+        asm!(
+            "msr mair_el1, {mair}",
+            "msr tcr_el1, {tcr}",
+            "msr ttbr0_el1, {ttbr}",
+            "isb",
+            "tlbi vmalle1",
+            "dsb nsh",
+            "isb",
+            "mrs {t}, sctlr_el1",
+            "orr {t}, {t}, #(1 << 0)",   // M
+            "orr {t}, {t}, #(1 << 2)",   // C
+            "orr {t}, {t}, #(1 << 12)",  // I
+            "msr sctlr_el1, {t}",
+            "isb",
+            mair = in(reg) mair,
+            tcr = in(reg) tcr,
+            ttbr = in(reg) ttbr0,
+            t = out(reg) _,
+            options(nostack)
+        )
+    };
+}
+
+/// `AT S1E1R` of `va`, then `PAR_EL1` (bit 0 = F: the translation faulted).
+pub fn at_s1e1r(va: u64) -> u64 {
+    let par: u64;
+    // SAFETY: address translation writes only PAR_EL1.
+    unsafe {
+        asm!("at s1e1r, {va}", "isb", "mrs {par}, par_el1", va = in(reg) va, par = out(reg) par,
+            options(nostack))
+    };
+    par
+}
+
+/// `SCTLR_EL1`.
+pub fn sctlr_el1() -> u64 {
+    let v: u64;
+    // SAFETY: reading SCTLR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, sctlr_el1", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// The address of the secondary vCPUs' entry point (for PSCI CPU_ON).
+pub fn secondary_entry() -> u64 {
+    extern "C" {
+        fn probe_secondary_entry();
+    }
+    probe_secondary_entry as *const () as u64
 }

@@ -17,11 +17,24 @@
 #![cfg_attr(probe_bare, no_main)]
 
 #[cfg(probe_bare)]
+extern crate alloc;
+
+#[cfg(probe_bare)]
 mod arch;
 #[cfg(probe_bare)]
 mod hostile;
 #[cfg(probe_bare)]
+mod mem;
+#[cfg(probe_bare)]
+mod memtest;
+#[cfg(probe_bare)]
+mod mmu;
+#[cfg(probe_bare)]
+mod platform;
+#[cfg(probe_bare)]
 mod rt;
+#[cfg(probe_bare)]
+mod smp;
 #[cfg(probe_bare)]
 mod tests;
 

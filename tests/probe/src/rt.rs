@@ -308,3 +308,22 @@ pub fn free_ram(dtb: usize) -> (u64, u64) {
         .min(dtb as u64 & !((2 << 20) - 1));
     (start, end.max(start))
 }
+
+/// The end of the probe's BSS and the start of its stacks (linker script symbols).
+pub fn image_layout() -> (u64, u64) {
+    extern "C" {
+        static __bss_end: u8;
+        static __stacks_start: u8;
+    }
+    (
+        core::ptr::addr_of!(__bss_end) as u64,
+        core::ptr::addr_of!(__stacks_start) as u64,
+    )
+}
+
+/// The device tree's `totalsize` (its header's second big-endian word).
+pub fn dtb_size(dtb: usize) -> u64 {
+    // SAFETY: the device tree's header, 4-aligned (booting.rst: 8-byte aligned).
+    let be = unsafe { crate::arch::read32(dtb as u64 + 4) };
+    u64::from(u32::from_be(be))
+}

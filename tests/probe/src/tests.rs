@@ -10,11 +10,14 @@
 //! | `hostile-hvc` | random HVC/SMC calls get SMCCC answers, never a crash | `probe.calls` (100000), `probe.seed` |
 //! | `hostile-mmio` | random accesses to every emulated device get a value or an abort | `probe.accesses` (20000), `probe.seed` |
 //! | `hostile-touch` | touches every page of its free RAM (a lazy VM's table budget) | `probe.stride` (4K) |
+//! | `mmu` | its own stage 1 at `arm64.pagesize=` (stage2's EL1 regime), MMU on: AT S1E1R, data, a stage-1 fault; the tests after it run with the MMU on | |
+//! | `memory` | every vCPU writes address- and round-derived patterns over its share of the free RAM (2 rounds sequential, 2 in random page order) and reads them back; mismatches are printed | |
+//! | `faults` | last, on a lazy stage 2: touches all of its image, stacks, free RAM and DTB and prints how many distinct stage-2 granules that is (hyp's fault count must equal it) | |
 //! | `hypervisor` | the `/hypervisor` node's stage-2 granule and IPA size (against `probe.s2`, `probe.ipa` when given) | `probe.s2`, `probe.ipa` |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
-use crate::{arch, hostile, say};
+use crate::{arch, hostile, memtest, mmu, platform, say};
 
 /// What a test reports: PASS with its figures, or FAIL with why, each a short line.
 pub struct Verdict {
@@ -38,34 +41,23 @@ pub fn fail(why: Line) -> Verdict {
     }
 }
 
-/// A fixed-capacity line of text for a verdict (no heap).
-pub struct Line {
-    buf: [u8; 200],
-    len: usize,
-}
+/// A line of text for a verdict.
+pub struct Line(alloc::string::String);
 
 impl Line {
     /// An empty line.
     pub fn new() -> Line {
-        Line {
-            buf: [0; 200],
-            len: 0,
-        }
+        Line(alloc::string::String::new())
     }
 
     fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+        &self.0
     }
 }
 
 impl core::fmt::Write for Line {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for &b in s.as_bytes() {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = b;
-                self.len += 1;
-            }
-        }
+        self.0.push_str(s);
         Ok(())
     }
 }
@@ -100,7 +92,10 @@ const TESTS: &[(&str, Test)] = &[
     ("hostile-mmio", hostile::mmio),
     ("hostile-touch", hostile::touch),
     ("smccc", hostile::smccc),
-    ("hypervisor", hostile::hypervisor),
+    ("hypervisor", platform::hypervisor),
+    ("mmu", mmu::mmu),
+    ("memory", memtest::memory),
+    ("faults", memtest::faults),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).

@@ -1,0 +1,212 @@
+//! The probe's own stage 1 at the granule `arm64.pagesize=` names, built with `stage2`'s EL1
+//! regime (the same walker hyp uses for stage 2 and for itself), and the `mmu` test.
+
+use crate::mem::{self, Frames};
+use crate::rt::{self, ec, expect};
+use crate::tests::{fail, pass, Env, Verdict};
+use crate::{arch, line};
+use core::sync::atomic::{AtomicU64, Ordering};
+use stage2::{
+    Attrs, CpuFeatures, Geometry, Granule, IdRegs, MapOpts, NoMaintenance, PageTable, Regime,
+};
+
+/// The emulated devices of the guest's platform (QEMU virt layout), mapped as Device memory:
+/// GICD, the redistributors (room for 8 vCPUs), the PL011.
+const DEVICES: [(u64, u64); 3] = [
+    (0x0800_0000, 0x1_0000),
+    (0x080a_0000, 8 * 0x2_0000),
+    (0x0900_0000, 0x1000),
+];
+
+/// MAIR_EL1, TCR_EL1 and TTBR0_EL1 of the probe's stage 1 once [`enable`] ran (0: not yet),
+/// for the secondary vCPUs.
+static REGS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// Turns the MMU on on this (secondary) vCPU with the tables [`enable`] built, if any.
+pub fn enable_here() {
+    let [mair, tcr, ttbr] = [0, 1, 2].map(|i| REGS[i].load(Ordering::Acquire));
+    if ttbr != 0 {
+        // SAFETY: the same tables, registers and identity map `enable` turned on on vCPU 0.
+        unsafe { arch::enable_mmu(mair, tcr, ttbr) };
+    }
+}
+
+/// Whether the MMU is on (the probe's stage 1 exists).
+pub fn is_on() -> bool {
+    REGS[2].load(Ordering::Acquire) != 0
+}
+
+/// The probe's address space once [`enable`] ran.
+pub struct Space {
+    /// Its geometry.
+    pub geo: Geometry,
+    /// Its tables.
+    pub pt: PageTable<Frames, NoMaintenance>,
+}
+
+/// The page size `arm64.pagesize=` names.
+pub fn page_size(env: &Env) -> Option<Granule> {
+    match env.args.get("arm64.pagesize")? {
+        "4k" => Some(Granule::K4),
+        "16k" => Some(Granule::K16),
+        "64k" => Some(Granule::K64),
+        _ => None,
+    }
+}
+
+/// The CPU features as hyp shows them to the guest (the sanitized ID registers).
+fn guest_cpu() -> CpuFeatures {
+    CpuFeatures::from_id_regs(IdRegs {
+        mmfr0: arch::id_aa64mmfr0(),
+        mmfr1: 0,
+        mmfr2: 0,
+        ctr: 0,
+    })
+}
+
+fn align_out(range: (u64, u64), page: u64) -> core::ops::Range<u64> {
+    (range.0 & !(page - 1))..(range.0 + range.1 + page - 1) & !(page - 1)
+}
+
+/// Builds the identity map (RAM normal RWX, the devices Device-nGnRE) at `granule` with
+/// `va_bits`-bit addresses and turns the MMU and caches on.
+pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<Space, crate::tests::Line> {
+    let cpu = guest_cpu();
+    let geo = Geometry::new(Regime::El1, granule, va_bits, &cpu)
+        .map_err(|e| line!("no {granule:?} EL1 geometry for {va_bits} bits: {e}"))?;
+    let frames = Frames::take_pool().ok_or_else(|| line!("the table pool is taken"))?;
+    let mut pt =
+        PageTable::new(geo, frames, NoMaintenance).map_err(|e| line!("root table: {e}"))?;
+    let page = geo.page_size();
+    let opts = MapOpts {
+        skip_cmo: true,
+        pages_only: true,
+    };
+    let ram = align_out(rt::ram(env.dtb), page);
+    pt.map(ram.clone(), ram.start, Attrs::ram(), opts)
+        .map_err(|e| line!("map RAM {ram:#x?}: {e}"))?;
+    for dev in DEVICES {
+        let r = align_out(dev, page);
+        pt.map(r.clone(), r.start, Attrs::device(), opts)
+            .map_err(|e| line!("map device {r:#x?}: {e}"))?;
+    }
+    let pa_bits = [32, 36, 40, 42, 44, 48, 52]
+        .get((cpu.mmfr0() & 0xf) as usize)
+        .copied()
+        .unwrap_or(32);
+    let regs = [stage2::MAIR_EL1, geo.tcr_el1(pa_bits), pt.root_pa()];
+    // SAFETY: the tables identity-map all the probe touches (its image, RAM, the devices), so
+    // every address stays valid across the switch; the caches were off, and the tables were
+    // written with the MMU off (Device memory: they are in memory, not in a cache).
+    unsafe { arch::enable_mmu(regs[0], regs[1], regs[2]) };
+    for (r, v) in REGS.iter().zip(regs) {
+        r.store(v, Ordering::Release);
+    }
+    mem::mmu_is_on();
+    Ok(Space { geo, pt })
+}
+
+/// `AT S1E1R` of `va`: the output address, or `None` when stage 1 faults.
+fn at(va: u64) -> Option<u64> {
+    let par = arch::at_s1e1r(va);
+    if par & 1 != 0 {
+        None
+    } else {
+        Some((par & 0x000f_ffff_ffff_f000) | (va & 0xfff))
+    }
+}
+
+/// `mmu`: builds the probe's stage 1 at `arm64.pagesize=` with the EL1 regime, turns the MMU
+/// on and checks translation: `AT S1E1R` of RAM, device and unmapped addresses against the
+/// table's own `translate`, data patterns through the MMU, and a translation fault of the
+/// probe's own stage 1 for an unmapped address.
+pub fn mmu(env: &Env) -> Verdict {
+    let Some(granule) = page_size(env) else {
+        return fail(line!("no arm64.pagesize= on the command line"));
+    };
+    let mut sp = match enable(env, granule, 40) {
+        Ok(s) => s,
+        Err(why) => return fail(why),
+    };
+    if arch::sctlr_el1() & 1 == 0 {
+        return fail(line!("SCTLR_EL1.M is clear after enabling the MMU"));
+    }
+    let page = sp.geo.page_size();
+    let (free0, free1) = rt::free_ram(env.dtb);
+    let mut checked = 0;
+    // Mapped: RAM (first, last and a middle page), the devices; unmapped: the gaps.
+    let mapped = [
+        free0,
+        free1 - 8,
+        (free0 + free1) / 2,
+        0x0800_0000,
+        0x0900_0010,
+    ];
+    for va in mapped {
+        let want = sp.pt.translate(va).map(|(pa, _, _)| pa);
+        let got = at(va);
+        if got != Some(va) || want != Some(va) {
+            return fail(line!(
+                "VA {va:#x}: AT gives {got:#x?}, the table {want:#x?}, identity expected"
+            ));
+        }
+        checked += 1;
+    }
+    let unmapped = [
+        0x1000_0000,
+        0x0a00_0000,
+        0x3fff_f000,
+        free1 + (4 << 20),
+        0xff_ffff_f000,
+    ];
+    for va in unmapped {
+        if let Some(pa) = at(va) {
+            return fail(line!(
+                "VA {va:#x} is unmapped but AT translates it to {pa:#x}"
+            ));
+        }
+        checked += 1;
+    }
+    // Data through the MMU (cacheable now): a pattern over a few pages, read back.
+    let mut a = free0;
+    let end = (free0 + 4 * page).min(free1);
+    while a < end {
+        // SAFETY: free RAM of the probe, identity mapped.
+        unsafe { (a as *mut u64).write_volatile(a ^ 0x5a5a_5a5a) };
+        a += 8;
+    }
+    let mut a = free0;
+    while a < end {
+        // SAFETY: as above.
+        let v = unsafe { (a as *const u64).read_volatile() };
+        if v != a ^ 0x5a5a_5a5a {
+            return fail(line!("data at {a:#x}: {v:#x} read back"));
+        }
+        a += 8;
+    }
+    // The probe's own translation fault: a data abort from EL1 with a translation fault DFSC.
+    let o = expect(|| {
+        // SAFETY: unmapped at stage 1; the handler skips the faulting load.
+        unsafe {
+            arch::read32(0x1000_0000);
+        }
+    });
+    let dfsc = match o {
+        rt::Outcome::Exception { esr, far } if esr >> 26 == ec::DABT_CUR && far == 0x1000_0000 => {
+            esr & 0x3f
+        }
+        _ => return fail(line!("a load from unmapped VA 0x10000000 gave {o:?}")),
+    };
+    if !(0x04..=0x07).contains(&dfsc) {
+        return fail(line!(
+            "unmapped VA 0x10000000: DFSC {dfsc:#x} is not a translation fault"
+        ));
+    }
+    pass(line!(
+        "{}K pages, {} levels from level {}, {checked} AT checks, data through the MMU, translation fault level {}",
+        page >> 10,
+        sp.geo.levels(),
+        sp.geo.start_level(),
+        dfsc & 3
+    ))
+}
