@@ -141,6 +141,8 @@ pub struct Vm {
     pub out_pending: AtomicBool,
     /// Warnings about this guest's misbehaviour printed so far (`warn_limited`).
     warned: AtomicU64,
+    /// The stage-2 audit found a leaf outside the VM's RAM (a hyp bug: hyp fails).
+    audit_failed: AtomicBool,
     state: AtomicU8,
     live: AtomicUsize,
     done: AtomicBool,
@@ -215,12 +217,53 @@ impl Vm {
         }
     }
 
+    /// Walks the VM's stage 2 and checks that every leaf maps guest RAM to the host frames
+    /// that hold it: RAM at `ram_pa + offset`, or the frame `hyp.stress` migrated the page to.
+    /// Returns the number of leaves, or the first leaf that maps anything else (a hyp bug
+    /// that would let the guest reach memory not its own).
+    pub fn audit_stage2(&self) -> Result<u64, (u64, u64)> {
+        let mut pt = self.s2.lock();
+        let page = pt.geometry().page_size();
+        let mut leaves = 0;
+        let mut bad = None;
+        pt.for_each_leaf(|ipa, pa, size| {
+            leaves += 1;
+            let off = ipa.wrapping_sub(self.ram_ipa);
+            let inside =
+                ipa >= self.ram_ipa && off.checked_add(size).is_some_and(|e| e <= self.ram_size);
+            let want = match &self.stress {
+                Some(st) if inside && size == page => st.frame_of(off, page, self.ram_pa),
+                _ => self.ram_pa.wrapping_add(off),
+            };
+            if (!inside || pa != want) && bad.is_none() {
+                bad = Some((ipa, pa));
+            }
+        });
+        match bad {
+            None => Ok(leaves),
+            Some(b) => Err(b),
+        }
+    }
+
     fn finish(&self) {
         {
             let mut d = self.dev.lock();
             d.uart.flush(&mut |line: &str| output::queue(self, line));
         }
         output::drain(self);
+        match self.audit_stage2() {
+            Ok(n) => info!(
+                "vm {}: stage-2 audit: {n} leaves, all inside guest RAM",
+                self.name
+            ),
+            Err((ipa, pa)) => {
+                error!(
+                    "vm {}: stage-2 audit: IPA {ipa:#x} maps PA {pa:#x}, which is not this VM's RAM there",
+                    self.name
+                );
+                self.audit_failed.store(true, Ordering::Release);
+            }
+        }
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let freq = el2::arch::sysreg::counter().1;
@@ -355,6 +398,17 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
     for vp in &plan.vms {
         vms.push(create(boot, vp, &mut vmids)?);
     }
+    // Every VM's stage 2 as built maps only its own RAM (printed at exit, after everything
+    // the guest and hyp.stress did to it; a failure here stops hyp before any guest runs).
+    for vm in &vms {
+        if let Err((ipa, pa)) = vm.audit_stage2() {
+            error!(
+                "vm {}: stage-2 audit after setup: IPA {ipa:#x} maps PA {pa:#x}, not this VM's RAM",
+                vm.name
+            );
+            return Err("a VM's stage 2 maps memory that is not its RAM");
+        }
+    }
     let vms: &'static [&'static Vm] = VMS.call_once(|| vms).as_slice();
     log::debug!(
         "hyp: times since boot: hyp up {t_start} ms, bundle read {t_read} ms, planned {t_plan} ms, VMs built {} ms",
@@ -401,6 +455,9 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
         }
     }
     output::drain_all();
+    if vms.iter().any(|vm| vm.audit_failed.load(Ordering::Acquire)) {
+        return Err("a VM's stage 2 maps memory that is not its RAM (see the audit above)");
+    }
     if vms.iter().all(|vm| vm.state() == VmState::Off) {
         Ok(Verdict::Ok)
     } else {
@@ -634,6 +691,7 @@ fn create(
         out: SpinMutex::new(OutQueue::new(&vp.name, vdev::console::QUEUE_BYTES)),
         out_pending: AtomicBool::new(false),
         warned: AtomicU64::new(0),
+        audit_failed: AtomicBool::new(false),
         state: AtomicU8::new(VmState::Running as u8),
         live: AtomicUsize::new(n),
         done: AtomicBool::new(false),

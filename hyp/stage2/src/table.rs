@@ -1576,6 +1576,24 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         found
     }
 
+    /// Calls `f(input, output, size)` for every valid leaf (block or page) of the whole
+    /// input space, in address order: a visitor of the one walker (for audits: every leaf of a
+    /// VM's stage 2 must lie in that VM's memory).
+    pub fn for_each_leaf(&mut self, mut f: impl FnMut(u64, u64, u64)) {
+        let limit = self.ctx.geo.input_limit();
+        let _: Result<(), MapError> = self.walk(
+            0..limit,
+            WalkFlags::LEAF,
+            &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
+                if v.old & DESC_VALID != 0 {
+                    let size = c.size(v.level);
+                    f(v.addr & !(size - 1), c.leaf_oa(v.old, v.level), size);
+                }
+                Ok(())
+            },
+        );
+    }
+
     /// Frees every table (root included) and the reserve, and returns the allocator and the
     /// maintenance sink. For stage 2 the VMID is flushed first.
     pub fn destroy(mut self) -> (A, M) {

@@ -429,3 +429,39 @@ fn el2_unmap_invalidates_by_va() {
     );
     pt.destroy();
 }
+
+#[test]
+fn for_each_leaf_reports_pages_and_blocks_in_order() {
+    let mut pt = s2(Granule::K4, 40);
+    // A 2M block, three pages, and a page at the top of the input space.
+    let opts = MapOpts {
+        skip_cmo: true,
+        pages_only: false,
+    };
+    pt.map(0x4000_0000..0x4020_0000, 0x8000_0000, Attrs::ram(), opts)
+        .unwrap();
+    pt.map(0x4020_0000..0x4020_3000, 0x9000_0000, Attrs::ram(), opts)
+        .unwrap();
+    let top = (1 << 40) - 0x1000;
+    pt.map(top..top + 0x1000, 0xa000_0000, Attrs::device(), opts)
+        .unwrap();
+    let mut leaves = Vec::new();
+    pt.for_each_leaf(|ipa, pa, size| leaves.push((ipa, pa, size)));
+    assert_eq!(
+        leaves,
+        [
+            (0x4000_0000, 0x8000_0000, 0x20_0000),
+            (0x4020_0000, 0x9000_0000, 0x1000),
+            (0x4020_1000, 0x9000_1000, 0x1000),
+            (0x4020_2000, 0x9000_2000, 0x1000),
+            (top, 0xa000_0000, 0x1000),
+        ]
+    );
+    pt.unmap(0x4020_1000..0x4020_2000).unwrap();
+    let mut n = 0;
+    pt.for_each_leaf(|ipa, _, _| {
+        assert_ne!(ipa, 0x4020_1000, "an unmapped page is not a leaf");
+        n += 1;
+    });
+    assert_eq!(n, 4);
+}

@@ -325,3 +325,18 @@ pub fn secondary_entry() -> u64 {
     }
     probe_secondary_entry as *const () as u64
 }
+
+/// `TLBI VMALLE1` and the barriers that complete it (`DSB NSH; ISB`): this vCPU forgets its
+/// stage-1 translations and sees every table store made before.
+pub fn tlbi_vmalle1() {
+    // SAFETY: TLB invalidation only drops cached translations.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "tlbi vmalle1",
+            "dsb nsh",
+            "isb",
+            options(nostack)
+        )
+    };
+}

@@ -24,6 +24,8 @@ mod arch;
 #[cfg(probe_bare)]
 mod hostile;
 #[cfg(probe_bare)]
+mod isolation;
+#[cfg(probe_bare)]
 mod mem;
 #[cfg(probe_bare)]
 mod memtest;

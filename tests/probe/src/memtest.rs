@@ -127,7 +127,8 @@ pub fn memory(env: &Env) -> Verdict {
         let Some(g) = mmu::page_size(env) else {
             return fail(line!("no arm64.pagesize= on the command line"));
         };
-        if let Err(why) = mmu::enable(env, g, 40) {
+        let ipa = crate::platform::hypervisor_node(env.dtb).map_or(40, |(_, i)| i as u32);
+        if let Err(why) = mmu::enable(env, g, ipa) {
             return fail(why);
         }
     }

@@ -22,6 +22,9 @@ const DEVICES: [(u64, u64); 3] = [
 /// for the secondary vCPUs.
 static REGS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
+/// The probe's address space, kept for good once the MMU is on (its tables are in use).
+static SPACE: spin::Mutex<Option<Space>> = spin::Mutex::new(None);
+
 /// Turns the MMU on on this (secondary) vCPU with the tables [`enable`] built, if any.
 pub fn enable_here() {
     let [mair, tcr, ttbr] = [0, 1, 2].map(|i| REGS[i].load(Ordering::Acquire));
@@ -64,13 +67,21 @@ fn guest_cpu() -> CpuFeatures {
     })
 }
 
+/// The guest's physical address size (`ID_AA64MMFR0_EL1.PARange` as hyp shows it).
+pub fn guest_pa_bits() -> u32 {
+    [32, 36, 40, 42, 44, 48, 52]
+        .get((arch::id_aa64mmfr0() & 0xf) as usize)
+        .copied()
+        .unwrap_or(32)
+}
+
 fn align_out(range: (u64, u64), page: u64) -> core::ops::Range<u64> {
     (range.0 & !(page - 1))..(range.0 + range.1 + page - 1) & !(page - 1)
 }
 
 /// Builds the identity map (RAM normal RWX, the devices Device-nGnRE) at `granule` with
 /// `va_bits`-bit addresses and turns the MMU and caches on.
-pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<Space, crate::tests::Line> {
+pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<(), crate::tests::Line> {
     let cpu = guest_cpu();
     let geo = Geometry::new(Regime::El1, granule, va_bits, &cpu)
         .map_err(|e| line!("no {granule:?} EL1 geometry for {va_bits} bits: {e}"))?;
@@ -90,10 +101,7 @@ pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<Space, crate:
         pt.map(r.clone(), r.start, Attrs::device(), opts)
             .map_err(|e| line!("map device {r:#x?}: {e}"))?;
     }
-    let pa_bits = [32, 36, 40, 42, 44, 48, 52]
-        .get((cpu.mmfr0() & 0xf) as usize)
-        .copied()
-        .unwrap_or(32);
+    let pa_bits = guest_pa_bits();
     let regs = [stage2::MAIR_EL1, geo.tcr_el1(pa_bits), pt.root_pa()];
     // SAFETY: the tables identity-map all the probe touches (its image, RAM, the devices), so
     // every address stays valid across the switch; the caches were off, and the tables were
@@ -103,7 +111,40 @@ pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<Space, crate:
         r.store(v, Ordering::Release);
     }
     mem::mmu_is_on();
-    Ok(Space { geo, pt })
+    *SPACE.lock() = Some(Space { geo, pt });
+    Ok(())
+}
+
+/// Maps every address below `1 << ipa_bits` that is not RAM or a device yet as Device memory
+/// (blocks where they fit), so that the probe can reach the whole IPA space: what is not the
+/// VM's must then be refused by stage 2.
+pub fn map_rest_as_device(env: &Env, ipa_bits: u32) -> Result<(), crate::tests::Line> {
+    let mut guard = SPACE.lock();
+    let sp = guard.as_mut().ok_or_else(|| line!("the MMU is off"))?;
+    let page = sp.geo.page_size();
+    let limit = (1u64 << ipa_bits).min(sp.geo.input_limit());
+    let mut taken: [core::ops::Range<u64>; 4] = core::array::from_fn(|i| match i {
+        0 => align_out(rt::ram(env.dtb), page),
+        _ => align_out(DEVICES[i - 1], page),
+    });
+    taken.sort_by_key(|r| r.start);
+    let opts = MapOpts {
+        skip_cmo: true,
+        pages_only: false,
+    };
+    let mut from = 0;
+    for r in taken.iter().chain(core::iter::once(&(limit..limit))) {
+        if r.start > from {
+            sp.pt
+                .map(from..r.start, from, Attrs::device(), opts)
+                .map_err(|e| line!("map {from:#x}..{:#x} as device: {e}", r.start))?;
+        }
+        from = from.max(r.end);
+    }
+    // Only invalid entries became valid (no break-before-make needed); make the new
+    // descriptors visible to the table walker.
+    arch::tlbi_vmalle1();
+    Ok(())
 }
 
 /// `AT S1E1R` of `va`: the output address, or `None` when stage 1 faults.
@@ -124,9 +165,13 @@ pub fn mmu(env: &Env) -> Verdict {
     let Some(granule) = page_size(env) else {
         return fail(line!("no arm64.pagesize= on the command line"));
     };
-    let mut sp = match enable(env, granule, 40) {
-        Ok(s) => s,
-        Err(why) => return fail(why),
+    let va_bits = crate::platform::hypervisor_node(env.dtb).map_or(40, |(_, ipa)| ipa as u32);
+    if let Err(why) = enable(env, granule, va_bits) {
+        return fail(why);
+    }
+    let mut guard = SPACE.lock();
+    let Some(sp) = guard.as_mut() else {
+        return fail(line!("no address space after enabling the MMU"));
     };
     if arch::sctlr_el1() & 1 == 0 {
         return fail(line!("SCTLR_EL1.M is clear after enabling the MMU"));

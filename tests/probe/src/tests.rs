@@ -13,11 +13,13 @@
 //! | `mmu` | its own stage 1 at `arm64.pagesize=` (stage2's EL1 regime), MMU on: AT S1E1R, data, a stage-1 fault; the tests after it run with the MMU on | |
 //! | `memory` | every vCPU writes address- and round-derived patterns over its share of the free RAM (2 rounds sequential, 2 in random page order) and reads them back; mismatches are printed | |
 //! | `faults` | last, on a lazy stage 2: touches all of its image, stacks, free RAM and DTB and prints how many distinct stage-2 granules that is (hyp's fault count must equal it) | |
+//! | `isolation` | every 2 MiB of the IPA space and every stage-2 granule within 64 MiB of each edge of RAM and the devices, read and written: outside RAM and the devices each access must abort | |
+//! | `secret` | fills its free RAM with a secret pattern and holds it while other VMs probe | `probe.hold_ms` (3000) |
 //! | `hypervisor` | the `/hypervisor` node's stage-2 granule and IPA size (against `probe.s2`, `probe.ipa` when given) | `probe.s2`, `probe.ipa` |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
-use crate::{arch, hostile, memtest, mmu, platform, say};
+use crate::{arch, hostile, isolation, memtest, mmu, platform, say};
 
 /// What a test reports: PASS with its figures, or FAIL with why, each a short line.
 pub struct Verdict {
@@ -96,6 +98,8 @@ const TESTS: &[(&str, Test)] = &[
     ("mmu", mmu::mmu),
     ("memory", memtest::memory),
     ("faults", memtest::faults),
+    ("isolation", isolation::isolation),
+    ("secret", isolation::secret),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).
