@@ -483,6 +483,21 @@ fn create(
             }
         }
     }
+    // The VM's stage-2 tables come from their own pool, the plan's budget for them: a VM can
+    // exhaust only its own table memory. Aligned to the concatenated root (the first and
+    // largest allocation), so no byte of it is lost to alignment; taken before the RAM,
+    // whose alignment to a large block could otherwise leave no room behind it.
+    let budget = vp.table_budget;
+    let Some(pool) = mem::alloc_phys(budget, geo.root_bytes()) else {
+        error!(
+            "vm {}: its stage-2 table budget of {budget:#x} bytes does not fit in the free host RAM {}",
+            vp.name,
+            mem::remaining()
+        );
+        return Err("not enough host RAM for the VMs' stage-2 tables");
+    };
+    // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
+    let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
     let Some(pa) = mem::alloc_phys(memory, align) else {
         error!(
             "vm {}: {memory:#x} bytes of RAM aligned to {align:#x} do not fit in the free host RAM {}",
@@ -508,20 +523,6 @@ fn create(
     }
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
-    // The VM's stage-2 tables come from their own pool, the plan's budget for them: a VM can
-    // exhaust only its own table memory. Aligned to the concatenated root (the first and
-    // largest allocation), so no byte of it is lost to alignment.
-    let budget = vp.table_budget;
-    let Some(pool) = mem::alloc_phys(budget, geo.root_bytes()) else {
-        error!(
-            "vm {}: its stage-2 table budget of {budget:#x} bytes does not fit in the free host RAM {}",
-            vp.name,
-            mem::remaining()
-        );
-        return Err("not enough host RAM for the VMs' stage-2 tables");
-    };
-    // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
-    let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
     let mut pt = match PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance) {
         Ok(t) => t,
         Err(e) => {
