@@ -22,4 +22,7 @@ cp /tmp/data /tmp/copy
 s2=$(sha256sum /tmp/copy | cut -d' ' -f1)
 if [ "$s1" = "$s2" ]; then echo "guest: tmpfs checksum ok $s1"; else echo "guest: tmpfs checksum MISMATCH"; fi
 echo "guest: done"
+# The console's tty writes its last lines from the UART's TX interrupt; poweroff -f does not
+# wait for that, so under load the last line could be lost with the VM. Let it drain.
+sleep 0.3
 poweroff -f
