@@ -8,7 +8,7 @@
 
 use super::{Region, Vm, VmState, UART_INTID};
 use crate::gic;
-use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2};
+use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ID_AA64DFR0_EL1};
 use core::sync::atomic::Ordering;
 use el2::arch::guest::{self, GuestRegs};
 use el2::arch::{barrier, sysreg, vsys};
@@ -198,11 +198,10 @@ impl Vcpu {
         // Every EL1 register the guest can reach starts from its reset value: the ones hyp
         // emulates in the model, the rest in the hardware (vsys::reset_el1_state).
         self.sysregs = VcpuSysRegs::default();
-        let dfr0 = self.vm.host.dfr0;
-        let (brps, wrps) = (
-            ((dfr0 >> 12) & 0xf) as u32 + 1,
-            ((dfr0 >> 20) & 0xf) as u32 + 1,
-        );
+        // ID_AA64DFR0_EL1.BRPs/WRPs: the number of breakpoints/watchpoints minus one.
+        let dfr0 = LocalRegisterCopy::<u64, ID_AA64DFR0_EL1::Register>::new(self.vm.host.dfr0);
+        let brps = dfr0.read(ID_AA64DFR0_EL1::BRPs) as u32 + 1;
+        let wrps = dfr0.read(ID_AA64DFR0_EL1::WRPs) as u32 + 1;
         // SAFETY: the guest's own EL1 state on its dedicated CPU.
         unsafe {
             vsys::reset_el1_state(brps, wrps);
