@@ -19,12 +19,22 @@ use core::fmt;
 pub const DESC_VALID: u64 = 1 << 0;
 /// Bit 1: table (levels 0-2) or page (level 3) when set with `DESC_VALID`; block when clear.
 pub const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
+/// The type bits \[1:0\] of a descriptor.
+pub const DESC_TYPE_MASK: u64 = DESC_VALID | DESC_TABLE_OR_PAGE;
+/// Type bits of a table descriptor (levels 0-2).
+pub const DESC_TABLE: u64 = DESC_VALID | DESC_TABLE_OR_PAGE;
+/// Type bits of a page descriptor (level 3).
+pub const DESC_PAGE: u64 = DESC_VALID | DESC_TABLE_OR_PAGE;
+/// Type bits of a block descriptor (levels 0-2).
+pub const DESC_BLOCK: u64 = DESC_VALID;
 /// Access flag (AF), bit 10: set on every mapping we make (no access-flag faults).
 pub const DESC_AF: u64 = 1 << 10;
+/// One past the largest output address: 48 bits (no FEAT_LPA/LPA2, so no 52-bit outputs).
+pub const OUTPUT_LIMIT: u64 = 1 << 48;
 /// Output address bits \[47:12\] (narrowed per granule and level by the walker).
-pub const DESC_OA_MASK: u64 = 0x0000_ffff_ffff_f000;
-/// Attribute bits this module owns: everything outside the address and bits \[1:0\].
-pub const DESC_ATTR_MASK: u64 = !(DESC_OA_MASK | 0b11);
+pub const DESC_OA_MASK: u64 = (OUTPUT_LIMIT - 1) & !0xfff;
+/// Attribute bits this module owns: everything outside the address and the type bits.
+pub const DESC_ATTR_MASK: u64 = !(DESC_OA_MASK | DESC_TYPE_MASK);
 
 const SH_INNER: u64 = 0b11 << 8;
 const S1_AP_RO: u64 = 1 << 7; // AP[2]

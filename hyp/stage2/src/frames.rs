@@ -19,7 +19,7 @@
 //! the compiler fill it with whatever stores it likes. The table becomes live with one
 //! `publish_entry` of its descriptor, which orders the fill before it.
 
-use crate::attrs::DESC_OA_MASK;
+use crate::attrs::{DESC_OA_MASK, DESC_TABLE, DESC_TYPE_MASK};
 use crate::{Geometry, Granule};
 use alloc::collections::BTreeMap;
 use alloc::vec;
@@ -428,7 +428,7 @@ impl<A: TableAlloc> StoreAudit<A> {
         let children: Vec<u64> = if level < 3 {
             shadow
                 .iter()
-                .filter(|&&d| d & 3 == 3)
+                .filter(|&&d| d & DESC_TYPE_MASK == DESC_TABLE)
                 .map(|&d| self.child(d))
                 .collect()
         } else {
@@ -447,7 +447,7 @@ impl<A: TableAlloc> StoreAudit<A> {
         if let Some((level, shadow)) = self.live.remove(&pa) {
             if level < 3 {
                 for d in shadow {
-                    if d & 3 == 3 {
+                    if d & DESC_TYPE_MASK == DESC_TABLE {
                         let c = self.child(d);
                         self.detach(c);
                     }
@@ -482,11 +482,11 @@ impl<A: TableAlloc> StoreAudit<A> {
                 "a live descriptor changed without a store through write_entry or publish_entry",
             );
         }
-        if level < 3 && old & 3 == 3 && old != value {
+        if level < 3 && old & DESC_TYPE_MASK == DESC_TABLE && old != value {
             let c = self.child(old);
             self.detach(c);
         }
-        if level < 3 && value & 3 == 3 && old != value {
+        if level < 3 && value & DESC_TYPE_MASK == DESC_TABLE && old != value {
             if !publish {
                 self.violation(
                     entry_pa,

@@ -51,16 +51,6 @@ impl Granule {
         }
     }
 
-    /// Number of adjacent level-3 entries that the Contiguous bit groups (Arm ARM D8.6.1):
-    /// 16 (4K), 128 (16K), 32 (64K).
-    pub const fn contiguous_count(self) -> usize {
-        match self {
-            Granule::K4 => 16,
-            Granule::K16 => 128,
-            Granule::K64 => 32,
-        }
-    }
-
     /// The lower-case name used in configs and on command lines: `4k`, `16k`, `64k`.
     pub const fn name(self) -> &'static str {
         match self {

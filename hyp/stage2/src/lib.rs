@@ -4,8 +4,9 @@
 //! level and the concatenated root tables are fields of one [`Geometry`] value computed at run
 //! time, as the boot-time page size series for arm64 does with `pgtable-geometry`. One table
 //! type, [`PageTable`], serves every regime (a VM's stage 2, hyp's own EL2 stage 1, an EL1
-//! stage 1) with one walker ([`PageTable::walk`]); map, unmap, protect, translate, destroy and
-//! the prepare pass are visitors of it.
+//! stage 1) with one walker ([`PageTable::walk`]): map, unmap, protect, translate, destroy,
+//! the prepare pass, the fill of a fresh subtree and the collection of a detached one are
+//! visitors of it, and the one-entry fast paths are its cached descent without the iteration.
 //!
 //! `no_std` + `alloc`, `forbid(unsafe_code)`: table memory is reached through [`TableAlloc`]
 //! and every barrier/TLBI/cache operation goes through [`Maintenance`]; the `unsafe` lives in

@@ -452,7 +452,8 @@ fn model_every_size_fixed_sequence() {
 }
 
 /// The single-entry and same-size-run fast paths of map and unmap, whatever proptest picks
-/// (they write live tables without the walker, so the store audit must see them too).
+/// (they write live tables after the walker's descent alone, so the store audit must see them
+/// too).
 #[test]
 fn model_fast_paths_fixed_sequence() {
     let map = |start, pages, out, pages_only| Op::Map {
