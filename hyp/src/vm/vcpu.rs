@@ -6,13 +6,14 @@
 //! across exits and are never switched. Only what hyp's own code may clobber is saved at each
 //! exit: GPRs, SP_EL0, ELR/SPSR, FP/SIMD (`el2::arch::guest`).
 
-use super::{Region, Vm, VmState, UART_INTID};
+use super::{Region, Vm, VmState};
 use crate::gic;
 use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2};
 use core::sync::atomic::Ordering;
 use el2::arch::guest::{self, GuestRegs};
 use el2::arch::{barrier, sysreg, vsys};
 use el2::exc::{self, SPSR_EL1H_MASKED};
+use platform::virt::{MAINTENANCE_INTID, UART_INTID, VTIMER_INTID};
 use stage2::{Attrs, MapOpts};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
@@ -133,7 +134,7 @@ pub fn thread(vm: &'static Vm, id: usize) {
                 vsys::set_ich_lr(i, 0);
             }
         }
-        gic::set_ppi(gic::VTIMER_PPI, false);
+        gic::set_ppi(VTIMER_INTID, false);
     }
     if vm.live.fetch_sub(1, Ordering::AcqRel) == 1 {
         vm.finish();
@@ -182,7 +183,7 @@ impl Vcpu {
             sysreg::set_hcr_el2(c.hcr);
         }
         barrier::isb();
-        gic::set_ppi(gic::VTIMER_PPI, true);
+        gic::set_ppi(VTIMER_INTID, true);
     }
 
     /// Architectural entry state (booting.rst; PSCI CPU_ON, DEN 0022 §6.4.3): EL1h, DAIF
@@ -213,7 +214,7 @@ impl Vcpu {
         barrier::isb();
         if self.timer_masked {
             self.timer_masked = false;
-            gic::set_ppi(gic::VTIMER_PPI, true);
+            gic::set_ppi(VTIMER_INTID, true);
         }
     }
 
@@ -339,7 +340,7 @@ impl Vcpu {
                 // line is high: ask for a maintenance interrupt at its deactivation to look at
                 // the timer again (the guest reprograms it without exiting).
                 let lr_reg = LocalRegisterCopy::<u64, ICH_LR0_EL2::Register>::new(lr);
-                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(gic::VTIMER_PPI)
+                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(VTIMER_INTID)
                     && lr_reg.read(ICH_LR0_EL2::State) != 0
                 {
                     lr |= lr_eoi();
@@ -355,21 +356,21 @@ impl Vcpu {
         while let Some(iar) = gic::ack() {
             let intid = (iar & 0xff_ffff) as u32;
             match intid {
-                gic::VTIMER_PPI => {
+                VTIMER_INTID => {
                     // Off until the guest has dealt with it (timer_check), then EOI.
-                    gic::set_ppi(gic::VTIMER_PPI, false);
+                    gic::set_ppi(VTIMER_INTID, false);
                     self.timer_masked = true;
                     let k = self
                         .vm
                         .dev
                         .lock()
                         .vgic
-                        .set_level(gic::VTIMER_PPI, self.id, true);
+                        .set_level(VTIMER_INTID, self.id, true);
                     if let Ok(k) = k {
                         self.vm.kick(k, self.id);
                     }
                 }
-                gic::MAINTENANCE_PPI => {
+                MAINTENANCE_INTID => {
                     // The model already folded the list registers back (sync_lrs); clear the
                     // conditions so the level drops: EOI bits of deactivated entries, UIE.
                     let eisr = vsys::ich_eisr_el2();
@@ -404,9 +405,9 @@ impl Vcpu {
                 .dev
                 .lock()
                 .vgic
-                .set_level(gic::VTIMER_PPI, self.id, false);
+                .set_level(VTIMER_INTID, self.id, false);
             self.timer_masked = false;
-            gic::set_ppi(gic::VTIMER_PPI, true);
+            gic::set_ppi(VTIMER_INTID, true);
         }
     }
 
