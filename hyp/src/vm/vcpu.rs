@@ -32,7 +32,7 @@ pub struct Start {
     pub vcpu: usize,
 }
 
-/// `el2::smp::send_work` entry: `arg` is a leaked `Box<Start>`.
+/// `cpus::dispatch` entry: `arg` is a leaked `Box<Start>`.
 pub fn thread_entry(arg: u64) {
     // SAFETY: `run_system` passes a pointer from `Box::leak`, used once, here.
     let s = unsafe { &*(arg as *const Start) };
