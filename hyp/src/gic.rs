@@ -18,9 +18,10 @@ use el2::arch::{barrier, vsys};
 use el2::dt::{Platform, MAX_REDIST_REGIONS};
 use el2::smp;
 use log::warn;
-use platform::gicv3::GICR_STRIDE;
+use platform::gicv3::{GICR_STRIDE, ICC_IAR1_EL1, SPECIAL_INTIDS};
 use platform::virt::{MAINTENANCE_INTID, VTIMER_INTID};
 use spin::Once;
+use tock_registers::LocalRegisterCopy;
 
 /// The SGI one CPU sends another to make its vCPU exit or wake.
 pub const KICK_SGI: u32 = 8;
@@ -276,11 +277,16 @@ pub fn drain_host_uart(mut f: impl FnMut(u8)) {
     }
 }
 
+/// The INTID of an `ICC_IAR1_EL1` value.
+pub fn intid(iar: u64) -> u32 {
+    LocalRegisterCopy::<u64, ICC_IAR1_EL1::Register>::new(iar).read(ICC_IAR1_EL1::INTID) as u32
+}
+
 /// Acknowledges the highest-priority pending interrupt: its `ICC_IAR1_EL1` value, or `None`
-/// when nothing is pending (INTID 1020-1023).
+/// when nothing is pending (a special INTID, 1020-1023).
 pub fn ack() -> Option<u64> {
     let iar = vsys::icc_iar1_el1();
-    if (iar & 0xff_ffff) >= 1020 {
+    if intid(iar) >= SPECIAL_INTIDS.start {
         None
     } else {
         Some(iar)

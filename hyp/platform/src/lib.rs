@@ -7,10 +7,12 @@
 //!   PSCI and SGI targets).
 //! - [`gicv3`]: the GICv3 register frames and fields (IHI 0069), for hyp's driver of the
 //!   physical GIC and `vdev`'s model of the virtual one.
+//! - [`esr`]: the one exception-class table and fault-status decoding, for `el2`'s reports of
+//!   hyp's own exceptions, `vdev`'s exit decoding and the syndromes hyp injects.
 //! - [`MAX_HOST_CPUS`]: how many physical CPUs hyp runs on.
 //!
-//! `no_std`, no `unsafe`, and no dependency beyond `tock-registers`, so that every crate of
-//! hyp can use it without pulling in another's.
+//! `no_std`, no `unsafe`, and no dependency beyond `aarch64-cpu` and `tock-registers`, so that
+//! every crate of hyp can use it without pulling in another's.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -18,6 +20,7 @@
 #[cfg(test)]
 extern crate alloc;
 
+pub mod esr;
 pub mod gicv3;
 pub mod mpidr;
 pub mod virt;

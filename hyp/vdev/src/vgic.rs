@@ -31,7 +31,10 @@ use crate::mmio::{check_aligned, AccessSize, MmioError};
 use aarch64_cpu::registers::ICH_LR0_EL2 as LR;
 use alloc::vec::Vec;
 use core::fmt;
-use platform::gicv3::{gicd, gicr, GICD_SIZE, GICR_STRIDE, GICR_WAKER, SGI_BASE};
+use platform::gicv3::{
+    gicd, gicr, GICD_CTLR, GICD_SIZE, GICD_TYPER, GICR_STRIDE, GICR_TYPER, GICR_WAKER,
+    ICC_SGI1R_EL1, SGI_BASE,
+};
 use platform::mpidr::{Mpidr, AFFINITY_MASK};
 use platform::virt;
 use tock_registers::fields::FieldValue;
@@ -219,10 +222,6 @@ pub struct Vgic {
 
 const ST_PENDING: u64 = 1;
 const ST_ACTIVE: u64 = 2;
-const CTLR_G0: u32 = 1 << 0;
-const CTLR_G1: u32 = 1 << 1;
-const CTLR_ARE: u32 = 1 << 4;
-const CTLR_DS: u32 = 1 << 6;
 
 /// The bitmap registers shared by the distributor and the SGI frame.
 #[derive(Clone, Copy)]
@@ -374,7 +373,12 @@ impl Vgic {
     }
 
     fn group_enabled(&self, irq: &Irq) -> bool {
-        self.ctlr & if irq.group1 { CTLR_G1 } else { CTLR_G0 } != 0
+        let enable = if irq.group1 {
+            GICD_CTLR::EnableGrp1
+        } else {
+            GICD_CTLR::EnableGrp0
+        };
+        enable.is_set(self.ctlr)
     }
 
     fn deliverable(&self, irq: &Irq) -> bool {
@@ -441,32 +445,34 @@ impl Vgic {
         Ok(self.kicks_for(vcpu, intid))
     }
 
-    /// A trapped write of `value` to `ICC_SGI1R_EL1` by `from` (IHI 0069 §12.2.23):
-    /// `TargetList` \[15:0\], `Aff1` \[23:16\], `INTID` \[27:24\], `Aff2` \[39:32\], `IRM` \[40\],
-    /// `RS` \[47:44\], `Aff3` \[55:48\]. `IRM` = 1 targets every vCPU except the sender. Targets
-    /// that name no vCPU are ignored. Returns the vCPUs to kick (the targets, except the
-    /// sender, which is at an exit and picks its SGI up at its next flush).
+    /// A trapped write of `value` to `ICC_SGI1R_EL1` by `from` (IHI 0069 §12.2.23, fields
+    /// `platform::gicv3::ICC_SGI1R_EL1`). `IRM` = 1 targets every vCPU except the sender.
+    /// Targets that name no vCPU are ignored. Returns the vCPUs to kick (the targets, except
+    /// the sender, which is at an exit and picks its SGI up at its next flush).
     pub fn sgi(&mut self, from: usize, value: u64) -> VcpuSet {
-        let intid = ((value >> 24) & 0xf) as usize;
+        let sgi1r = LocalRegisterCopy::<u64, ICC_SGI1R_EL1::Register>::new(value);
+        let intid = sgi1r.read(ICC_SGI1R_EL1::INTID) as usize;
         let mut targets = VcpuSet::EMPTY;
-        if value & (1 << 40) != 0 {
+        if sgi1r.is_set(ICC_SGI1R_EL1::IRM) {
             for v in 0..self.cpus.len() {
                 if v != from {
                     targets.insert(v);
                 }
             }
         } else {
-            let list = value & 0xffff;
-            let rs = (value >> 44) & 0xf;
-            let aff1 = (value >> 16) & 0xff;
-            let aff2 = (value >> 32) & 0xff;
-            let aff3 = (value >> 48) & 0xff;
+            let list = sgi1r.read(ICC_SGI1R_EL1::TargetList);
+            let rs = sgi1r.read(ICC_SGI1R_EL1::RS);
             for bit in 0..16 {
                 if list & (1 << bit) == 0 {
                     continue;
                 }
-                let aff0 = rs * 16 + bit;
-                let m = Mpidr::from_affinity(aff0 | aff1 << 8 | aff2 << 16 | aff3 << 32);
+                // Aff0 = RS * 16 + bit: above 255 (RS = 15, bit 15 is 255) cannot occur.
+                let m = Mpidr::from_fields(
+                    (rs * 16 + bit) as u8,
+                    sgi1r.read(ICC_SGI1R_EL1::Aff1) as u8,
+                    sgi1r.read(ICC_SGI1R_EL1::Aff2) as u8,
+                    sgi1r.read(ICC_SGI1R_EL1::Aff3) as u8,
+                );
                 if let Some(v) = m.vcpu().filter(|&v| v < self.cpus.len()) {
                     targets.insert(v);
                 }
@@ -730,9 +736,11 @@ impl Vgic {
 
     fn typer(&self) -> u32 {
         let it_lines = self.n_intids() / 32 - 1;
-        // IDbits [23:19] = 9 (10 INTID bits), No1N [25] = 1; SecurityExtn, MBIS, LPIS,
-        // DVIS, A3V, RSS all 0.
-        it_lines | (9 << 19) | (1 << 25)
+        // 10 INTID bits, no 1-of-N routing; SecurityExtn, MBIS, LPIS, DVIS, A3V, RSS all 0.
+        (GICD_TYPER::ITLinesNumber.val(it_lines)
+            + GICD_TYPER::IDbits.val(9)
+            + GICD_TYPER::No1N::SET)
+            .value
     }
 
     /// A read of the distributor at `offset`. The SPI registers of INTIDs 0-31 are RAZ/WI
@@ -741,7 +749,7 @@ impl Vgic {
     pub fn dist_read(&mut self, offset: u64, size: AccessSize) -> Result<u64, MmioError> {
         Self::dist_check(offset, size)?;
         Ok(match offset {
-            gicd::CTLR => (self.ctlr | CTLR_ARE | CTLR_DS) as u64,
+            gicd::CTLR => (self.ctlr | (GICD_CTLR::ARE::SET + GICD_CTLR::DS::SET).value) as u64,
             gicd::TYPER => self.typer() as u64,
             gicd::IIDR => IIDR as u64,
             gicd::PIDR2 => PIDR2 as u64,
@@ -793,7 +801,7 @@ impl Vgic {
         let v32 = value as u32;
         Ok(match offset {
             gicd::CTLR => {
-                self.ctlr = v32 & (CTLR_G0 | CTLR_G1);
+                self.ctlr = v32 & (GICD_CTLR::EnableGrp0::SET + GICD_CTLR::EnableGrp1::SET).value;
                 // Group enables affect every vCPU: kick all that now have work or listed
                 // interrupts.
                 let mut k = VcpuSet::EMPTY;
@@ -867,10 +875,11 @@ impl Vgic {
 
     fn gicr_typer(&self, vcpu: usize) -> u64 {
         let cpu = &self.cpus[vcpu];
-        // PLPIS = VLPIS = DirectLPI = 0; Last [4]; Processor_Number [23:8];
-        // Affinity_Value [63:32] = Aff3.Aff2.Aff1.Aff0.
-        let last = u64::from(vcpu + 1 == self.cpus.len()) << 4;
-        ((cpu.mpidr.packed32() as u64) << 32) | ((vcpu as u64 & 0xffff) << 8) | last
+        // PLPIS = VLPIS = DirectLPI = 0.
+        (GICR_TYPER::Affinity_Value.val(cpu.mpidr.packed32().into())
+            + GICR_TYPER::Processor_Number.val(vcpu as u64)
+            + GICR_TYPER::Last.val(u64::from(vcpu + 1 == self.cpus.len())))
+        .value
     }
 
     /// A read of the redistributor region (all vCPUs' redistributors, [`GICR_STRIDE`]
