@@ -8,7 +8,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vdev::pl011::{Pl011, MAX_LINE, REGION_SIZE};
+use platform::virt::UART_SIZE;
+use vdev::pl011::{Pl011, MAX_LINE};
 use vdev::{AccessSize, MmioError};
 
 const PREFIX: &str = "[fz] ";
@@ -24,7 +25,7 @@ enum Op {
 }
 
 fn expect_error(offset: u64, size: AccessSize) -> bool {
-    offset >= REGION_SIZE || size == AccessSize::B8 || offset % size.bytes() != 0
+    offset >= UART_SIZE || size == AccessSize::B8 || offset % size.bytes() != 0
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -87,8 +88,8 @@ fn check_error(e: MmioError, offset: u64, size: AccessSize) {
     );
     match e {
         MmioError::OutOfRange { offset: o, region } => {
-            assert_eq!((o, region), (offset, REGION_SIZE));
-            assert!(offset >= REGION_SIZE);
+            assert_eq!((o, region), (offset, UART_SIZE));
+            assert!(offset >= UART_SIZE);
         }
         MmioError::BadSize { .. } => assert_eq!(size, AccessSize::B8),
         MmioError::Unaligned { .. } => assert_ne!(offset % size.bytes(), 0),

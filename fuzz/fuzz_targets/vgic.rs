@@ -12,7 +12,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vdev::vgic::{VcpuSet, Vgic, VgicConfig, DIST_SIZE, MAX_LRS};
+use platform::gicv3::GICD_SIZE;
+use vdev::vgic::{VcpuSet, Vgic, VgicConfig, MAX_LRS};
 use vdev::{AccessSize, MmioError};
 
 const LR_STATE_SHIFT: u64 = 62;
@@ -138,16 +139,16 @@ fuzz_target!(|data: &[u8]| {
         };
         match op {
             Op::DistRead { offset, sas } => {
-                let o = u64::from(offset) % (DIST_SIZE + 0x1_0000);
+                let o = u64::from(offset) % (GICD_SIZE + 0x1_0000);
                 let s = AccessSize::from_sas(sas.into());
-                check_read(g.dist_read(o, s), s, DIST_SIZE, o);
+                check_read(g.dist_read(o, s), s, GICD_SIZE, o);
             }
             Op::DistWrite { offset, sas, value } => {
-                let o = u64::from(offset) % (DIST_SIZE + 0x1_0000);
+                let o = u64::from(offset) % (GICD_SIZE + 0x1_0000);
                 let s = AccessSize::from_sas(sas.into());
                 match g.dist_write(o, s, value) {
                     Ok(k) => check_kicks(k, n),
-                    Err(e) => check_error(e, DIST_SIZE, o, s),
+                    Err(e) => check_error(e, GICD_SIZE, o, s),
                 }
             }
             Op::RedistRead { offset, sas } => {

@@ -24,13 +24,14 @@
 //! Parsing ([`parse_config`]) checks everything that needs neither the CPU nor the files;
 //! [`crate::plan`] checks the rest. Every error names the file, the line, the VM and the key.
 
-use crate::layout::{MAX_VCPUS, MEMORY_ALIGN, RAM_BASE};
+use crate::layout::{MEMORY_ALIGN, RAM_BASE};
 use crate::size::{format_size, parse_size, SizeError};
 use alloc::borrow::ToOwned;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
+use platform::virt::MAX_VCPUS;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use stage2::Granule;

@@ -5,15 +5,16 @@
 //! `interrupt-controller/arm,gic-v3.yaml`, `timer/arm,arch_timer.yaml`,
 //! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`.
 
-use crate::layout::{
-    gicr_region, vcpu_affinity, Region, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, TIMER_PPIS, UART_BASE,
-    UART_CLOCK_HZ, UART_SIZE, UART_SPI,
-};
+use crate::layout::{Region, DTB_MAX_SIZE};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use platform::virt::{
+    gicr_region, GICD_BASE, GICD_SIZE, TIMER_PPIS, UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
+};
+use platform::Mpidr;
 use stage2::Granule;
 use vm_fdt::FdtWriter;
 
@@ -60,6 +61,12 @@ pub enum DtbError {
         /// Its size.
         size: usize,
     },
+    /// A vCPU index with no MPIDR affinity in hyp's numbering (`platform::mpidr`); configs
+    /// allow far fewer vCPUs.
+    NoAffinity {
+        /// The vCPU.
+        vcpu: u32,
+    },
 }
 
 impl fmt::Display for DtbError {
@@ -71,6 +78,9 @@ impl fmt::Display for DtbError {
                 "the guest device tree is {size} bytes, more than the 2M the boot protocol \
                  allows; shorten cmdline"
             ),
+            DtbError::NoAffinity { vcpu } => {
+                write!(f, "vCPU {vcpu} has no MPIDR affinity; use fewer vCPUs")
+            }
         }
     }
 }
@@ -128,7 +138,11 @@ fn create_cpu_nodes(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
     fdt.property_u32("#address-cells", 1)?;
     fdt.property_u32("#size-cells", 0)?;
     for i in 0..vm.vcpus {
-        let aff = vcpu_affinity(i) as u32;
+        let Some(mpidr) = Mpidr::from_vcpu(i as usize) else {
+            return Err(DtbError::NoAffinity { vcpu: i });
+        };
+        // Aff1.Aff0 only (hyp's numbering leaves Aff2 and Aff3 zero): one address cell.
+        let aff = mpidr.affinity() as u32;
         let cpu = fdt.begin_node(&format!("cpu@{aff:x}"))?;
         fdt.property_string("device_type", "cpu")?;
         fdt.property_string("compatible", "arm,armv8")?;

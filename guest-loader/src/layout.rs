@@ -1,19 +1,9 @@
-//! The guest physical (IPA) memory map of a VM: QEMU's `virt` board layout, which Linux and
-//! the probe guest already know.
+//! Where a VM's kernel, initrd and device tree go in its RAM. The VM's platform (RAM base,
+//! device addresses, interrupts, vCPU limit) is `platform::virt`, re-exported here as
+//! [`RAM_BASE`]; this module places things inside the RAM.
 //!
 //! ```text
-//!  IPA
-//!  0x0000_0000 ┌──────────────────────────────┐
-//!              │ (unmapped)                   │
-//!  0x0800_0000 ├──────────────────────────────┤ GICD_BASE  GICv3 distributor, 64 KiB
-//!  0x0801_0000 ├──────────────────────────────┤
-//!              │ (unmapped)                   │
-//!  0x080A_0000 ├──────────────────────────────┤ GICR_BASE  redistributors, 128 KiB per vCPU
-//!              │ RD_base + SGI_base per vCPU  │            (room for MAX_VCPUS = 123)
-//!  0x0900_0000 ├──────────────────────────────┤ UART_BASE  PL011, 4 KiB, SPI 1
-//!  0x0900_1000 ├──────────────────────────────┤
-//!              │ (unmapped)                   │
-//!  0x4000_0000 ├──────────────────────────────┤ RAM_BASE   guest RAM (`memory` bytes)
+//!  RAM_BASE    ┌──────────────────────────────┐ guest RAM (`memory` bytes)
 //!              │ kernel Image at a 2 MiB      │   kernel: RAM_BASE + text_offset,
 //!              │ aligned base + text_offset,  │           image_size bytes reserved
 //!              │ image_size bytes reserved    │
@@ -24,38 +14,15 @@
 //!  end         └──────────────────────────────┘
 //! ```
 //!
-//! Sources: QEMU `hw/arm/virt.c` (`base_memmap`, `a15irqmap`), Linux
-//! `Documentation/arch/arm64/booting.rst` (Image placement, DTB and initrd rules).
+//! Source: Linux `Documentation/arch/arm64/booting.rst` (Image placement, DTB and initrd
+//! rules).
 
 use crate::size::format_size;
 use alloc::string::String;
 use core::fmt;
 
-/// Guest RAM starts here, as on QEMU `virt` (`VIRT_MEM`).
-pub const RAM_BASE: u64 = 0x4000_0000;
-/// GICv3 distributor (`VIRT_GIC_DIST`).
-pub const GICD_BASE: u64 = 0x0800_0000;
-/// Size of the distributor frame.
-pub const GICD_SIZE: u64 = 0x1_0000;
-/// First GICv3 redistributor (`VIRT_GIC_REDIST`).
-pub const GICR_BASE: u64 = 0x080A_0000;
-/// Each vCPU's redistributor: RD_base + SGI_base, 64 KiB each (GICv3 architecture spec 12.10).
-pub const GICR_STRIDE: u64 = 0x2_0000;
-/// End of the redistributor window (the UART follows).
-pub const GICR_END: u64 = UART_BASE;
-/// The most vCPUs whose redistributors fit below the UART: (0x0900_0000 - 0x080A_0000) / 128 KiB.
-pub const MAX_VCPUS: u32 = ((GICR_END - GICR_BASE) / GICR_STRIDE) as u32;
-/// PL011 UART (`VIRT_UART`).
-pub const UART_BASE: u64 = 0x0900_0000;
-/// Size of the PL011 frame.
-pub const UART_SIZE: u64 = 0x1000;
-/// The PL011's interrupt: SPI 1 (INTID 33).
-pub const UART_SPI: u32 = 1;
-/// The PL011's `uartclk`/`apb_pclk` frequency, as QEMU describes it (24 MHz).
-pub const UART_CLOCK_HZ: u32 = 24_000_000;
-/// Generic timer PPIs in `arm,armv8-timer` order: secure physical, non-secure physical,
-/// virtual, hypervisor (INTIDs 29, 30, 27, 26).
-pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+pub use platform::virt::RAM_BASE;
+
 /// The kernel's base must be 2 MiB aligned (booting.rst: "placed text_offset bytes from a 2MB
 /// aligned base address").
 pub const KERNEL_ALIGN: u64 = 2 << 20;
@@ -80,18 +47,6 @@ pub const INITRD_WINDOW: u64 = 32 << 30;
 pub const MEMORY_ALIGN: u64 = 2 << 20;
 /// Linux arm64 `COMMAND_LINE_SIZE` (bytes, including the terminating NUL).
 pub const CMDLINE_MAX: usize = 2048;
-
-/// The GICv3 redistributor region of a VM with `vcpus` vCPUs: (base, size).
-pub const fn gicr_region(vcpus: u32) -> (u64, u64) {
-    (GICR_BASE, vcpus as u64 * GICR_STRIDE)
-}
-
-/// The affinity fields (Aff1.Aff0) of vCPU `index`, as in the DT `reg` of its cpu node and in
-/// `VMPIDR_EL2` (hyp adds bit 31, RES1). Sixteen vCPUs per cluster, as QEMU `virt` does with
-/// GICv3 (the ICC_SGI1R_EL1 target list covers Aff0 0..15).
-pub const fn vcpu_affinity(index: u32) -> u64 {
-    (((index / 16) as u64) << 8) | (index % 16) as u64
-}
 
 /// A range of guest physical addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,16 +297,6 @@ mod tests {
             file_size: image_size / 2,
             initrd_size: initrd,
         }
-    }
-
-    #[test]
-    fn constants_match_qemu_virt() {
-        assert_eq!(MAX_VCPUS, 123);
-        assert_eq!(gicr_region(4), (0x080A_0000, 0x8_0000));
-        assert_eq!(vcpu_affinity(0), 0);
-        assert_eq!(vcpu_affinity(15), 15);
-        assert_eq!(vcpu_affinity(16), 0x100);
-        assert_eq!(vcpu_affinity(33), 0x201);
     }
 
     #[test]

@@ -18,14 +18,13 @@ use el2::arch::{barrier, vsys};
 use el2::dt::{Platform, MAX_REDIST_REGIONS};
 use el2::smp;
 use log::warn;
+use platform::gicv3::{GICR_STRIDE, ICC_IAR1_EL1, SPECIAL_INTIDS};
+use platform::virt::{MAINTENANCE_INTID, VTIMER_INTID};
 use spin::Once;
+use tock_registers::LocalRegisterCopy;
 
 /// The SGI one CPU sends another to make its vCPU exit or wake.
 pub const KICK_SGI: u32 = 8;
-/// The GIC maintenance interrupt (QEMU virt, Arm BSA).
-pub const MAINTENANCE_PPI: u32 = 25;
-/// The EL1 virtual timer (Arm BSA; QEMU virt's `arch_timer` node, PPI 11 = INTID 27).
-pub const VTIMER_PPI: u32 = 27;
 
 const PRIORITY: u8 = 0xa0;
 
@@ -45,7 +44,6 @@ const CTLR_ENABLE_G1NS: u32 = 1 << 1;
 // Redistributor registers (IHI 0069 §12.10/12.11).
 const GICR_TYPER: usize = 0x8;
 const GICR_WAKER: usize = 0x14;
-const GICR_STRIDE: usize = 0x2_0000;
 const SGI_BASE: usize = 0x1_0000;
 const GICR_IGROUPR0: usize = SGI_BASE + 0x80;
 const GICR_ISENABLER0: usize = SGI_BASE + 0x100;
@@ -165,7 +163,7 @@ fn find_redist(mpidr: u64) -> Option<usize> {
     let want = ((mpidr >> 32) & 0xff) << 24 | (mpidr & 0xff_ffff);
     for &(base, size) in &layout.redists[..layout.n_redists] {
         let mut a = base;
-        while a + GICR_STRIDE <= base + size {
+        while a + GICR_STRIDE as usize <= base + size {
             let typer = rd64(a + GICR_TYPER);
             if typer >> 32 == want {
                 return Some(a);
@@ -173,7 +171,7 @@ fn find_redist(mpidr: u64) -> Option<usize> {
             if typer & (1 << 4) != 0 {
                 break; // Last
             }
-            a += GICR_STRIDE;
+            a += GICR_STRIDE as usize;
         }
     }
     None
@@ -207,12 +205,12 @@ pub fn init_cpu() -> Result<(), &'static str> {
         );
     }
     // PPIs 25 and 27 level-sensitive (ICFGR1 fields 0b00).
-    let cfg =
-        rd(r + GICR_ICFGR1) & !(3 << ((MAINTENANCE_PPI - 16) * 2) | 3 << ((VTIMER_PPI - 16) * 2));
+    let cfg = rd(r + GICR_ICFGR1)
+        & !(3 << ((MAINTENANCE_INTID - 16) * 2) | 3 << ((VTIMER_INTID - 16) * 2));
     wr(r + GICR_ICFGR1, cfg);
     wr(
         r + GICR_ISENABLER0,
-        (1 << KICK_SGI) | (1 << MAINTENANCE_PPI) | (1 << VTIMER_PPI),
+        (1 << KICK_SGI) | (1 << MAINTENANCE_INTID) | (1 << VTIMER_INTID),
     );
     // SAFETY: the CPU interface at EL2: system-register access on (ICC_SRE_EL2.SRE) and
     // allowed for EL1 (Enable, so the guest's ICC_SRE_EL1 works: IHI 0069 §12.2.24); priority
@@ -279,11 +277,16 @@ pub fn drain_host_uart(mut f: impl FnMut(u8)) {
     }
 }
 
+/// The INTID of an `ICC_IAR1_EL1` value.
+pub fn intid(iar: u64) -> u32 {
+    LocalRegisterCopy::<u64, ICC_IAR1_EL1::Register>::new(iar).read(ICC_IAR1_EL1::INTID) as u32
+}
+
 /// Acknowledges the highest-priority pending interrupt: its `ICC_IAR1_EL1` value, or `None`
-/// when nothing is pending (INTID 1020-1023).
+/// when nothing is pending (a special INTID, 1020-1023).
 pub fn ack() -> Option<u64> {
     let iar = vsys::icc_iar1_el1();
-    if (iar & 0xff_ffff) >= 1020 {
+    if intid(iar) >= SPECIAL_INTIDS.start {
         None
     } else {
         Some(iar)

@@ -9,7 +9,7 @@
 //! - SCTLR_EL2.WXN on top, so no writable page is ever executable.
 
 use crate::mem;
-use aarch64_cpu::registers::SCTLR_EL2;
+use aarch64_cpu::registers::{SCTLR_EL2, TCR_EL2};
 use core::fmt;
 use el2::arch::{self, barrier, cache, sysreg, tlb};
 use el2::dt::{PhysRange, Platform, MAX_REDIST_REGIONS, MAX_VIRTIO_MMIO};
@@ -21,6 +21,7 @@ use stage2::{
     Attrs, CpuFeatures, Geometry, GeometryError, Granule, MapError, MapOpts, NoMaintenance,
     PageTable, Regime, MAIR_EL2,
 };
+use tock_registers::LocalRegisterCopy;
 
 /// What the MMU runs with.
 pub struct MmuInfo {
@@ -305,10 +306,11 @@ pub fn enable(
     *EL2_TABLE.lock() = Some(live);
 
     // Re-assert what the hardware now runs with (vmbase page_table.rs does the same).
-    let tcr_now = sysreg::tcr_el2();
-    if tcr_now & 0x3f != geo.t0sz() || (tcr_now >> 14) & 3 != geo.tg0() {
+    let tcr_now = LocalRegisterCopy::<u64, TCR_EL2::Register>::new(sysreg::tcr_el2());
+    if tcr_now.read(TCR_EL2::T0SZ) != geo.t0sz() || tcr_now.read(TCR_EL2::TG0) != geo.tg0() {
         el2::fatal!(
-            "TCR_EL2 reads back {tcr_now:#x}, expected T0SZ {} and TG0 {:#b}",
+            "TCR_EL2 reads back {:#x}, expected T0SZ {} and TG0 {:#b}",
+            tcr_now.get(),
             geo.t0sz(),
             geo.tg0()
         );

@@ -3,7 +3,6 @@
 
 use crate::boot::{dtb_slice, Boot};
 use crate::mmu;
-use el2::arch::sysreg;
 use el2::cmdline::TestSwitch;
 use el2::dt::Platform;
 use el2::smp;
@@ -114,20 +113,16 @@ pub fn smp_work_test() {
     }
     let n = smp::online();
     for cpu in 1..n {
-        if !smp::send_work(cpu, work, cpu as u64) {
+        if !smp::post(cpu, work, cpu as u64) {
             el2::fatal!("cpu {cpu} refused work");
         }
     }
-    let (t0, freq) = sysreg::counter();
-    while RAN.load(Ordering::Acquire) < (n - 1) as u64 {
-        if sysreg::counter().0.wrapping_sub(t0) > freq {
-            el2::fatal!(
-                "only {} of {} secondary cpus ran their work within 1 s",
-                RAN.load(Ordering::Acquire),
-                n - 1
-            );
-        }
-        core::hint::spin_loop();
+    if !smp::wait_for_answer(|| RAN.load(Ordering::Acquire) >= (n - 1) as u64) {
+        el2::fatal!(
+            "only {} of {} secondary cpus ran their work within 1 s",
+            RAN.load(Ordering::Acquire),
+            n - 1
+        );
     }
     let want = (n as u64 - 1) * n as u64 / 2;
     let got = SUM.load(Ordering::Acquire);

@@ -26,8 +26,8 @@ use fdt::Fdt;
 /// booting.rst: "The device tree blob (dtb) must ... not exceed 2 megabytes in size").
 pub const MAX_DTB_SIZE: usize = 2 << 20;
 
-/// The most CPUs hyp runs on (one stack each in `linker.ld`).
-pub const MAX_CPUS: usize = 16;
+/// The most CPUs hyp runs on (one stack each in `linker.ld`): `platform::MAX_HOST_CPUS`.
+pub const MAX_CPUS: usize = platform::MAX_HOST_CPUS;
 /// The most RAM ranges hyp takes: the `reg` entries of every `device_type = "memory"` node.
 pub const MAX_MEMORY_RANGES: usize = 16;
 /// The most reserved ranges hyp takes: `/memreserve/` entries and the `reg` entries of every

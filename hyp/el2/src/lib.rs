@@ -1,6 +1,7 @@
 //! hyp's EL2 layer: boot entry, exception vectors and reports, system registers, the console,
 //! PSCI, secondary CPUs, the heap and frame allocators, and the pure helpers they need
-//! (device tree, command line, granule choice, ESR decoding), which are tested on the host.
+//! (device tree, command line, granule choice, exception reports and injection), which are
+//! tested on the host. `ESR_EL2` decoding is `platform::esr`, shared with `vdev`.
 //!
 //! Everything that executes an arm64 instruction lives in `arch` and is compiled only for
 //! `target_arch = "aarch64"` with `target_os = "none"` (the bare-metal target), so the crate
@@ -16,7 +17,6 @@ pub mod arch;
 pub mod cmdline;
 pub mod console;
 pub mod dt;
-pub mod esr;
 pub mod exc;
 pub mod fatal;
 pub mod frames;

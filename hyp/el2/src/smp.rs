@@ -1,11 +1,60 @@
 //! Secondary CPUs: started with PSCI CPU_ON, each on its own stack, sharing hyp's EL2 tables;
-//! then they wait for work on a per-CPU mailbox.
+//! then they wait for work on their [`Mailbox`], the one way to hand a CPU something to run.
 
 use crate::dt::{CpuNode, MAX_CPUS};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use spin::mutex::SpinMutex;
 
 /// Work for a CPU: a function and its argument.
 pub type Work = fn(u64);
+
+/// A CPU's mailbox: at most one work item, posted by any CPU and taken by the CPU it belongs
+/// to. How the owner waits for it (`WFE` before hyp's idle loop runs, `WFI` and the kick SGI
+/// after) is the owner's business; [`post`] wakes `WFE` waiters, hyp's `cpus::dispatch`
+/// sends the SGI.
+pub struct Mailbox {
+    item: SpinMutex<Option<(Work, u64)>>,
+}
+
+impl Mailbox {
+    /// An empty mailbox.
+    pub const fn new() -> Self {
+        Mailbox {
+            item: SpinMutex::new(None),
+        }
+    }
+
+    /// Leaves `work(arg)` for the owner; `false` (and nothing changes) while an earlier item
+    /// is still waiting.
+    pub fn put(&self, work: Work, arg: u64) -> bool {
+        let mut item = self.item.lock();
+        if item.is_some() {
+            return false;
+        }
+        *item = Some((work, arg));
+        true
+    }
+
+    /// Takes the waiting item, if any (the owner runs it after this returns, so the next one
+    /// can be posted meanwhile).
+    pub fn take(&self) -> Option<(Work, u64)> {
+        self.item.lock().take()
+    }
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every CPU's mailbox, by logical index.
+static MAILBOX: [Mailbox; MAX_CPUS] = [const { Mailbox::new() }; MAX_CPUS];
+
+/// The mailbox of the CPU with logical index `cpu`.
+pub fn mailbox(cpu: usize) -> Option<&'static Mailbox> {
+    MAILBOX.get(cpu)
+}
 
 /// What a secondary loads before turning its MMU on: MAIR_EL2, TCR_EL2, TTBR0_EL2,
 /// SCTLR_EL2 (read by `arch/entry.S`; SCTLR = 0 means "leave the MMU off").
@@ -49,17 +98,22 @@ mod runtime {
     /// Logical index -> MPIDR affinity; index 0 is the boot CPU.
     static MPIDR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(NO_MPIDR) }; MAX_CPUS];
 
-    struct Mailbox {
-        work: AtomicUsize,
-        arg: AtomicU64,
-    }
+    /// How long one CPU waits for another to answer: to come online after CPU_ON, or to
+    /// enter hyp's idle loop.
+    pub const ANSWER_TIMEOUT_MS: u64 = 1000;
 
-    static MAILBOX: [Mailbox; MAX_CPUS] = [const {
-        Mailbox {
-            work: AtomicUsize::new(0),
-            arg: AtomicU64::new(0),
+    /// Spins until `done()` holds, for at most [`ANSWER_TIMEOUT_MS`]; whether it holds.
+    pub fn wait_for_answer(mut done: impl FnMut() -> bool) -> bool {
+        let (t0, freq) = sysreg::counter();
+        let limit = freq * ANSWER_TIMEOUT_MS / 1000;
+        while !done() {
+            if sysreg::counter().0.wrapping_sub(t0) > limit {
+                return false;
+            }
+            core::hint::spin_loop();
         }
-    }; MAX_CPUS];
+        true
+    }
 
     /// This CPU's logical index (0 for the boot CPU, and for any CPU not yet registered).
     pub fn current_cpu() -> usize {
@@ -117,27 +171,19 @@ mod runtime {
         let before = online();
         crate::psci::cpu_on(mpidr, arch::secondary_entry_point(), index as u64)
             .map_err(StartError::Psci)?;
-        let (t0, freq) = sysreg::counter();
-        while online() == before {
-            if sysreg::counter().0.wrapping_sub(t0) > freq {
-                return Err(StartError::Timeout);
-            }
-            core::hint::spin_loop();
+        if wait_for_answer(|| online() != before) {
+            Ok(())
+        } else {
+            Err(StartError::Timeout)
         }
-        Ok(())
     }
 
-    /// Gives `cpu` work to run; it runs `work(arg)` once, then waits again.
-    /// Returns false if `cpu` is out of range or still has work pending.
-    pub fn send_work(cpu: usize, work: Work, arg: u64) -> bool {
-        let Some(mb) = MAILBOX.get(cpu) else {
-            return false;
-        };
-        if mb.work.load(Ordering::Acquire) != 0 {
+    /// Posts `work(arg)` to `cpu`'s [`Mailbox`] and wakes it from `WFE`. Returns false if
+    /// `cpu` is out of range or still has an item waiting.
+    pub fn post(cpu: usize, work: Work, arg: u64) -> bool {
+        if !mailbox(cpu).is_some_and(|mb| mb.put(work, arg)) {
             return false;
         }
-        mb.arg.store(arg, Ordering::Relaxed);
-        mb.work.store(work as usize, Ordering::Release);
         barrier::dsb_ish();
         barrier::sev();
         true
@@ -158,23 +204,18 @@ mod runtime {
         );
         let mb = &MAILBOX[index.min(MAX_CPUS - 1)];
         loop {
-            let w = mb.work.load(Ordering::Acquire);
-            if w == 0 {
-                barrier::wfe();
-                continue;
+            match mb.take() {
+                Some((work, arg)) => work(arg),
+                None => barrier::wfe(),
             }
-            // SAFETY: only `send_work` stores non-zero values, and those are `Work` fn
-            // pointers; fn pointers round-trip through usize.
-            let f: Work = unsafe { core::mem::transmute::<usize, Work>(w) };
-            f(mb.arg.load(Ordering::Relaxed));
-            mb.work.store(0, Ordering::Release);
         }
     }
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub use runtime::{
-    current_cpu, init_boot_cpu, mpidr_of, send_work, set_secondary_mmu, start_cpu, StartError,
+    current_cpu, init_boot_cpu, mpidr_of, post, set_secondary_mmu, start_cpu, wait_for_answer,
+    StartError, ANSWER_TIMEOUT_MS,
 };
 
 #[cfg(test)]
@@ -191,6 +232,31 @@ mod tests {
         let (l, skipped) = assign_indices(2, &cpus);
         assert_eq!(l.as_slice(), &[(1, 0), (2, 1), (3, 3)]);
         assert_eq!(skipped, 0);
+    }
+
+    fn record(arg: u64) {
+        LAST.store(arg, Ordering::Relaxed);
+    }
+    static LAST: AtomicU64 = AtomicU64::new(0);
+
+    #[test]
+    fn a_mailbox_holds_one_item_until_its_owner_takes_it() {
+        let mb = Mailbox::new();
+        assert!(mb.take().is_none());
+        assert!(mb.put(record, 7));
+        assert!(
+            !mb.put(record, 8),
+            "a second item waits for the first to be taken"
+        );
+        let (work, arg) = mb.take().unwrap();
+        assert!(mb.take().is_none());
+        // Taken: the next item can be posted while the owner runs this one.
+        assert!(mb.put(record, 9));
+        work(arg);
+        assert_eq!(LAST.load(Ordering::Relaxed), 7);
+        assert_eq!(mb.take().map(|(_, a)| a), Some(9));
+        assert!(mailbox(MAX_CPUS - 1).is_some());
+        assert!(mailbox(MAX_CPUS).is_none());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Exceptions taken to EL2: the trap frame the vectors save, the report printed for an
 //! unexpected one, and the dispatcher (`el2_trap`, called from `arch/vectors.S`).
 
-use crate::esr::Esr;
 use core::fmt;
+use platform::esr::Esr;
 
 /// The registers saved by `arch/vectors.S`, in its layout (288 bytes).
 #[repr(C)]

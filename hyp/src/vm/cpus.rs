@@ -1,61 +1,37 @@
-//! hyp's own mailbox for the secondary CPUs once VMs are about to run.
+//! hyp's idle loop for the secondary CPUs once VMs are about to run.
 //!
-//! `el2::smp`'s mailbox waits in `WFE`, which QEMU TCG does not halt on: an idle CPU would
-//! spin and take host time from the vCPUs. So `run_system` hands every secondary one
-//! `el2::smp` work item, [`idle_loop`], that never returns: it sets up the CPU's GIC interface
-//! and waits in `WFI` for hyp's kick SGI, then runs what [`dispatch`] posted.
+//! Until then a secondary waits for its `el2::smp` mailbox in `WFE`, which QEMU TCG does not
+//! halt on: an idle CPU would spin and take host time from the vCPUs. So `run_system` posts
+//! every secondary [`idle_loop`], which never returns: it sets up the CPU's GIC interface and
+//! waits in `WFI` for hyp's kick SGI, taking what [`dispatch`] posts from the same mailbox.
 
 use crate::gic;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use el2::arch::vsys;
 use el2::dt::MAX_CPUS;
+use el2::smp::{self, Work};
 
-/// Work for a CPU: `f(arg)`.
-pub type Work = fn(u64);
+/// The CPU runs [`idle_loop`] (its GIC interface is up, so the kick SGI wakes it).
+static READY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-struct Slot {
-    work: AtomicUsize,
-    arg: AtomicU64,
-}
-
-static SLOTS: [Slot; MAX_CPUS] = [const {
-    Slot {
-        work: AtomicUsize::new(0),
-        arg: AtomicU64::new(0),
-    }
-}; MAX_CPUS];
-static READY: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
-
-/// Takes over `cpu` (a secondary) from `el2::smp`; returns false if it is offline or busy.
+/// Moves `cpu` (a secondary) into [`idle_loop`]; returns false if it is offline or busy.
 pub fn take_over(cpu: usize) -> bool {
     if cpu == 0 || cpu >= MAX_CPUS {
         return false;
     }
-    if !el2::smp::send_work(cpu, idle_loop, cpu as u64) {
+    if !smp::post(cpu, idle_loop, cpu as u64) {
         return false;
     }
-    // Wait (up to ~1 s) until it is listening, so the first kick is not lost.
-    let (t0, freq) = el2::arch::sysreg::counter();
-    while READY[cpu].load(Ordering::Acquire) == 0 {
-        if el2::arch::sysreg::counter().0.wrapping_sub(t0) > freq {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
+    // Wait until it is listening, so the first kick is not lost.
+    smp::wait_for_answer(|| READY[cpu].load(Ordering::Acquire))
 }
 
 /// Posts `f(arg)` to `cpu` (taken over with [`take_over`]) and kicks it. Returns false if
-/// the CPU is not taken over or still has work pending.
+/// the CPU is not taken over or still has work waiting.
 pub fn dispatch(cpu: usize, f: Work, arg: u64) -> bool {
-    let Some(slot) = SLOTS.get(cpu) else {
-        return false;
-    };
-    if READY[cpu].load(Ordering::Acquire) == 0 || slot.work.load(Ordering::Acquire) != 0 {
+    if !READY.get(cpu).is_some_and(|r| r.load(Ordering::Acquire)) || !smp::post(cpu, f, arg) {
         return false;
     }
-    slot.arg.store(arg, Ordering::Relaxed);
-    slot.work.store(f as usize, Ordering::Release);
     gic::kick(cpu);
     true
 }
@@ -63,17 +39,15 @@ pub fn dispatch(cpu: usize, f: Work, arg: u64) -> bool {
 fn idle_loop(cpu: u64) {
     let cpu = cpu as usize;
     if gic::init_cpu().is_err() {
-        return; // stays in el2's mailbox; `take_over` times out and reports it
+        return; // back to el2's WFE loop; `take_over` times out and reports it
     }
-    READY[cpu].store(1, Ordering::Release);
-    let slot = &SLOTS[cpu];
+    let Some(mailbox) = smp::mailbox(cpu) else {
+        return;
+    };
+    READY[cpu].store(true, Ordering::Release);
     loop {
-        let w = slot.work.swap(0, Ordering::AcqRel);
-        if w != 0 {
-            // SAFETY: only `dispatch` stores non-zero values, and those are `Work` fn
-            // pointers; fn pointers round-trip through usize.
-            let f: Work = unsafe { core::mem::transmute::<usize, Work>(w) };
-            f(slot.arg.load(Ordering::Relaxed));
+        if let Some((work, arg)) = mailbox.take() {
+            work(arg);
             continue;
         }
         vsys::wfi();

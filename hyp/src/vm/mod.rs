@@ -23,9 +23,9 @@ use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::smp;
 use guest_loader::config::Mapping;
-use guest_loader::layout::{GICD_BASE, GICD_SIZE, GICR_BASE, RAM_BASE, UART_BASE};
 use guest_loader::{Bundle, Host, VmPlan};
 use log::{error, info, warn};
+use platform::virt::{GICD_BASE, GICD_SIZE, GICR_BASE, RAM_BASE, UART_BASE, UART_SIZE};
 use spin::mutex::SpinMutex;
 use spin::Once;
 use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
@@ -35,9 +35,6 @@ use vdev::pl011::Pl011;
 use vdev::psci::Psci;
 use vdev::traps::HostFeatures;
 use vdev::vgic::{Vgic, VgicConfig};
-
-/// The guest UART's SPI (QEMU virt: SPI 1).
-pub const UART_INTID: u32 = 33;
 
 /// Why a VM stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -724,7 +721,7 @@ impl Vm {
             Region::Gicd(ipa - GICD_BASE)
         } else if ipa >= GICR_BASE && ipa - GICR_BASE < self.gicr_size {
             Region::Gicr(ipa - GICR_BASE)
-        } else if (UART_BASE..UART_BASE + vdev::pl011::REGION_SIZE).contains(&ipa) {
+        } else if (UART_BASE..UART_BASE + UART_SIZE).contains(&ipa) {
             Region::Uart(ipa - UART_BASE)
         } else {
             Region::None

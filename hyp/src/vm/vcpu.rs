@@ -6,13 +6,16 @@
 //! across exits and are never switched. Only what hyp's own code may clobber is saved at each
 //! exit: GPRs, SP_EL0, ELR/SPSR, FP/SIMD (`el2::arch::guest`).
 
-use super::{Region, Vm, VmState, UART_INTID};
+use super::{Region, Vm, VmState};
 use crate::gic;
-use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ID_AA64DFR0_EL1};
+use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1};
 use core::sync::atomic::Ordering;
 use el2::arch::guest::{self, GuestRegs};
 use el2::arch::{barrier, sysreg, vsys};
 use el2::exc::{self, SPSR_EL1H_MASKED};
+use el2::trap::{Kind, Source, Vector};
+use platform::esr::Esr;
+use platform::virt::{MAINTENANCE_INTID, UART_INTID, VTIMER_INTID};
 use stage2::{Attrs, MapOpts};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
@@ -20,7 +23,7 @@ use vdev::mmio::MmioError;
 use vdev::psci::PsciAction;
 use vdev::sysregs::{Emulated, VcpuSysRegs};
 use vdev::traps;
-use vdev::vgic::VcpuSet;
+use vdev::vgic::{VcpuSet, MAX_LRS};
 use vdev::{Mpidr, SysReg};
 
 /// What a secondary CPU is asked to run.
@@ -31,7 +34,7 @@ pub struct Start {
     pub vcpu: usize,
 }
 
-/// `el2::smp::send_work` entry: `arg` is a leaked `Box<Start>`.
+/// `cpus::dispatch` entry: `arg` is a leaked `Box<Start>`.
 pub fn thread_entry(arg: u64) {
     // SAFETY: `run_system` passes a pointer from `Box::leak`, used once, here.
     let s = unsafe { &*(arg as *const Start) };
@@ -45,9 +48,12 @@ fn cnthctl_guest() -> u64 {
     (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
 }
 
-/// SCTLR_EL1 at vCPU entry: RES1 bits (11, 20, 22, 23, 28, 29), MMU, caches and alignment
-/// checks off, little-endian (booting.rst: "MMU off, D-cache off").
-const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+/// The list registers this CPU has (`ICH_VTR_EL2.ListRegs` + 1, at most 16).
+fn list_registers() -> usize {
+    let vtr = LocalRegisterCopy::<u64, ICH_VTR_EL2::Register>::new(vsys::ich_vtr_el2());
+    (vtr.read(ICH_VTR_EL2::ListRegs) as usize + 1).min(MAX_LRS)
+}
+
 /// ICH_HCR_EL2: the virtual CPU interface on (En), with the underflow maintenance interrupt
 /// (UIE: at most one list register valid) when more is pending than the list registers hold.
 fn ich_hcr(underflow: bool) -> u64 {
@@ -79,7 +85,7 @@ struct Vcpu {
     /// The virtual timer's line is high in the vGIC and the physical PPI 27 is disabled.
     timer_masked: bool,
     n_lrs: usize,
-    lrs: [u64; 16],
+    lrs: [u64; MAX_LRS],
     /// The model holds this exit's list-register state (`sync` ran since the last entry).
     synced: bool,
     /// When the last exit happened (counter ticks), for `Stats::handling`.
@@ -103,8 +109,8 @@ pub fn thread(vm: &'static Vm, id: usize) {
             id,
             regs: GuestRegs::default(),
             timer_masked: false,
-            n_lrs: ((vsys::ich_vtr_el2() & 0x1f) as usize + 1).min(16),
-            lrs: [0; 16],
+            n_lrs: list_registers(),
+            lrs: [0; MAX_LRS],
             synced: true,
             exit_at: None,
             exits: 0,
@@ -133,7 +139,7 @@ pub fn thread(vm: &'static Vm, id: usize) {
                 vsys::set_ich_lr(i, 0);
             }
         }
-        gic::set_ppi(gic::VTIMER_PPI, false);
+        gic::set_ppi(VTIMER_INTID, false);
     }
     if vm.live.fetch_sub(1, Ordering::AcqRel) == 1 {
         vm.finish();
@@ -182,7 +188,7 @@ impl Vcpu {
             sysreg::set_hcr_el2(c.hcr);
         }
         barrier::isb();
-        gic::set_ppi(gic::VTIMER_PPI, true);
+        gic::set_ppi(VTIMER_INTID, true);
     }
 
     /// Architectural entry state (booting.rst; PSCI CPU_ON, DEN 0022 §6.4.3): EL1h, DAIF
@@ -203,16 +209,11 @@ impl Vcpu {
         let brps = dfr0.read(ID_AA64DFR0_EL1::BRPs) as u32 + 1;
         let wrps = dfr0.read(ID_AA64DFR0_EL1::WRPs) as u32 + 1;
         // SAFETY: the guest's own EL1 state on its dedicated CPU.
-        unsafe {
-            vsys::reset_el1_state(brps, wrps);
-            vsys::set_sctlr_el1(SCTLR_EL1_RESET);
-            vsys::set_cntv_ctl_el0(0);
-            vsys::set_cpacr_el1(0);
-        }
+        unsafe { vsys::reset_el1_state(brps, wrps) };
         barrier::isb();
         if self.timer_masked {
             self.timer_masked = false;
-            gic::set_ppi(gic::VTIMER_PPI, true);
+            gic::set_ppi(VTIMER_INTID, true);
         }
     }
 
@@ -269,18 +270,19 @@ impl Vcpu {
                     self.stress_step(st);
                 }
             }
-            match vector {
-                8 => {
+            let from = Vector::from_index(vector);
+            match (from.source, from.kind) {
+                (Source::Lower64, Kind::Sync) => {
                     if let Some(stop) = self.sync_exit() {
                         return stop;
                     }
                 }
-                9 | 10 => {
+                (Source::Lower64, Kind::Irq | Kind::Fiq) => {
                     vm.stats.irq.fetch_add(1, Ordering::Relaxed);
                     self.sync();
                     self.physical_irqs();
                 }
-                11 => {
+                (Source::Lower64, Kind::SError) => {
                     vm.stop(
                         VmState::Killed,
                         self.id,
@@ -338,7 +340,7 @@ impl Vcpu {
                 // line is high: ask for a maintenance interrupt at its deactivation to look at
                 // the timer again (the guest reprograms it without exiting).
                 let lr_reg = LocalRegisterCopy::<u64, ICH_LR0_EL2::Register>::new(lr);
-                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(gic::VTIMER_PPI)
+                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(VTIMER_INTID)
                     && lr_reg.read(ICH_LR0_EL2::State) != 0
                 {
                     lr |= lr_eoi();
@@ -352,23 +354,22 @@ impl Vcpu {
     /// Physical interrupts pending at this CPU, acknowledged and handled (after `sync`).
     fn physical_irqs(&mut self) {
         while let Some(iar) = gic::ack() {
-            let intid = (iar & 0xff_ffff) as u32;
-            match intid {
-                gic::VTIMER_PPI => {
+            match gic::intid(iar) {
+                VTIMER_INTID => {
                     // Off until the guest has dealt with it (timer_check), then EOI.
-                    gic::set_ppi(gic::VTIMER_PPI, false);
+                    gic::set_ppi(VTIMER_INTID, false);
                     self.timer_masked = true;
                     let k = self
                         .vm
                         .dev
                         .lock()
                         .vgic
-                        .set_level(gic::VTIMER_PPI, self.id, true);
+                        .set_level(VTIMER_INTID, self.id, true);
                     if let Ok(k) = k {
                         self.vm.kick(k, self.id);
                     }
                 }
-                gic::MAINTENANCE_PPI => {
+                MAINTENANCE_INTID => {
                     // The model already folded the list registers back (sync_lrs); clear the
                     // conditions so the level drops: EOI bits of deactivated entries, UIE.
                     let eisr = vsys::ich_eisr_el2();
@@ -403,9 +404,9 @@ impl Vcpu {
                 .dev
                 .lock()
                 .vgic
-                .set_level(gic::VTIMER_PPI, self.id, false);
+                .set_level(VTIMER_INTID, self.id, false);
             self.timer_masked = false;
-            gic::set_ppi(gic::VTIMER_PPI, true);
+            gic::set_ppi(VTIMER_INTID, true);
         }
     }
 
@@ -831,7 +832,7 @@ impl Vcpu {
 
     /// A synchronous external abort on the faulting address.
     fn inject_abort(&mut self, data: bool) {
-        let write = self.regs.esr & (1 << 6) != 0;
+        let write = Esr::new(self.regs.esr).write().unwrap_or(false);
         let esr = exc::external_abort_esr(data, exc::at_el0(self.regs.spsr), write);
         let far = self.regs.far;
         self.inject_sync(esr, Some(far));
@@ -864,8 +865,7 @@ impl core::fmt::Display for MmioFault {
 
 /// A physical interrupt that is not a vCPU's own: the host UART's input goes to the first VM.
 pub fn host_irq(iar: u64) {
-    let intid = (iar & 0xff_ffff) as u32;
-    if Some(intid) == gic::uart_spi() {
+    if Some(gic::intid(iar)) == gic::uart_spi() {
         let Some(vm) = super::vms().first() else {
             gic::drain_host_uart(|_| {});
             return;

@@ -10,7 +10,9 @@
 
 use crate::cpu::{CpuFeatures, GranuleRefusal};
 use crate::Granule;
+use aarch64_cpu::registers::{MAIR_EL2 as MAIR, TCR_EL1, TCR_EL2, VTCR_EL2};
 use core::fmt;
+use tock_registers::fields::{Field, FieldValue};
 
 /// The translation regime a table belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -323,23 +325,22 @@ impl Geometry {
         self.dic
     }
 
-    /// `T0SZ = 64 - input_bits` (TCR_EL2, TCR_EL1 and VTCR_EL2 all use it).
+    /// `T0SZ = 64 - input_bits` (TCR_EL2, TCR_EL1 and VTCR_EL2 all use it; aarch64-cpu leaves
+    /// the field raw, so this is its only producer).
     pub const fn t0sz(&self) -> u64 {
         64 - self.input_bits as u64
     }
 
-    /// The TG0 encoding: 0b00 4K, 0b01 64K, 0b10 16K (TCR_EL2/TCR_EL1/VTCR_EL2).
-    pub const fn tg0(&self) -> u64 {
-        match self.granule {
-            Granule::K4 => 0b00,
-            Granule::K64 => 0b01,
-            Granule::K16 => 0b10,
-        }
+    /// The TG0 encoding of this granule, the same in TCR_EL2, TCR_EL1 and VTCR_EL2: 0b00 4K,
+    /// 0b01 64K, 0b10 16K (read from aarch64-cpu's `VTCR_EL2::TG0` values).
+    pub fn tg0(&self) -> u64 {
+        self.vtcr_tg0().value >> VTCR_EL2::TG0.shift
     }
 
-    /// VTCR_EL2.SL0 for this start level. Its meaning depends on TG0 (Arm ARM D19.2.175):
+    /// VTCR_EL2.SL0 for this start level: its meaning depends on TG0 (Arm ARM D19.2.175):
     /// 4K: 0b00 L2, 0b01 L1, 0b10 L0; 16K and 64K: 0b00 L3, 0b01 L2, 0b10 L1 (0b11 L0 only
     /// with 16K + LPA2, unused here). So SL0 = base - start_level, base 2 (4K) or 3.
+    /// aarch64-cpu names only the 4K values, so this is the field's only producer.
     pub const fn sl0(&self) -> u64 {
         let base = match self.granule {
             Granule::K4 => 2,
@@ -348,61 +349,122 @@ impl Geometry {
         (base - self.start_level as u64) & 0b11
     }
 
+    fn vtcr_tg0(&self) -> FieldValue<u64, VTCR_EL2::Register> {
+        match self.granule {
+            Granule::K4 => VTCR_EL2::TG0::Granule4KB,
+            Granule::K16 => VTCR_EL2::TG0::Granule16KB,
+            Granule::K64 => VTCR_EL2::TG0::Granule64KB,
+        }
+    }
+
     /// TCR_EL2 for the EL2 regime (non-VHE format): T0SZ, IRGN0/ORGN0 = write-back
     /// read-allocate write-allocate, SH0 = inner shareable, TG0, PS, and the RES1 bits 31 and 23
     /// (Arm ARM D19.2.131 TCR_EL2, E2H = 0).
-    pub const fn tcr_el2(&self, pa_bits: u32) -> u64 {
-        self.t0sz()
-            | (WBWA << 8) // IRGN0
-            | (WBWA << 10) // ORGN0
-            | (SH_INNER << 12) // SH0
-            | (self.tg0() << 14)
-            | (ps_encoding(pa_bits) << 16) // PS
-            | (1 << 23)
-            | (1 << 31)
+    pub fn tcr_el2(&self, pa_bits: u32) -> u64 {
+        let tg0 = match self.granule {
+            Granule::K4 => TCR_EL2::TG0::KiB_4,
+            Granule::K16 => TCR_EL2::TG0::KiB_16,
+            Granule::K64 => TCR_EL2::TG0::KiB_64,
+        };
+        (TCR_EL2::T0SZ.val(self.t0sz())
+            + TCR_EL2::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL2::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL2::SH0::Inner
+            + tg0
+            + TCR_EL2::PS.val(PaSize::for_bits(pa_bits) as u64)
+            + TCR_EL2_RES1_23.val(1)
+            + TCR_EL2_RES1_31.val(1))
+        .value
     }
 
     /// TCR_EL1 for the EL1 regime: TTBR0 walks with the same attributes as `tcr_el2`, TTBR1
     /// walks disabled (EPD1 = 1, TG1 = 4K as a valid encoding), IPS from `pa_bits`.
-    pub const fn tcr_el1(&self, pa_bits: u32) -> u64 {
-        self.t0sz()
-            | (WBWA << 8)
-            | (WBWA << 10)
-            | (SH_INNER << 12)
-            | (self.tg0() << 14)
-            | (1 << 23) // EPD1
-            | (0b10 << 30) // TG1 = 4K
-            | (ps_encoding(pa_bits) << 32) // IPS
+    pub fn tcr_el1(&self, pa_bits: u32) -> u64 {
+        let tg0 = match self.granule {
+            Granule::K4 => TCR_EL1::TG0::KiB_4,
+            Granule::K16 => TCR_EL1::TG0::KiB_16,
+            Granule::K64 => TCR_EL1::TG0::KiB_64,
+        };
+        (TCR_EL1::T0SZ.val(self.t0sz())
+            + TCR_EL1::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL1::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL1::SH0::Inner
+            + tg0
+            + TCR_EL1::EPD1::DisableTTBR1Walks
+            + TCR_EL1::TG1::KiB_4
+            + TCR_EL1::IPS.val(PaSize::for_bits(pa_bits) as u64))
+        .value
     }
 
     /// VTCR_EL2 for this stage-2 geometry: T0SZ, SL0, IRGN0/ORGN0 = WBWA, SH0 = inner, TG0,
     /// PS from `pa_bits`, VS = 16-bit VMIDs when `vmid16`, RES1 bit 31 (Arm ARM D19.2.175).
-    pub const fn vtcr_el2(&self, pa_bits: u32, vmid16: bool) -> u64 {
-        self.t0sz()
-            | (self.sl0() << 6)
-            | (WBWA << 8)
-            | (WBWA << 10)
-            | (SH_INNER << 12)
-            | (self.tg0() << 14)
-            | (ps_encoding(pa_bits) << 16)
-            | ((vmid16 as u64) << 19)
-            | (1 << 31)
+    pub fn vtcr_el2(&self, pa_bits: u32, vmid16: bool) -> u64 {
+        let vs = if vmid16 {
+            VTCR_EL2::VS::Bits16
+        } else {
+            VTCR_EL2::VS::Bits8
+        };
+        (VTCR_EL2::T0SZ.val(self.t0sz())
+            + VTCR_EL2::SL0.val(self.sl0())
+            + VTCR_EL2::IRGN0::NormalWBRAWA
+            + VTCR_EL2::ORGN0::NormalWBRAWA
+            + VTCR_EL2::SH0::Inner
+            + self.vtcr_tg0()
+            + VTCR_EL2::PS.val(PaSize::for_bits(pa_bits) as u64)
+            + vs
+            + VTCR_EL2::RES1.val(1))
+        .value
     }
 }
 
-const WBWA: u64 = 0b01;
-const SH_INNER: u64 = 0b11;
+/// TCR_EL2 bit 23, RES1 when `HCR_EL2.E2H` = 0 (aarch64-cpu does not name it).
+const TCR_EL2_RES1_23: Field<u64, TCR_EL2::Register> = Field::new(1, 23);
+/// TCR_EL2 bit 31, RES1 when `HCR_EL2.E2H` = 0 (aarch64-cpu does not name it).
+const TCR_EL2_RES1_31: Field<u64, TCR_EL2::Register> = Field::new(1, 31);
 
-/// The PS/IPS encoding for the largest supported size not above `pa_bits` (32, 36, 40, 42,
-/// 44, 48 bits → 0..=5). 52 bits is capped to 48: the LPA formats are not implemented.
-pub const fn ps_encoding(pa_bits: u32) -> u64 {
-    match pa_bits {
-        0..=35 => 0,
-        36..=39 => 1,
-        40..=41 => 2,
-        42..=43 => 3,
-        44..=47 => 4,
-        _ => 5,
+/// The physical address size field (`TCR_EL2.PS`, `TCR_EL1.IPS`, `VTCR_EL2.PS`: one
+/// encoding), for the largest supported size not above a CPU's `pa_bits`. 52 bits is capped to
+/// 48: the LPA formats are not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum PaSize {
+    /// 32 bits, 4 GiB.
+    Bits32 = TCR_EL2::PS::Value::Bits_32 as u64,
+    /// 36 bits, 64 GiB.
+    Bits36 = TCR_EL2::PS::Value::Bits_36 as u64,
+    /// 40 bits, 1 TiB.
+    Bits40 = TCR_EL2::PS::Value::Bits_40 as u64,
+    /// 42 bits, 4 TiB.
+    Bits42 = TCR_EL2::PS::Value::Bits_42 as u64,
+    /// 44 bits, 16 TiB.
+    Bits44 = TCR_EL2::PS::Value::Bits_44 as u64,
+    /// 48 bits, 256 TiB.
+    Bits48 = TCR_EL2::PS::Value::Bits_48 as u64,
+}
+
+impl PaSize {
+    /// The largest size not above `pa_bits` (32 for anything smaller).
+    pub const fn for_bits(pa_bits: u32) -> PaSize {
+        match pa_bits {
+            0..=35 => PaSize::Bits32,
+            36..=39 => PaSize::Bits36,
+            40..=41 => PaSize::Bits40,
+            42..=43 => PaSize::Bits42,
+            44..=47 => PaSize::Bits44,
+            _ => PaSize::Bits48,
+        }
+    }
+
+    /// The size in bits.
+    pub const fn bits(self) -> u32 {
+        match self {
+            PaSize::Bits32 => 32,
+            PaSize::Bits36 => 36,
+            PaSize::Bits40 => 40,
+            PaSize::Bits42 => 42,
+            PaSize::Bits44 => 44,
+            PaSize::Bits48 => 48,
+        }
     }
 }
 
@@ -422,9 +484,12 @@ pub const fn tlbi_va_operand(va: u64) -> u64 {
 pub const ATTR_IDX_DEVICE: u64 = 0;
 /// MAIR attribute index of Normal memory, inner and outer write-back read/write-allocate.
 pub const ATTR_IDX_NORMAL: u64 = 1;
-/// MAIR_EL2 (and MAIR_EL1, same layout): Attr0 = 0x04 Device-nGnRE, Attr1 = 0xff Normal
-/// inner/outer write-back non-transient read/write-allocate (Arm ARM D19.2.97 MAIR_ELx).
-pub const MAIR_EL2: u64 = (0x04 << (8 * ATTR_IDX_DEVICE)) | (0xff << (8 * ATTR_IDX_NORMAL));
+/// MAIR_EL2 (and MAIR_EL1, same layout): Attr0 ([`ATTR_IDX_DEVICE`]) Device-nGnRE, Attr1
+/// ([`ATTR_IDX_NORMAL`]) Normal inner/outer write-back non-transient read/write-allocate
+/// (Arm ARM D19.2.97 MAIR_ELx).
+pub const MAIR_EL2: u64 = MAIR::Attr0_Device::nonGathering_nonReordering_EarlyWriteAck.value
+    | MAIR::Attr1_Normal_Outer::WriteBack_NonTransient_ReadWriteAlloc.value
+    | MAIR::Attr1_Normal_Inner::WriteBack_NonTransient_ReadWriteAlloc.value;
 /// MAIR_EL1 for the EL1 regime (same layout as [`MAIR_EL2`]).
 pub const MAIR_EL1: u64 = MAIR_EL2;
 
@@ -516,31 +581,147 @@ mod tests {
         assert!(Geometry::new(Regime::El2, Granule::K4, 48, &a64fx).is_ok());
     }
 
+    /// Whole register values spelled out from the Arm ARM field tables (DDI 0487, D19.2.131
+    /// TCR_EL2 with E2H = 0, D19.2.139 TCR_EL1, D19.2.175 VTCR_EL2, D19.2.97 MAIR_ELx), bit by
+    /// bit, independently of the field definitions `Geometry` builds them with.
     #[test]
-    fn register_fields() {
+    fn register_values_match_the_arm_arm() {
         let cpu = max();
+        // bit:            31 RES1 | 19 VS | 18:16 PS | 15:14 TG0 | 13:12 SH0 | 11:10 ORGN0
+        //                 | 9:8 IRGN0 | 7:6 SL0 | 5:0 T0SZ
+        let vtcr = |vs: u64, ps: u64, tg0: u64, sl0: u64, t0sz: u64| {
+            0x8000_0000
+                | vs << 19
+                | ps << 16
+                | tg0 << 14
+                | 0b11 << 12
+                | 0b01 << 10
+                | 0b01 << 8
+                | sl0 << 6
+                | t0sz
+        };
         let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
-        let v = geo.vtcr_el2(48, true);
-        assert_eq!(v & 0x3f, 24); // T0SZ
-        assert_eq!((v >> 6) & 3, 1); // SL0: L1 at 4K
-        assert_eq!((v >> 14) & 3, 0); // TG0 4K
-        assert_eq!((v >> 16) & 7, 5); // PS 48
-        assert_eq!((v >> 19) & 1, 1); // VS
-        assert_eq!(v >> 31, 1);
+        assert_eq!(geo.vtcr_el2(48, true), vtcr(1, 0b101, 0b00, 0b01, 24));
+        assert_eq!(geo.vtcr_el2(48, true), 0x800d_3558);
         let geo = Geometry::stage2(Granule::K16, 40, &cpu).unwrap();
-        assert_eq!((geo.vtcr_el2(40, false) >> 6) & 3, 1); // L2 at 16K
-        assert_eq!((geo.vtcr_el2(40, false) >> 14) & 3, 0b10);
+        assert_eq!(geo.vtcr_el2(40, false), vtcr(0, 0b010, 0b10, 0b01, 24));
         let geo = Geometry::stage2(Granule::K64, 48, &cpu).unwrap();
-        assert_eq!((geo.vtcr_el2(40, false) >> 6) & 3, 2); // L1 at 64K
-        assert_eq!((geo.vtcr_el2(40, false) >> 14) & 3, 0b01);
-        assert_eq!((geo.vtcr_el2(40, false) >> 16) & 7, 2);
+        assert_eq!(geo.vtcr_el2(40, false), vtcr(0, 0b010, 0b01, 0b10, 16));
+        let geo = Geometry::stage2(Granule::K4, 44, &cpu).unwrap();
+        assert_eq!(geo.vtcr_el2(44, false), vtcr(0, 0b100, 0b00, 0b10, 20));
 
+        // TCR_EL2: RES1 31 and 23, PS 18:16, TG0 15:14, SH0 13:12, ORGN0 11:10, IRGN0 9:8,
+        // T0SZ 5:0.
         let el2 = Geometry::new(Regime::El2, Granule::K4, 48, &cpu).unwrap();
-        // T0SZ 16, IRGN0/ORGN0 WBWA, SH0 inner, TG0 4K, PS 48 bits, RES1 23 and 31.
         assert_eq!(el2.tcr_el2(52), 0x8085_3510);
         let el2 = Geometry::new(Regime::El2, Granule::K64, 42, &cpu).unwrap();
         assert_eq!(el2.tcr_el2(40), 0x8082_7516);
+        let el2 = Geometry::new(Regime::El2, Granule::K16, 39, &cpu).unwrap();
+        assert_eq!(el2.tcr_el2(36), 0x8081_b519);
+        // TCR_EL1: IPS 34:32, TG1 31:30 (0b10 = 4K), EPD1 23, then the TTBR0 fields as above.
+        let el1 = Geometry::new(Regime::El1, Granule::K16, 48, &cpu).unwrap();
+        assert_eq!(el1.tcr_el1(40), 0x2_8080_b510);
+        let el1 = Geometry::new(Regime::El1, Granule::K4, 39, &cpu).unwrap();
+        assert_eq!(el1.tcr_el1(48), 0x5_8080_3519);
+        // MAIR: Attr0 0x04 (Device-nGnRE), Attr1 0xff (Normal WB RW-allocate, inner and outer).
         assert_eq!(MAIR_EL2, 0xff04);
+        assert_eq!((MAIR_EL2 >> (8 * ATTR_IDX_DEVICE)) & 0xff, 0x04);
+        assert_eq!((MAIR_EL2 >> (8 * ATTR_IDX_NORMAL)) & 0xff, 0xff);
+    }
+
+    /// The values decoded with aarch64-cpu's field definitions name what the Arm ARM says
+    /// each field must hold.
+    #[test]
+    fn register_fields_decode_with_aarch64_cpu() {
+        use tock_registers::LocalRegisterCopy;
+        let cpu = max();
+        for g in Granule::ALL {
+            let geo = Geometry::stage2(g, 40, &cpu).unwrap();
+            let v = LocalRegisterCopy::<u64, VTCR_EL2::Register>::new(geo.vtcr_el2(44, true));
+            let want_tg0 = match g {
+                Granule::K4 => VTCR_EL2::TG0::Value::Granule4KB,
+                Granule::K16 => VTCR_EL2::TG0::Value::Granule16KB,
+                Granule::K64 => VTCR_EL2::TG0::Value::Granule64KB,
+            };
+            assert_eq!(v.read_as_enum(VTCR_EL2::TG0), Some(want_tg0), "{g}");
+            assert_eq!(v.read(VTCR_EL2::TG0), geo.tg0(), "{g}");
+            assert_eq!(
+                v.read_as_enum(VTCR_EL2::PS),
+                Some(VTCR_EL2::PS::Value::PA_44B_16TB)
+            );
+            assert_eq!(
+                v.read_as_enum(VTCR_EL2::VS),
+                Some(VTCR_EL2::VS::Value::Bits16)
+            );
+            assert_eq!(
+                v.read_as_enum(VTCR_EL2::SH0),
+                Some(VTCR_EL2::SH0::Value::Inner)
+            );
+            for f in [VTCR_EL2::IRGN0, VTCR_EL2::ORGN0] {
+                assert_eq!(
+                    v.read_as_enum(f),
+                    Some(VTCR_EL2::IRGN0::Value::NormalWBRAWA)
+                );
+            }
+            assert_eq!(v.read(VTCR_EL2::T0SZ), 24);
+            assert!(v.is_set(VTCR_EL2::RES1));
+
+            let el2 = Geometry::new(Regime::El2, g, 48, &cpu).unwrap();
+            let t = LocalRegisterCopy::<u64, TCR_EL2::Register>::new(el2.tcr_el2(40));
+            let want_tg0 = match g {
+                Granule::K4 => TCR_EL2::TG0::Value::KiB_4,
+                Granule::K16 => TCR_EL2::TG0::Value::KiB_16,
+                Granule::K64 => TCR_EL2::TG0::Value::KiB_64,
+            };
+            assert_eq!(t.read_as_enum(TCR_EL2::TG0), Some(want_tg0), "{g}");
+            assert_eq!(t.read(TCR_EL2::TG0), el2.tg0(), "{g}");
+            assert_eq!(
+                t.read_as_enum(TCR_EL2::PS),
+                Some(TCR_EL2::PS::Value::Bits_40)
+            );
+            assert_eq!(t.read(TCR_EL2::T0SZ), 16);
+            assert_eq!(t.get() & (1 << 31 | 1 << 23), 1 << 31 | 1 << 23, "RES1");
+
+            let el1 = Geometry::new(Regime::El1, g, 48, &cpu).unwrap();
+            let t = LocalRegisterCopy::<u64, TCR_EL1::Register>::new(el1.tcr_el1(48));
+            assert_eq!(t.read(TCR_EL1::TG0), el1.tg0(), "{g}");
+            assert_eq!(
+                t.read_as_enum(TCR_EL1::EPD1),
+                Some(TCR_EL1::EPD1::Value::DisableTTBR1Walks)
+            );
+            assert_eq!(
+                t.read_as_enum(TCR_EL1::IPS),
+                Some(TCR_EL1::IPS::Value::Bits_48)
+            );
+        }
+    }
+
+    #[test]
+    fn pa_size_is_the_largest_encoding_not_above_the_cpu() {
+        let cases = [
+            (0, 32),
+            (32, 32),
+            (35, 32),
+            (36, 36),
+            (39, 36),
+            (40, 40),
+            (42, 42),
+            (44, 44),
+            (47, 44),
+            (48, 48),
+            (52, 48),
+        ];
+        for (bits, want) in cases {
+            assert_eq!(PaSize::for_bits(bits).bits(), want, "{bits}");
+        }
+        // One encoding for the three registers (Arm ARM: PS/IPS 0b000 32 bits .. 0b101 48).
+        assert_eq!(PaSize::Bits32 as u64, 0b000);
+        assert_eq!(PaSize::Bits48 as u64, 0b101);
+        assert_eq!(
+            PaSize::Bits44 as u64,
+            VTCR_EL2::PS::Value::PA_44B_16TB as u64
+        );
+        assert_eq!(PaSize::Bits36 as u64, TCR_EL1::IPS::Value::Bits_36 as u64);
     }
 
     #[test]

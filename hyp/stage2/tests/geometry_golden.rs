@@ -1,7 +1,9 @@
 //! Golden geometry tables for every granule x input size 32..48, stage 2 and stage 1,
 //! cross-checked against formulas written here independently of the code under test.
 
+use aarch64_cpu::registers::{TCR_EL1, TCR_EL2, VTCR_EL2};
 use stage2::{CpuFeatures, Geometry, Granule, Regime};
+use tock_registers::LocalRegisterCopy;
 
 /// (levels, start level, root tables, SL0).
 type Row = (u32, u32, u32, u64);
@@ -72,17 +74,26 @@ fn stage2_golden_and_formula() {
             let root_span = geo.entry_size(start) * geo.root_entries() as u64;
             assert_eq!(root_span, 1u64 << ipa);
             assert_eq!(geo.root_bytes(), roots as u64 * g.size());
-            // VTCR_EL2 fields: T0SZ, SL0, TG0.
-            let vtcr = geo.vtcr_el2(48, false);
-            assert_eq!(vtcr & 0x3f, 64 - ipa as u64);
-            assert_eq!((vtcr >> 6) & 3, sl0);
-            let tg0 = match g {
-                Granule::K4 => 0,
-                Granule::K16 => 2,
-                Granule::K64 => 1,
-            };
-            assert_eq!((vtcr >> 14) & 3, tg0);
+            // VTCR_EL2 as the hardware reads it (aarch64-cpu's field definitions): T0SZ,
+            // SL0 and TG0 of this row.
+            let vtcr = vtcr_of(&geo);
+            assert_eq!(vtcr.read(VTCR_EL2::T0SZ), 64 - ipa as u64, "{g} ipa {ipa}");
+            assert_eq!(vtcr.read(VTCR_EL2::SL0), sl0, "{g} ipa {ipa}");
+            assert_eq!(vtcr.read_as_enum(VTCR_EL2::TG0), Some(tg0_of(g)), "{g}");
         }
+    }
+}
+
+fn vtcr_of(geo: &Geometry) -> LocalRegisterCopy<u64, VTCR_EL2::Register> {
+    LocalRegisterCopy::new(geo.vtcr_el2(48, false))
+}
+
+/// Arm ARM D19.2.175 VTCR_EL2.TG0, in aarch64-cpu's names.
+fn tg0_of(g: Granule) -> VTCR_EL2::TG0::Value {
+    match g {
+        Granule::K4 => VTCR_EL2::TG0::Value::Granule4KB,
+        Granule::K16 => VTCR_EL2::TG0::Value::Granule16KB,
+        Granule::K64 => VTCR_EL2::TG0::Value::Granule64KB,
     }
 }
 
@@ -101,34 +112,59 @@ fn stage1_formula_every_size() {
                 let low = g.shift() + (levels - 1) * (g.shift() - 3);
                 assert_eq!(geo.root_entries(), 1usize << (bits - low));
                 assert!(geo.root_entries() <= g.entries());
-                assert_eq!(geo.tcr_el2(48) & 0x3f, 64 - bits as u64);
-                assert_eq!(geo.tcr_el1(48) & 0x3f, 64 - bits as u64);
+                let tcr2 = LocalRegisterCopy::<u64, TCR_EL2::Register>::new(geo.tcr_el2(48));
+                assert_eq!(tcr2.read(TCR_EL2::T0SZ), 64 - bits as u64);
+                assert_eq!(tcr2.read(TCR_EL2::TG0), tg0_of(g) as u64);
+                let tcr1 = LocalRegisterCopy::<u64, TCR_EL1::Register>::new(geo.tcr_el1(48));
+                assert_eq!(tcr1.read(TCR_EL1::T0SZ), 64 - bits as u64);
+                assert_eq!(tcr1.read(TCR_EL1::TG0), tg0_of(g) as u64);
             }
         }
     }
 }
 
+/// Every (granule, start level) pair a stage-2 geometry can have, with the SL0 the Arm ARM
+/// gives it (D19.2.175 VTCR_EL2.SL0: 4K {L2: 0b00, L1: 0b01, L0: 0b10}; 16K and 64K
+/// {L3: 0b00, L2: 0b01, L1: 0b10}; 4K L3 and 16K L0 need FEAT_TTST/LPA2 and are never used).
+const SL0_TABLE: [(Granule, u32, u64); 7] = [
+    (Granule::K4, 2, 0b00),
+    (Granule::K4, 1, 0b01),
+    (Granule::K4, 0, 0b10),
+    (Granule::K16, 2, 0b01),
+    (Granule::K16, 1, 0b10),
+    (Granule::K64, 2, 0b01),
+    (Granule::K64, 1, 0b10),
+];
+
 #[test]
 fn every_granule_start_level_pair_has_its_sl0() {
-    // Arm ARM D19.2.175 VTCR_EL2.SL0: 4K {L2:0, L1:1, L0:2}; 16K/64K {L3:0, L2:1, L1:2}.
     let cpu = max();
     let mut seen = std::collections::BTreeSet::new();
     for bits in 32..=48 {
         for g in Granule::ALL {
             let geo = Geometry::stage2(g, bits, &cpu).unwrap();
-            let want = match (g, geo.start_level()) {
-                (Granule::K4, 2) => 0,
-                (Granule::K4, 1) => 1,
-                (Granule::K4, 0) => 2,
-                (_, 2) => 1,
-                (_, 1) => 2,
-                other => panic!("unexpected start level {other:?}"),
+            let start = geo.start_level();
+            let Some(&(_, _, want)) = SL0_TABLE.iter().find(|r| (r.0, r.1) == (g, start)) else {
+                panic!("{g} {bits}: start level {start} is not in the Arm ARM's SL0 table");
             };
-            assert_eq!(geo.sl0(), want);
-            seen.insert((g, geo.start_level()));
+            let vtcr = vtcr_of(&geo);
+            assert_eq!(vtcr.read(VTCR_EL2::SL0), want, "{g} {bits}");
+            assert_eq!(geo.sl0(), want, "{g} {bits}");
+            if g == Granule::K4 {
+                // aarch64-cpu names the 4K encodings: decode them back to the level.
+                let level = match vtcr.read_as_enum(VTCR_EL2::SL0) {
+                    Some(VTCR_EL2::SL0::Value::Granule4KBLevel0) => 0,
+                    Some(VTCR_EL2::SL0::Value::Granule4KBLevel1) => 1,
+                    Some(VTCR_EL2::SL0::Value::Granule4KBLevel2) => 2,
+                    other => panic!("{bits}: SL0 {other:?}"),
+                };
+                assert_eq!(level, start, "{bits}");
+            }
+            seen.insert((g, start));
         }
     }
-    assert_eq!(seen.len(), 7);
+    // Every pair of the table occurs for some IPA size.
+    assert_eq!(seen.len(), SL0_TABLE.len());
 }
 
 #[test]

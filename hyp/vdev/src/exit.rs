@@ -8,38 +8,13 @@
 //! The run loop reads the three registers and calls [`Exit::decode`]; everything else is pure.
 
 use crate::mmio::AccessSize;
-use aarch64_cpu::registers::ESR_EL2;
 use core::fmt;
+use platform::esr::{Class, Esr, ISS_DABT};
 use tock_registers::{register_bitfields, LocalRegisterCopy};
 
+pub use platform::esr::FaultKind;
+
 register_bitfields! {u64,
-    /// ISS of a Data Abort (EC 0b100100 / 0b100101).
-    ISS_DABT [
-        /// Instruction Syndrome Valid: bits \[23:14\] hold a valid syndrome.
-        ISV OFFSET(24) NUMBITS(1) [],
-        /// Syndrome Access Size: 0 byte, 1 halfword, 2 word, 3 doubleword.
-        SAS OFFSET(22) NUMBITS(2) [],
-        /// Syndrome Sign Extend: the load sign-extends.
-        SSE OFFSET(21) NUMBITS(1) [],
-        /// Syndrome Register Transfer: Rt (31 = XZR/WZR).
-        SRT OFFSET(16) NUMBITS(5) [],
-        /// Sixty-Four: Rt is a 64-bit (X) register.
-        SF OFFSET(15) NUMBITS(1) [],
-        /// Acquire/Release semantics.
-        AR OFFSET(14) NUMBITS(1) [],
-        /// FAR not Valid.
-        FNV OFFSET(10) NUMBITS(1) [],
-        /// External abort type.
-        EA OFFSET(9) NUMBITS(1) [],
-        /// Cache maintenance.
-        CM OFFSET(8) NUMBITS(1) [],
-        /// The fault was on a stage-2 walk for a stage-1 translation table walk.
-        S1PTW OFFSET(7) NUMBITS(1) [],
-        /// Write not Read.
-        WNR OFFSET(6) NUMBITS(1) [],
-        /// Data Fault Status Code.
-        DFSC OFFSET(0) NUMBITS(6) []
-    ],
     /// ISS of a trapped MSR/MRS/system instruction (EC 0b011000).
     ISS_SYS [
         /// Op0.
@@ -161,94 +136,6 @@ pub struct SysRegAccess {
     pub rt: u8,
     /// `true` for MRS (read into `rt`), `false` for MSR (write from `rt`).
     pub read: bool,
-}
-
-/// The class of a data or instruction fault, from `DFSC`/`IFSC` (Arm ARM, ISS encoding for a
-/// Data Abort, DFSC table). `level` is -1..=3 (-1 only with FEAT_LPA2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultKind {
-    /// Address size fault at `level`.
-    AddressSize {
-        /// Lookup level.
-        level: i8,
-    },
-    /// Translation fault at `level`.
-    Translation {
-        /// Lookup level.
-        level: i8,
-    },
-    /// Access flag fault at `level`.
-    AccessFlag {
-        /// Lookup level.
-        level: i8,
-    },
-    /// Permission fault at `level`.
-    Permission {
-        /// Lookup level.
-        level: i8,
-    },
-    /// Synchronous External abort, not on a translation table walk.
-    SyncExternal,
-    /// Synchronous External abort on a translation table walk at `level`.
-    SyncExternalOnWalk {
-        /// Lookup level.
-        level: i8,
-    },
-    /// Alignment fault.
-    Alignment,
-    /// TLB conflict abort.
-    TlbConflict,
-    /// Any other status code (parity/ECC, tag check, granule protection, IMPDEF, ...).
-    Other(u8),
-}
-
-impl FaultKind {
-    /// Decodes a 6-bit DFSC/IFSC.
-    pub const fn from_fsc(fsc: u8) -> Self {
-        let fsc = fsc & 0x3f;
-        let level = (fsc & 3) as i8;
-        match fsc {
-            0b00_0000..=0b00_0011 => FaultKind::AddressSize { level },
-            0b00_0100..=0b00_0111 => FaultKind::Translation { level },
-            // 0b001000 is the level-0 access flag fault (FEAT_LPA2).
-            0b00_1000..=0b00_1011 => FaultKind::AccessFlag { level },
-            0b00_1100..=0b00_1111 => FaultKind::Permission { level },
-            0b01_0000 => FaultKind::SyncExternal,
-            0b01_0011 => FaultKind::SyncExternalOnWalk { level: -1 },
-            0b01_0100..=0b01_0111 => FaultKind::SyncExternalOnWalk { level },
-            0b10_0001 => FaultKind::Alignment,
-            0b10_1001 => FaultKind::AddressSize { level: -1 },
-            0b10_1011 => FaultKind::Translation { level: -1 },
-            0b11_0000 => FaultKind::TlbConflict,
-            other => FaultKind::Other(other),
-        }
-    }
-
-    /// The lookup level, for the kinds that carry one.
-    pub const fn level(self) -> Option<i8> {
-        match self {
-            FaultKind::AddressSize { level }
-            | FaultKind::Translation { level }
-            | FaultKind::AccessFlag { level }
-            | FaultKind::Permission { level }
-            | FaultKind::SyncExternalOnWalk { level } => Some(level),
-            _ => None,
-        }
-    }
-
-    /// Whether `HPFAR_EL2` holds the faulting IPA for this kind of fault taken to EL2: stage-2
-    /// translation, access flag, permission and address size faults (Arm ARM D24.2.66,
-    /// `HPFAR_EL2`: "valid for ... Translation, Access flag, Permission and Address size faults
-    /// on stage 2 translation"). For other kinds HPFAR_EL2 is UNKNOWN.
-    pub const fn hpfar_valid(self) -> bool {
-        matches!(
-            self,
-            FaultKind::AddressSize { .. }
-                | FaultKind::Translation { .. }
-                | FaultKind::AccessFlag { .. }
-                | FaultKind::Permission { .. }
-        )
-    }
 }
 
 /// The IPA a stage-2 abort faulted on: `HPFAR_EL2.FIPA` (bits \[43:4\], IPA\[51:12\]) shifted into
@@ -391,8 +278,7 @@ impl MmioAccess {
 impl DataAbort {
     /// The MMIO access this abort describes, or why it cannot be emulated.
     pub fn mmio(&self) -> Result<MmioAccess, ExitError> {
-        let iss: LocalRegisterCopy<u64, ISS_DABT::Register> =
-            LocalRegisterCopy::new(self.esr & 0x1ff_ffff);
+        let iss = Esr::new(self.esr).abort_iss();
         let Some(ipa) = self.ipa.filter(|_| self.far_valid) else {
             return Err(ExitError::NoIpa {
                 esr: self.esr,
@@ -494,11 +380,10 @@ impl Exit {
     /// Decodes an exit from the three registers the run loop reads. `hpfar` is only used for
     /// aborts of a kind for which it is valid; pass 0 otherwise.
     pub fn decode(esr: u64, far: u64, hpfar: u64) -> Exit {
-        use ESR_EL2::EC::Value as Ec;
-        let reg: LocalRegisterCopy<u64, ESR_EL2::Register> = LocalRegisterCopy::new(esr);
-        let iss = reg.read(ESR_EL2::ISS);
-        match reg.read_as_enum(ESR_EL2::EC) {
-            Some(Ec::TrappedWFIorWFE) => {
+        let syndrome = Esr::new(esr);
+        let iss = u64::from(syndrome.iss());
+        match syndrome.class() {
+            Some(Class::TrappedWFIorWFE) => {
                 let w: LocalRegisterCopy<u64, ISS_WFX::Register> = LocalRegisterCopy::new(iss);
                 let r = w.read(ISS_WFX::RN) as u8;
                 Exit::Wfx(match w.read(ISS_WFX::TI) {
@@ -508,9 +393,9 @@ impl Exit {
                     _ => Wfx::Wfet { reg: r },
                 })
             }
-            Some(Ec::HVC64) => Exit::Hvc { imm: iss as u16 },
-            Some(Ec::SMC64) => Exit::Smc { imm: iss as u16 },
-            Some(Ec::TrappedMsrMrs) => {
+            Some(Class::HVC64) => Exit::Hvc { imm: iss as u16 },
+            Some(Class::SMC64) => Exit::Smc { imm: iss as u16 },
+            Some(Class::TrappedMsrMrs) => {
                 let s: LocalRegisterCopy<u64, ISS_SYS::Register> = LocalRegisterCopy::new(iss);
                 Exit::SysReg(SysRegAccess {
                     reg: SysReg::new(
@@ -524,8 +409,8 @@ impl Exit {
                     read: s.is_set(ISS_SYS::DIR),
                 })
             }
-            Some(Ec::DataAbortLowerEL) => {
-                let d: LocalRegisterCopy<u64, ISS_DABT::Register> = LocalRegisterCopy::new(iss);
+            Some(Class::DataAbortLowerEL) => {
+                let d = syndrome.abort_iss();
                 let fault = FaultKind::from_fsc(d.read(ISS_DABT::DFSC) as u8);
                 let far_valid = !d.is_set(ISS_DABT::FNV);
                 let far_low = if far_valid { far } else { 0 };
@@ -541,9 +426,9 @@ impl Exit {
                     external: d.is_set(ISS_DABT::EA),
                 })
             }
-            Some(Ec::InstrAbortLowerEL) => {
+            Some(Class::InstrAbortLowerEL) => {
                 // The instruction-abort ISS shares FnV, S1PTW and the status code layout.
-                let d: LocalRegisterCopy<u64, ISS_DABT::Register> = LocalRegisterCopy::new(iss);
+                let d = syndrome.abort_iss();
                 let fault = FaultKind::from_fsc(d.read(ISS_DABT::DFSC) as u8);
                 let far_valid = !d.is_set(ISS_DABT::FNV);
                 let far_low = if far_valid { far } else { 0 };
@@ -557,7 +442,7 @@ impl Exit {
                 })
             }
             _ => Exit::Other {
-                ec: reg.read(ESR_EL2::EC) as u8,
+                ec: syndrome.ec(),
                 iss: iss as u32,
             },
         }
@@ -566,12 +451,7 @@ impl Exit {
     /// The length of the trapped instruction from `ESR_EL2.IL`: 4, or 2 for a 16-bit T32
     /// instruction (only possible from AArch32 EL0).
     pub fn instr_len(esr: u64) -> u64 {
-        let reg: LocalRegisterCopy<u64, ESR_EL2::Register> = LocalRegisterCopy::new(esr);
-        if reg.is_set(ESR_EL2::IL) {
-            4
-        } else {
-            2
-        }
+        Esr::new(esr).instr_len()
     }
 }
 
@@ -698,49 +578,6 @@ mod tests {
             d.mmio(),
             Err(ExitError::TableWalkToMmio { ipa: 0x0900_0040 })
         );
-    }
-
-    #[test]
-    fn fault_status_codes() {
-        assert_eq!(
-            FaultKind::from_fsc(0b000100),
-            FaultKind::Translation { level: 0 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b101011),
-            FaultKind::Translation { level: -1 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b001001),
-            FaultKind::AccessFlag { level: 1 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b001111),
-            FaultKind::Permission { level: 3 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b000010),
-            FaultKind::AddressSize { level: 2 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b101001),
-            FaultKind::AddressSize { level: -1 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b010101),
-            FaultKind::SyncExternalOnWalk { level: 1 }
-        );
-        assert_eq!(
-            FaultKind::from_fsc(0b010011),
-            FaultKind::SyncExternalOnWalk { level: -1 }
-        );
-        assert_eq!(FaultKind::from_fsc(0b100001), FaultKind::Alignment);
-        assert_eq!(FaultKind::from_fsc(0b110000), FaultKind::TlbConflict);
-        assert_eq!(FaultKind::from_fsc(0b011000), FaultKind::Other(0b011000));
-        assert!(FaultKind::from_fsc(0b001101).hpfar_valid());
-        assert!(!FaultKind::from_fsc(0b010000).hpfar_valid());
-        assert_eq!(FaultKind::from_fsc(0b001110).level(), Some(2));
-        assert_eq!(FaultKind::Alignment.level(), None);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //! - [`console`]: a VM's bounded queue of output lines, with counted drops.
 //! - [`vgic`]: a GICv3 distributor and redistributors, SGIs, and list-register management.
 //! - [`idregs`]: the guest's sanitized view of the ID registers.
-//! - [`mpidr`]: vCPU index ↔ MPIDR affinity.
 //! - [`mmio`]: the access-size and error types every MMIO device model shares.
 //!
 //! # How the run loop uses this crate (per exit of vCPU `v`)
@@ -30,7 +29,7 @@
 //!      inject an undefined instruction. Advance ELR by 4.
 //!    - `Wfx(Wfi)`: advance ELR; idle unless [`vgic::Vgic::has_deliverable`]`(v)`.
 //!    - Physical IRQ (timer, maintenance, kick): sample the virtual timer and
-//!      `vgic.set_level(VTIMER_PPI, v, fired)`.
+//!      `vgic.set_level(VTIMER_INTID, v, fired)`.
 //! 3. Kick (IPI) every vCPU in the returned [`vgic::VcpuSet`]s other than `v`.
 //! 4. [`vgic::Vgic::flush_lrs`]`(v, &mut lrs, n_lrs)`, write the LRs, set `ICH_HCR_EL2.UIE`
 //!    if `underflow`, enter the guest.
@@ -46,7 +45,6 @@ pub mod console;
 pub mod exit;
 pub mod idregs;
 pub mod mmio;
-pub mod mpidr;
 pub mod pl011;
 pub mod psci;
 pub mod sysregs;
@@ -55,4 +53,6 @@ pub mod vgic;
 
 pub use exit::{DataAbort, Exit, ExitError, FaultKind, MmioAccess, SysReg, SysRegAccess};
 pub use mmio::{AccessSize, MmioError};
-pub use mpidr::Mpidr;
+/// vCPU index ↔ MPIDR affinity: one mapping for the device tree, `VMPIDR_EL2`, PSCI and the
+/// vGIC (`platform::mpidr`).
+pub use platform::Mpidr;

@@ -29,9 +29,8 @@
 use crate::mmio::{check_aligned, AccessSize, MmioError};
 use alloc::string::String;
 use alloc::vec::Vec;
+use platform::virt::UART_SIZE;
 
-/// Size of the PL011's MMIO region.
-pub const REGION_SIZE: u64 = 0x1000;
 /// Depth of the receive FIFO with `UARTLCR_H.FEN` set (r1p5: 32 entries).
 pub const FIFO_DEPTH: usize = 32;
 /// Longest line passed to the sink (the prefix not counted); longer output is split.
@@ -344,10 +343,10 @@ impl Pl011 {
     }
 
     fn check(offset: u64, size: AccessSize) -> Result<(), MmioError> {
-        if offset >= REGION_SIZE {
+        if offset >= UART_SIZE {
             return Err(MmioError::OutOfRange {
                 offset,
-                region: REGION_SIZE,
+                region: UART_SIZE,
             });
         }
         if size == AccessSize::B8 {
@@ -377,7 +376,7 @@ impl Pl011 {
             reg::MIS => self.ris & self.imsc,
             reg::DMACR => self.dmacr,
             // Received bytes never carry errors: RSR reads 0; ICR is write-only.
-            o if (reg::ID_BASE..REGION_SIZE).contains(&o) => {
+            o if (reg::ID_BASE..UART_SIZE).contains(&o) => {
                 ID_REGS[((o - reg::ID_BASE) / 4) as usize] as u32
             }
             // Reserved and test registers read as zero.
@@ -670,7 +669,7 @@ mod tests {
             AccessSize::B8,
         ];
         let mut x: u64 = 0x0123_4567_89ab_cdef;
-        for off in 0..REGION_SIZE + 8 {
+        for off in 0..UART_SIZE + 8 {
             for size in sizes {
                 x = x.rotate_left(5) ^ off;
                 let _ = u.read(off, size);

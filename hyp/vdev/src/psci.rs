@@ -4,10 +4,10 @@
 //! x0..x3, and applies the returned [`PsciAction`]. Every function this module does not
 //! implement returns `NOT_SUPPORTED` (-1), as SMCCC requires for unknown function IDs.
 
-use crate::mpidr::{Mpidr, AFFINITY_MASK};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
+use platform::mpidr::{Mpidr, AFFINITY_MASK};
 
 /// Function identifiers (DEN 0022 §5.1, DEN 0028 §7). `_32` is the SMC32 convention, `_64`
 /// the SMC64 one (bit 30 set).

@@ -28,27 +28,23 @@
 //! woken from WFI) because their deliverable set may have changed.
 
 use crate::mmio::{check_aligned, AccessSize, MmioError};
-use crate::mpidr::{Mpidr, AFFINITY_MASK};
 use aarch64_cpu::registers::ICH_LR0_EL2 as LR;
 use alloc::vec::Vec;
 use core::fmt;
+use platform::gicv3::{
+    gicd, gicr, GICD_CTLR, GICD_SIZE, GICD_TYPER, GICR_STRIDE, GICR_TYPER, GICR_WAKER,
+    ICC_SGI1R_EL1, SGI_BASE,
+};
+use platform::mpidr::{Mpidr, AFFINITY_MASK};
+use platform::virt;
 use tock_registers::fields::FieldValue;
 use tock_registers::LocalRegisterCopy;
 
-/// Size of the distributor's MMIO region.
-pub const DIST_SIZE: u64 = 0x1_0000;
-/// Bytes of redistributor region per vCPU: RD_base frame + SGI_base frame (no VLPI frames).
-pub const REDIST_STRIDE: u64 = 0x2_0000;
-/// Offset of the SGI_base frame inside one redistributor.
-pub const SGI_FRAME: u64 = 0x1_0000;
-/// The virtual timer's PPI (`CNTV`, Arm BSA / QEMU virt device tree).
-pub const VTIMER_PPI: u32 = 27;
-/// The GIC maintenance interrupt's PPI on QEMU virt.
-pub const MAINTENANCE_PPI: u32 = 25;
 /// Most list registers the architecture allows (`ICH_VTR_EL2.ListRegs` + 1 ≤ 16).
 pub const MAX_LRS: usize = 16;
-/// Most vCPUs one vGIC serves (the width of [`VcpuSet`]).
-pub const MAX_VCPUS: usize = 64;
+/// Most vCPUs one vGIC serves: as many as the VM's platform has redistributors for
+/// (`platform::virt::MAX_VCPUS`).
+pub const MAX_VCPUS: usize = virt::MAX_VCPUS as usize;
 /// Most SPIs (INTIDs 32..=1019).
 pub const MAX_SPIS: u32 = 988;
 /// Implemented priority bits: values are masked to the top 5 bits.
@@ -59,14 +55,16 @@ const IIDR: u32 = 0x4800_043b;
 /// `GICD_PIDR2`/`GICR_PIDR2`: ArchRev \[7:4\] = 3 (GICv3), JEDEC \[3\] = 1, DES_1 \[2:0\] = 0b011.
 const PIDR2: u32 = 0x3b;
 
-/// A set of vCPU indices (0..64).
+/// A set of vCPU indices (0..[`MAX_VCPUS`]).
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub struct VcpuSet(u64);
+pub struct VcpuSet(u128);
+
+const _: () = assert!(MAX_VCPUS <= u128::BITS as usize, "VcpuSet holds every vCPU");
 
 impl VcpuSet {
     /// The empty set.
     pub const EMPTY: VcpuSet = VcpuSet(0);
-    /// Adds `vcpu` (ignored above 63).
+    /// Adds `vcpu` (ignored from [`MAX_VCPUS`] on).
     pub fn insert(&mut self, vcpu: usize) {
         if vcpu < MAX_VCPUS {
             self.0 |= 1 << vcpu;
@@ -85,7 +83,7 @@ impl VcpuSet {
         self.0.count_ones() as usize
     }
     /// The raw bitmask (bit n = vCPU n).
-    pub fn bits(&self) -> u64 {
+    pub fn bits(&self) -> u128 {
         self.0
     }
     /// The vCPU indices, ascending.
@@ -107,7 +105,7 @@ impl fmt::Debug for VcpuSet {
 /// The shape of one VM's GIC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VgicConfig {
-    /// vCPUs (1..=64); vCPU i has the affinity [`Mpidr::from_vcpu`]`(i)`.
+    /// vCPUs (1..=[`MAX_VCPUS`]); vCPU i has the affinity [`Mpidr::from_vcpu`]`(i)`.
     pub n_vcpus: usize,
     /// SPIs (1..=988), rounded up to a multiple of 32 (the `GICD_TYPER.ITLinesNumber` unit).
     pub n_spis: u32,
@@ -224,42 +222,6 @@ pub struct Vgic {
 
 const ST_PENDING: u64 = 1;
 const ST_ACTIVE: u64 = 2;
-const CTLR_G0: u32 = 1 << 0;
-const CTLR_G1: u32 = 1 << 1;
-const CTLR_ARE: u32 = 1 << 4;
-const CTLR_DS: u32 = 1 << 6;
-
-/// Distributor register offsets (IHI 0069 §12.9).
-mod gicd {
-    pub const CTLR: u64 = 0x0000;
-    pub const TYPER: u64 = 0x0004;
-    pub const IIDR: u64 = 0x0008;
-    pub const IGROUPR: u64 = 0x0080;
-    pub const ISENABLER: u64 = 0x0100;
-    pub const ICENABLER: u64 = 0x0180;
-    pub const ISPENDR: u64 = 0x0200;
-    pub const ICPENDR: u64 = 0x0280;
-    pub const ISACTIVER: u64 = 0x0300;
-    pub const ICACTIVER: u64 = 0x0380;
-    pub const IPRIORITYR: u64 = 0x0400;
-    pub const ITARGETSR: u64 = 0x0800;
-    pub const ICFGR: u64 = 0x0c00;
-    pub const IROUTER: u64 = 0x6000;
-    pub const PIDR2: u64 = 0xffe8;
-}
-
-/// Redistributor register offsets (IHI 0069 §12.11), RD_base frame.
-mod gicr {
-    pub const CTLR: u64 = 0x0000;
-    pub const IIDR: u64 = 0x0004;
-    pub const TYPER: u64 = 0x0008;
-    pub const WAKER: u64 = 0x0014;
-    pub const PROPBASER: u64 = 0x0070;
-    pub const PENDBASER: u64 = 0x0078;
-    pub const PIDR2: u64 = 0xffe8;
-    pub const WAKER_PS: u32 = 1 << 1;
-    pub const WAKER_CA: u32 = 1 << 2;
-}
 
 /// The bitmap registers shared by the distributor and the SGI frame.
 #[derive(Clone, Copy)]
@@ -346,7 +308,8 @@ impl Vgic {
         let cpus = (0..config.n_vcpus)
             .map(|i| Cpu {
                 banked,
-                mpidr: Mpidr::from_vcpu(i).expect("invariant: at most 64 vCPUs"),
+                mpidr: Mpidr::from_vcpu(i)
+                    .expect("invariant: at most MAX_VCPUS vCPUs, all numbered"),
                 sleep: true,
                 lrs: [None; MAX_LRS],
             })
@@ -364,9 +327,9 @@ impl Vgic {
         self.cpus.len()
     }
 
-    /// Size of the redistributor region: one [`REDIST_STRIDE`] per vCPU.
+    /// Size of the redistributor region: one [`GICR_STRIDE`] per vCPU.
     pub fn redist_size(&self) -> u64 {
-        self.cpus.len() as u64 * REDIST_STRIDE
+        self.cpus.len() as u64 * GICR_STRIDE
     }
 
     /// INTIDs implemented: 32 + the SPI count.
@@ -410,7 +373,12 @@ impl Vgic {
     }
 
     fn group_enabled(&self, irq: &Irq) -> bool {
-        self.ctlr & if irq.group1 { CTLR_G1 } else { CTLR_G0 } != 0
+        let enable = if irq.group1 {
+            GICD_CTLR::EnableGrp1
+        } else {
+            GICD_CTLR::EnableGrp0
+        };
+        enable.is_set(self.ctlr)
     }
 
     fn deliverable(&self, irq: &Irq) -> bool {
@@ -477,32 +445,34 @@ impl Vgic {
         Ok(self.kicks_for(vcpu, intid))
     }
 
-    /// A trapped write of `value` to `ICC_SGI1R_EL1` by `from` (IHI 0069 §12.2.23):
-    /// `TargetList` \[15:0\], `Aff1` \[23:16\], `INTID` \[27:24\], `Aff2` \[39:32\], `IRM` \[40\],
-    /// `RS` \[47:44\], `Aff3` \[55:48\]. `IRM` = 1 targets every vCPU except the sender. Targets
-    /// that name no vCPU are ignored. Returns the vCPUs to kick (the targets, except the
-    /// sender, which is at an exit and picks its SGI up at its next flush).
+    /// A trapped write of `value` to `ICC_SGI1R_EL1` by `from` (IHI 0069 §12.2.23, fields
+    /// `platform::gicv3::ICC_SGI1R_EL1`). `IRM` = 1 targets every vCPU except the sender.
+    /// Targets that name no vCPU are ignored. Returns the vCPUs to kick (the targets, except
+    /// the sender, which is at an exit and picks its SGI up at its next flush).
     pub fn sgi(&mut self, from: usize, value: u64) -> VcpuSet {
-        let intid = ((value >> 24) & 0xf) as usize;
+        let sgi1r = LocalRegisterCopy::<u64, ICC_SGI1R_EL1::Register>::new(value);
+        let intid = sgi1r.read(ICC_SGI1R_EL1::INTID) as usize;
         let mut targets = VcpuSet::EMPTY;
-        if value & (1 << 40) != 0 {
+        if sgi1r.is_set(ICC_SGI1R_EL1::IRM) {
             for v in 0..self.cpus.len() {
                 if v != from {
                     targets.insert(v);
                 }
             }
         } else {
-            let list = value & 0xffff;
-            let rs = (value >> 44) & 0xf;
-            let aff1 = (value >> 16) & 0xff;
-            let aff2 = (value >> 32) & 0xff;
-            let aff3 = (value >> 48) & 0xff;
+            let list = sgi1r.read(ICC_SGI1R_EL1::TargetList);
+            let rs = sgi1r.read(ICC_SGI1R_EL1::RS);
             for bit in 0..16 {
                 if list & (1 << bit) == 0 {
                     continue;
                 }
-                let aff0 = rs * 16 + bit;
-                let m = Mpidr::from_affinity(aff0 | aff1 << 8 | aff2 << 16 | aff3 << 32);
+                // Aff0 = RS * 16 + bit: above 255 (RS = 15, bit 15 is 255) cannot occur.
+                let m = Mpidr::from_fields(
+                    (rs * 16 + bit) as u8,
+                    sgi1r.read(ICC_SGI1R_EL1::Aff1) as u8,
+                    sgi1r.read(ICC_SGI1R_EL1::Aff2) as u8,
+                    sgi1r.read(ICC_SGI1R_EL1::Aff3) as u8,
+                );
                 if let Some(v) = m.vcpu().filter(|&v| v < self.cpus.len()) {
                     targets.insert(v);
                 }
@@ -745,10 +715,10 @@ impl Vgic {
     }
 
     fn dist_check(offset: u64, size: AccessSize) -> Result<(), MmioError> {
-        if offset >= DIST_SIZE {
+        if offset >= GICD_SIZE {
             return Err(MmioError::OutOfRange {
                 offset,
-                region: DIST_SIZE,
+                region: GICD_SIZE,
             });
         }
         check_aligned(offset, size)?;
@@ -766,9 +736,11 @@ impl Vgic {
 
     fn typer(&self) -> u32 {
         let it_lines = self.n_intids() / 32 - 1;
-        // IDbits [23:19] = 9 (10 INTID bits), No1N [25] = 1; SecurityExtn, MBIS, LPIS,
-        // DVIS, A3V, RSS all 0.
-        it_lines | (9 << 19) | (1 << 25)
+        // 10 INTID bits, no 1-of-N routing; SecurityExtn, MBIS, LPIS, DVIS, A3V, RSS all 0.
+        (GICD_TYPER::ITLinesNumber.val(it_lines)
+            + GICD_TYPER::IDbits.val(9)
+            + GICD_TYPER::No1N::SET)
+            .value
     }
 
     /// A read of the distributor at `offset`. The SPI registers of INTIDs 0-31 are RAZ/WI
@@ -777,7 +749,7 @@ impl Vgic {
     pub fn dist_read(&mut self, offset: u64, size: AccessSize) -> Result<u64, MmioError> {
         Self::dist_check(offset, size)?;
         Ok(match offset {
-            gicd::CTLR => (self.ctlr | CTLR_ARE | CTLR_DS) as u64,
+            gicd::CTLR => (self.ctlr | (GICD_CTLR::ARE::SET + GICD_CTLR::DS::SET).value) as u64,
             gicd::TYPER => self.typer() as u64,
             gicd::IIDR => IIDR as u64,
             gicd::PIDR2 => PIDR2 as u64,
@@ -829,7 +801,7 @@ impl Vgic {
         let v32 = value as u32;
         Ok(match offset {
             gicd::CTLR => {
-                self.ctlr = v32 & (CTLR_G0 | CTLR_G1);
+                self.ctlr = v32 & (GICD_CTLR::EnableGrp0::SET + GICD_CTLR::EnableGrp1::SET).value;
                 // Group enables affect every vCPU: kick all that now have work or listed
                 // interrupts.
                 let mut k = VcpuSet::EMPTY;
@@ -884,8 +856,8 @@ impl Vgic {
             return Err(MmioError::OutOfRange { offset, region });
         }
         check_aligned(offset, size)?;
-        let vcpu = (offset / REDIST_STRIDE) as usize;
-        let r = offset % REDIST_STRIDE;
+        let vcpu = (offset / GICR_STRIDE) as usize;
+        let r = offset % GICR_STRIDE;
         let ok = match r {
             gicr::TYPER | gicr::PROPBASER | gicr::PENDBASER => {
                 matches!(size, AccessSize::B4 | AccessSize::B8)
@@ -903,13 +875,14 @@ impl Vgic {
 
     fn gicr_typer(&self, vcpu: usize) -> u64 {
         let cpu = &self.cpus[vcpu];
-        // PLPIS = VLPIS = DirectLPI = 0; Last [4]; Processor_Number [23:8];
-        // Affinity_Value [63:32] = Aff3.Aff2.Aff1.Aff0.
-        let last = u64::from(vcpu + 1 == self.cpus.len()) << 4;
-        ((cpu.mpidr.packed32() as u64) << 32) | ((vcpu as u64 & 0xffff) << 8) | last
+        // PLPIS = VLPIS = DirectLPI = 0.
+        (GICR_TYPER::Affinity_Value.val(cpu.mpidr.packed32().into())
+            + GICR_TYPER::Processor_Number.val(vcpu as u64)
+            + GICR_TYPER::Last.val(u64::from(vcpu + 1 == self.cpus.len())))
+        .value
     }
 
-    /// A read of the redistributor region (all vCPUs' redistributors, [`REDIST_STRIDE`]
+    /// A read of the redistributor region (all vCPUs' redistributors, [`GICR_STRIDE`]
     /// apart) at `offset`.
     pub fn redist_read(&mut self, offset: u64, size: AccessSize) -> Result<u64, MmioError> {
         let (vcpu, r) = self.redist_check(offset, size)?;
@@ -917,10 +890,12 @@ impl Vgic {
             gicr::IIDR => IIDR as u64,
             gicr::TYPER => self.gicr_typer(vcpu) & size.mask(),
             0x0c => self.gicr_typer(vcpu) >> 32,
-            gicr::WAKER if self.cpus[vcpu].sleep => (gicr::WAKER_PS | gicr::WAKER_CA) as u64,
+            gicr::WAKER if self.cpus[vcpu].sleep => {
+                (GICR_WAKER::ProcessorSleep::SET + GICR_WAKER::ChildrenAsleep::SET).value as u64
+            }
             gicr::PIDR2 => PIDR2 as u64,
-            s if s >= SGI_FRAME => {
-                let s = s - SGI_FRAME;
+            s if s >= SGI_BASE => {
+                let s = s - SGI_BASE;
                 match s {
                     o if Bits::at(o).is_some() => match Bits::at(o) {
                         Some((which, 0)) => self.bits_read(vcpu, which, 0) as u64,
@@ -950,11 +925,11 @@ impl Vgic {
             // Clearing ProcessorSleep wakes the redistributor; ChildrenAsleep follows at once
             // (IHI 0069 §12.11.41, the wake-up handshake Linux polls for).
             gicr::WAKER => {
-                self.cpus[vcpu].sleep = v32 & gicr::WAKER_PS != 0;
+                self.cpus[vcpu].sleep = GICR_WAKER::ProcessorSleep.is_set(v32);
                 VcpuSet::EMPTY
             }
-            s if s >= SGI_FRAME => {
-                let s = s - SGI_FRAME;
+            s if s >= SGI_BASE => {
+                let s = s - SGI_BASE;
                 match s {
                     o if Bits::at(o).is_some() => match Bits::at(o) {
                         Some((which, 0)) => self.bits_write(vcpu, which, 0, v32),
@@ -980,7 +955,6 @@ mod tests {
     use alloc::vec::Vec;
 
     const W: AccessSize = AccessSize::B4;
-    const UART_SPI: u32 = 33;
     const N_LRS: usize = 4;
 
     /// Brings the GIC up the way Linux's irq-gic-v3 does: distributor groups on, every
@@ -1001,16 +975,16 @@ mod tests {
                 .unwrap();
         }
         for v in 0..n_vcpus as u64 {
-            let rd = v * REDIST_STRIDE;
+            let rd = v * GICR_STRIDE;
             g.redist_write(rd + gicr::WAKER, W, 0).unwrap();
             assert_eq!(g.redist_read(rd + gicr::WAKER, W).unwrap() & 4, 0);
-            let sgi = rd + SGI_FRAME;
+            let sgi = rd + SGI_BASE;
             g.redist_write(sgi + gicd::IGROUPR, W, 0xffff_ffff).unwrap();
             for i in (0..32).step_by(4) {
                 g.redist_write(sgi + gicd::IPRIORITYR + i, W, 0xa0a0_a0a0)
                     .unwrap();
             }
-            g.redist_write(sgi + gicd::ISENABLER, W, 0xffff | (1 << VTIMER_PPI))
+            g.redist_write(sgi + gicd::ISENABLER, W, 0xffff | (1 << virt::VTIMER_INTID))
                 .unwrap();
         }
         g
@@ -1086,7 +1060,7 @@ mod tests {
         assert_eq!(g.dist_read(gicd::PIDR2, W).unwrap() & 0xf0, 0x30);
         assert_eq!(g.dist_read(gicd::CTLR, W).unwrap(), 0x53, "G0|G1|ARE|DS");
         for v in 0..3u64 {
-            let rd = v * REDIST_STRIDE;
+            let rd = v * GICR_STRIDE;
             assert_eq!(g.redist_read(rd + gicr::PIDR2, W).unwrap() & 0xf0, 0x30);
             let typer = g.redist_read(rd + gicr::TYPER, AccessSize::B8).unwrap();
             assert_eq!(typer >> 32, v, "affinity");
@@ -1100,7 +1074,7 @@ mod tests {
             );
             assert_eq!(g.redist_read(rd + 0xc, W).unwrap(), typer >> 32);
         }
-        assert_eq!(g.redist_size(), 3 * REDIST_STRIDE);
+        assert_eq!(g.redist_size(), 3 * GICR_STRIDE);
         // vCPU 17's redistributor reports Aff1 = 1, Aff0 = 1.
         let g = Vgic::new(VgicConfig {
             n_vcpus: 18,
@@ -1127,8 +1101,8 @@ mod tests {
     #[test]
     fn uart_spi_level_lifecycle() {
         let mut g = linux_init(2, 32);
-        enable_spi(&mut g, UART_SPI);
-        let kick = g.set_level(UART_SPI, 0, true).unwrap();
+        enable_spi(&mut g, virt::UART_INTID);
+        let kick = g.set_level(virt::UART_INTID, 0, true).unwrap();
         assert_eq!(kick.iter().collect::<Vec<_>>(), [0]);
         assert!(g.has_deliverable(0) && !g.has_deliverable(1));
         let mut lrs = [0u64; N_LRS];
@@ -1146,7 +1120,7 @@ mod tests {
         // Guest acknowledges, exits on the UART access that drops the line.
         assert_eq!(ack(&mut lrs), Some(33));
         g.sync_lrs(0, &lrs);
-        g.set_level(UART_SPI, 0, false).unwrap();
+        g.set_level(virt::UART_INTID, 0, false).unwrap();
         assert_eq!(g.dist_read(gicd::ISACTIVER + 4, W).unwrap(), 1 << 1);
         assert_eq!(g.dist_read(gicd::ISPENDR + 4, W).unwrap(), 0);
         let f = g.flush_lrs(0, &mut lrs, N_LRS);
@@ -1161,8 +1135,8 @@ mod tests {
     #[test]
     fn level_still_high_after_ack_is_pending_and_active() {
         let mut g = linux_init(1, 32);
-        enable_spi(&mut g, UART_SPI);
-        g.set_level(UART_SPI, 0, true).unwrap();
+        enable_spi(&mut g, virt::UART_INTID);
+        g.set_level(virt::UART_INTID, 0, true).unwrap();
         let mut lrs = [0u64; N_LRS];
         g.flush_lrs(0, &mut lrs, N_LRS);
         ack(&mut lrs);
@@ -1178,12 +1152,12 @@ mod tests {
     #[test]
     fn level_deasserted_before_ack_is_withdrawn() {
         let mut g = linux_init(1, 32);
-        enable_spi(&mut g, UART_SPI);
-        g.set_level(UART_SPI, 0, true).unwrap();
+        enable_spi(&mut g, virt::UART_INTID);
+        g.set_level(virt::UART_INTID, 0, true).unwrap();
         let mut lrs = [0u64; N_LRS];
         g.flush_lrs(0, &mut lrs, N_LRS);
         // Exit before the guest acknowledged; meanwhile the line dropped.
-        let kick = g.set_level(UART_SPI, 0, false).unwrap();
+        let kick = g.set_level(virt::UART_INTID, 0, false).unwrap();
         assert!(
             kick.contains(0),
             "the vCPU holding it is kicked to withdraw it"
@@ -1267,7 +1241,7 @@ mod tests {
             enable_spi(&mut g, id);
             g.set_pending(id, 0).unwrap();
         }
-        g.set_pending(VTIMER_PPI, 0).unwrap();
+        g.set_pending(virt::VTIMER_INTID, 0).unwrap();
         let mut lrs = [0u64; N_LRS];
         let f = g.flush_lrs(0, &mut lrs, N_LRS);
         assert_eq!(
@@ -1352,7 +1326,7 @@ mod tests {
         // SGI pending is visible in the target's GICR_ISPENDR0.
         g.sgi(0, (7 << 24) | 0b10);
         assert_eq!(
-            g.redist_read(REDIST_STRIDE + SGI_FRAME + gicd::ISPENDR, W)
+            g.redist_read(GICR_STRIDE + SGI_BASE + gicd::ISPENDR, W)
                 .unwrap(),
             1 << 7
         );
@@ -1370,7 +1344,7 @@ mod tests {
     #[test]
     fn disabled_interrupts_are_not_delivered_and_are_withdrawn() {
         let mut g = linux_init(2, 32);
-        g.set_level(UART_SPI, 0, true).unwrap();
+        g.set_level(virt::UART_INTID, 0, true).unwrap();
         assert!(!g.has_deliverable(0), "not enabled yet");
         let mut lrs = [0u64; N_LRS];
         assert_eq!(g.flush_lrs(0, &mut lrs, N_LRS).used, 0);
@@ -1389,11 +1363,11 @@ mod tests {
         assert_eq!(listed(&lrs), []);
         g.sync_lrs(0, &lrs);
         // Disabled after the guest acknowledged it: stays listed as active until EOI.
-        enable_spi(&mut g, UART_SPI);
+        enable_spi(&mut g, virt::UART_INTID);
         g.flush_lrs(0, &mut lrs, N_LRS);
         ack(&mut lrs);
         g.sync_lrs(0, &lrs);
-        g.set_level(UART_SPI, 0, false).unwrap();
+        g.set_level(virt::UART_INTID, 0, false).unwrap();
         g.dist_write(gicd::ICENABLER + 4, W, 1 << 1).unwrap();
         g.flush_lrs(0, &mut lrs, N_LRS);
         assert_eq!(listed(&lrs), [(33, ST_ACTIVE)]);
@@ -1405,8 +1379,8 @@ mod tests {
     #[test]
     fn group_enable_gates_delivery() {
         let mut g = linux_init(1, 32);
-        enable_spi(&mut g, UART_SPI);
-        g.set_level(UART_SPI, 0, true).unwrap();
+        enable_spi(&mut g, virt::UART_INTID);
+        g.set_level(virt::UART_INTID, 0, true).unwrap();
         g.dist_write(gicd::CTLR, W, 0x1).unwrap(); // Group 0 only.
         assert!(!g.has_deliverable(0));
         g.dist_write(gicd::CTLR, W, 0x3).unwrap();
@@ -1421,13 +1395,13 @@ mod tests {
     #[test]
     fn spi_routing_and_no_duplicates_across_vcpus() {
         let mut g = linux_init(2, 32);
-        enable_spi(&mut g, UART_SPI);
+        enable_spi(&mut g, virt::UART_INTID);
         // Route to vCPU 1 (64-bit write), read back by halves.
         g.dist_write(gicd::IROUTER + 8 * 33, AccessSize::B8, 0x1)
             .unwrap();
         assert_eq!(g.dist_read(gicd::IROUTER + 8 * 33, W).unwrap(), 1);
         assert_eq!(g.dist_read(gicd::IROUTER + 8 * 33 + 4, W).unwrap(), 0);
-        let kicks = g.set_level(UART_SPI, 0, true).unwrap();
+        let kicks = g.set_level(virt::UART_INTID, 0, true).unwrap();
         assert_eq!(kicks.iter().collect::<Vec<_>>(), [1]);
         let mut lrs0 = [0u64; N_LRS];
         let mut lrs1 = [0u64; N_LRS];
@@ -1499,7 +1473,7 @@ mod tests {
     #[test]
     fn config_registers() {
         let mut g = linux_init(1, 32);
-        let sgi = SGI_FRAME;
+        let sgi = SGI_BASE;
         // ICFGR0 (SGIs) reads edge and ignores writes.
         assert_eq!(g.redist_read(sgi + 0xc00, W).unwrap(), 0xaaaa_aaaa);
         g.redist_write(sgi + 0xc00, W, 0).unwrap();
@@ -1509,11 +1483,11 @@ mod tests {
         g.redist_write(sgi + 0xc04, W, 2 << 22).unwrap(); // PPI 27 edge
         assert_eq!(g.redist_read(sgi + 0xc04, W).unwrap(), 2 << 22);
         // An edge-configured line latches on a rising edge only.
-        g.set_level(VTIMER_PPI, 0, true).unwrap();
-        g.set_level(VTIMER_PPI, 0, false).unwrap();
+        g.set_level(virt::VTIMER_INTID, 0, true).unwrap();
+        g.set_level(virt::VTIMER_INTID, 0, false).unwrap();
         assert!(g.has_deliverable(0));
         assert_eq!(run_to_idle(&mut g, 0), [27]);
-        g.set_level(VTIMER_PPI, 0, false).unwrap();
+        g.set_level(virt::VTIMER_INTID, 0, false).unwrap();
         assert!(!g.has_deliverable(0));
         // Distributor ICFGR for INTIDs 0-31 is RAZ/WI.
         g.dist_write(gicd::ICFGR + 4, W, u64::MAX).unwrap();
@@ -1523,7 +1497,7 @@ mod tests {
     #[test]
     fn timer_ppi_is_per_vcpu() {
         let mut g = linux_init(2, 32);
-        let kicks = g.set_level(VTIMER_PPI, 1, true).unwrap();
+        let kicks = g.set_level(virt::VTIMER_INTID, 1, true).unwrap();
         assert_eq!(kicks.iter().collect::<Vec<_>>(), [1]);
         assert!(!g.has_deliverable(0));
         assert_eq!(run_to_idle(&mut g, 0), []);
@@ -1548,11 +1522,11 @@ mod tests {
             Err(MmioError::BadSize { .. })
         ));
         assert!(matches!(
-            g.dist_read(DIST_SIZE, W),
+            g.dist_read(GICD_SIZE, W),
             Err(MmioError::OutOfRange { .. })
         ));
         assert!(matches!(
-            g.redist_read(2 * REDIST_STRIDE, W),
+            g.redist_read(2 * GICR_STRIDE, W),
             Err(MmioError::OutOfRange { .. })
         ));
         assert!(matches!(
@@ -1560,10 +1534,10 @@ mod tests {
             Err(MmioError::Unaligned { .. })
         ));
         // Byte access to priorities in both frames.
-        g.redist_write(SGI_FRAME + 0x400 + 27, AccessSize::B1, 0x40)
+        g.redist_write(SGI_BASE + 0x400 + 27, AccessSize::B1, 0x40)
             .unwrap();
         assert_eq!(
-            g.redist_read(SGI_FRAME + 0x400 + 24, W).unwrap(),
+            g.redist_read(SGI_BASE + 0x400 + 24, W).unwrap(),
             0x40a0_a0a0
         );
         // Registers of INTIDs 0-31 in the distributor, and beyond the last SPI: RAZ/WI.
@@ -1613,10 +1587,26 @@ mod tests {
         })
         .is_err());
         assert!(Vgic::new(VgicConfig {
-            n_vcpus: 65,
+            n_vcpus: MAX_VCPUS + 1,
             n_spis: 32
         })
         .is_err());
+        // The platform's most vCPUs all fit, each with its own bit in a VcpuSet.
+        let g = Vgic::new(VgicConfig {
+            n_vcpus: MAX_VCPUS,
+            n_spis: 32,
+        })
+        .unwrap();
+        assert_eq!(
+            g.redist_size(),
+            platform::virt::gicr_region(MAX_VCPUS as u32).1
+        );
+        let mut all = VcpuSet::EMPTY;
+        for v in 0..MAX_VCPUS {
+            all.insert(v);
+        }
+        assert_eq!(all.len(), MAX_VCPUS);
+        assert!(all.contains(MAX_VCPUS - 1));
         assert!(Vgic::new(VgicConfig {
             n_vcpus: 1,
             n_spis: 0
@@ -1660,7 +1650,7 @@ mod tests {
             AccessSize::B8,
         ];
         let mut x: u64 = 0x1234_5678_9abc_def1;
-        for off in 0..DIST_SIZE + 8 {
+        for off in 0..GICD_SIZE + 8 {
             for size in sizes {
                 x = x.rotate_left(7) ^ off;
                 let _ = g.dist_read(off, size);

@@ -5,6 +5,7 @@
 //! GIC state, not of memory). Writes are `unsafe fn`: each changes how a guest runs, what it
 //! sees or how interrupts reach this CPU.
 
+use crate::exc::El1Reg;
 use core::arch::asm;
 
 macro_rules! rw {
@@ -83,8 +84,8 @@ wo!(/// `HDFGRTR_EL2` (FEAT_FGT only).
     set_hdfgrtr_el2, "S3_4_C3_C1_4");
 wo!(/// `HDFGWTR_EL2` (FEAT_FGT only).
     set_hdfgwtr_el2, "S3_4_C3_C1_5");
-rw!(/// `CNTV_CTL_EL0` (the guest's virtual timer control, live while its vCPU is pinned here).
-    cntv_ctl_el0, set_cntv_ctl_el0, "cntv_ctl_el0");
+ro!(/// `CNTV_CTL_EL0` (the guest's virtual timer control, live while its vCPU is pinned here).
+    cntv_ctl_el0, "cntv_ctl_el0");
 rw!(/// `ICC_SRE_EL2`.
     icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5");
 rw!(/// `ICC_PMR_EL1`.
@@ -111,8 +112,8 @@ ro!(/// `ICH_EISR_EL2`.
     ich_eisr_el2, "S3_4_C12_C11_3");
 rw!(/// `ICH_VMCR_EL2`.
     ich_vmcr_el2, set_ich_vmcr_el2, "S3_4_C12_C11_7");
-rw!(/// `SCTLR_EL1`.
-    sctlr_el1, set_sctlr_el1, "sctlr_el1");
+ro!(/// `SCTLR_EL1`.
+    sctlr_el1, "sctlr_el1");
 rw!(/// `ESR_EL1`.
     esr_el1, set_esr_el1, "esr_el1");
 rw!(/// `FAR_EL1`.
@@ -123,8 +124,6 @@ rw!(/// `SPSR_EL1`.
     spsr_el1, set_spsr_el1, "spsr_el1");
 rw!(/// `VBAR_EL1`.
     vbar_el1, set_vbar_el1, "vbar_el1");
-rw!(/// `CPACR_EL1`.
-    cpacr_el1, set_cpacr_el1, "cpacr_el1");
 ro!(/// `MIDR_EL1`.
     midr_el1, "midr_el1");
 ro!(/// `CNTPCT_EL0`.
@@ -220,50 +219,46 @@ pub fn tlbi_vmalls12e1_local() {
     }
 }
 
-/// Writes the EL1 and EL0 system registers a vCPU can reach that the run loop does not set
-/// itself to their documented reset values: 0 (the Arm ARM leaves most of them UNKNOWN at
-/// reset; 0 disables every translation, timer, breakpoint and watchpoint they control).
-/// `brps`/`wrps`: how many breakpoints and watchpoints the CPU has
-/// (`ID_AA64DFR0_EL1.BRPs/WRPs` + 1); only those registers exist.
-///
-/// Not here: `SCTLR_EL1`, `CPACR_EL1`, `CNTV_CTL_EL0` (the caller writes their entry values),
-/// `SP_EL0`, `ELR_EL2`/`SPSR_EL2`, the general and FP/SIMD registers (the world switch loads
-/// them from `GuestRegs`), and what traps (emulated per vCPU or UNDEFINED).
+macro_rules! el1_writer {
+    ($($reg:ident => $name:literal),* $(,)?) => {
+        /// Writes one of the EL1/EL0 registers of [`El1Reg`].
+        ///
+        /// # Safety
+        /// The caller owns this CPU's EL1 state: no guest runs on it until the next entry.
+        unsafe fn set_el1(reg: El1Reg, v: u64) {
+            match reg {
+                $(El1Reg::$reg => {
+                    // SAFETY: an EL1/EL0 register of the guest this CPU is dedicated to (the
+                    // caller's contract); none of them affects EL2's own translation or memory.
+                    unsafe { asm!(concat!("msr ", $name, ", {0}"), in(reg) v, options(nostack, preserves_flags)) }
+                })*
+            }
+        }
+    };
+}
+
+el1_writer!(
+    SctlrEl1 => "sctlr_el1", CpacrEl1 => "cpacr_el1", Ttbr0El1 => "ttbr0_el1",
+    Ttbr1El1 => "ttbr1_el1", TcrEl1 => "tcr_el1", MairEl1 => "mair_el1", AmairEl1 => "amair_el1",
+    VbarEl1 => "vbar_el1", ContextidrEl1 => "contextidr_el1", TpidrEl1 => "tpidr_el1",
+    TpidrEl0 => "tpidr_el0", TpidrroEl0 => "tpidrro_el0", SpEl1 => "sp_el1", ElrEl1 => "elr_el1",
+    SpsrEl1 => "spsr_el1", EsrEl1 => "esr_el1", FarEl1 => "far_el1", Afsr0El1 => "afsr0_el1",
+    Afsr1El1 => "afsr1_el1", ParEl1 => "par_el1", CntkctlEl1 => "cntkctl_el1",
+    CntvCtlEl0 => "cntv_ctl_el0", CntvCvalEl0 => "cntv_cval_el0", CntpCtlEl0 => "cntp_ctl_el0",
+    CntpCvalEl0 => "cntp_cval_el0", MdscrEl1 => "mdscr_el1", MdccintEl1 => "mdccint_el1",
+    CsselrEl1 => "csselr_el1",
+);
+
+/// Gives a vCPU's EL1 and EL0 state its entry values: every register of
+/// [`crate::exc::el1_entry_state`], and the breakpoint and watchpoint pairs the CPU has
+/// (`brps`/`wrps`: `ID_AA64DFR0_EL1.BRPs/WRPs` + 1) cleared.
 ///
 /// # Safety
 /// The caller owns this CPU's EL1 state: no guest runs on it until the next entry.
 pub unsafe fn reset_el1_state(brps: u32, wrps: u32) {
-    // SAFETY: EL1/EL0 registers of the guest this CPU is dedicated to; none of them affects
-    // EL2's own translation or memory.
-    unsafe {
-        asm!(
-            "msr ttbr0_el1, xzr",
-            "msr ttbr1_el1, xzr",
-            "msr tcr_el1, xzr",
-            "msr mair_el1, xzr",
-            "msr amair_el1, xzr",
-            "msr vbar_el1, xzr",
-            "msr contextidr_el1, xzr",
-            "msr tpidr_el1, xzr",
-            "msr tpidr_el0, xzr",
-            "msr tpidrro_el0, xzr",
-            "msr sp_el1, xzr",
-            "msr elr_el1, xzr",
-            "msr spsr_el1, xzr",
-            "msr esr_el1, xzr",
-            "msr far_el1, xzr",
-            "msr afsr0_el1, xzr",
-            "msr afsr1_el1, xzr",
-            "msr par_el1, xzr",
-            "msr cntkctl_el1, xzr",
-            "msr mdscr_el1, xzr",
-            "msr csselr_el1, xzr",
-            "msr cntv_cval_el0, xzr",
-            "msr cntp_ctl_el0, xzr",
-            "msr cntp_cval_el0, xzr",
-            "msr mdccint_el1, xzr",
-            options(nostack, preserves_flags)
-        );
+    for (reg, value) in crate::exc::el1_entry_state() {
+        // SAFETY: the caller's contract.
+        unsafe { set_el1(reg, value) };
     }
     for n in 0..brps.min(16) {
         // SAFETY: breakpoint `n` exists (n < BRPs + 1).

@@ -30,6 +30,11 @@ impl Mpidr {
         Some(Mpidr(aff0 | (aff1 << 8)))
     }
 
+    /// The affinity with these four fields.
+    pub const fn from_fields(aff0: u8, aff1: u8, aff2: u8, aff3: u8) -> Mpidr {
+        Mpidr(aff0 as u64 | (aff1 as u64) << 8 | (aff2 as u64) << 16 | (aff3 as u64) << 32)
+    }
+
     /// Wraps an affinity value (fields outside [`AFFINITY_MASK`] are dropped).
     pub const fn from_affinity(value: u64) -> Mpidr {
         Mpidr(value & AFFINITY_MASK)
@@ -128,5 +133,7 @@ mod tests {
         assert_eq!(m.packed32(), 0x0000_0102);
         assert_eq!(Mpidr::from_affinity(0x07_0005_0403).packed32(), 0x0705_0403);
         assert_eq!(alloc::format!("{m}"), "0.0.1.2");
+        assert_eq!(Mpidr::from_fields(4, 3, 2, 1).affinity(), 0x01_0002_0304);
+        assert_eq!(Mpidr::from_fields(4, 3, 2, 1).packed32(), 0x0102_0304);
     }
 }
