@@ -3,12 +3,15 @@
 //! ```text
 //! guest-loader check  CONFIG [--cpu PROFILE] [--smp N] [--mem SIZE] [--granule G] [--hide-granules LIST]
 //! guest-loader dtb    CONFIG --vm NAME -o FILE [same options as check]
-//! guest-loader bundle CONFIG -o FILE
+//! guest-loader bundle CONFIG -o FILE [--inputs FILE]
+//! guest-loader help [COMMAND] | --help | --version
 //! ```
 //!
-//! Exit status: 0 success; 1 the config is refused (every error is printed); 2 usage or I/O
-//! error. On `aarch64-unknown-none` this file builds to an empty stub so that the whole package
-//! builds for hyp's target.
+//! Exit status: 0 success (and `--help`, `--version`); 1 the config is refused (every error is
+//! printed); 2 usage or I/O error. The arguments are parsed with clap, which only the binary
+//! uses (the `cli` feature, on by default; hyp depends on the library without it). On
+//! `aarch64-unknown-none` this file builds to an empty stub so that the whole package builds
+//! for hyp's target.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -19,242 +22,285 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    std::process::exit(cli::main(std::env::args().skip(1).collect()));
+    std::process::exit(cli::main());
 }
 
 #[cfg(not(target_os = "none"))]
 mod cli {
+    use clap::{Args, Parser, Subcommand};
     use guest_loader::bundle::make_bundle;
-    use guest_loader::config::parse_config;
-    use guest_loader::plan::{plan_system, Host};
+    use guest_loader::config::{parse_config, GranuleChoice, SystemConfig};
+    use guest_loader::plan::{plan_system, Host, SystemPlan};
     use guest_loader::size::{format_size, parse_size};
     use guest_loader::CpuFeatures;
     use stage2::cpu::{parse_granule_list, PROFILES};
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    const USAGE: &str = "usage:
-  guest-loader check  CONFIG [--cpu PROFILE] [--smp N] [--mem SIZE] [--granule G] [--hide-granules LIST]
-  guest-loader dtb    CONFIG --vm NAME -o FILE [check's options]
-  guest-loader bundle CONFIG -o FILE
-defaults: --cpu max --smp 4 --mem 2G (QEMU's -cpu, -smp, -m); profiles: max, cortex-a57,
-cortex-a72, neoverse-n1, a64fx; --granule overrides [hypervisor] granule (4k|16k|64k|auto);
---hide-granules treats granules as absent (e.g. 4k,64k), as hyp.hide-granules= does";
+    /// Exit status of a refused config.
+    const REFUSED: i32 = 1;
+    /// Exit status of a usage or I/O error (clap's own, too).
+    const USAGE: i32 = 2;
 
-    struct Args {
-        cmd: String,
-        config: PathBuf,
+    /// hyp's guest loader: checks a system config, writes a VM's device tree, packs the bundle.
+    ///
+    /// CONFIG is a TOML system config (README, "Configs"); paths in it are relative to its
+    /// directory. The bundle is what hyp reads from its virtio disk.
+    #[derive(Parser)]
+    #[command(name = "guest-loader", version, arg_required_else_help = true)]
+    #[command(
+        after_help = "Exit status: 0 success; 1 the config is refused (every error is \
+                            printed); 2 usage or I/O error."
+    )]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Prints the resolved plan of CONFIG, or every error
+        ///
+        /// The plan: hyp's granule, and per VM its vCPUs, page size decision, stage-2
+        /// geometry, memory layout and final command line. A refused config exits with 1.
+        Check {
+            /// The system config (TOML)
+            config: PathBuf,
+            #[command(flatten)]
+            host: HostArgs,
+        },
+        /// Writes the device tree one VM of CONFIG boots with
+        ///
+        /// The config is resolved as `check` does; a refused config exits with 1.
+        Dtb {
+            /// The system config (TOML)
+            config: PathBuf,
+            /// The VM's name
+            #[arg(long, value_name = "NAME")]
+            vm: String,
+            /// Where to write the DTB
+            #[arg(short, long = "output", value_name = "FILE")]
+            out: PathBuf,
+            #[command(flatten)]
+            host: HostArgs,
+        },
+        /// Packs CONFIG and every file it names into a boot bundle
+        ///
+        /// A cpio "newc" archive: system.toml (the config with its paths rewritten to
+        /// files/<name>), then each file once; reproducible.
+        Bundle {
+            /// The system config (TOML)
+            config: PathBuf,
+            /// Where to write the bundle
+            #[arg(short, long = "output", value_name = "FILE")]
+            out: PathBuf,
+            /// Also writes the config's path and every file's path to FILE, one per line
+            #[arg(long, value_name = "FILE")]
+            inputs: Option<PathBuf>,
+        },
+    }
+
+    /// The host the plan is resolved against (QEMU's `-cpu`, `-smp`, `-m`) and hyp's options.
+    #[derive(Args)]
+    struct HostArgs {
+        /// The CPU's features, as this QEMU -cpu model has them
+        #[arg(long, value_name = "PROFILE", default_value = "max",
+              value_parser = clap::builder::PossibleValuesParser::new(PROFILES))]
         cpu: String,
+        /// Physical CPUs
+        #[arg(long, value_name = "N", default_value_t = 4,
+              value_parser = clap::value_parser!(u32).range(1..))]
         smp: u32,
+        /// Host RAM (K/M/G suffixes or bytes)
+        #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_mem)]
         mem: u64,
-        granule: Option<String>,
-        hide: u8,
-        vm: Option<String>,
-        out: Option<PathBuf>,
+        /// Overrides [hypervisor] granule: 4k, 16k, 64k or auto
+        #[arg(long, value_name = "G", value_parser = parse_granule)]
+        granule: Option<GranuleChoice>,
+        /// Treats these granules as absent (e.g. 4k,64k), as hyp.hide-granules= does
+        #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true,
+              value_parser = parse_hide)]
+        hide_granules: u8,
     }
 
-    fn parse_args(argv: Vec<String>) -> Result<Args, String> {
-        let mut it = argv.into_iter();
-        let cmd = it.next().ok_or("missing command")?;
-        if !["check", "dtb", "bundle"].contains(&cmd.as_str()) {
-            return Err(format!("unknown command `{cmd}`"));
-        }
-        let mut a = Args {
-            cmd,
-            config: PathBuf::new(),
-            cpu: "max".into(),
-            smp: 4,
-            mem: 2 << 30,
-            granule: None,
-            hide: 0,
-            vm: None,
-            out: None,
-        };
-        let mut config = None;
-        while let Some(arg) = it.next() {
-            let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-            match arg.as_str() {
-                "--cpu" => a.cpu = value("--cpu")?,
-                "--smp" => {
-                    let v = value("--smp")?;
-                    a.smp = v
-                        .parse()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or(format!("--smp {v}: expected a number of CPUs ≥ 1"))?;
-                }
-                "--mem" => {
-                    let v = value("--mem")?;
-                    a.mem = parse_size(&v).map_err(|e| format!("--mem: {e}"))?;
-                }
-                "--granule" => a.granule = Some(value("--granule")?),
-                "--hide-granules" => {
-                    let v = value("--hide-granules")?;
-                    a.hide = parse_granule_list(&v).map_err(|e| format!("--hide-granules: {e}"))?;
-                }
-                "--vm" => a.vm = Some(value("--vm")?),
-                "-o" | "--output" => a.out = Some(value("-o")?.into()),
-                "-h" | "--help" => return Err(String::new()),
-                s if s.starts_with('-') => return Err(format!("unknown option `{s}`")),
-                s if config.is_none() => config = Some(PathBuf::from(s)),
-                s => return Err(format!("unexpected argument `{s}`")),
-            }
-        }
-        a.config = config.ok_or("missing CONFIG")?;
-        if a.cmd != "check" && a.out.is_none() {
-            return Err(format!("{} needs -o FILE", a.cmd));
-        }
-        if a.cmd == "dtb" && a.vm.is_none() {
-            return Err("dtb needs --vm NAME".into());
-        }
-        Ok(a)
+    fn parse_mem(s: &str) -> Result<u64, String> {
+        parse_size(s).map_err(|e| e.to_string())
     }
 
-    /// Reads every file the config names, relative to the config's directory.
-    fn load_files(dir: &Path, paths: &[&str]) -> BTreeMap<String, Vec<u8>> {
-        let mut m = BTreeMap::new();
-        for p in paths {
+    fn parse_granule(s: &str) -> Result<GranuleChoice, String> {
+        match s {
+            "auto" => Ok(GranuleChoice::Auto),
+            s => s
+                .parse()
+                .map(GranuleChoice::Fixed)
+                .map_err(|e| format!("{e} or auto")),
+        }
+    }
+
+    fn parse_hide(s: &str) -> Result<u8, String> {
+        parse_granule_list(s).map_err(|e| e.to_string())
+    }
+
+    /// A config, as read and parsed, with every file it names.
+    struct Loaded {
+        name: String,
+        text: String,
+        cfg: SystemConfig,
+        files: BTreeMap<String, Vec<u8>>,
+    }
+
+    /// Reads and parses CONFIG and reads the files it names (relative to its directory); an
+    /// error is the exit status, its message printed.
+    fn load(config: &Path) -> Result<Loaded, i32> {
+        let name = config.display().to_string();
+        let text = std::fs::read_to_string(config).map_err(|e| {
+            eprintln!("guest-loader: cannot read {name}: {e}");
+            USAGE
+        })?;
+        let cfg = parse_config(&name, &text).map_err(|e| {
+            eprintln!("{e}");
+            REFUSED
+        })?;
+        let dir = config.parent().unwrap_or(Path::new(""));
+        let mut files = BTreeMap::new();
+        for p in cfg.referenced_files() {
             match std::fs::read(dir.join(p)) {
                 Ok(d) => {
-                    m.insert((*p).to_string(), d);
+                    files.insert(p.to_string(), d);
                 }
+                // A missing file is the config's error: the plan or the bundle names it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => eprintln!("warning: {}: {e}", dir.join(p).display()),
             }
         }
-        m
+        Ok(Loaded {
+            name,
+            text,
+            cfg,
+            files,
+        })
     }
 
-    pub fn main(argv: Vec<String>) -> i32 {
-        let a = match parse_args(argv) {
-            Ok(a) => a,
-            Err(e) => {
-                if !e.is_empty() {
-                    eprintln!("guest-loader: {e}");
-                }
-                eprintln!("{USAGE}");
-                return 2;
-            }
-        };
-        let name = a.config.display().to_string();
-        let text = match std::fs::read_to_string(&a.config) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("guest-loader: cannot read {name}: {e}");
-                return 2;
-            }
-        };
-        let dir = a.config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut cfg = match parse_config(&name, &text) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{e}");
-                return 1;
-            }
-        };
-        let files = load_files(&dir, &cfg.referenced_files());
-        if a.cmd == "bundle" {
-            let out = a.out.as_deref().unwrap_or(Path::new("bundle"));
-            return match make_bundle(&name, &text, &files) {
-                Ok(b) => match std::fs::write(out, &b) {
-                    Ok(()) => {
-                        println!(
-                            "bundle {}: {} bytes, {} VM{}, {} file{}",
-                            out.display(),
-                            b.len(),
-                            cfg.vms.len(),
-                            if cfg.vms.len() == 1 { "" } else { "s" },
-                            files.len(),
-                            if files.len() == 1 { "" } else { "s" }
-                        );
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("guest-loader: cannot write {}: {e}", out.display());
-                        2
-                    }
-                },
-                Err(e) => {
-                    eprintln!("{e}");
-                    1
-                }
-            };
+    fn write(path: &Path, data: &[u8]) -> Result<(), i32> {
+        std::fs::write(path, data).map_err(|e| {
+            eprintln!("guest-loader: cannot write {}: {e}", path.display());
+            USAGE
+        })
+    }
+
+    fn plural(n: usize) -> &'static str {
+        if n == 1 {
+            ""
+        } else {
+            "s"
         }
-        let Some(cpu) = CpuFeatures::profile(&a.cpu) else {
-            eprintln!(
-                "guest-loader: unknown CPU profile `{}`; one of {}",
-                a.cpu,
-                PROFILES.join(", ")
-            );
-            return 2;
-        };
-        if let Some(g) = &a.granule {
-            cfg.granule = match g.as_str() {
-                "auto" => guest_loader::config::GranuleChoice::Auto,
-                s => match s.parse() {
-                    Ok(g) => guest_loader::config::GranuleChoice::Fixed(g),
-                    Err(e) => {
-                        eprintln!("guest-loader: --granule {s}: {e} or auto");
-                        return 2;
-                    }
-                },
-            };
+    }
+
+    fn bundle(config: &Path, out: &Path, inputs: Option<&Path>) -> Result<(), i32> {
+        let l = load(config)?;
+        let b = make_bundle(&l.name, &l.text, &l.files).map_err(|e| {
+            eprintln!("{e}");
+            REFUSED
+        })?;
+        write(out, &b)?;
+        if let Some(inputs) = inputs {
+            let dir = config.parent().unwrap_or(Path::new(""));
+            let mut list = format!("{}\n", config.display());
+            for p in l.files.keys() {
+                list += &format!("{}\n", dir.join(p).display());
+            }
+            write(inputs, list.as_bytes())?;
         }
-        let host = Host {
-            cpu: cpu.hide(a.hide),
+        let (vms, files) = (l.cfg.vms.len(), l.files.len());
+        println!(
+            "bundle {}: {} bytes, {vms} VM{}, {files} file{}",
+            out.display(),
+            b.len(),
+            plural(vms),
+            plural(files)
+        );
+        Ok(())
+    }
+
+    /// The host of `a`, for a system whose config and files take `inputs` bytes (the bundle
+    /// hyp keeps in its reserve).
+    fn host(a: &HostArgs, inputs: u64) -> Host {
+        let cpu = CpuFeatures::profile(&a.cpu).expect("clap checked the profile");
+        Host {
+            cpu: cpu.hide(a.hide_granules),
             cpus: a.smp,
-            guest_ram: a.mem.saturating_sub(guest_loader::layout::hyp_reserve(
-                a.mem,
-                text.len() as u64 + files.values().map(|f| f.len() as u64).sum::<u64>(),
-            )),
-        };
-        let plan = match plan_system(&cfg, &files, &host) {
-            Ok(p) => p,
+            guest_ram: a
+                .mem
+                .saturating_sub(guest_loader::layout::hyp_reserve(a.mem, inputs)),
+        }
+    }
+
+    /// Resolves a loaded config against the host of `a`.
+    fn plan<'a>(l: &'a mut Loaded, a: &HostArgs) -> Result<(SystemPlan<'a>, Host), i32> {
+        if let Some(g) = a.granule {
+            l.cfg.granule = g;
+        }
+        let inputs = l.text.len() as u64 + l.files.values().map(|f| f.len() as u64).sum::<u64>();
+        let host = host(a, inputs);
+        match plan_system(&l.cfg, &l.files, &host) {
+            Ok(p) => Ok((p, host)),
             Err(e) => {
                 eprintln!("{e}");
-                return 1;
-            }
-        };
-        match a.cmd.as_str() {
-            "check" => {
-                println!(
-                    "host: cpu {}, {} cpus, {} RAM ({} for guests)",
-                    a.cpu,
-                    a.smp,
-                    format_size(a.mem),
-                    format_size(host.guest_ram)
-                );
-                print!("{}", plan.report());
-                println!(
-                    "ok: {} VM{}",
-                    plan.vms.len(),
-                    if plan.vms.len() == 1 { "" } else { "s" }
-                );
-                0
-            }
-            _ => {
-                let want = a.vm.as_deref().unwrap_or_default();
-                let Some(vm) = plan.vms.iter().find(|v| v.name == want) else {
-                    let names: Vec<&str> = plan.vms.iter().map(|v| v.name.as_str()).collect();
-                    eprintln!(
-                        "{name}: no VM named \"{want}\"; the config has: {}",
-                        if names.is_empty() {
-                            "no VMs".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    );
-                    return 1;
-                };
-                let out = a.out.as_deref().unwrap_or(Path::new("vm.dtb"));
-                match std::fs::write(out, &vm.dtb) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("guest-loader: cannot write {}: {e}", out.display());
-                        2
-                    }
-                }
+                Err(REFUSED)
             }
         }
+    }
+
+    fn check(config: &Path, a: &HostArgs) -> Result<(), i32> {
+        let mut l = load(config)?;
+        let (plan, host) = plan(&mut l, a)?;
+        println!(
+            "host: cpu {}, {} cpus, {} RAM ({} for guests)",
+            a.cpu,
+            a.smp,
+            format_size(a.mem),
+            format_size(host.guest_ram)
+        );
+        print!("{}", plan.report());
+        println!("ok: {} VM{}", plan.vms.len(), plural(plan.vms.len()));
+        Ok(())
+    }
+
+    fn dtb(config: &Path, a: &HostArgs, want: &str, out: &Path) -> Result<(), i32> {
+        let mut l = load(config)?;
+        let name = l.name.clone();
+        let (plan, _) = plan(&mut l, a)?;
+        let Some(vm) = plan.vms.iter().find(|v| v.name == want) else {
+            let names: Vec<&str> = plan.vms.iter().map(|v| v.name.as_str()).collect();
+            let has = if names.is_empty() {
+                "no VMs".into()
+            } else {
+                names.join(", ")
+            };
+            eprintln!("{name}: no VM named \"{want}\"; the config has: {has}");
+            return Err(REFUSED);
+        };
+        write(out, &vm.dtb)
+    }
+
+    /// Runs the command line; the process's exit status.
+    pub fn main() -> i32 {
+        // clap prints --help and --version (exit 0) and usage errors (exit 2) itself.
+        let cli = Cli::parse();
+        let done = match &cli.cmd {
+            Command::Check { config, host } => check(config, host),
+            Command::Dtb {
+                config,
+                vm,
+                out,
+                host,
+            } => dtb(config, host, vm, out),
+            Command::Bundle {
+                config,
+                out,
+                inputs,
+            } => bundle(config, out, inputs.as_deref()),
+        };
+        done.err().unwrap_or(0)
     }
 }

@@ -1,4 +1,5 @@
-//! The `guest-loader` binary: outputs and exit codes of `check`, `dtb` and `bundle`.
+//! The `guest-loader` binary: outputs and exit codes of `check`, `dtb` and `bundle`, its help
+//! and its version.
 
 mod common;
 
@@ -95,13 +96,21 @@ fn usage_errors_exit_2() {
     for args in [
         &[][..],
         &["frobnicate"],
+        &["--frobnicate"],
         &["check"],
         &["check", "sys.toml", "--cpu", "pentium"],
+        &["check", "sys.toml", "--cpu"],
         &["check", "sys.toml", "--smp", "0"],
         &["check", "sys.toml", "--mem", "lots"],
+        &["check", "sys.toml", "--granule", "8k"],
+        &["check", "sys.toml", "--hide-granules", "4k,2k"],
+        &["check", "sys.toml", "other.toml"],
         &["check", "no-such.toml"],
         &["dtb", "sys.toml", "-o", "x.dtb"],
+        &["dtb", "sys.toml", "--vm", "web"],
         &["bundle", "sys.toml"],
+        &["bundle", "sys.toml", "-o", "no-such-dir/b.bundle"],
+        &["help", "frobnicate"],
     ] {
         let out = run(&d.0, args);
         assert_eq!(
@@ -110,8 +119,105 @@ fn usage_errors_exit_2() {
             "{args:?}: {}",
             text(&out.stderr)
         );
-        assert!(!out.stderr.is_empty());
+        assert!(!out.stderr.is_empty(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
     }
+    // An unknown command or option names itself; a bad value says what is expected.
+    let e = text(&run(&d.0, &["frobnicate"]).stderr);
+    assert!(e.contains("'frobnicate'"), "{e}");
+    let e = text(&run(&d.0, &["check", "sys.toml", "--cpu", "pentium"]).stderr);
+    assert!(e.contains("'pentium'") && e.contains("cortex-a72"), "{e}");
+    let e = text(&run(&d.0, &["check", "sys.toml", "--granule", "8k"]).stderr);
+    assert!(e.contains("expected one of 4k, 16k, 64k or auto"), "{e}");
+    let e = text(&run(&d.0, &["check", "sys.toml", "--mem", "lots"]).stderr);
+    assert!(e.contains("\"lots\" is not a size"), "{e}");
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    let d = setup("help");
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["help"],
+        &["check", "--help"],
+        &["dtb", "-h"],
+        &["help", "bundle"],
+        &["bundle", "sys.toml", "--help"],
+    ] {
+        let out = run(&d.0, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let s = text(&out.stdout);
+        assert!(s.contains("Usage: guest-loader"), "{args:?}: {s}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+    }
+    // The top-level help lists every command; each command's help lists its options.
+    let s = text(&run(&d.0, &["--help"]).stdout);
+    for w in [
+        "check",
+        "dtb",
+        "bundle",
+        "Exit status: 0 success; 1 the config is refused",
+    ] {
+        assert!(s.contains(w), "missing {w:?} in\n{s}");
+    }
+    let s = text(&run(&d.0, &["check", "--help"]).stdout);
+    for w in [
+        "--cpu <PROFILE>",
+        "[default: max]",
+        "--smp <N>",
+        "--mem <SIZE>",
+        "--granule <G>",
+    ] {
+        assert!(s.contains(w), "missing {w:?} in\n{s}");
+    }
+    let s = text(&run(&d.0, &["dtb", "--help"]).stdout);
+    for w in [
+        "--vm <NAME>",
+        "-o, --output <FILE>",
+        "--hide-granules <LIST>",
+    ] {
+        assert!(s.contains(w), "missing {w:?} in\n{s}");
+    }
+    // No command: the help, as a usage error.
+    let out = run(&d.0, &[]);
+    assert!(text(&out.stderr).contains("Usage: guest-loader <COMMAND>"));
+
+    for args in [&["--version"][..], &["-V"]] {
+        let out = run(&d.0, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(
+            text(&out.stdout),
+            format!("guest-loader {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[test]
+fn options_go_anywhere_after_the_command() {
+    let d = setup("order");
+    let a = run(
+        &d.0,
+        &["check", "--cpu", "neoverse-n1", "--smp=2", "sys.toml"],
+    );
+    let b = run(
+        &d.0,
+        &["check", "sys.toml", "--smp", "2", "--cpu=neoverse-n1"],
+    );
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    assert!(text(&a.stdout).starts_with("host: cpu neoverse-n1, 2 cpus, 2G RAM"));
+    let out = run(
+        &d.0,
+        &["dtb", "--output", "w.dtb", "sys.toml", "--vm", "web"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(d.0.join("w.dtb").exists());
 }
 
 #[test]
@@ -125,9 +231,24 @@ fn dtb_and_bundle_write_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no VM named \"nope\"; the config has: web"));
 
-    let out = run(&d.0, &["bundle", "sys.toml", "-o", "sys.bundle"]);
+    let out = run(
+        &d.0,
+        &[
+            "bundle",
+            "sys.toml",
+            "-o",
+            "sys.bundle",
+            "--inputs",
+            "sys.inputs",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("bundle sys.bundle: "));
+    // --inputs: the config, then every file it names, relative to where the config is.
+    assert_eq!(
+        std::fs::read_to_string(d.0.join("sys.inputs")).unwrap(),
+        "sys.toml\nguests/initrd.cpio\nguests/k16.img\n"
+    );
     let bytes = std::fs::read(d.0.join("sys.bundle")).unwrap();
     let b = guest_loader::Bundle::parse(&bytes).unwrap();
     assert!(b.config().contains("kernel = \"files/k16.img\""));
