@@ -97,13 +97,36 @@ fn wait_rwp(dist: usize) {
     warn!("hyp: GICD_CTLR.RWP stuck: the distributor did not complete a write");
 }
 
+/// Why the physical GIC cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicError {
+    /// The host device tree has no GICv3.
+    NoGic,
+    /// No redistributor in the device tree's GICR regions serves the CPU with this affinity.
+    NoRedistributor {
+        /// The CPU's MPIDR affinity.
+        mpidr: u64,
+    },
+}
+
+impl core::fmt::Display for GicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            GicError::NoGic => {
+                "the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3"
+            }
+            GicError::NoRedistributor { .. } => {
+                "no GIC redistributor for this CPU in the device tree's GICR regions"
+            }
+        })
+    }
+}
+
 /// Sets up the distributor (boot CPU, once): affinity routing, group 1 enabled, every SPI
 /// disabled except the host UART's (group 1, routed to CPU 0) when `uart_rx` is set.
-pub fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), &'static str> {
+pub fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), GicError> {
     let Some(gic) = platform.gic else {
-        return Err(
-            "the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3",
-        );
+        return Err(GicError::NoGic);
     };
     // The same capacity as the device tree's list: every region it kept is used.
     let mut redists = [(0usize, 0usize); MAX_REDIST_REGIONS];
@@ -178,7 +201,7 @@ fn find_redist(mpidr: u64) -> Option<usize> {
 }
 
 /// Sets up this CPU's redistributor and CPU interface (on the CPU itself; idempotent).
-pub fn init_cpu() -> Result<(), &'static str> {
+pub fn init_cpu() -> Result<(), GicError> {
     let cpu = smp::current_cpu();
     let slot = &REDIST[cpu.min(el2::dt::MAX_CPUS - 1)];
     if slot.load(core::sync::atomic::Ordering::Acquire) != 0 {
@@ -186,7 +209,7 @@ pub fn init_cpu() -> Result<(), &'static str> {
     }
     let mpidr = el2::arch::sysreg::mpidr_affinity();
     let Some(r) = find_redist(mpidr) else {
-        return Err("no GIC redistributor for this CPU in the device tree's GICR regions");
+        return Err(GicError::NoRedistributor { mpidr });
     };
     // Wake the redistributor (IHI 0069 §12.11.44).
     wr(r + GICR_WAKER, rd(r + GICR_WAKER) & !WAKER_PROCESSOR_SLEEP);
