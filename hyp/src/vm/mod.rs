@@ -344,7 +344,10 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
         .collect();
     // The GIC, and the secondary CPUs into hyp's WFI-based idle loop, before the (long) read
     // of the bundle.
-    let gic_ok = gic::init_distributor(&boot.platform, true).and_then(|_| gic::init_cpu());
+    // SAFETY: `boot::early` mapped every device region of `boot.platform` Device-nGnRE in hyp's
+    // identity map for good (mmu::enable), and hyp drives the GIC alone.
+    let gic_ok =
+        unsafe { gic::init_distributor(&boot.platform, true) }.and_then(|_| gic::init_cpu());
     if gic_ok.is_ok() {
         for cpu in 1..smp::online() {
             if !cpus::take_over(cpu) {
@@ -352,7 +355,10 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
             }
         }
     }
-    let data = match virtio::read_bundle_disk(&slots, mem::alloc_phys) {
+    // SAFETY: the slots are the host device tree's virtio-mmio frames, which `boot::early`
+    // mapped Device-nGnRE (mmu::enable) and nothing else drives; `mem::alloc_phys` hands out
+    // identity-mapped RAM once and never takes it back.
+    let data = match unsafe { virtio::read_bundle_disk(&slots, mem::alloc_phys) } {
         Ok(d) => d,
         Err(virtio::DiskError::NoDisk) => return Ok(Verdict::NoVms),
         Err(e) => return Err(Fatal::BundleDisk(e)),
