@@ -9,10 +9,8 @@
 //! in prose. Field positions: Arm ARM (DDI 0487) D23.2 (`HCR_EL2` D23.2.53, `CPTR_EL2` with
 //! `HCR_EL2.E2H` = 0 D23.2.36, `MDCR_EL2` D23.2.76, `HCRX_EL2` D23.2.54).
 
-use aarch64_cpu::registers::{
-    HCR_EL2, ID_AA64DFR0_EL1, ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1, ID_AA64PFR0_EL1, ID_AA64PFR1_EL1,
-    MDCR_EL2,
-};
+use crate::idregs::fields::{DFR0, MMFR0, MMFR1, PFR0, PFR1};
+use aarch64_cpu::registers::{HCR_EL2, MDCR_EL2};
 use tock_registers::fields::{Field, FieldValue};
 use tock_registers::register_bitfields;
 use tock_registers::RegisterLongName;
@@ -56,15 +54,6 @@ pub struct HostFeatures {
     pub mmfr1: u64,
 }
 
-/// `ID_AA64PFR0_EL1.RAS` (this and the next three: fields aarch64-cpu does not name).
-const PFR0_RAS: Field<u64, ID_AA64PFR0_EL1::Register> = Field::new(0xf, 28);
-/// `ID_AA64PFR1_EL1.SME`.
-const PFR1_SME: Field<u64, ID_AA64PFR1_EL1::Register> = Field::new(0xf, 24);
-/// `ID_AA64MMFR1_EL1.HCX`.
-const MMFR1_HCX: Field<u64, ID_AA64MMFR1_EL1::Register> = Field::new(0xf, 40);
-/// `ID_AA64MMFR0_EL1.FGT`.
-const MMFR0_FGT: Field<u64, ID_AA64MMFR0_EL1::Register> = Field::new(0xf, 56);
-
 /// Whether the ID register field `f` of `v` is non-zero (the feature is implemented).
 fn has<R: RegisterLongName>(v: u64, f: Field<u64, R>) -> bool {
     f.read(v) != 0
@@ -73,39 +62,39 @@ fn has<R: RegisterLongName>(v: u64, f: Field<u64, R>) -> bool {
 impl HostFeatures {
     /// FEAT_RAS (`ID_AA64PFR0_EL1.RAS`, bits 31:28).
     pub fn ras(&self) -> bool {
-        has(self.pfr0, PFR0_RAS)
+        has(self.pfr0, PFR0::RAS)
     }
     /// FEAT_AMUv1 (`ID_AA64PFR0_EL1.AMU`, bits 47:44).
     pub fn amu(&self) -> bool {
-        has(self.pfr0, ID_AA64PFR0_EL1::AMU)
+        has(self.pfr0, PFR0::AMU)
     }
     /// FEAT_SVE (`ID_AA64PFR0_EL1.SVE`, bits 35:32).
     pub fn sve(&self) -> bool {
-        has(self.pfr0, ID_AA64PFR0_EL1::SVE)
+        has(self.pfr0, PFR0::SVE)
     }
     /// FEAT_SME (`ID_AA64PFR1_EL1.SME`, bits 27:24).
     pub fn sme(&self) -> bool {
-        has(self.pfr1, PFR1_SME)
+        has(self.pfr1, PFR1::SME)
     }
     /// FEAT_SPE (`ID_AA64DFR0_EL1.PMSVer`, bits 35:32).
     pub fn spe(&self) -> bool {
-        has(self.dfr0, ID_AA64DFR0_EL1::PMSVer)
+        has(self.dfr0, DFR0::PMSVer)
     }
     /// FEAT_TRF (`ID_AA64DFR0_EL1.TraceFilt`, bits 43:40).
     pub fn trf(&self) -> bool {
-        has(self.dfr0, ID_AA64DFR0_EL1::TraceFilt)
+        has(self.dfr0, DFR0::TraceFilt)
     }
     /// FEAT_LOR (`ID_AA64MMFR1_EL1.LO`, bits 19:16).
     pub fn lor(&self) -> bool {
-        has(self.mmfr1, ID_AA64MMFR1_EL1::LO)
+        has(self.mmfr1, MMFR1::LO)
     }
     /// FEAT_HCX (`ID_AA64MMFR1_EL1.HCX`, bits 43:40): `HCRX_EL2` exists.
     pub fn hcx(&self) -> bool {
-        has(self.mmfr1, MMFR1_HCX)
+        has(self.mmfr1, MMFR1::HCX)
     }
     /// FEAT_FGT (`ID_AA64MMFR0_EL1.FGT`, bits 59:56): the fine-grained trap registers exist.
     pub fn fgt(&self) -> bool {
-        has(self.mmfr0, MMFR0_FGT)
+        has(self.mmfr0, MMFR0::FGT)
     }
 }
 
