@@ -16,10 +16,15 @@
 use aarch64_cpu::registers::ICC_SRE_EL2;
 use el2::arch::{barrier, vsys};
 use el2::dt::{Platform, MAX_REDIST_REGIONS};
+use el2::mmio::MmioRegion;
 use el2::smp;
 use log::warn;
-use platform::gicv3::{GICR_STRIDE, ICC_IAR1_EL1, SPECIAL_INTIDS};
+use platform::gicv3::{
+    gicd, gicr, GICD_CTLR, GICD_TYPER, GICR_STRIDE, GICR_TYPER, GICR_WAKER, ICC_IAR1_EL1,
+    SPECIAL_INTIDS,
+};
 use platform::virt::{MAINTENANCE_INTID, VTIMER_INTID};
+use platform::{pl011, Mpidr};
 use spin::Once;
 use tock_registers::LocalRegisterCopy;
 
@@ -28,68 +33,25 @@ pub const KICK_SGI: u32 = 8;
 
 const PRIORITY: u8 = 0xa0;
 
-// Distributor registers (IHI 0069 §12.9).
-const GICD_CTLR: usize = 0x0;
-const GICD_TYPER: usize = 0x4;
-const GICD_IGROUPR: usize = 0x80;
-const GICD_ISENABLER: usize = 0x100;
-const GICD_ICENABLER: usize = 0x180;
-const GICD_IPRIORITYR: usize = 0x400;
-const GICD_ICFGR: usize = 0xc00;
-const GICD_IROUTER: usize = 0x6000;
-const CTLR_RWP: u32 = 1 << 31;
-const CTLR_ARE_NS: u32 = 1 << 4;
-const CTLR_ENABLE_G1NS: u32 = 1 << 1;
-
-// Redistributor registers (IHI 0069 §12.10/12.11).
-const GICR_TYPER: usize = 0x8;
-const GICR_WAKER: usize = 0x14;
-const SGI_BASE: usize = 0x1_0000;
-const GICR_IGROUPR0: usize = SGI_BASE + 0x80;
-const GICR_ISENABLER0: usize = SGI_BASE + 0x100;
-const GICR_ICENABLER0: usize = SGI_BASE + 0x180;
-const GICR_IPRIORITYR: usize = SGI_BASE + 0x400;
-const GICR_ICFGR1: usize = SGI_BASE + 0xc04;
-const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
-
 struct Layout {
-    dist: usize,
-    redists: [(usize, usize); MAX_REDIST_REGIONS],
-    n_redists: usize,
+    dist: MmioRegion,
+    redists: [Option<MmioRegion>; MAX_REDIST_REGIONS],
     uart_spi: Option<u32>,
-    uart: usize,
+    uart: Option<MmioRegion>,
 }
 
 static LAYOUT: Once<Layout> = Once::new();
-/// Each CPU's redistributor (0 = not found yet).
-static REDIST: [core::sync::atomic::AtomicUsize; el2::dt::MAX_CPUS] =
-    [const { core::sync::atomic::AtomicUsize::new(0) }; el2::dt::MAX_CPUS];
+/// Each CPU's redistributor, once found.
+static REDIST: [Once<MmioRegion>; el2::dt::MAX_CPUS] = [const { Once::new() }; el2::dt::MAX_CPUS];
 
-fn rd(addr: usize) -> u32 {
-    // SAFETY: `addr` is a register of the GIC the device tree names, mapped Device-nGnRE in
-    // hyp's identity map (mmu.rs maps every GIC region).
-    unsafe { (addr as *const u32).read_volatile() }
+/// A register offset of `platform::gicv3` or `platform::pl011` as an `MmioRegion` offset.
+const fn off(offset: u64) -> usize {
+    offset as usize
 }
 
-fn wr(addr: usize, v: u32) {
-    // SAFETY: as in `rd`; hyp is the only driver of the physical GIC.
-    unsafe { (addr as *mut u32).write_volatile(v) }
-}
-
-fn rd64(addr: usize) -> u64 {
-    // SAFETY: as in `rd` (GICR_TYPER is a 64-bit register).
-    unsafe { (addr as *const u64).read_volatile() }
-}
-
-fn wr64(addr: usize, v: u64) {
-    // SAFETY: as in `wr` (GICD_IROUTER<n> is a 64-bit register).
-    unsafe { (addr as *mut u64).write_volatile(v) }
-}
-
-fn wait_rwp(dist: usize) {
+fn wait_rwp(dist: &MmioRegion) {
     for _ in 0..10_000_000 {
-        if rd(dist + GICD_CTLR) & CTLR_RWP == 0 {
+        if !GICD_CTLR::RWP.is_set(dist.read32(off(gicd::CTLR))) {
             return;
         }
         core::hint::spin_loop();
@@ -97,79 +59,116 @@ fn wait_rwp(dist: usize) {
     warn!("hyp: GICD_CTLR.RWP stuck: the distributor did not complete a write");
 }
 
+/// Why the physical GIC cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicError {
+    /// The host device tree has no GICv3.
+    NoGic,
+    /// No redistributor in the device tree's GICR regions serves the CPU with this affinity.
+    NoRedistributor {
+        /// The CPU's MPIDR affinity.
+        mpidr: u64,
+    },
+}
+
+impl core::fmt::Display for GicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            GicError::NoGic => {
+                "the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3"
+            }
+            GicError::NoRedistributor { .. } => {
+                "no GIC redistributor for this CPU in the device tree's GICR regions"
+            }
+        })
+    }
+}
+
 /// Sets up the distributor (boot CPU, once): affinity routing, group 1 enabled, every SPI
 /// disabled except the host UART's (group 1, routed to CPU 0) when `uart_rx` is set.
-pub fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), &'static str> {
+///
+/// # Safety
+/// The GIC's distributor and redistributor regions and the UART of `platform` must be mapped
+/// Device-nGnRE in hyp's identity map for good (`mmu::enable` maps every device region of
+/// the host device tree), and hyp must be the only driver of the GIC; the UART it shares
+/// with the console (this driver only reads its receive FIFO and sets its interrupt mask).
+pub unsafe fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result<(), GicError> {
     let Some(gic) = platform.gic else {
-        return Err(
-            "the host device tree has no GICv3 (arm,gic-v3): start QEMU with gic-version=3",
-        );
+        return Err(GicError::NoGic);
     };
+    // SAFETY: the caller's contract; the range is the device tree's own for the distributor
+    // (and below, for each redistributor region and the UART).
+    let dist = unsafe { MmioRegion::new(gic.dist.base as usize, gic.dist.size as usize) };
     // The same capacity as the device tree's list: every region it kept is used.
-    let mut redists = [(0usize, 0usize); MAX_REDIST_REGIONS];
+    let mut redists = [None; MAX_REDIST_REGIONS];
     for (slot, r) in redists.iter_mut().zip(gic.redists.as_slice()) {
-        *slot = (r.base as usize, r.size as usize);
+        // SAFETY: as above.
+        *slot = Some(unsafe { MmioRegion::new(r.base as usize, r.size as usize) });
     }
-    let n = gic.redists.len();
-    let uart = platform.uart.map(|u| u.regs.base as usize).unwrap_or(0);
+    let uart = platform.uart.map(|u| {
+        // SAFETY: as above.
+        unsafe { MmioRegion::new(u.regs.base as usize, u.regs.size as usize) }
+    });
     let uart_spi = platform
         .uart
         .and_then(|u| u.intid)
-        .filter(|&i| (32..1020).contains(&i));
+        .filter(|&i| (32..SPECIAL_INTIDS.start).contains(&i));
     let layout = LAYOUT.call_once(|| Layout {
-        dist: gic.dist.base as usize,
+        dist,
         redists,
-        n_redists: n,
         uart_spi: if uart_rx { uart_spi } else { None },
         uart,
     });
-    let d = layout.dist;
+    let d = &layout.dist;
     // Disable, then turn on affinity routing (GICD_CTLR.ARE_NS) before enabling group 1
     // (IHI 0069 §12.9.4: ARE may only change while the groups are disabled).
-    wr(d + GICD_CTLR, 0);
+    d.write32(off(gicd::CTLR), 0);
     wait_rwp(d);
-    wr(d + GICD_CTLR, CTLR_ARE_NS);
+    d.write32(off(gicd::CTLR), GICD_CTLR::ARE::SET.value);
     wait_rwp(d);
-    let lines = ((rd(d + GICD_TYPER) & 0x1f) as usize + 1) * 32;
-    for i in (32..lines.min(1020)).step_by(32) {
-        wr(d + GICD_ICENABLER + i / 8, u32::MAX);
-        wr(d + GICD_IGROUPR + i / 8, u32::MAX);
+    let typer = d.read32(off(gicd::TYPER));
+    let lines = (GICD_TYPER::ITLinesNumber.read(typer) as usize + 1) * 32;
+    for i in (32..lines.min(SPECIAL_INTIDS.start as usize)).step_by(32) {
+        d.write32(off(gicd::ICENABLER) + i / 8, u32::MAX);
+        d.write32(off(gicd::IGROUPR) + i / 8, u32::MAX);
     }
     wait_rwp(d);
     if let Some(spi) = layout.uart_spi {
         let spi = spi as usize;
-        // SAFETY-free MMIO: priority byte, level-triggered (ICFGR 0b00), routed to CPU 0.
-        let prio_reg = d + GICD_IPRIORITYR + (spi & !3);
+        // Priority byte, level-triggered (ICFGR 0b00), routed to CPU 0.
+        let prio_reg = off(gicd::IPRIORITYR) + (spi & !3);
         let shift = (spi & 3) * 8;
-        let v = (rd(prio_reg) & !(0xff << shift)) | ((PRIORITY as u32) << shift);
-        wr(prio_reg, v);
-        let cfg_reg = d + GICD_ICFGR + (spi / 16) * 4;
-        wr(cfg_reg, rd(cfg_reg) & !(3 << ((spi % 16) * 2)));
-        wr64(d + GICD_IROUTER + spi * 8, smp::mpidr_of(0).unwrap_or(0));
-        wr(d + GICD_ISENABLER + (spi / 32) * 4, 1 << (spi % 32));
-        // The host PL011: receive and receive-timeout interrupts (UARTIMSC RXIM | RTIM).
-        if layout.uart != 0 {
-            wr(layout.uart + 0x38, (1 << 4) | (1 << 6));
+        let v = (d.read32(prio_reg) & !(0xff << shift)) | ((PRIORITY as u32) << shift);
+        d.write32(prio_reg, v);
+        let cfg_reg = off(gicd::ICFGR) + (spi / 16) * 4;
+        d.write32(cfg_reg, d.read32(cfg_reg) & !(3 << ((spi % 16) * 2)));
+        d.write64(off(gicd::IROUTER) + spi * 8, smp::mpidr_of(0).unwrap_or(0));
+        d.write32(off(gicd::ISENABLER) + (spi / 32) * 4, 1 << (spi % 32));
+        // The host PL011: receive and receive-timeout interrupts.
+        if let Some(uart) = &layout.uart {
+            uart.write32(off(pl011::reg::IMSC), pl011::int::RX | pl011::int::RT);
         }
     }
-    wr(d + GICD_CTLR, CTLR_ARE_NS | CTLR_ENABLE_G1NS);
+    d.write32(
+        off(gicd::CTLR),
+        (GICD_CTLR::ARE::SET + GICD_CTLR::EnableGrp1::SET).value,
+    );
     wait_rwp(d);
     Ok(())
 }
 
-fn find_redist(mpidr: u64) -> Option<usize> {
+fn find_redist(mpidr: u64) -> Option<MmioRegion> {
     let layout = LAYOUT.get()?;
-    // GICR_TYPER[63:32] = Aff3.Aff2.Aff1.Aff0 (IHI 0069 §12.11.39).
-    let want = ((mpidr >> 32) & 0xff) << 24 | (mpidr & 0xff_ffff);
-    for &(base, size) in &layout.redists[..layout.n_redists] {
-        let mut a = base;
-        while a + GICR_STRIDE as usize <= base + size {
-            let typer = rd64(a + GICR_TYPER);
-            if typer >> 32 == want {
-                return Some(a);
+    let want = u64::from(Mpidr::from_affinity(mpidr).packed32());
+    for region in layout.redists.iter().flatten() {
+        let mut a = 0;
+        while let Some(r) = region.sub(a, GICR_STRIDE as usize) {
+            let typer = r.read64(off(gicr::TYPER));
+            if GICR_TYPER::Affinity_Value.read(typer) == want {
+                return Some(r);
             }
-            if typer & (1 << 4) != 0 {
-                break; // Last
+            if GICR_TYPER::Last.is_set(typer) {
+                break;
             }
             a += GICR_STRIDE as usize;
         }
@@ -178,38 +177,42 @@ fn find_redist(mpidr: u64) -> Option<usize> {
 }
 
 /// Sets up this CPU's redistributor and CPU interface (on the CPU itself; idempotent).
-pub fn init_cpu() -> Result<(), &'static str> {
+pub fn init_cpu() -> Result<(), GicError> {
     let cpu = smp::current_cpu();
     let slot = &REDIST[cpu.min(el2::dt::MAX_CPUS - 1)];
-    if slot.load(core::sync::atomic::Ordering::Acquire) != 0 {
+    if slot.is_completed() {
         return Ok(());
     }
     let mpidr = el2::arch::sysreg::mpidr_affinity();
     let Some(r) = find_redist(mpidr) else {
-        return Err("no GIC redistributor for this CPU in the device tree's GICR regions");
+        return Err(GicError::NoRedistributor { mpidr });
     };
     // Wake the redistributor (IHI 0069 §12.11.44).
-    wr(r + GICR_WAKER, rd(r + GICR_WAKER) & !WAKER_PROCESSOR_SLEEP);
+    let waker = r.read32(off(gicr::WAKER));
+    r.write32(
+        off(gicr::WAKER),
+        waker & !GICR_WAKER::ProcessorSleep::SET.value,
+    );
     for _ in 0..10_000_000 {
-        if rd(r + GICR_WAKER) & WAKER_CHILDREN_ASLEEP == 0 {
+        if !GICR_WAKER::ChildrenAsleep.is_set(r.read32(off(gicr::WAKER))) {
             break;
         }
         core::hint::spin_loop();
     }
-    wr(r + GICR_ICENABLER0, u32::MAX);
-    wr(r + GICR_IGROUPR0, u32::MAX);
+    r.write32(off(gicr::ICENABLER0), u32::MAX);
+    r.write32(off(gicr::IGROUPR0), u32::MAX);
     for i in 0..8 {
-        wr(
-            r + GICR_IPRIORITYR + i * 4,
+        r.write32(
+            off(gicr::IPRIORITYR) + i * 4,
             u32::from_ne_bytes([PRIORITY; 4]),
         );
     }
     // PPIs 25 and 27 level-sensitive (ICFGR1 fields 0b00).
-    let cfg = rd(r + GICR_ICFGR1)
+    let cfg = r.read32(off(gicr::ICFGR1))
         & !(3 << ((MAINTENANCE_INTID - 16) * 2) | 3 << ((VTIMER_INTID - 16) * 2));
-    wr(r + GICR_ICFGR1, cfg);
-    wr(
-        r + GICR_ISENABLER0,
+    r.write32(off(gicr::ICFGR1), cfg);
+    r.write32(
+        off(gicr::ISENABLER0),
         (1 << KICK_SGI) | (1 << MAINTENANCE_INTID) | (1 << VTIMER_INTID),
     );
     // SAFETY: the CPU interface at EL2: system-register access on (ICC_SRE_EL2.SRE) and
@@ -226,23 +229,26 @@ pub fn init_cpu() -> Result<(), &'static str> {
         vsys::set_icc_igrpen1_el1(1);
     }
     barrier::isb();
-    slot.store(r, core::sync::atomic::Ordering::Release);
+    slot.call_once(|| r);
     Ok(())
 }
 
-fn my_redist() -> usize {
-    REDIST[smp::current_cpu().min(el2::dt::MAX_CPUS - 1)]
-        .load(core::sync::atomic::Ordering::Acquire)
+fn my_redist() -> Option<&'static MmioRegion> {
+    REDIST[smp::current_cpu().min(el2::dt::MAX_CPUS - 1)].get()
 }
 
 /// Enables (`on`) or disables a PPI on this CPU.
 pub fn set_ppi(intid: u32, on: bool) {
-    let r = my_redist();
-    if r == 0 || intid >= 32 {
+    let Some(r) = my_redist() else { return };
+    if intid >= 32 {
         return;
     }
-    let reg = if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 };
-    wr(r + reg, 1 << intid);
+    let reg = if on {
+        gicr::ISENABLER0
+    } else {
+        gicr::ICENABLER0
+    };
+    r.write32(off(reg), 1 << intid);
 }
 
 /// Sends [`KICK_SGI`] to the CPU with logical index `cpu`.
@@ -264,16 +270,14 @@ pub fn uart_spi() -> Option<u32> {
 
 /// Reads every byte waiting in the host UART's receive FIFO into `f`.
 pub fn drain_host_uart(mut f: impl FnMut(u8)) {
-    let Some(l) = LAYOUT.get() else { return };
-    if l.uart == 0 {
+    let Some(uart) = LAYOUT.get().and_then(|l| l.uart.as_ref()) else {
         return;
-    }
-    // UARTFR.RXFE (bit 4): receive FIFO empty.
+    };
     for _ in 0..64 {
-        if rd(l.uart + 0x18) & (1 << 4) != 0 {
+        if uart.read32(off(pl011::reg::FR)) & pl011::fr::RXFE != 0 {
             break;
         }
-        f(rd(l.uart) as u8);
+        f(uart.read32(off(pl011::reg::DR)) as u8);
     }
 }
 

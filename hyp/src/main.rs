@@ -31,6 +31,8 @@ extern crate alloc;
 #[cfg(hyp_bare)]
 mod boot;
 #[cfg(hyp_bare)]
+mod failure;
+#[cfg(hyp_bare)]
 mod gic;
 #[cfg(hyp_bare)]
 mod mem;
@@ -73,7 +75,7 @@ pub enum Verdict {
 /// Loads the system from the boot bundle and runs it until every VM has exited
 /// (`vm::run_system`).
 #[cfg(hyp_bare)]
-fn run_system(boot: &boot::Boot) -> Result<Verdict, &'static str> {
+fn run_system(boot: &boot::Boot) -> Result<Verdict, failure::Fatal> {
     vm::run_system(boot)
 }
 
@@ -92,7 +94,12 @@ extern "C" fn el2_primary_main(dtb: usize) -> ! {
             fatal::power_off_ok()
         }
         Ok(Verdict::Ok) => fatal::power_off_ok(),
-        Err(e) => el2::fatal!("{e}"),
+        Err(e) => {
+            if let Some(detail) = e.detail() {
+                log::error!("{detail}");
+            }
+            el2::fatal!("{e}")
+        }
     }
 }
 

@@ -83,8 +83,15 @@ unsafe impl Hal for IdentityHal {
 }
 
 /// Finds the first virtio-blk device among `slots` (base, size) and reads it whole.
-/// The bundle's memory comes from `alloc(size, align)` (identity-mapped RAM) and is kept.
-pub fn read_bundle_disk(
+/// The bundle's memory comes from `alloc(size, align)` and is kept for good.
+///
+/// # Safety
+/// - Every slot must be a virtio-mmio register frame, mapped Device-nGnRE in hyp's identity
+///   map, that nothing else in hyp drives (the device DMAs into memory hyp hands it).
+/// - `alloc` must return the address of `size` bytes aligned to `align`, identity-mapped
+///   normal RAM that nothing else uses now or later (never freed), or `None`: the bytes
+///   become the returned `&'static` slice.
+pub unsafe fn read_bundle_disk(
     slots: &[(u64, u64)],
     alloc: fn(u64, u64) -> Option<u64>,
 ) -> Result<&'static [u8], DiskError> {
@@ -92,8 +99,8 @@ pub fn read_bundle_disk(
         let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
             continue;
         };
-        // SAFETY: `base` is a virtio-mmio slot of the host device tree, mapped Device-nGnRE in
-        // hyp's identity map, and nothing else in hyp touches virtio slots.
+        // SAFETY: the caller guarantees `base` is a mapped virtio-mmio frame of `size` bytes
+        // that nothing else in hyp drives.
         let transport = match unsafe { MmioTransport::new(header, size as usize) } {
             Ok(t) => t,
             Err(_) => continue, // an empty slot (device id 0) or a legacy device
@@ -116,8 +123,9 @@ pub fn read_bundle_disk(
         // buffer the device overwrites whole (tens of MiB on an emulated CPU).
         let pa = alloc(bytes.max(SECTOR_SIZE as u64), PAGE_SIZE as u64)
             .ok_or(DiskError::NoMemory(bytes))?;
-        // SAFETY: `alloc` hands out identity-mapped RAM used by nothing else, for good (never
-        // freed); RAM always holds some bytes, so the slice is initialized.
+        // SAFETY: the caller guarantees `alloc` hands out identity-mapped RAM used by nothing
+        // else, for good (never freed); RAM always holds some bytes, so the slice is
+        // initialized.
         let data = unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, len) };
         let mut off = 0;
         while off < len {

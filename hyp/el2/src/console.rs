@@ -1,8 +1,7 @@
 //! The PL011 console behind a spin lock, and the `log` facade on top of it.
 //!
-//! PL011 registers (Arm PrimeCell UART (PL011) TRM, 3.2): DR 0x00, FR 0x18 (TXFF bit 5,
-//! BUSY bit 3), LCR_H 0x2c (WLEN bits 6:5, FEN bit 4), CR 0x30 (UARTEN bit 0, TXE bit 8,
-//! RXE bit 9), IMSC 0x38. QEMU transmits nothing until CR has UARTEN and TXE.
+//! PL011 registers: `platform::pl011` (the map the guests' virtual PL011 uses too). QEMU
+//! transmits nothing until CR has UARTEN and TXE.
 //!
 //! Every line hyp prints ends with "\r\n" (the host terminal is in raw mode under
 //! `-nographic`). Log records are printed verbatim: callers write the stable lines themselves,
@@ -12,18 +11,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::mutex::{TicketMutex, TicketMutexGuard};
 
-const DR: usize = 0x00;
-const FR: usize = 0x18;
-const LCR_H: usize = 0x2c;
-const CR: usize = 0x30;
-const IMSC: usize = 0x38;
-const FR_TXFF: u32 = 1 << 5;
-const FR_BUSY: u32 = 1 << 3;
-const LCR_H_WLEN8: u32 = 0b11 << 5;
-const LCR_H_FEN: u32 = 1 << 4;
-const CR_UARTEN: u32 = 1 << 0;
-const CR_TXE: u32 = 1 << 8;
-const CR_RXE: u32 = 1 << 9;
+use platform::pl011::{fr, reg, CR_RXE, CR_TXE, CR_UARTEN, LCR_H_FEN, LCR_H_WLEN8};
 
 /// The UART's base address; 0 until [`init`].
 static BASE: AtomicUsize = AtomicUsize::new(0);
@@ -56,8 +44,8 @@ pub fn hold() -> Held {
     }
 }
 
-fn reg(base: usize, off: usize) -> *mut u32 {
-    (base + off) as *mut u32
+fn at(base: usize, offset: u64) -> *mut u32 {
+    (base + offset as usize) as *mut u32
 }
 
 /// Programs the PL011 at `base` for 8N1 with FIFOs, TX and RX enabled.
@@ -69,11 +57,11 @@ pub unsafe fn init(base: usize) {
     // SAFETY: the caller guarantees `base` is a PL011; these are its documented registers,
     // accessed with 32-bit volatile accesses as the TRM requires.
     unsafe {
-        reg(base, CR).write_volatile(0);
-        while reg(base, FR).read_volatile() & FR_BUSY != 0 {}
-        reg(base, LCR_H).write_volatile(LCR_H_WLEN8 | LCR_H_FEN);
-        reg(base, IMSC).write_volatile(0);
-        reg(base, CR).write_volatile(CR_UARTEN | CR_TXE | CR_RXE);
+        at(base, reg::CR).write_volatile(0);
+        while at(base, reg::FR).read_volatile() & fr::BUSY != 0 {}
+        at(base, reg::LCR_H).write_volatile(LCR_H_WLEN8 | LCR_H_FEN);
+        at(base, reg::IMSC).write_volatile(0);
+        at(base, reg::CR).write_volatile(CR_UARTEN | CR_TXE | CR_RXE);
     }
     BASE.store(base, Ordering::Release);
 }
@@ -89,8 +77,8 @@ pub fn base() -> Option<usize> {
 fn putc(base: usize, c: u8) {
     // SAFETY: `base` came from `init`, whose caller guaranteed it is a PL011.
     unsafe {
-        while reg(base, FR).read_volatile() & FR_TXFF != 0 {}
-        reg(base, DR).write_volatile(c as u32);
+        while at(base, reg::FR).read_volatile() & fr::TXFF != 0 {}
+        at(base, reg::DR).write_volatile(c as u32);
     }
 }
 

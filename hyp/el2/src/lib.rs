@@ -23,6 +23,7 @@ pub mod frames;
 pub mod granule;
 pub mod heap;
 pub mod memmap;
+pub mod mmio;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod psci;
 pub mod smp;

@@ -10,8 +10,8 @@ pub type Work = fn(u64);
 
 /// A CPU's mailbox: at most one work item, posted by any CPU and taken by the CPU it belongs
 /// to. How the owner waits for it (`WFE` before hyp's idle loop runs, `WFI` and the kick SGI
-/// after) is the owner's business; [`post`] wakes `WFE` waiters, hyp's `cpus::dispatch`
-/// sends the SGI.
+/// after) is the owner's business; `smp::post` (bare-metal only) wakes `WFE` waiters, hyp's
+/// `cpus::dispatch` sends the SGI.
 pub struct Mailbox {
     item: SpinMutex<Option<(Work, u64)>>,
 }

@@ -26,7 +26,10 @@
 //! Spectre v3a (the indirect hyp vectors on A57/A72 that keep `VBAR_EL2` from revealing a
 //! randomized hyp layout) does not apply: hyp's EL2 map is an identity map, not randomized.
 
+use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, ID_AA64PFR0_EL1, ID_AA64PFR1_EL1, MIDR_EL1};
 use core::fmt;
+use tock_registers::fields::Field;
+use tock_registers::RegisterLongName;
 
 /// SMCCC function identifiers (DEN 0028).
 pub mod fid {
@@ -61,8 +64,26 @@ pub mod ret {
 /// SMCCC version 1.1, the first with `SMCCC_ARCH_FEATURES` and the workaround calls.
 pub const SMCCC_1_1: u32 = 0x0001_0001;
 
-const fn field(reg: u64, shift: u32) -> u8 {
-    ((reg >> shift) & 0xf) as u8
+/// `ID_AA64PFR0_EL1.CSV2` \[59:56\] (aarch64-cpu names neither this field nor the next two).
+const CSV2: Field<u64, ID_AA64PFR0_EL1::Register> = Field::new(0xf, 56);
+/// `ID_AA64PFR1_EL1.SSBS` \[7:4\].
+const SSBS: Field<u64, ID_AA64PFR1_EL1::Register> = Field::new(0xf, 4);
+/// `ID_AA64MMFR1_EL1.ECBHB` \[63:60\].
+const ECBHB: Field<u64, ID_AA64MMFR1_EL1::Register> = Field::new(0xf, 60);
+/// `ID_AA64ISAR2_EL1`, which aarch64-cpu does not define.
+mod isar2 {
+    tock_registers::register_bitfields! {u64,
+        pub ID_AA64ISAR2_EL1 [
+            /// `CLRBHB` \[31:28\]: the `CLRBHB` instruction exists.
+            CLRBHB OFFSET(28) NUMBITS(4) []
+        ]
+    }
+}
+use isar2::ID_AA64ISAR2_EL1;
+
+/// Field `f` of the register value `reg`.
+const fn field<R: RegisterLongName>(reg: u64, f: Field<u64, R>) -> u8 {
+    ((reg >> f.shift) & f.mask) as u8
 }
 
 /// The ID registers the decision reads (all from the boot CPU).
@@ -84,19 +105,19 @@ impl CpuIds {
     /// `ID_AA64PFR0_EL1.CSV2`: 1 = branch targets are not shared across contexts, 3 =
     /// neither is branch history (FEAT_CSV2_3).
     pub const fn csv2(&self) -> u8 {
-        field(self.pfr0, 56)
+        field(self.pfr0, CSV2)
     }
     /// `ID_AA64PFR1_EL1.SSBS`: `PSTATE.SSBS` exists (FEAT_SSBS).
     pub const fn ssbs(&self) -> u8 {
-        field(self.pfr1, 4)
+        field(self.pfr1, SSBS)
     }
     /// `ID_AA64MMFR1_EL1.ECBHB`: taking an exception clears the branch history.
     pub const fn ecbhb(&self) -> u8 {
-        field(self.mmfr1, 60)
+        field(self.mmfr1, ECBHB)
     }
     /// `ID_AA64ISAR2_EL1.CLRBHB`: the `CLRBHB` instruction exists.
     pub const fn clrbhb(&self) -> u8 {
-        field(self.isar2, 28)
+        field(self.isar2, ID_AA64ISAR2_EL1::CLRBHB)
     }
 
     /// The CPU model: implementer, architecture and part number (Linux
@@ -129,12 +150,16 @@ impl CpuIds {
     }
 }
 
-/// `MIDR_EL1` implementer \[31:24\], architecture \[19:16\], part number \[15:4\].
-const MODEL_MASK: u32 = 0xff0f_fff0;
+/// `MIDR_EL1` implementer, architecture and part number.
+const MODEL_MASK: u32 = (MIDR_EL1::Implementer.mask << MIDR_EL1::Implementer.shift
+    | MIDR_EL1::Architecture.mask << MIDR_EL1::Architecture.shift
+    | MIDR_EL1::PartNum.mask << MIDR_EL1::PartNum.shift) as u32;
 
 /// Linux `MIDR_CPU_MODEL(imp, partnum)`: architecture 0xf ("defined by ID registers").
 const fn model(implementer: u32, part: u32) -> u32 {
-    (implementer << 24) | (0xf << 16) | (part << 4)
+    (MIDR_EL1::Implementer.val(implementer as u64).value
+        | MIDR_EL1::Architecture::Individual.value
+        | MIDR_EL1::PartNum.val(part as u64).value) as u32
 }
 
 const ARM: u32 = 0x41;

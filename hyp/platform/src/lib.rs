@@ -7,6 +7,8 @@
 //!   PSCI and SGI targets).
 //! - [`gicv3`]: the GICv3 register frames and fields (IHI 0069), for hyp's driver of the
 //!   physical GIC and `vdev`'s model of the virtual one.
+//! - [`pl011`]: the PL011 UART's registers, for the guests' virtual UART, hyp's console and
+//!   the host UART's input.
 //! - [`esr`]: the one exception-class table and fault-status decoding, for `el2`'s reports of
 //!   hyp's own exceptions, `vdev`'s exit decoding and the syndromes hyp injects.
 //! - [`MAX_HOST_CPUS`]: how many physical CPUs hyp runs on.
@@ -23,6 +25,7 @@ extern crate alloc;
 pub mod esr;
 pub mod gicv3;
 pub mod mpidr;
+pub mod pl011;
 pub mod virt;
 
 pub use mpidr::Mpidr;

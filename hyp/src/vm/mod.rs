@@ -13,6 +13,7 @@ pub mod stress;
 pub mod vcpu;
 
 use crate::boot::Boot;
+use crate::failure::{Fatal, VmFailure};
 use crate::{gic, mem, virtio, Verdict};
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -332,7 +333,7 @@ const WARN_BUDGET: u64 = 20;
 const HOST_RESERVE: u64 = 64 << 20;
 
 /// Loads the system from the boot bundle and runs it until every VM has exited.
-pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
+pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     let t_start = ms();
     let slots: Vec<(u64, u64)> = boot
         .platform
@@ -343,7 +344,10 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
         .collect();
     // The GIC, and the secondary CPUs into hyp's WFI-based idle loop, before the (long) read
     // of the bundle.
-    let gic_ok = gic::init_distributor(&boot.platform, true).and_then(|_| gic::init_cpu());
+    // SAFETY: `boot::early` mapped every device region of `boot.platform` Device-nGnRE in hyp's
+    // identity map for good (mmu::enable), and hyp drives the GIC alone.
+    let gic_ok =
+        unsafe { gic::init_distributor(&boot.platform, true) }.and_then(|_| gic::init_cpu());
     if gic_ok.is_ok() {
         for cpu in 1..smp::online() {
             if !cpus::take_over(cpu) {
@@ -351,39 +355,27 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
             }
         }
     }
-    let data = match virtio::read_bundle_disk(&slots, mem::alloc_phys) {
+    // SAFETY: the slots are the host device tree's virtio-mmio frames, which `boot::early`
+    // mapped Device-nGnRE (mmu::enable) and nothing else drives; `mem::alloc_phys` hands out
+    // identity-mapped RAM once and never takes it back.
+    let data = match unsafe { virtio::read_bundle_disk(&slots, mem::alloc_phys) } {
         Ok(d) => d,
         Err(virtio::DiskError::NoDisk) => return Ok(Verdict::NoVms),
-        Err(e) => {
-            error!("hyp: {e}");
-            return Err("cannot read the boot bundle disk");
-        }
+        Err(e) => return Err(Fatal::BundleDisk(e)),
     };
     let t_read = ms();
-    let bundle = match Bundle::parse(data) {
-        Ok(b) => b,
-        Err(e) => {
-            error!("hyp: boot bundle: {e}");
-            return Err("the boot bundle is corrupt: rebuild it with `guest-loader bundle`");
-        }
-    };
+    let bundle = Bundle::parse(data).map_err(Fatal::BundleCorrupt)?;
     let host = Host {
         cpu: boot.cpu,
         cpus: smp::online() as u32,
         guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
     };
-    let plan = match bundle.plan(&host) {
-        Ok(p) => p,
-        Err(e) => {
-            error!("{e}");
-            return Err("the bundle's system config was refused on this machine (see above)");
-        }
-    };
+    let plan = bundle.plan(&host).map_err(Fatal::PlanRefused)?;
     let t_plan = ms();
     if plan.vms.is_empty() {
         return Ok(Verdict::NoVms);
     }
-    gic_ok?;
+    gic_ok.map_err(Fatal::Gic)?;
     log::debug!(
         "hyp: {} VMs; hyp's own granule {}",
         plan.vms.len(),
@@ -393,17 +385,20 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
     let mut vmids = VmidAllocator::for_cpu(&boot.cpu);
     let mut vms = Vec::new();
     for vp in &plan.vms {
-        vms.push(create(boot, vp, &mut vmids)?);
+        let vm = create(boot, vp, &mut vmids).map_err(|why| Fatal::Vm {
+            vm: vp.name.clone(),
+            why,
+        })?;
+        vms.push(vm);
     }
     // Every VM's stage 2 as built maps only its own RAM (printed at exit, after everything
     // the guest and hyp.stress did to it; a failure here stops hyp before any guest runs).
     for vm in &vms {
         if let Err((ipa, pa)) = vm.audit_stage2() {
-            error!(
-                "vm {}: stage-2 audit after setup: IPA {ipa:#x} maps PA {pa:#x}, not this VM's RAM",
-                vm.name
-            );
-            return Err("a VM's stage 2 maps memory that is not its RAM");
+            return Err(Fatal::Vm {
+                vm: vm.name.clone(),
+                why: VmFailure::Audit { ipa, pa },
+            });
         }
     }
     let vms: &'static [&'static Vm] = VMS.call_once(|| vms).as_slice();
@@ -453,12 +448,12 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, &'static str> {
     }
     output::drain_all();
     if vms.iter().any(|vm| vm.audit_failed.load(Ordering::Acquire)) {
-        return Err("a VM's stage 2 maps memory that is not its RAM (see the audit above)");
+        return Err(Fatal::AuditAtExit);
     }
     if vms.iter().all(|vm| vm.state() == VmState::Off) {
         Ok(Verdict::Ok)
     } else {
-        Err("not every VM exited cleanly (see the vm lines above)")
+        Err(Fatal::NotClean)
     }
 }
 
@@ -467,7 +462,7 @@ fn create(
     boot: &Boot,
     vp: &VmPlan<'_>,
     vmids: &mut VmidAllocator,
-) -> Result<&'static Vm, &'static str> {
+) -> Result<&'static Vm, VmFailure> {
     let geo = vp.geometry;
     let memory = vp.memory;
     // Align guest RAM to the largest stage-2 block that fits, so that stage 2 can use blocks
@@ -486,32 +481,23 @@ fn create(
     // whose alignment to a large block could otherwise leave no room behind it.
     let budget = vp.table_budget;
     let Some(pool) = mem::alloc_phys(budget, geo.root_bytes()) else {
-        error!(
-            "vm {}: its stage-2 table budget of {budget:#x} bytes does not fit in the free host RAM {}",
-            vp.name,
-            mem::remaining()
-        );
-        return Err("not enough host RAM for the VMs' stage-2 tables");
+        return Err(VmFailure::TableBudget {
+            budget,
+            free: mem::remaining(),
+        });
     };
     // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
     let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
     let Some(pa) = mem::alloc_phys(memory, align) else {
-        error!(
-            "vm {}: {memory:#x} bytes of RAM aligned to {align:#x} do not fit in the free host RAM {}",
-            vp.name,
-            mem::remaining()
-        );
-        return Err("not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)");
+        return Err(VmFailure::Ram {
+            memory,
+            align,
+            free: mem::remaining(),
+        });
     };
     // On a VMID rollover the allocator itself invalidates every VMID's TLB entries
     // (TLBI ALLE1IS, DSB ISH) before returning.
-    let grant = match vmids.alloc(&mut HwMaintenance) {
-        Ok(g) => g,
-        Err(e) => {
-            error!("vm {}: {e}", vp.name);
-            return Err("no VMID left");
-        }
-    };
+    let grant = vmids.alloc(&mut HwMaintenance).map_err(VmFailure::Vmid)?;
     if grant.flushed {
         log::debug!(
             "vm {}: VMID rollover: every VMID's TLB entries invalidated",
@@ -520,13 +506,8 @@ fn create(
     }
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
-    let mut pt = match PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance) {
-        Ok(t) => t,
-        Err(e) => {
-            error!("vm {}: stage-2 root tables: {e}", vp.name);
-            return Err("cannot allocate stage-2 tables");
-        }
-    };
+    let mut pt = PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance)
+        .map_err(VmFailure::Stage2Root)?;
     let ram_ipa = vp.layout.ram.start;
     debug_assert_eq!(ram_ipa, RAM_BASE);
     let eager = vp.mapping == Mapping::Eager;
@@ -537,10 +518,8 @@ fn create(
             skip_cmo: true,
             pages_only: !boot.cmdline.stage2_blocks,
         };
-        if let Err(e) = pt.map(ram_ipa..ram_ipa + memory, pa, Attrs::ram(), opts) {
-            error!("vm {}: stage-2 map of RAM: {e}", vp.name);
-            return Err("cannot build the VM's stage-2 tables");
-        }
+        pt.map(ram_ipa..ram_ipa + memory, pa, Attrs::ram(), opts)
+            .map_err(VmFailure::Stage2Map)?;
     }
     // Scrub: the VM's RAM starts as zeros, whatever hyp, firmware or an earlier user left
     // there (XSA-245: data must not leak into a VM through its RAM). Without FEAT_S2FWB the
@@ -557,11 +536,11 @@ fn create(
         let off = item.ipa.wrapping_sub(ram_ipa);
         let len = item.data.len() as u64;
         if item.ipa < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
-            error!(
-                "vm {}: {} at IPA {:#x} (+{len:#x}) is outside the VM's RAM",
-                vp.name, item.what, item.ipa
-            );
-            return Err("the load plan does not fit the VM's RAM");
+            return Err(VmFailure::LoadOutside {
+                what: item.what,
+                ipa: item.ipa,
+                len,
+            });
         }
         let dst = pa + off;
         // SAFETY: [dst, dst + len) lies in the VM's RAM (checked above), identity-mapped RAM
@@ -578,16 +557,10 @@ fn create(
         n_vcpus: n,
         n_spis: 32,
     })
-    .map_err(|e| {
-        error!("vm {}: {e}", vp.name);
-        "cannot build the VM's GIC"
-    })?;
+    .map_err(VmFailure::Vgic)?;
     let ram = ram_ipa..ram_ipa + memory;
     let ram_range = core::slice::from_ref(&ram);
-    let psci = Psci::new(n, ram_range, boot.workarounds).map_err(|e| {
-        error!("vm {}: {e}", vp.name);
-        "cannot build the VM's PSCI"
-    })?;
+    let psci = Psci::new(n, ram_range, boot.workarounds).map_err(VmFailure::Psci)?;
     let policy = IdPolicy {
         granules: vp.advertised_granules,
         ipa_bits: vp.ipa_bits,
@@ -596,14 +569,11 @@ fn create(
     let gicr_size = vgic.redist_size();
     let pcpus: Vec<usize> = (vp.cpus.start..vp.cpus.end).map(|c| c as usize).collect();
     if pcpus.len() != n || pcpus.iter().any(|&c| smp::mpidr_of(c).is_none()) {
-        error!(
-            "vm {}: needs CPUs {}..{}, but only {} are online",
-            vp.name,
-            vp.cpus.start,
-            vp.cpus.end,
-            smp::online()
-        );
-        return Err("not enough CPUs online for the VMs' vCPUs");
+        return Err(VmFailure::Cpus {
+            start: vp.cpus.start,
+            end: vp.cpus.end,
+            online: smp::online(),
+        });
     }
     let vtcr = geo.vtcr_el2(boot.cpu.pa_bits(), vmid16);
     let vttbr = pt.vttbr();

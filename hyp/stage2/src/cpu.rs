@@ -11,7 +11,10 @@
 //! - `PARange` \[3:0\]: 32, 36, 40, 42, 44, 48, 52 bits.
 
 use crate::Granule;
+use aarch64_cpu::registers::{ID_AA64MMFR0_EL1 as MMFR0, ID_AA64MMFR1_EL1, ID_AA64MMFR2_EL1};
 use core::fmt;
+use tock_registers::fields::Field;
+use tock_registers::RegisterLongName;
 
 /// Which translation stage a granule is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,8 +99,34 @@ pub struct CpuFeatures {
     hidden: u8,
 }
 
-const fn field(reg: u64, shift: u32) -> u8 {
-    ((reg >> shift) & 0xf) as u8
+/// `ID_AA64MMFR0_EL1.TGran4_2` (aarch64-cpu does not name the stage-2 granule fields).
+const TGRAN4_2: Field<u64, MMFR0::Register> = Field::new(0xf, 40);
+/// `ID_AA64MMFR0_EL1.TGran64_2`.
+const TGRAN64_2: Field<u64, MMFR0::Register> = Field::new(0xf, 36);
+/// `ID_AA64MMFR0_EL1.TGran16_2`.
+const TGRAN16_2: Field<u64, MMFR0::Register> = Field::new(0xf, 32);
+
+/// `CTR_EL0` (Arm ARM D19.2.34; aarch64-cpu has no definition of it).
+mod ctr_el0 {
+    use tock_registers::register_bitfields;
+
+    register_bitfields! {u64,
+        /// `CTR_EL0`, the fields hyp reads.
+        pub CTR_EL0 [
+            /// Instruction cache invalidation to the PoU is not required for instruction to
+            /// data coherence.
+            DIC OFFSET(29) NUMBITS(1) [],
+            /// Data cache clean to the PoU is not required for instruction to data coherence.
+            IDC OFFSET(28) NUMBITS(1) []
+        ]
+    }
+}
+use ctr_el0::CTR_EL0;
+
+/// The value of field `f` of the register value `reg` (a `const` read of a 4-bit ID field
+/// or a single bit).
+const fn field<R: RegisterLongName>(reg: u64, f: Field<u64, R>) -> u8 {
+    ((reg >> f.shift) & f.mask) as u8
 }
 
 /// The QEMU CPU models hyp knows on the host (values measured with QEMU 10.0.2).
@@ -163,17 +192,35 @@ impl CpuFeatures {
     /// The stage-1 field name, shift and value for `g`.
     fn s1_field(&self, g: Granule) -> (&'static str, u8) {
         match g {
-            Granule::K4 => ("ID_AA64MMFR0_EL1.TGran4", field(self.regs.mmfr0, 28)),
-            Granule::K16 => ("ID_AA64MMFR0_EL1.TGran16", field(self.regs.mmfr0, 20)),
-            Granule::K64 => ("ID_AA64MMFR0_EL1.TGran64", field(self.regs.mmfr0, 24)),
+            Granule::K4 => (
+                "ID_AA64MMFR0_EL1.TGran4",
+                field(self.regs.mmfr0, MMFR0::TGran4),
+            ),
+            Granule::K16 => (
+                "ID_AA64MMFR0_EL1.TGran16",
+                field(self.regs.mmfr0, MMFR0::TGran16),
+            ),
+            Granule::K64 => (
+                "ID_AA64MMFR0_EL1.TGran64",
+                field(self.regs.mmfr0, MMFR0::TGran64),
+            ),
         }
     }
 
     fn s2_field(&self, g: Granule) -> (&'static str, u8) {
         match g {
-            Granule::K4 => ("ID_AA64MMFR0_EL1.TGran4_2", field(self.regs.mmfr0, 40)),
-            Granule::K16 => ("ID_AA64MMFR0_EL1.TGran16_2", field(self.regs.mmfr0, 32)),
-            Granule::K64 => ("ID_AA64MMFR0_EL1.TGran64_2", field(self.regs.mmfr0, 36)),
+            Granule::K4 => (
+                "ID_AA64MMFR0_EL1.TGran4_2",
+                field(self.regs.mmfr0, TGRAN4_2),
+            ),
+            Granule::K16 => (
+                "ID_AA64MMFR0_EL1.TGran16_2",
+                field(self.regs.mmfr0, TGRAN16_2),
+            ),
+            Granule::K64 => (
+                "ID_AA64MMFR0_EL1.TGran64_2",
+                field(self.regs.mmfr0, TGRAN64_2),
+            ),
         }
     }
 
@@ -259,7 +306,7 @@ impl CpuFeatures {
 
     /// The `PARange` field value.
     pub const fn pa_range(&self) -> u8 {
-        field(self.regs.mmfr0, 0)
+        field(self.regs.mmfr0, MMFR0::PARange)
     }
 
     /// The physical address size in bits from `PARange` (32..52; reserved values read as 48).
@@ -278,7 +325,7 @@ impl CpuFeatures {
 
     /// VMID width from `ID_AA64MMFR1_EL1.VMIDBits`: 16 when the field is 0b0010, else 8.
     pub const fn vmid_bits(&self) -> u32 {
-        if field(self.regs.mmfr1, 4) == 2 {
+        if field(self.regs.mmfr1, ID_AA64MMFR1_EL1::VMIDBits) == 2 {
             16
         } else {
             8
@@ -288,17 +335,17 @@ impl CpuFeatures {
     /// FEAT_FWB (`ID_AA64MMFR2_EL1.FWB`): stage 2 can force write-back, so no clean to PoC
     /// is needed before mapping guest memory.
     pub const fn fwb(&self) -> bool {
-        field(self.regs.mmfr2, 40) != 0
+        field(self.regs.mmfr2, ID_AA64MMFR2_EL1::FWB) != 0
     }
 
     /// `CTR_EL0.DIC`: no I-cache invalidation to PoU needed for instruction coherence.
     pub const fn dic(&self) -> bool {
-        self.regs.ctr & (1 << 29) != 0
+        field(self.regs.ctr, CTR_EL0::DIC) != 0
     }
 
     /// `CTR_EL0.IDC`: no D-cache clean to PoU needed for instruction coherence.
     pub const fn idc(&self) -> bool {
-        self.regs.ctr & (1 << 28) != 0
+        field(self.regs.ctr, CTR_EL0::IDC) != 0
     }
 }
 

@@ -126,22 +126,161 @@ pub fn is_trapped(reg: SysReg) -> bool {
     reg.op0() == 3 && reg.op1() == 0 && reg.crn() == 0 && (1..=7).contains(&reg.crm())
 }
 
-const fn field(v: u64, shift: u32) -> u64 {
-    (v >> shift) & 0xf
+/// The fields of the ID registers hyp sanitizes or reads (Arm ARM D24.2, "ID_AA64*_EL1",
+/// and G8.2 for the AArch32 `ID_PFR0`..`ID_DFR0`), named as the Arm ARM names them. aarch64-cpu
+/// defines only a few fields of a few of these registers, so they are all here, once.
+pub mod fields {
+    #![allow(missing_docs)] // register_bitfields! generates undocumented helper items.
+    tock_registers::register_bitfields! {u64,
+        /// `ID_PFR0_EL1` (AArch32).
+        pub ID_PFR0 [
+            RAS OFFSET(28) NUMBITS(4) [],
+            AMU OFFSET(20) NUMBITS(4) []
+        ],
+        /// `ID_PFR1_EL1` (AArch32).
+        pub ID_PFR1 [
+            Virt_frac OFFSET(24) NUMBITS(4) [],
+            Sec_frac OFFSET(20) NUMBITS(4) [],
+            Virtualization OFFSET(12) NUMBITS(4) [],
+            Security OFFSET(4) NUMBITS(4) []
+        ],
+        /// `ID_DFR0_EL1` (AArch32).
+        pub ID_DFR0 [
+            TraceFilt OFFSET(28) NUMBITS(4) [],
+            PerfMon OFFSET(24) NUMBITS(4) [],
+            MMapTrc OFFSET(16) NUMBITS(4) [],
+            CopTrc OFFSET(12) NUMBITS(4) []
+        ],
+        /// `ID_PFR2_EL1` (AArch32).
+        pub ID_PFR2 [
+            RAS_frac OFFSET(8) NUMBITS(4) [],
+            SSBS OFFSET(4) NUMBITS(4) [],
+            CSV3 OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64PFR0_EL1`.
+        pub PFR0 [
+            CSV3 OFFSET(60) NUMBITS(4) [],
+            CSV2 OFFSET(56) NUMBITS(4) [],
+            DIT OFFSET(48) NUMBITS(4) [],
+            AMU OFFSET(44) NUMBITS(4) [],
+            SVE OFFSET(32) NUMBITS(4) [],
+            RAS OFFSET(28) NUMBITS(4) [],
+            GIC OFFSET(24) NUMBITS(4) [],
+            AdvSIMD OFFSET(20) NUMBITS(4) [],
+            FP OFFSET(16) NUMBITS(4) [],
+            EL3 OFFSET(12) NUMBITS(4) [],
+            EL2 OFFSET(8) NUMBITS(4) [],
+            EL1 OFFSET(4) NUMBITS(4) [],
+            EL0 OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64PFR1_EL1`.
+        pub PFR1 [
+            CSV2_frac OFFSET(32) NUMBITS(4) [],
+            SME OFFSET(24) NUMBITS(4) [],
+            SSBS OFFSET(4) NUMBITS(4) [],
+            BT OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64DFR0_EL1`.
+        pub DFR0 [
+            TraceFilt OFFSET(40) NUMBITS(4) [],
+            DoubleLock OFFSET(36) NUMBITS(4) [],
+            PMSVer OFFSET(32) NUMBITS(4) [],
+            CTX_CMPs OFFSET(28) NUMBITS(4) [],
+            WRPs OFFSET(20) NUMBITS(4) [],
+            BRPs OFFSET(12) NUMBITS(4) [],
+            PMUVer OFFSET(8) NUMBITS(4) [],
+            DebugVer OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64ISAR0_EL1`.
+        pub ISAR0 [
+            TME OFFSET(24) NUMBITS(4) [],
+            /// Bits \[3:0\], RES0.
+            RES0 OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64ISAR1_EL1`.
+        pub ISAR1 [
+            I8MM OFFSET(52) NUMBITS(4) [],
+            DGH OFFSET(48) NUMBITS(4) [],
+            BF16 OFFSET(44) NUMBITS(4) [],
+            SPECRES OFFSET(40) NUMBITS(4) [],
+            SB OFFSET(36) NUMBITS(4) [],
+            FRINTTS OFFSET(32) NUMBITS(4) [],
+            LRCPC OFFSET(20) NUMBITS(4) [],
+            FCMA OFFSET(16) NUMBITS(4) [],
+            JSCVT OFFSET(12) NUMBITS(4) [],
+            DPB OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64ISAR2_EL1`.
+        pub ISAR2 [
+            CSSC OFFSET(52) NUMBITS(4) [],
+            RPRFM OFFSET(48) NUMBITS(4) [],
+            CLRBHB OFFSET(28) NUMBITS(4) [],
+            BC OFFSET(20) NUMBITS(4) [],
+            RPRES OFFSET(4) NUMBITS(4) []
+        ],
+        /// `ID_AA64MMFR0_EL1`.
+        pub MMFR0 [
+            FGT OFFSET(56) NUMBITS(4) [],
+            TGran4_2 OFFSET(40) NUMBITS(4) [],
+            TGran64_2 OFFSET(36) NUMBITS(4) [],
+            TGran16_2 OFFSET(32) NUMBITS(4) [],
+            TGran4 OFFSET(28) NUMBITS(4) [],
+            TGran64 OFFSET(24) NUMBITS(4) [],
+            TGran16 OFFSET(20) NUMBITS(4) [],
+            BigEndEL0 OFFSET(16) NUMBITS(4) [],
+            BigEnd OFFSET(8) NUMBITS(4) [],
+            ASIDBits OFFSET(4) NUMBITS(4) [],
+            PARange OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64MMFR1_EL1`.
+        pub MMFR1 [
+            ECBHB OFFSET(60) NUMBITS(4) [],
+            nTLBPA OFFSET(48) NUMBITS(4) [],
+            AFP OFFSET(44) NUMBITS(4) [],
+            HCX OFFSET(40) NUMBITS(4) [],
+            ETS OFFSET(36) NUMBITS(4) [],
+            PAN OFFSET(20) NUMBITS(4) [],
+            LO OFFSET(16) NUMBITS(4) [],
+            HPDS OFFSET(12) NUMBITS(4) [],
+            HAFDBS OFFSET(0) NUMBITS(4) []
+        ],
+        /// `ID_AA64MMFR2_EL1`.
+        pub MMFR2 [
+            E0PD OFFSET(60) NUMBITS(4) [],
+            TTL OFFSET(48) NUMBITS(4) [],
+            AT OFFSET(32) NUMBITS(4) [],
+            ST OFFSET(28) NUMBITS(4) [],
+            CCIDX OFFSET(20) NUMBITS(4) [],
+            VARange OFFSET(16) NUMBITS(4) [],
+            UAO OFFSET(4) NUMBITS(4) [],
+            CnP OFFSET(0) NUMBITS(4) []
+        ]
+    }
 }
 
-/// The host value restricted to the 4-bit fields at `shifts`.
-fn keep(host: u64, shifts: &[u32]) -> u64 {
-    shifts.iter().fold(0, |acc, &s| acc | (host & (0xf << s)))
+use fields::{
+    DFR0, ID_DFR0, ID_PFR0, ID_PFR1, ID_PFR2, ISAR0, ISAR1, ISAR2, MMFR0, MMFR1, MMFR2, PFR0, PFR1,
+};
+use tock_registers::fields::Field;
+use tock_registers::RegisterLongName;
+
+/// The host value restricted to `fields`.
+fn keep<R: RegisterLongName>(host: u64, fields: &[Field<u64, R>]) -> u64 {
+    fields
+        .iter()
+        .fold(0, |acc, f| acc | (host & (f.mask << f.shift)))
 }
 
-/// The host value with the 4-bit fields at `shifts` cleared.
-fn clear(host: u64, shifts: &[u32]) -> u64 {
-    shifts.iter().fold(host, |acc, &s| acc & !(0xf << s))
+/// The host value with `fields` cleared.
+fn clear<R: RegisterLongName>(host: u64, fields: &[Field<u64, R>]) -> u64 {
+    fields
+        .iter()
+        .fold(host, |acc, f| acc & !(f.mask << f.shift))
 }
 
-fn set(v: u64, shift: u32, value: u64) -> u64 {
-    (v & !(0xf << shift)) | ((value & 0xf) << shift)
+/// `v` with `field` set to `value`.
+fn set<R: RegisterLongName>(v: u64, field: Field<u64, R>, value: u64) -> u64 {
+    (v & !(field.mask << field.shift)) | field.val(value).value
 }
 
 /// `ID_AA64MMFR0_EL1.PARange` encodings and their sizes (Arm ARM D24.2.81).
@@ -189,96 +328,160 @@ impl IdPolicy {
         Some(match (reg.crm(), reg.op2()) {
             // ---- AArch32 (used only by AArch32 EL0 tasks): pass through, minus what is
             // hidden in AArch64 too.
-            // ID_PFR0: RAS [31:28], AMU [23:20].
-            (1, 0) => clear(host, &[28, 20]),
-            // ID_PFR1: Security [7:4], Virtualization [15:12], Sec_frac [23:20],
-            // Virt_frac [27:24].
-            (1, 1) => clear(host, &[4, 12, 20, 24]),
-            // ID_DFR0: CopTrc [15:12], MMapTrc [19:16], PerfMon [27:24], TraceFilt [31:28].
-            (1, 2) => clear(host, &[12, 16, 24, 28]),
+            (1, 0) => clear(host, &[ID_PFR0::RAS, ID_PFR0::AMU]),
+            (1, 1) => clear(
+                host,
+                &[
+                    ID_PFR1::Security,
+                    ID_PFR1::Virtualization,
+                    ID_PFR1::Sec_frac,
+                    ID_PFR1::Virt_frac,
+                ],
+            ),
+            (1, 2) => clear(
+                host,
+                &[
+                    ID_DFR0::CopTrc,
+                    ID_DFR0::MMapTrc,
+                    ID_DFR0::PerfMon,
+                    ID_DFR0::TraceFilt,
+                ],
+            ),
             // ID_AFR0 (IMPLEMENTATION DEFINED).
             (1, 3) => 0,
             (1, 4..=7) | (2, 0..=7) | (3, 0..=2) | (3, 6) => host,
-            // ID_PFR2: keep CSV3 [3:0], SSBS [7:4]; RAS_frac [11:8] hidden.
-            (3, 4) => keep(host, &[0, 4]),
+            // ID_PFR2: RAS_frac hidden.
+            (3, 4) => keep(host, &[ID_PFR2::CSV3, ID_PFR2::SSBS]),
             // ID_DFR1: MTPMU, HPMN0 (PMU).
             (3, 5) => 0,
 
             // ---- AArch64.
             (4, 0) => {
-                // Keep EL0, FP, AdvSIMD, DIT, CSV2, CSV3; EL1 AArch64 only; EL2 absent;
-                // EL3 at most AArch64 (the SMC conduit traps with HCR_EL2.TSC); GIC system
-                // registers at most v3.0; RAS, SVE, SEL2, MPAM, AMU, RME hidden.
-                let mut v = keep(host, &[0, 16, 20, 48, 56, 60]);
-                v = set(v, 4, 1);
-                v = set(v, 12, field(host, 12).min(1));
-                set(v, 24, field(host, 24).min(1))
+                // EL1 AArch64 only; EL2 absent; EL3 at most AArch64 (the SMC conduit traps
+                // with HCR_EL2.TSC); GIC system registers at most v3.0; RAS, SVE, SEL2, MPAM,
+                // AMU, RME hidden.
+                let mut v = keep(
+                    host,
+                    &[
+                        PFR0::EL0,
+                        PFR0::FP,
+                        PFR0::AdvSIMD,
+                        PFR0::DIT,
+                        PFR0::CSV2,
+                        PFR0::CSV3,
+                    ],
+                );
+                v = set(v, PFR0::EL1, 1);
+                v = set(v, PFR0::EL3, PFR0::EL3.read(host).min(1));
+                set(v, PFR0::GIC, PFR0::GIC.read(host).min(1))
             }
-            // ID_AA64PFR1: keep BT [3:0], SSBS [7:4], CSV2_frac [35:32].
-            (4, 1) => keep(host, &[0, 4, 32]),
+            (4, 1) => keep(host, &[PFR1::BT, PFR1::SSBS, PFR1::CSV2_frac]),
             // PFR2 (MTE extensions, FPMR), ZFR0 (SVE), SMFR0 (SME), FPFR0 (FP8): hidden.
             (4, _) => 0,
-            // ID_AA64DFR0: keep DebugVer [3:0], BRPs [15:12], WRPs [23:20],
-            // CTX_CMPs [31:28], DoubleLock [39:36]; PMU, SPE, TRBE, BRBE, trace hidden.
-            (5, 0) => keep(host, &[0, 12, 20, 28, 36]),
+            // PMU, SPE, TRBE, BRBE, trace hidden.
+            (5, 0) => keep(
+                host,
+                &[
+                    DFR0::DebugVer,
+                    DFR0::BRPs,
+                    DFR0::WRPs,
+                    DFR0::CTX_CMPs,
+                    DFR0::DoubleLock,
+                ],
+            ),
             (5, _) => 0,
-            // ID_AA64ISAR0: all but TME [27:24] (and RES0 [3:0]).
-            (6, 0) => clear(host, &[0, 24]),
-            // ID_AA64ISAR1: keep DPB, JSCVT, FCMA, LRCPC, FRINTTS, SB, SPECRES, BF16, DGH,
-            // I8MM; pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
-            (6, 1) => keep(host, &[0, 12, 16, 20, 32, 36, 40, 44, 48, 52]),
-            // ID_AA64ISAR2: keep RPRES [7:4], BC [23:20], CLRBHB [31:28], RPRFM [51:48],
-            // CSSC [55:52]; WFxT, MOPS, PAC3, 128-bit system registers hidden.
-            (6, 2) => keep(host, &[4, 20, 28, 48, 52]),
+            (6, 0) => clear(host, &[ISAR0::RES0, ISAR0::TME]),
+            // Pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
+            (6, 1) => keep(
+                host,
+                &[
+                    ISAR1::DPB,
+                    ISAR1::JSCVT,
+                    ISAR1::FCMA,
+                    ISAR1::LRCPC,
+                    ISAR1::FRINTTS,
+                    ISAR1::SB,
+                    ISAR1::SPECRES,
+                    ISAR1::BF16,
+                    ISAR1::DGH,
+                    ISAR1::I8MM,
+                ],
+            ),
+            // WFxT, MOPS, PAC3, 128-bit system registers hidden.
+            (6, 2) => keep(
+                host,
+                &[
+                    ISAR2::RPRES,
+                    ISAR2::BC,
+                    ISAR2::CLRBHB,
+                    ISAR2::RPRFM,
+                    ISAR2::CSSC,
+                ],
+            ),
             (6, _) => 0,
             (7, 0) => self.mmfr0(host),
-            // ID_AA64MMFR1: keep HAFDBS, HPDS, LO, PAN, ETS, AFP, nTLBPA, ECBHB.
-            (7, 1) => keep(host, &[0, 12, 16, 20, 36, 44, 48, 60]),
-            // ID_AA64MMFR2: keep CnP, UAO, VARange, CCIDX, ST, AT, TTL, E0PD.
-            (7, 2) => keep(host, &[0, 4, 16, 20, 28, 32, 48, 60]),
+            (7, 1) => keep(
+                host,
+                &[
+                    MMFR1::HAFDBS,
+                    MMFR1::HPDS,
+                    MMFR1::LO,
+                    MMFR1::PAN,
+                    MMFR1::ETS,
+                    MMFR1::AFP,
+                    MMFR1::nTLBPA,
+                    MMFR1::ECBHB,
+                ],
+            ),
+            (7, 2) => keep(
+                host,
+                &[
+                    MMFR2::CnP,
+                    MMFR2::UAO,
+                    MMFR2::VARange,
+                    MMFR2::CCIDX,
+                    MMFR2::ST,
+                    MMFR2::AT,
+                    MMFR2::TTL,
+                    MMFR2::E0PD,
+                ],
+            ),
             _ => 0,
         })
     }
 
     fn mmfr0(&self, host: u64) -> u64 {
-        let pa_range = field(host, 0).min(self.pa_range());
+        let pa_range = MMFR0::PARange.read(host).min(self.pa_range());
         // FEAT_LPA2 only matters with 52-bit addresses; without them it just changes the
         // guest's descriptor format and adds a level, so it is hidden.
         let lpa2 = pa_range >= 6;
-        // Keep ASIDBits [7:4], BigEnd [11:8], BigEndEL0 [19:16].
-        let mut v = keep(host, &[4, 8, 16]) | pa_range;
+        let mut v = keep(host, &[MMFR0::ASIDBits, MMFR0::BigEnd, MMFR0::BigEndEL0]) | pa_range;
 
-        // TGran4 [31:28] (signed: 0 yes, 1 yes with 52-bit, 0xF no).
-        let t4 = field(host, 28);
-        let t4 = match (self.allows(Granule::K4), t4) {
+        // TGran4 (signed: 0 yes, 1 yes with 52-bit, 0xF no).
+        let t4 = match (self.allows(Granule::K4), MMFR0::TGran4.read(host)) {
             (false, _) => 0xf,
             (true, 1) if !lpa2 => 0,
             (true, t) => t,
         };
-        v = set(v, 28, t4);
-        // TGran64 [27:24] (signed: 0 yes, 0xF no).
-        v = set(
-            v,
-            24,
-            if self.allows(Granule::K64) {
-                field(host, 24)
-            } else {
-                0xf
-            },
-        );
-        // TGran16 [23:20] (unsigned: 0 no, 1 yes, 2 yes with 52-bit).
-        let t16 = field(host, 20);
-        let t16 = match (self.allows(Granule::K16), t16) {
+        v = set(v, MMFR0::TGran4, t4);
+        // TGran64 (signed: 0 yes, 0xF no).
+        let t64 = if self.allows(Granule::K64) {
+            MMFR0::TGran64.read(host)
+        } else {
+            0xf
+        };
+        v = set(v, MMFR0::TGran64, t64);
+        // TGran16 (unsigned: 0 no, 1 yes, 2 yes with 52-bit).
+        let t16 = match (self.allows(Granule::K16), MMFR0::TGran16.read(host)) {
             (false, _) => 0,
             (true, 2) if !lpa2 => 1,
             (true, t) => t,
         };
-        v = set(v, 20, t16);
-        // TGran16_2 [35:32], TGran64_2 [39:36], TGran4_2 [43:40]: 0b0001 "not supported at
-        // stage 2" — the guest has no EL2.
-        v = set(v, 32, 1);
-        v = set(v, 36, 1);
-        set(v, 40, 1)
+        v = set(v, MMFR0::TGran16, t16);
+        // TGranN_2: 0b0001 "not supported at stage 2" — the guest has no EL2.
+        v = set(v, MMFR0::TGran16_2, 1);
+        v = set(v, MMFR0::TGran64_2, 1);
+        set(v, MMFR0::TGran4_2, 1)
     }
 }
 
@@ -313,6 +516,11 @@ impl GuestIdRegs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 4-bit field at `shift` (the Arm ARM's bit positions, independent of `fields`).
+    fn field(v: u64, shift: u32) -> u64 {
+        (v >> shift) & 0xf
+    }
 
     /// `-cpu max` on QEMU 10.0.2 (measured, see qemu-facts.md).
     const MAX_MMFR0: u64 = 0x2100_0323_1020_1126;

@@ -15,6 +15,22 @@
 //!
 //! Everything else that traps here is UNDEFINED to the guest.
 
+mod oslsr {
+    tock_registers::register_bitfields! {u64,
+        /// `OSLSR_EL1` (Arm ARM D24.3.21): the OS lock status hyp emulates.
+        pub OSLSR_EL1 [
+            /// `OSLM[1]`.
+            OSLM_1 OFFSET(3) NUMBITS(1) [],
+            /// Not trapped.
+            NTT OFFSET(2) NUMBITS(1) [],
+            /// The OS lock is locked.
+            OSLK OFFSET(1) NUMBITS(1) [],
+            /// `OSLM[0]`.
+            OSLM_0 OFFSET(0) NUMBITS(1) []
+        ]
+    }
+}
+
 use crate::exit::SysReg;
 
 /// `OSLAR_EL1` (write-only).
@@ -94,8 +110,12 @@ impl VcpuSysRegs {
         match (reg, read) {
             (OSLAR_EL1, false) => self.os_lock = value & 1 != 0,
             (OSLSR_EL1, true) => {
-                // OSLM = 0b10 (bit 3 = OSLM[1], bit 0 = OSLM[0]); OSLK is bit 1; nTT = 0.
-                return Emulated::Read((1 << 3) | (u64::from(self.os_lock) << 1));
+                // OSLM = 0b10: the OS lock is implemented (FEAT_DoubleLock's model); nTT = 0.
+                return Emulated::Read(
+                    (oslsr::OSLSR_EL1::OSLM_1::SET
+                        + oslsr::OSLSR_EL1::OSLK.val(u64::from(self.os_lock)))
+                    .value,
+                );
             }
             (OSDLR_EL1, true) => return Emulated::Read(u64::from(self.os_double_lock)),
             (OSDLR_EL1, false) => self.os_double_lock = value & 1 != 0,

@@ -9,9 +9,11 @@
 //! in prose. Field positions: Arm ARM (DDI 0487) D23.2 (`HCR_EL2` D23.2.53, `CPTR_EL2` with
 //! `HCR_EL2.E2H` = 0 D23.2.36, `MDCR_EL2` D23.2.76, `HCRX_EL2` D23.2.54).
 
+use crate::idregs::fields::{DFR0, MMFR0, MMFR1, PFR0, PFR1};
 use aarch64_cpu::registers::{HCR_EL2, MDCR_EL2};
-use tock_registers::fields::FieldValue;
+use tock_registers::fields::{Field, FieldValue};
 use tock_registers::register_bitfields;
+use tock_registers::RegisterLongName;
 
 register_bitfields! {u64,
     /// `CPTR_EL2` when `HCR_EL2.E2H` is 0 (aarch64-cpu names only `TAM`).
@@ -52,46 +54,47 @@ pub struct HostFeatures {
     pub mmfr1: u64,
 }
 
-const fn f(v: u64, shift: u32) -> u64 {
-    (v >> shift) & 0xf
+/// Whether the ID register field `f` of `v` is non-zero (the feature is implemented).
+fn has<R: RegisterLongName>(v: u64, f: Field<u64, R>) -> bool {
+    f.read(v) != 0
 }
 
 impl HostFeatures {
     /// FEAT_RAS (`ID_AA64PFR0_EL1.RAS`, bits 31:28).
     pub fn ras(&self) -> bool {
-        f(self.pfr0, 28) != 0
+        has(self.pfr0, PFR0::RAS)
     }
     /// FEAT_AMUv1 (`ID_AA64PFR0_EL1.AMU`, bits 47:44).
     pub fn amu(&self) -> bool {
-        f(self.pfr0, 44) != 0
+        has(self.pfr0, PFR0::AMU)
     }
     /// FEAT_SVE (`ID_AA64PFR0_EL1.SVE`, bits 35:32).
     pub fn sve(&self) -> bool {
-        f(self.pfr0, 32) != 0
+        has(self.pfr0, PFR0::SVE)
     }
     /// FEAT_SME (`ID_AA64PFR1_EL1.SME`, bits 27:24).
     pub fn sme(&self) -> bool {
-        f(self.pfr1, 24) != 0
+        has(self.pfr1, PFR1::SME)
     }
     /// FEAT_SPE (`ID_AA64DFR0_EL1.PMSVer`, bits 35:32).
     pub fn spe(&self) -> bool {
-        f(self.dfr0, 32) != 0
+        has(self.dfr0, DFR0::PMSVer)
     }
     /// FEAT_TRF (`ID_AA64DFR0_EL1.TraceFilt`, bits 43:40).
     pub fn trf(&self) -> bool {
-        f(self.dfr0, 40) != 0
+        has(self.dfr0, DFR0::TraceFilt)
     }
     /// FEAT_LOR (`ID_AA64MMFR1_EL1.LO`, bits 19:16).
     pub fn lor(&self) -> bool {
-        f(self.mmfr1, 16) != 0
+        has(self.mmfr1, MMFR1::LO)
     }
     /// FEAT_HCX (`ID_AA64MMFR1_EL1.HCX`, bits 43:40): `HCRX_EL2` exists.
     pub fn hcx(&self) -> bool {
-        f(self.mmfr1, 40) != 0
+        has(self.mmfr1, MMFR1::HCX)
     }
     /// FEAT_FGT (`ID_AA64MMFR0_EL1.FGT`, bits 59:56): the fine-grained trap registers exist.
     pub fn fgt(&self) -> bool {
-        f(self.mmfr0, 56) != 0
+        has(self.mmfr0, MMFR0::FGT)
     }
 }
 
