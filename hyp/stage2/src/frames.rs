@@ -60,7 +60,7 @@ pub trait TableAlloc {
 
     /// Writes the descriptor at `entry_pa` of a live table with one single-copy-atomic 64-bit
     /// store (`Relaxed`: the `DSB`s of the break-before-make sequences order it against the
-    /// TLB maintenance for the hardware; see `table.rs`).
+    /// TLB maintenance for the hardware; see the `table` module).
     #[inline(always)]
     fn write_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
         let mask = granule.size() - 1;

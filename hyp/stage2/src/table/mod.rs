@@ -2,10 +2,10 @@
 //!
 //! [`PageTable`] owns a root (concatenated for stage 2 where the geometry says so), a
 //! [`TableAlloc`] and a [`Maintenance`]. Every traversal is the one walker
-//! ([`PageTable::walk`], KVM's `kvm_pgtable_walk`) run with a visitor: map, unmap, protect, translate, `for_each_leaf`,
-//! destroy, the prepare pass that counts the tables an operation needs, the fill of a fresh
-//! subtree before it is published, the collection of a detached subtree's tables, and the
-//! single-entry fast paths. The modules:
+//! ([`PageTable::walk`], KVM's `kvm_pgtable_walk`) run with a visitor: map, unmap, protect,
+//! translate, `for_each_leaf`, destroy, the prepare pass that counts the tables an operation
+//! needs, the fill of a fresh subtree before it is published and the collection of a
+//! detached subtree's tables; the one-entry fast paths are its cached descent. The modules:
 //! - `walk`: the walker, its visits and flags, and the walk cache it owns;
 //! - `ctx`: [`Ctx`], the state visitors work with, and the descriptor encodings;
 //! - `map`, `unmap`, `protect`: the operations, each a visitor;
@@ -24,14 +24,14 @@
 //!   `TLBI VMALLS12E1IS` above 512 entries. Replacing a table by a block flushes the VMID.
 //!   Tables emptied by an unmap are freed only after that flush.
 //!
-//! Fast paths (the lazy-fault, block and per-page-unmap patterns) are walks with a visitor
-//! that refuses, before its first store, anything but the one case it handles: a map of a run
-//! of same-size leaves in one table over invalid entries (the cache maintenance plus the
-//! descriptor stores: no prepare pass, no flush), and an unmap of one valid leaf (one store
-//! plus its invalidation; the general walk still runs, after the store, when the leaf's table
-//! became empty). A refused fast path has changed nothing and the general path runs, so the
-//! rules above hold unchanged. The walk cache makes these one-entry walks start at the table
-//! that holds the entry.
+//! Fast paths (the lazy-fault, block and per-page-unmap patterns) are the walker's cached
+//! descent without its iteration: they descend to the range's entries, check every
+//! condition of the one case they handle before their first store, and otherwise leave the
+//! work to the general path, having changed nothing, so the rules above hold unchanged. A map
+//! of a run of same-size leaves in one table over invalid entries is the cache maintenance
+//! plus the descriptor stores (no prepare pass, no flush); an unmap of one valid leaf is one
+//! store plus its invalidation (the general walk still runs, after the store, when the leaf's
+//! table became empty).
 //!
 //! **Descriptor stores.** Walkers read live tables concurrently, so every store to a live
 //! descriptor is one single-copy-atomic 64-bit store (Arm ARM B2.2.1) through

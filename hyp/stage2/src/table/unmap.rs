@@ -8,7 +8,7 @@ use crate::attrs::DESC_VALID;
 use crate::frames::TableAlloc;
 use crate::maint::Maintenance;
 use core::ops::Range;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// What the fast path of [`PageTable::unmap`] did.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -17,9 +17,9 @@ enum Fast {
     Refused,
     /// Cleared and invalidated the range's one entry: the unmap is done.
     Done,
-    /// Cleared the range's one entry and queued its invalidation; its table is empty and
-    /// the general path frees it.
-    Cleared,
+    /// Cleared the range's one entry and queued its invalidation; its table (this one) is
+    /// empty now, and the general path frees it.
+    Emptied(u64),
 }
 
 impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
@@ -32,8 +32,8 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         }
         match self.unmap_fast(&range) {
             Fast::Done => Ok(()),
-            Fast::Cleared => self.unmap_slow(range, true),
-            Fast::Refused => self.unmap_slow(range, false),
+            Fast::Emptied(table) => self.unmap_slow(range, Some(table)),
+            Fast::Refused => self.unmap_slow(range, None),
         }
     }
 
@@ -62,7 +62,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         c.store_leaf(entry_pa, start, level, old, 0);
         if level > c.geo.start_level() && c.emptied(table, level, start, end) {
             c.defer_invalidate(start);
-            Fast::Cleared
+            Fast::Emptied(table)
         } else {
             c.invalidate_now(start);
             Fast::Done
@@ -70,13 +70,14 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     }
 
     /// [`PageTable::unmap`] beyond its fast path: prepare, walk (splitting blocks, freeing
-    /// emptied tables), flush. `cleared`: the fast path already cleared the range's one
-    /// entry and queued its invalidation, and only the emptied tables remain to be freed.
+    /// emptied tables), flush. `emptied`: the fast path already cleared the range's one
+    /// entry, queued its invalidation and found its table empty; only the emptied tables
+    /// remain to be freed.
     #[inline(never)]
-    fn unmap_slow(&mut self, range: Range<u64>, cleared: bool) -> Result<(), MapError> {
+    fn unmap_slow(&mut self, range: Range<u64>, emptied: Option<u64>) -> Result<(), MapError> {
         // After the fast path cleared the entry, the walk only frees tables: nothing to
         // prepare (and nothing may fail).
-        if !cleared {
+        if emptied.is_none() {
             self.prepare(&range, Op::Split)?;
         }
         // Whole subtrees can only be detached if the range covers a whole table entry.
@@ -90,7 +91,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
                 match v.kind {
                     VisitKind::Leaf => c.unmap_leaf(v),
                     VisitKind::TablePre => c.unmap_table_pre(v),
-                    VisitKind::TablePost => c.unmap_table_post(v),
+                    VisitKind::TablePost => c.unmap_table_post(v, emptied),
                 }
                 Ok(())
             });
@@ -131,13 +132,14 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         v.skip_children = true;
     }
 
-    /// After a table's part of the range: the table goes if nothing in it is valid any more.
-    fn unmap_table_post(&mut self, v: &mut Visit) {
+    /// After a table's part of the range: the table goes if nothing in it is valid any more
+    /// (`known_empty`: a table the fast path found empty).
+    fn unmap_table_post(&mut self, v: &mut Visit, known_empty: Option<u64>) {
         if !self.is_table(v.entry, v.level) {
             return;
         }
         let t = self.table_pa(v.entry);
-        if self.covers(v) || self.emptied(t, v.level + 1, v.addr, v.end) {
+        if known_empty == Some(t) || self.covers(v) || self.emptied(t, v.level + 1, v.addr, v.end) {
             let start = self.start_of(v);
             self.store(v, 0);
             self.defer_invalidate(start);
@@ -146,7 +148,8 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 
     /// Whether the table `t` of level-`level` entries has no valid entry left, `lo..hi`
-    /// being the part of it just cleared; scans outward from the cleared indices.
+    /// being the part of it just cleared: its two neighbours first (where a valid entry is
+    /// likeliest), then the whole table.
     pub(super) fn emptied(&self, t: u64, level: u32, lo: u64, hi: u64) -> bool {
         let shift = self.shift(level);
         let n = self.geo.entries();
@@ -154,26 +157,11 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let first = ((lo >> shift) & mask) as usize;
         let last = (((hi - 1) >> shift) & mask) as usize;
         let table = self.alloc.table(t, self.geo.granule());
-        let valid = |i: usize| table[i].load(Ordering::Relaxed) & DESC_VALID != 0;
-        if valid(first) || valid(last) {
+        let valid = |e: &AtomicU64| e.load(Ordering::Relaxed) & DESC_VALID != 0;
+        let neighbours = [first.wrapping_sub(1), last + 1];
+        if neighbours.iter().any(|&i| table.get(i).is_some_and(valid)) {
             return false;
         }
-        let mut below = first;
-        let mut above = last + 1;
-        while below > 0 || above < n {
-            if below > 0 {
-                below -= 1;
-                if valid(below) {
-                    return false;
-                }
-            }
-            if above < n {
-                if valid(above) {
-                    return false;
-                }
-                above += 1;
-            }
-        }
-        true
+        !table.iter().any(valid)
     }
 }

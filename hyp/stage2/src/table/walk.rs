@@ -4,9 +4,11 @@
 //! recursion, at most one stack frame per level), calling a visitor for the entries the
 //! [`WalkFlags`] ask for. It descends into every table descriptor it meets (including one a
 //! leaf visitor just installed) unless the visitor sets [`Visit::skip_children`]. Every walk
-//! of the table code is this one: [`PageTable::walk`] from the root (or from the deepest
-//! cached table holding the range), the fill of a fresh subtree before it is published, and
-//! the collection of a detached subtree's tables.
+//! of the table code is this one: [`PageTable::walk`] from the root, or, with leaf visits
+//! only, from where the cached descent ([`Ctx::descend`]) through the levels that hold the
+//! range in one entry ends; the fill of a fresh subtree before it is published; the
+//! collection of a detached subtree's tables. The one-entry fast paths of map and unmap are
+//! that cached descent followed by their own stores, without the iteration.
 
 use super::{Ctx, MapError, PageTable, LAST_LEVEL};
 use crate::frames::TableAlloc;
@@ -122,9 +124,9 @@ impl CachedTable {
 }
 
 /// The walk cache: per level, the last table a walk from the root descended into, with the
-/// input span it translates. A walk with leaf visits only starts at the deepest cached table
-/// holding its range instead of the root; so do the one-entry fast paths, which makes them a
-/// read of one descriptor. Cleared whenever a table descriptor is overwritten or a table is
+/// input span it translates. [`Ctx::descend`] starts at the deepest cached table holding its
+/// range instead of the root, which makes the lazy-fault pattern (one page after another in
+/// one table) a read of one descriptor. Cleared whenever a table descriptor is overwritten or a table is
 /// freed (one slot per level: more slots did not help the random-order benchmark).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct WalkCache([CachedTable; 4]);
