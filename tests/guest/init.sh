@@ -7,6 +7,11 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
+# Keep the console's serial port powered. Linux 6.12's serial core runtime-suspends a port
+# idle for 500 ms and resumes it from a workqueue on the next write; a write that lands while
+# it resumes can stay in the transmit buffer until the next write (the tests saw the line after
+# the tmpfs checksum, the first write after a second of work, lost with the VM's poweroff).
+for c in /sys/bus/serial-base/devices/*/power/control; do echo on >"$c"; done 2>/dev/null
 echo "guest: init started"
 ps=$(awk '/KernelPageSize/ {print $2 * 1024; exit}' /proc/self/smaps)
 echo "guest: page size $ps"
