@@ -1839,6 +1839,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "takes minutes under miri")]
     fn one_page_map_into_existing_tables_needs_no_allocation_and_stores_once() {
         for g in Granule::ALL {
             let mut pt = table(g);
@@ -1947,6 +1948,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "takes minutes under miri")]
     fn one_page_unmap_invalidates_at_once_and_frees_the_tables_it_empties() {
         for g in Granule::ALL {
             let mut pt = table(g);
