@@ -4,7 +4,7 @@
 //! `property`, `properties`); its `cpus()`, `memory()` and `chosen()` helpers panic when a node
 //! is missing, and its `raw_reg()` loops forever when a parent has `#address-cells = 0` and
 //! `#size-cells = 0`, so they are avoided. `reg` is decoded here from the raw bytes with the
-//! parent's cell counts, found by walking the tree from the root ([`walk`]), which also gives
+//! parent's cell counts, found by walking the tree from the root (`walk`), which also gives
 //! every node its full path for error messages.
 //!
 //! The tree is parsed before hyp has a heap, so what hyp keeps lives in fixed-size [`List`]s.
@@ -250,7 +250,7 @@ impl NodePath {
         }
     }
 
-    /// The path (its first [`PATH_BYTES`] bytes when it was longer).
+    /// The path (its first `PATH_BYTES` bytes when it was longer).
     pub fn as_str(&self) -> &str {
         // Only whole UTF-8 characters are copied in.
         core::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("?")
@@ -287,7 +287,7 @@ pub enum DtError {
         /// `totalsize` from the header.
         totalsize: u32,
     },
-    /// `fdt` rejected the blob, or [`validate`] found what `fdt` would panic on.
+    /// `fdt` rejected the blob, or `validate` found what `fdt` would panic on.
     Malformed,
     /// No `/memory` node with a usable `reg`.
     NoMemory,

@@ -285,6 +285,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "takes minutes under miri")]
     fn vmid16_never_zero_never_duplicate_never_stale() {
         cycle(16, 262_144, 100);
         let cpu = CpuFeatures::profile("max").unwrap();

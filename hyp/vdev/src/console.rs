@@ -215,6 +215,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "takes minutes under miri")]
     fn memory_stays_bounded_under_any_flood() {
         let mut q = OutQueue::new("f", QUEUE_BYTES);
         let cap = q.ring.len();

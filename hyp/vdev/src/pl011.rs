@@ -455,6 +455,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "takes minutes under miri")]
     fn no_byte_value_grows_the_line_past_its_bound() {
         // A hostile guest writing any byte (control bytes and bytes >= 0x80 included) in a
         // loop, never a newline: the line buffer stays bounded and every emitted line too.

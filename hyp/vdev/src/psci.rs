@@ -671,6 +671,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "takes minutes under miri")]
     fn unknown_functions_return_not_supported() {
         let mut p = psci(2);
         // A cheap deterministic sweep (xorshift) over function IDs and arguments.

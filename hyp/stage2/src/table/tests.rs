@@ -48,6 +48,7 @@ fn tlbi(vmid: u16, input: u64) -> Vec<Event> {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "takes minutes under miri")]
 fn one_page_map_into_existing_tables_needs_no_allocation_and_stores_once() {
     for g in Granule::ALL {
         let mut pt = table(g);
@@ -156,6 +157,7 @@ fn one_block_map_over_invalid_entry_is_one_store_and_over_a_valid_one_is_bbm() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "takes minutes under miri")]
 fn one_page_unmap_invalidates_at_once_and_frees_the_tables_it_empties() {
     for g in Granule::ALL {
         let mut pt = table(g);
