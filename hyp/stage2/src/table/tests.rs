@@ -235,6 +235,7 @@ fn count_below_by_recursion(
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "takes minutes under miri")]
 fn prepare_count_per_level_equals_the_recursive_count() {
     for g in Granule::ALL {
         let cpu = CpuFeatures::profile("max").unwrap();
