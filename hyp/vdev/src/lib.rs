@@ -56,7 +56,9 @@ pub mod sysregs;
 pub mod traps;
 pub mod vgic;
 
-pub use exit::{DataAbort, Exit, ExitError, FaultKind, MmioAccess, SysReg, SysRegAccess};
+pub use exit::{
+    DataAbort, Exit, ExitError, FaultKind, IllegalReturn, MmioAccess, SysReg, SysRegAccess,
+};
 pub use mmio::{AccessSize, MmioError};
 /// vCPU index ↔ MPIDR affinity: one mapping for the device tree, `VMPIDR_EL2`, PSCI and the
 /// vGIC (`platform::mpidr`).
