@@ -45,7 +45,8 @@ pub fn thread_entry(arg: u64) {
 
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN: the guest reads the physical counter and uses
 /// the EL1 physical timer of its own CPU without traps (pinned 1:1; hyp uses neither). The
-/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter.
+/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter. ECV (bit 12) stays 0: the guest's
+/// physical counter is the host's, without `CNTPOFF_EL2` (README, "Timers and counters").
 fn cnthctl_guest() -> u64 {
     (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
 }

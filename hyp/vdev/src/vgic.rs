@@ -8,7 +8,7 @@
 //! - Per interrupt: enable, group, priority (5 implemented bits, matching the 5 priority bits
 //!   of QEMU's virtual CPU interface, `ICH_VTR_EL2.PRIbits` = 4), trigger, active, a software
 //!   pending latch (edges, `ISPENDR`, SGIs) and the line level (level-triggered inputs driven
-//!   by the run loop: the UART's SPI, the virtual timer PPI 27).
+//!   by the run loop: the UART's SPI, the forwarded PPIs of `ppi`: the timers' 27 and 30).
 //!   Pending = latch, or line high for a level-triggered interrupt.
 //! - The vCPU's interface is the hardware `ICH_LR<n>_EL2` registers. The run loop calls
 //!   [`Vgic::sync_lrs`] after every exit of a vCPU (before handling the exit) and
