@@ -218,12 +218,11 @@ impl Vcpu {
     /// masked, MMU and caches off, x0 = `ctx`, pc = `entry`.
     fn reset(&mut self, entry: u64, ctx: u64) {
         // After a CPU_OFF the list registers still hold the last run's interrupts: fold them
-        // into the model, then reset the vCPU's interrupt state as a PE and redistributor that
-        // were powered down and up: its SGIs and PPIs (vGIC), the virtual CPU interface's
-        // active priorities (ICH_AP0R/AP1R), its control (ICH_VMCR_EL2: priority mask 0,
-        // groups disabled) and the list registers (rewritten from the model at entry).
+        // into the model (whose SGIs and PPIs for this vCPU were reset at CPU_OFF, `psci`),
+        // then reset the virtual CPU interface as a PE's at power-up: its active priorities
+        // (ICH_AP0R/AP1R), its control (ICH_VMCR_EL2: priority mask 0, groups disabled) and
+        // the list registers (rewritten from the model at entry).
         self.sync();
-        self.vm.dev.lock().vgic.reset_vcpu(self.id);
         // SAFETY: this CPU's virtual CPU interface, between two runs of its vCPU; only the
         // implemented active-priority registers (n_aprs) are written.
         unsafe {
@@ -895,7 +894,24 @@ impl Vcpu {
             self.regs.x[2],
             self.regs.x[3],
         ];
-        let action = vm.dev.lock().psci.call(self.id, x);
+        let action = {
+            let mut d = vm.dev.lock();
+            let action = d.psci.call(self.id, x);
+            if action == PsciAction::CpuOff {
+                // The vCPU's SGIs and PPIs return to their reset state as it powers down, under
+                // the same lock that marked it off: whatever another vCPU sends it from now
+                // on (an SGI after its CPU_ON) waits for it, as in a redistributor.
+                if !self.synced {
+                    for i in 0..self.n_lrs {
+                        self.lrs[i] = vsys::ich_lr(i);
+                    }
+                    d.vgic.sync_lrs(self.id, &self.lrs[..self.n_lrs]);
+                    self.synced = true;
+                }
+                d.vgic.reset_vcpu(self.id);
+            }
+            action
+        };
         match action {
             PsciAction::Return(v) => self.regs.x[0] = v,
             PsciAction::CpuOn {

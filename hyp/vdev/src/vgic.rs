@@ -502,17 +502,22 @@ impl Vgic {
                 .any(|(n, i)| self.deliverable(i) && self.spi_target(n as u32 + 32) == Some(vcpu))
     }
 
-    /// `vcpu` starts again (PSCI CPU_ON after CPU_OFF): its SGIs and PPIs return to their reset
-    /// state (not pending, not active, disabled, group 0, priority 0, PPIs level-triggered) and
-    /// nothing of them stays listed, as for a PE and redistributor that were powered down and
-    /// up. The CPU interface's state (list registers, `ICH_AP0R/AP1R`, `ICH_VMCR_EL2`) is the
-    /// run loop's to reset; SPIs are the distributor's and keep their state. Call after
+    /// `vcpu` powers down (PSCI CPU_OFF; it starts again from this state at CPU_ON): its SGIs
+    /// and PPIs return to their reset state (not pending, not active, disabled, group 0,
+    /// priority 0, PPIs level-triggered), as for a PE and redistributor that were powered down
+    /// and up. The CPU interface's state (list registers, `ICH_AP0R/AP1R`, `ICH_VMCR_EL2`) is
+    /// the run loop's to reset; SPIs are the distributor's and keep their state (an entry still
+    /// listed is taken back as it was, as [`Vgic::flush_lrs`] does). Call after
     /// [`Vgic::sync_lrs`].
     pub fn reset_vcpu(&mut self, vcpu: usize) {
         let Some(cpu) = self.cpus.get_mut(vcpu) else {
             return;
         };
-        cpu.lrs = [None; MAX_LRS];
+        let stale = core::mem::replace(&mut cpu.lrs, [None; MAX_LRS]);
+        for s in stale.into_iter().flatten() {
+            self.fold(vcpu, s, s.state);
+        }
+        let cpu = &mut self.cpus[vcpu];
         for (i, irq) in cpu.banked.iter_mut().enumerate() {
             *irq = Irq {
                 edge: i < 16,
@@ -1546,6 +1551,26 @@ mod tests {
         g.redist_write(rd1 + gicd::ISENABLER, W, 0xffff).unwrap();
         g.sgi(0, (1 << 1) | (3 << 24));
         assert_eq!(run_to_idle(&mut g, 1), [3]);
+    }
+
+    #[test]
+    fn reset_takes_back_a_listed_spi() {
+        let mut g = linux_init(2, 32);
+        let spi = virt::UART_INTID;
+        g.dist_write(gicd::IROUTER + 8 * u64::from(spi), AccessSize::B8, 1)
+            .unwrap();
+        enable_spi(&mut g, spi);
+        g.set_level(spi, 0, true).unwrap();
+        let mut lrs = [0u64; N_LRS];
+        g.flush_lrs(1, &mut lrs, N_LRS);
+        assert_eq!(listed(&lrs), [(spi, ST_PENDING)]);
+        // vCPU 1 powers off with the SPI still in its list registers (not synced).
+        g.reset_vcpu(1);
+        // The SPI is the distributor's: still pending, and listed again at the next flush.
+        assert!(g.has_deliverable(1));
+        let mut lrs = [0u64; N_LRS];
+        g.flush_lrs(1, &mut lrs, N_LRS);
+        assert_eq!(listed(&lrs), [(spi, ST_PENDING)]);
     }
 
     #[test]
