@@ -4,7 +4,7 @@
 //! fields (aarch64-cpu's, `platform`'s, or the few below that aarch64-cpu does not name).
 //! Tested on the host; the run loop in `hyp` applies them.
 
-use aarch64_cpu::registers::{CNTV_CTL_EL0, ESR_EL1, SCTLR_EL1, SPSR_EL2};
+use aarch64_cpu::registers::{ESR_EL1, SCTLR_EL1, SPSR_EL2};
 use platform::esr::{FaultKind, ISS_DABT};
 use platform::gicv3::ICC_SGI1R_EL1;
 use platform::Mpidr;
@@ -218,15 +218,6 @@ pub fn external_abort_esr(data: bool, from_el0: bool, write: bool) -> u64 {
     (ESR_EL1::EC.val(ec as u64) + ESR_EL1::IL::SET + ESR_EL1::ISS.val(iss.value)).value
 }
 
-/// Whether the virtual timer's interrupt output is asserted, from `CNTV_CTL_EL0`: enabled,
-/// not masked, condition met (Arm ARM D12.8.26).
-pub fn timer_asserted(cntv_ctl: u64) -> bool {
-    let ctl = LocalRegisterCopy::<u64, CNTV_CTL_EL0::Register>::new(cntv_ctl);
-    ctl.is_set(CNTV_CTL_EL0::ENABLE)
-        && !ctl.is_set(CNTV_CTL_EL0::IMASK)
-        && ctl.is_set(CNTV_CTL_EL0::ISTATUS)
-}
-
 /// The `ICC_SGI1R_EL1` value that sends SGI `intid` (0-15) to the one CPU with MPIDR
 /// affinity `mpidr`, or `None` when its Aff0 is above 15 (the target list has 16 bits and hyp
 /// uses no range selector) or `intid` is not an SGI.
@@ -312,15 +303,6 @@ mod tests {
         assert_eq!(El1Reg::CsselrEl1 as usize + 1, state.len());
         assert!(state.contains(&(El1Reg::SctlrEl1, 0x30d0_0800)));
         assert!(state.iter().all(|&(r, v)| r == El1Reg::SctlrEl1 || v == 0));
-    }
-
-    #[test]
-    fn timer_output() {
-        assert!(timer_asserted(0b101));
-        assert!(!timer_asserted(0b111)); // masked
-        assert!(!timer_asserted(0b001)); // not expired
-        assert!(!timer_asserted(0b100)); // disabled
-        assert!(timer_asserted(0b101 | 1 << 8)); // bits above are ignored
     }
 
     #[test]

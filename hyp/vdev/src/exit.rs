@@ -8,8 +8,10 @@
 //! The run loop reads the three registers and calls [`Exit::decode`]; everything else is pure.
 
 use crate::mmio::AccessSize;
+use aarch64_cpu::registers::{ESR_EL2, SPSR_EL2};
 use core::fmt;
 use platform::esr::{Class, Esr, ISS_DABT};
+use tock_registers::fields::Field;
 use tock_registers::{register_bitfields, LocalRegisterCopy};
 
 pub use platform::esr::FaultKind;
@@ -491,26 +493,33 @@ pub struct IllegalReturn {
     pub spsr: u64,
 }
 
-/// `SPSR_EL2.M[4]`: the exit came from AArch32 state.
-const SPSR_M_AARCH32: u64 = 1 << 4;
-/// `SPSR_ELx.IL` (bit 20, the same in the AArch32 and AArch64 layouts).
-const SPSR_IL: u64 = 1 << 20;
-/// N, Z, C, V (bits 31:28) and A, I, F (bits 8:6): the same bits in both layouts.
-const SPSR_NZCV_AIF: u64 = 0xf000_0000 | 0b111 << 6;
-/// `SPSR.M` = EL1h.
-const SPSR_M_EL1H: u64 = 0b0101;
-/// `ESR_ELx.EC` of an Illegal Execution state exception.
-const EC_ILLEGAL_STATE: u64 = 0x0e;
+/// `SPSR_EL2.M[4]`: the exit came from AArch32 state (aarch64-cpu's `M` field is bits 3:0).
+const SPSR_M_AARCH32: Field<u64, SPSR_EL2::Register> = Field::new(1, 4);
 
 /// The [`IllegalReturn`] for an exit whose `SPSR_EL2` is `spsr_el2`, or `None` when the vCPU
 /// was in AArch64 state.
 pub fn aarch32_el0(spsr_el2: u64) -> Option<IllegalReturn> {
-    if spsr_el2 & SPSR_M_AARCH32 == 0 {
+    let from = LocalRegisterCopy::<u64, SPSR_EL2::Register>::new(spsr_el2);
+    if !from.is_set(SPSR_M_AARCH32) {
         return None;
     }
+    // N, Z, C, V, A, I, F and IL sit at the same bits in the AArch32 and AArch64 layouts.
+    let mut spsr = LocalRegisterCopy::<u64, SPSR_EL2::Register>::new(0);
+    for f in [
+        SPSR_EL2::N,
+        SPSR_EL2::Z,
+        SPSR_EL2::C,
+        SPSR_EL2::V,
+        SPSR_EL2::A,
+        SPSR_EL2::I,
+        SPSR_EL2::F,
+    ] {
+        spsr.modify(f.val(from.read(f)));
+    }
+    spsr.modify(SPSR_EL2::IL::SET + SPSR_EL2::M::EL1h);
     Some(IllegalReturn {
-        esr: EC_ILLEGAL_STATE << 26 | 1 << 25,
-        spsr: spsr_el2 & SPSR_NZCV_AIF | SPSR_IL | SPSR_M_EL1H,
+        esr: (ESR_EL2::EC::IllegalExecutionState + ESR_EL2::IL::SET).value,
+        spsr: spsr.get(),
     })
 }
 

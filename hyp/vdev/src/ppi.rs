@@ -22,6 +22,9 @@
 //! table in `hyp/src/vm/ppi.rs`; the per-device "asserted" decisions are here, pure:
 //! [`timer_asserted`] for the generic timers and [`pmu_asserted`] for the PMU.
 
+use aarch64_cpu::registers::CNTV_CTL_EL0;
+use tock_registers::LocalRegisterCopy;
+
 /// One forwarded PPI: the physical INTID hyp takes and the INTID the guest sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Line {
@@ -96,17 +99,22 @@ impl Forwarder {
 /// and the `CNTx_CTL_EL0` field descriptions):
 /// ENABLE (bit 0) set, IMASK (bit 1) clear, ISTATUS (bit 2) set (the timer condition is met).
 pub fn timer_asserted(ctl: u64) -> bool {
-    const ENABLE: u64 = 1 << 0;
-    const IMASK: u64 = 1 << 1;
-    const ISTATUS: u64 = 1 << 2;
-    ctl & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
+    // CNTV_CTL_EL0 and CNTP_CTL_EL0 have the same fields.
+    let ctl = LocalRegisterCopy::<u64, CNTV_CTL_EL0::Register>::new(ctl);
+    ctl.is_set(CNTV_CTL_EL0::ENABLE)
+        && !ctl.is_set(CNTV_CTL_EL0::IMASK)
+        && ctl.is_set(CNTV_CTL_EL0::ISTATUS)
 }
+
+/// `PMCR_EL0.E` (bit 0): the event counters and the cycle counter count (aarch64-cpu has no
+/// `PMCR_EL0`).
+const PMCR_E: u64 = 1 << 0;
 
 /// Whether the PMU asserts its overflow interrupt request (Arm ARM D13, "The
 /// Performance Monitors Extension", overflow interrupt requests): counting enabled (`PMCR_EL0.E`, bit 0) and a counter with
 /// both its overflow flag (`PMOVSSET_EL0`) and its interrupt enable (`PMINTENSET_EL1`) set.
 pub fn pmu_asserted(pmcr: u64, pmovsset: u64, pmintenset: u64) -> bool {
-    pmcr & 1 != 0 && pmovsset & pmintenset != 0
+    pmcr & PMCR_E != 0 && pmovsset & pmintenset != 0
 }
 
 #[cfg(test)]
