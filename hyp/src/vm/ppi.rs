@@ -18,9 +18,12 @@ pub struct Forwarded {
     pub asserted: fn() -> bool,
 }
 
-/// The forwarded PPIs, indexed as `vdev::ppi::Forwarder`'s lines (at most
-/// `vdev::ppi::MAX_FORWARDED`).
-pub static FORWARDED: [Forwarded; 2] = [
+/// How many PPIs are forwarded.
+const N: usize = 2;
+const _: () = assert!(N <= vdev::ppi::MAX_FORWARDED, "vdev::ppi::Forwarder has too few lines");
+
+/// The forwarded PPIs, indexed as `vdev::ppi::Forwarder`'s lines.
+pub static FORWARDED: [Forwarded; N] = [
     // The EL1 virtual timer (the guest's CNTV_*, counting CNTPCT - CNTVOFF_EL2).
     Forwarded {
         line: Line {
