@@ -167,7 +167,7 @@ impl Vcpu {
             vsys::set_cnthctl_el2(cnthctl_guest());
             vsys::set_cntvoff_el2(vm.cntvoff);
             // Trap controls (vdev::traps: each bit with its reason).
-            let c = traps::guest_controls(&vm.host, vm.fwb, vsys::mdcr_el2());
+            let c = traps::guest_controls(&vm.host, vm.fwb, super::pmu::hpmn(&vm.host));
             vsys::set_mdcr_el2(c.mdcr);
             vsys::set_cptr_el2(c.cptr);
             if let Some(hcrx) = c.hcrx {
@@ -210,6 +210,7 @@ impl Vcpu {
         let wrps = dfr0.read(ID_AA64DFR0_EL1::WRPs) as u32 + 1;
         // SAFETY: the guest's own EL1 state on its dedicated CPU.
         unsafe { vsys::reset_el1_state(brps, wrps) };
+        super::pmu::reset(&self.vm.host);
         barrier::isb();
         if self.timer_masked {
             self.timer_masked = false;

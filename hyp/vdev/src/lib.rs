@@ -11,6 +11,7 @@
 //! - [`console`]: a VM's bounded queue of output lines, with counted drops.
 //! - [`vgic`]: a GICv3 distributor and redistributors, SGIs, and list-register management.
 //! - [`idregs`]: the guest's sanitized view of the ID registers.
+//! - [`pmu`]: the guest PMU's reset state and overflow interrupt level.
 //! - [`mmio`]: the access-size and error types every MMIO device model shares.
 //!
 //! # How the run loop uses this crate (per exit of vCPU `v`)
@@ -46,6 +47,7 @@ pub mod exit;
 pub mod idregs;
 pub mod mmio;
 pub mod pl011;
+pub mod pmu;
 pub mod psci;
 pub mod sysregs;
 pub mod traps;
