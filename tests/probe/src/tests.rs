@@ -16,10 +16,17 @@
 //! | `isolation` | every 2 MiB of the IPA space and every stage-2 granule within 64 MiB of each edge of RAM and the devices, read and written: outside RAM and the devices each access must abort | |
 //! | `secret` | fills its free RAM with a secret pattern and holds it while other VMs probe | `probe.hold_ms` (3000) |
 //! | `hypervisor` | the `/hypervisor` node's stage-2 granule and IPA size (against `probe.s2`, `probe.ipa` when given) | `probe.s2`, `probe.ipa` |
+//! | `pmu-id` | `ID_AA64DFR0_EL1.PMUVer`, `PMCR_EL0.N` and the `/pmu` node as expected (PMUVer 0: PMU registers UNDEFINED, no node) | `probe.pmuver` (6), `probe.counters` (6) |
+//! | `pmu-cycles` | the cycle counter is monotonic and 2x the loop takes 2x the cycles (10%) | |
+//! | `pmu-instructions` | `INST_RETIRED` counts a 200,000-instruction loop to within 64 (needs QEMU `-icount`) | |
+//! | `pmu-swinc` | `PMSWINC_EL0` increments a `SW_INCR` counter exactly | |
+//! | `pmu-el2` | 2,000 HVC calls add no more cycles or instructions than the guest's own, even with the `NSH` filter set | |
+//! | `pmu-overflow` | a counter overflow raises INTID 23 through the vGIC, level-sensitive | |
+//! | `pmu-reset` | 2 vCPUs (MMU on, as `memory`): vCPU 1 restarted (CPU_ON) finds every PMU register it had set zeroed | |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
-use crate::{arch, hostile, isolation, memtest, mmu, platform, say};
+use crate::{arch, hostile, isolation, memtest, mmu, platform, pmu, say};
 
 /// What a test reports: PASS with its figures, or FAIL with why, each a short line.
 pub struct Verdict {
@@ -100,6 +107,13 @@ const TESTS: &[(&str, Test)] = &[
     ("faults", memtest::faults),
     ("isolation", isolation::isolation),
     ("secret", isolation::secret),
+    ("pmu-id", pmu::id),
+    ("pmu-cycles", pmu::cycles),
+    ("pmu-instructions", pmu::instructions),
+    ("pmu-swinc", pmu::swinc),
+    ("pmu-el2", pmu::el2),
+    ("pmu-overflow", pmu::overflow),
+    ("pmu-reset", pmu::reset),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).
