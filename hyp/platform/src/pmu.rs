@@ -30,6 +30,13 @@ pub const fn pmu_version(dfr0: u64) -> u8 {
     ((dfr0 >> 8) & 0xf) as u8
 }
 
+/// Whether the CPU implements PMUv3 (any version; `PMUVer` 0 is no PMU, 0b1111 an
+/// IMPLEMENTATION DEFINED one): its PMU registers exist at EL2.
+pub const fn has_pmuv3(dfr0: u64) -> bool {
+    let v = pmu_version(dfr0);
+    v != 0 && v != PMUVER_IMPDEF
+}
+
 /// The `PMUVer` a guest on a CPU with `ID_AA64DFR0_EL1` = `dfr0` is shown: `None` (no PMU)
 /// below FEAT_PMUv3p5 or for an IMPLEMENTATION DEFINED PMU; else the CPU's version capped at
 /// PMUv3p5, the newest whose EL2 controls hyp sets (later versions add features such as the
@@ -61,5 +68,7 @@ mod tests {
         assert_eq!(guest_pmu_version(9 << 8), Some(6));
         assert_eq!(guest_pmu_version(0xf << 8), None);
         assert_eq!((PMU_INTID, PMU_PPI), (23, 7));
+        assert!(has_pmuv3(1 << 8) && has_pmuv3(4 << 8) && has_pmuv3(6 << 8));
+        assert!(!has_pmuv3(0) && !has_pmuv3(0xf << 8));
     }
 }

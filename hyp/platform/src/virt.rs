@@ -57,6 +57,8 @@ pub const UART_INTID: u32 = spi_intid(UART_SPI);
 pub const UART_CLOCK_HZ: u32 = 24_000_000;
 /// The EL1 virtual timer's interrupt (Arm BSA: PPI 11, INTID 27).
 pub const VTIMER_INTID: u32 = 27;
+/// The EL1 physical timer's interrupt (Arm BSA: PPI 14, INTID 30; non-secure).
+pub const PTIMER_INTID: u32 = 30;
 /// The GIC maintenance interrupt (Arm BSA: PPI 9, INTID 25).
 pub const MAINTENANCE_INTID: u32 = 25;
 /// Generic timer PPIs (the device tree's numbers) in `arm,armv8-timer` order: secure

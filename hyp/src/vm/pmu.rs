@@ -1,7 +1,9 @@
 //! The guest's PMU on its vCPU's CPU: passed through when the guest gets it
-//! (`platform::pmu`), reset when a vCPU starts, and its overflow interrupt's level.
+//! (`platform::pmu`), reset when a vCPU starts, and its overflow interrupt's level (forwarded
+//! as PPI 23 by `super::ppi`).
 
 use el2::arch::vsys;
+use platform::pmu::{guest_pmu_version, has_pmuv3};
 use vdev::pmu;
 use vdev::traps::HostFeatures;
 
@@ -15,22 +17,26 @@ pub fn hpmn(host: &HostFeatures) -> u64 {
     }
 }
 
-/// Resets the guest-visible PMU state for a vCPU that starts (`vdev::pmu::reset_state`):
-/// nothing counted by a previous run of this CPU (this VM's or another's) is left.
+/// Resets the PMU for a vCPU that starts (`vdev::pmu::reset_state`): nothing counted by a
+/// previous run of this CPU (this VM's or another's) is left. Done on every CPU with PMUv3,
+/// also where the guest does not get it: then no overflow interrupt can be left enabled either.
 pub fn reset(host: &HostFeatures) {
-    if host.guest_pmu().is_none() {
+    if !has_pmuv3(host.dfr0) {
         return;
     }
     let r = pmu::reset_state(vsys::pmcr_el0());
-    // SAFETY: the CPU has PMUv3 (guest_pmu), `r.counters` is its own PMCR_EL0.N, and the
+    // SAFETY: the CPU has PMUv3 (has_pmuv3), `r.counters` is its own PMCR_EL0.N, and the
     // caller (the vCPU's reset) owns this CPU's EL1 state.
     unsafe { vsys::reset_pmu(r.pmcr_clear, r.clear_mask, r.counters) };
 }
 
-/// Whether the PMU's overflow interrupt request is asserted on this CPU (only called when the
-/// guest has the PMU: the registers are UNDEFINED without one).
+/// Whether the PMU's overflow interrupt request is asserted on this CPU (`vdev::ppi`): never
+/// when the guest does not get the PMU (its registers trap, and `reset` left them off).
 pub fn overflow_asserted() -> bool {
-    pmu::overflow_asserted(
+    if guest_pmu_version(vsys::id_reg(5, 0)).is_none() {
+        return false;
+    }
+    vdev::ppi::pmu_asserted(
         vsys::pmcr_el0(),
         vsys::pmovsset_el0(),
         vsys::pmintenset_el1(),

@@ -6,6 +6,7 @@
 //! across exits and are never switched. Only what hyp's own code may clobber is saved at each
 //! exit: GPRs, SP_EL0, ELR/SPSR, FP/SIMD (`el2::arch::guest`).
 
+use super::ppi::{self, FORWARDED};
 use super::{Region, Vm, VmState};
 use crate::gic;
 use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1};
@@ -15,11 +16,12 @@ use el2::arch::{barrier, sysreg, vsys};
 use el2::exc::{self, SPSR_EL1H_MASKED};
 use el2::trap::{Kind, Source, Vector};
 use platform::esr::Esr;
-use platform::virt::{MAINTENANCE_INTID, UART_INTID, VTIMER_INTID};
+use platform::virt::{MAINTENANCE_INTID, UART_INTID};
 use stage2::{Attrs, MapOpts};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
 use vdev::mmio::MmioError;
+use vdev::ppi::{Change, Forwarder};
 use vdev::psci::PsciAction;
 use vdev::sysregs::{Emulated, VcpuSysRegs};
 use vdev::traps;
@@ -82,8 +84,9 @@ struct Vcpu {
     vm: &'static Vm,
     id: usize,
     regs: GuestRegs,
-    /// The virtual timer's line is high in the vGIC and the physical PPI 27 is disabled.
-    timer_masked: bool,
+    /// The forwarded PPIs (`ppi::FORWARDED`): which lines are high in the vGIC, their
+    /// physical PPIs disabled.
+    ppis: Forwarder,
     n_lrs: usize,
     lrs: [u64; MAX_LRS],
     /// The model holds this exit's list-register state (`sync` ran since the last entry).
@@ -108,7 +111,7 @@ pub fn thread(vm: &'static Vm, id: usize) {
             vm,
             id,
             regs: GuestRegs::default(),
-            timer_masked: false,
+            ppis: Forwarder::default(),
             n_lrs: list_registers(),
             lrs: [0; MAX_LRS],
             synced: true,
@@ -139,7 +142,9 @@ pub fn thread(vm: &'static Vm, id: usize) {
                 vsys::set_ich_lr(i, 0);
             }
         }
-        gic::set_ppi(VTIMER_INTID, false);
+        for f in &FORWARDED {
+            gic::set_ppi(f.line.physical, false);
+        }
     }
     if vm.live.fetch_sub(1, Ordering::AcqRel) == 1 {
         vm.finish();
@@ -188,7 +193,9 @@ impl Vcpu {
             sysreg::set_hcr_el2(c.hcr);
         }
         barrier::isb();
-        gic::set_ppi(VTIMER_INTID, true);
+        for f in &FORWARDED {
+            gic::set_ppi(f.line.physical, true);
+        }
     }
 
     /// Architectural entry state (booting.rst; PSCI CPU_ON, DEN 0022 §6.4.3): EL1h, DAIF
@@ -212,9 +219,12 @@ impl Vcpu {
         unsafe { vsys::reset_el1_state(brps, wrps) };
         super::pmu::reset(&self.vm.host);
         barrier::isb();
-        if self.timer_masked {
-            self.timer_masked = false;
-            gic::set_ppi(VTIMER_INTID, true);
+        // The timers were reset (disabled) above: every forwarded line is low again.
+        let mut d = self.vm.dev.lock();
+        for i in self.ppis.reset() {
+            let f = &FORWARDED[i];
+            let _ = d.vgic.set_level(f.line.virt, self.id, false);
+            gic::set_ppi(f.line.physical, true);
         }
     }
 
@@ -248,7 +258,7 @@ impl Vcpu {
             }
             // At most one line of queued console output (never waits for the console).
             super::output::pump_one();
-            self.timer_check();
+            self.ppi_check();
             // The list registers are rewritten only after the model was brought up to date
             // at this exit (`sync`); an exit that touched no interrupt state (most PL011
             // accesses, ID registers, PSCI) re-enters with the list registers as they are.
@@ -337,11 +347,11 @@ impl Vcpu {
         unsafe {
             for i in 0..self.n_lrs {
                 let mut lr = self.lrs[i];
-                // The virtual timer is level-triggered and its physical PPI is off while the
+                // A forwarded PPI is level-sensitive and its physical PPI is off while the
                 // line is high: ask for a maintenance interrupt at its deactivation to look at
-                // the timer again (the guest reprograms it without exiting).
+                // the device again (the guest reprograms a timer without exiting).
                 let lr_reg = LocalRegisterCopy::<u64, ICH_LR0_EL2::Register>::new(lr);
-                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(VTIMER_INTID)
+                if ppi::is_forwarded_virt(lr_reg.read(ICH_LR0_EL2::vINTID))
                     && lr_reg.read(ICH_LR0_EL2::State) != 0
                 {
                     lr |= lr_eoi();
@@ -355,21 +365,27 @@ impl Vcpu {
     /// Physical interrupts pending at this CPU, acknowledged and handled (after `sync`).
     fn physical_irqs(&mut self) {
         while let Some(iar) = gic::ack() {
-            match gic::intid(iar) {
-                VTIMER_INTID => {
-                    // Off until the guest has dealt with it (timer_check), then EOI.
-                    gic::set_ppi(VTIMER_INTID, false);
-                    self.timer_masked = true;
+            let intid = gic::intid(iar);
+            if let Some(i) = ppi::by_physical(intid) {
+                // A forwarded device's line: off until the guest has dealt with it
+                // (ppi_check), then EOI.
+                let f = &FORWARDED[i];
+                if self.ppis.fired(i, (f.asserted)()) == Some(Change::Raise) {
+                    gic::set_ppi(f.line.physical, false);
                     let k = self
                         .vm
                         .dev
                         .lock()
                         .vgic
-                        .set_level(VTIMER_INTID, self.id, true);
+                        .set_level(f.line.virt, self.id, true);
                     if let Ok(k) = k {
                         self.vm.kick(k, self.id);
                     }
                 }
+                gic::eoi(iar);
+                continue;
+            }
+            match intid {
                 MAINTENANCE_INTID => {
                     // The model already folded the list registers back (sync_lrs); clear the
                     // conditions so the level drops: EOI bits of deactivated entries, UIE.
@@ -390,24 +406,27 @@ impl Vcpu {
         }
     }
 
-    /// The virtual timer's line: while it is high in the vGIC the physical PPI is off; once
-    /// the guest has masked, disabled or reprogrammed the timer, the line drops and the PPI
-    /// is back on.
-    fn timer_check(&mut self) {
-        if !self.timer_masked {
+    /// The forwarded lines that are high (`vdev::ppi`): while one is high in the vGIC its
+    /// physical PPI is off; once the guest has masked, disabled or reprogrammed the device,
+    /// the line drops and the PPI is back on.
+    fn ppi_check(&mut self) {
+        if !self.ppis.any_high() {
             return;
         }
-        let ctl = vsys::cntv_ctl_el0();
-        if !exc::timer_asserted(ctl) {
+        for (i, f) in FORWARDED.iter().enumerate() {
+            if !self.ppis.is_high(i) || (f.asserted)() {
+                continue;
+            }
             self.sync();
-            let _ = self
-                .vm
-                .dev
-                .lock()
-                .vgic
-                .set_level(VTIMER_INTID, self.id, false);
-            self.timer_masked = false;
-            gic::set_ppi(VTIMER_INTID, true);
+            if self.ppis.check(i, false) == Some(Change::Lower) {
+                let _ = self
+                    .vm
+                    .dev
+                    .lock()
+                    .vgic
+                    .set_level(f.line.virt, self.id, false);
+                gic::set_ppi(f.line.physical, true);
+            }
         }
     }
 
@@ -425,7 +444,7 @@ impl Vcpu {
             if self.vm.stopped() {
                 return;
             }
-            self.timer_check();
+            self.ppi_check();
             if self.vm.dev.lock().vgic.has_deliverable(self.id) {
                 return;
             }
@@ -704,6 +723,9 @@ impl Vcpu {
             Region::Gicd(off) | Region::Gicr(off) => {
                 vm.stats.gic.fetch_add(1, Ordering::Relaxed);
                 self.sync();
+                // The guest may have dealt with a device since the last exit: the registers it
+                // reads (GICR_ISPENDR0) show the lines as they are now.
+                self.ppi_check();
                 let mut d = vm.dev.lock();
                 let dist = matches!(region, Region::Gicd(_));
                 if acc.write {

@@ -12,6 +12,8 @@
 //! - [`vgic`]: a GICv3 distributor and redistributors, SGIs, and list-register management.
 //! - [`idregs`]: the guest's sanitized view of the ID registers.
 //! - [`pmu`]: the guest PMU's reset state and overflow interrupt level.
+//! - [`ppi`]: forwarded level-sensitive PPIs (the EL1 timers): when the virtual line rises
+//!   and falls.
 //! - [`mmio`]: the access-size and error types every MMIO device model shares.
 //!
 //! # How the run loop uses this crate (per exit of vCPU `v`)
@@ -29,8 +31,10 @@
 //!      `ICC_SGI1R_EL1` (or `ICC_ASGI1R_EL1`/`ICC_SGI0R_EL1`) → [`vgic::Vgic::sgi`]; else
 //!      inject an undefined instruction. Advance ELR by 4.
 //!    - `Wfx(Wfi)`: advance ELR; idle unless [`vgic::Vgic::has_deliverable`]`(v)`.
-//!    - Physical IRQ (timer, maintenance, kick): sample the virtual timer and
-//!      `vgic.set_level(VTIMER_INTID, v, fired)`.
+//!    - Physical IRQ of a forwarded PPI (the timers): [`ppi::Forwarder::fired`] with the
+//!      device's output; apply the [`ppi::Change`] (`vgic.set_level(virt, v, ..)` and the
+//!      physical PPI's enable). Before vGIC accesses, entries and while idle,
+//!      [`ppi::Forwarder::check`] each high line.
 //! 3. Kick (IPI) every vCPU in the returned [`vgic::VcpuSet`]s other than `v`.
 //! 4. [`vgic::Vgic::flush_lrs`]`(v, &mut lrs, n_lrs)`, write the LRs, set `ICH_HCR_EL2.UIE`
 //!    if `underflow`, enter the guest.
@@ -48,6 +52,7 @@ pub mod idregs;
 pub mod mmio;
 pub mod pl011;
 pub mod pmu;
+pub mod ppi;
 pub mod psci;
 pub mod sysregs;
 pub mod traps;

@@ -1,12 +1,10 @@
 //! The guest's PMU (PMUv3, passed through: [`platform::pmu`] says when and why): the state a
-//! vCPU starts with, and when its overflow interrupt is asserted.
+//! vCPU starts with. When its overflow interrupt is asserted is [`crate::ppi::pmu_asserted`].
 //!
 //! The registers live in the hardware of the vCPU's own CPU (pinned one to one); hyp writes
 //! them only when a vCPU starts (`el2::arch::vsys::reset_pmu`) and reads three of them to
-//! follow the overflow interrupt's level ([`overflow_asserted`]).
+//! follow the overflow interrupt's level.
 
-/// `PMCR_EL0.E` (bit 0): counters < HPMN enabled.
-pub const PMCR_E: u64 = 1 << 0;
 /// `PMCR_EL0.P` (bit 1, write-only): reset every event counter to zero.
 pub const PMCR_P: u64 = 1 << 1;
 /// `PMCR_EL0.C` (bit 2, write-only): reset the cycle counter to zero.
@@ -60,46 +58,22 @@ pub const fn reset_state(pmcr: u64) -> ResetState {
     }
 }
 
-/// Whether the PMU's overflow interrupt request is asserted (Arm ARM D13, "Generating
-/// overflow interrupt requests"): a counter has overflowed (`PMOVSSET_EL0`) with its
-/// interrupt enabled (`PMINTENSET_EL1`) while the counters are enabled (`PMCR_EL0.E`; every
-/// counter is below HPMN, so `MDCR_EL2.HPME` plays no part). The request is level-sensitive:
-/// it stays asserted until the guest clears the overflow flag or the interrupt enable.
-pub const fn overflow_asserted(pmcr: u64, pmovsset: u64, pmintenset: u64) -> bool {
-    pmcr & PMCR_E != 0 && pmovsset & pmintenset != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn reset_clears_every_counter_the_cpu_has() {
-        // QEMU's max: PMCR_EL0 reset 0x41013000 style, N = 6.
+        // QEMU 10 max: PMCR_EL0 reads 0x41013000 at EL2, N = 6.
         let r = reset_state(0x4101_3000);
         assert_eq!(r.counters, 6);
         assert_eq!(r.clear_mask, 0x8000_003f);
         assert_eq!(r.pmcr_clear, 0b110);
-        assert_eq!(r.pmcr & PMCR_E, 0);
+        assert_eq!(r.pmcr, 0);
         assert_eq!(r.zero, 0);
         // 31 event counters: all of 30:0, and the cycle counter.
         assert_eq!(reset_state(31 << 11).clear_mask, 0xffff_ffff);
         assert_eq!(reset_state(0).clear_mask, CYCLE_COUNTER);
         assert_eq!(pmcr_n(0x4102_3000), 6);
-    }
-
-    #[test]
-    fn overflow_needs_enable_flag_and_interrupt_enable() {
-        assert!(overflow_asserted(PMCR_E, 1 << 3, 1 << 3));
-        assert!(overflow_asserted(
-            PMCR_E | 0x40,
-            CYCLE_COUNTER,
-            CYCLE_COUNTER | 1
-        ));
-        // Counting off (PMCR_EL0.E = 0): no request even with a flag and an enable.
-        assert!(!overflow_asserted(0, 1, 1));
-        // A flag without its interrupt enable, an enable without a flag.
-        assert!(!overflow_asserted(PMCR_E, 1 << 2, 1 << 3));
-        assert!(!overflow_asserted(PMCR_E, 0, u64::MAX));
     }
 }

@@ -86,6 +86,9 @@ wo!(/// `HDFGWTR_EL2` (FEAT_FGT only).
     set_hdfgwtr_el2, "S3_4_C3_C1_5");
 ro!(/// `CNTV_CTL_EL0` (the guest's virtual timer control, live while its vCPU is pinned here).
     cntv_ctl_el0, "cntv_ctl_el0");
+ro!(/// `CNTP_CTL_EL0` (the guest's EL1 physical timer control, live while its vCPU is pinned
+    /// here: `CNTHCTL_EL2.EL1PCEN` gives it to the guest).
+    cntp_ctl_el0, "cntp_ctl_el0");
 rw!(/// `ICC_SRE_EL2`.
     icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5");
 rw!(/// `ICC_PMR_EL1`.
