@@ -2,6 +2,7 @@
 //! (`platform::pmu`), reset when a vCPU starts, and its overflow interrupt's level (forwarded
 //! as PPI 23 by `super::ppi`).
 
+use aarch64_cpu::registers::MDCR_EL2;
 use el2::arch::vsys;
 use platform::pmu::{guest_pmu_version, has_pmuv3};
 use vdev::pmu;
@@ -13,7 +14,7 @@ pub fn hpmn(host: &HostFeatures) -> u64 {
     if host.guest_pmu().is_some() {
         pmu::pmcr_n(vsys::pmcr_el0())
     } else {
-        vsys::mdcr_el2() & 0x1f
+        MDCR_EL2::HPMN.read(vsys::mdcr_el2())
     }
 }
 
