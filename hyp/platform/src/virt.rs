@@ -21,9 +21,9 @@
 //!
 //! Interrupts: the PL011 on SPI [`UART_SPI`] (INTID [`UART_INTID`]), level-triggered; the
 //! generic timer's PPIs ([`TIMER_PPIS`], INTIDs 29, 30, 27, 26); the GIC maintenance interrupt
-//! on PPI 9 (INTID [`MAINTENANCE_INTID`]). The virtual timer (INTID [`VTIMER_INTID`]) and the
-//! maintenance interrupt have the same INTIDs on the host (Arm BSA): hyp takes the host's
-//! virtual timer PPI and raises the guest's.
+//! on PPI 9 (INTID [`MAINTENANCE_INTID`]). The EL1 virtual and physical timers (INTIDs
+//! [`VTIMER_INTID`], [`PTIMER_INTID`]) and the maintenance interrupt have the same INTIDs on the
+//! host (Arm BSA): hyp takes the host's timer PPIs and raises the guest's.
 //!
 //! Sources: QEMU `hw/arm/virt.c` (`base_memmap`, `a15irqmap`), the Arm Base System
 //! Architecture (PPI assignments), IHI 0069 (GICv3 frames).

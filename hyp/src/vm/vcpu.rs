@@ -45,7 +45,8 @@ pub fn thread_entry(arg: u64) {
 
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN: the guest reads the physical counter and uses
 /// the EL1 physical timer of its own CPU without traps (pinned 1:1; hyp uses neither). The
-/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter.
+/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter. ECV (bit 12) stays 0: the guest's
+/// physical counter is the host's, without `CNTPOFF_EL2` (README, "Timers and counters").
 fn cnthctl_guest() -> u64 {
     (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
 }
@@ -54,6 +55,13 @@ fn cnthctl_guest() -> u64 {
 fn list_registers() -> usize {
     let vtr = LocalRegisterCopy::<u64, ICH_VTR_EL2::Register>::new(vsys::ich_vtr_el2());
     (vtr.read(ICH_VTR_EL2::ListRegs) as usize + 1).min(MAX_LRS)
+}
+
+/// The `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` registers this CPU has: 1, 2 or 4 for 5, 6 or 7
+/// bits of preemption (`ICH_VTR_EL2.PREbits` + 1).
+fn active_priority_registers() -> usize {
+    let vtr = LocalRegisterCopy::<u64, ICH_VTR_EL2::Register>::new(vsys::ich_vtr_el2());
+    1 << (vtr.read(ICH_VTR_EL2::PREbits).clamp(4, 6) - 4)
 }
 
 /// ICH_HCR_EL2: the virtual CPU interface on (En), with the underflow maintenance interrupt
@@ -88,6 +96,11 @@ struct Vcpu {
     /// physical PPIs disabled.
     ppis: Forwarder,
     n_lrs: usize,
+    /// `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` registers of this CPU.
+    n_aprs: usize,
+    /// The CPU has FEAT_WFxT (`ID_AA64ISAR2_EL1.WFxT` = 2), so the guest sees WFIT and hyp
+    /// can wait for a trapped WFIT's deadline with WFIT itself.
+    wfxt: bool,
     lrs: [u64; MAX_LRS],
     /// The model holds this exit's list-register state (`sync` ran since the last entry).
     synced: bool,
@@ -113,6 +126,9 @@ pub fn thread(vm: &'static Vm, id: usize) {
             regs: GuestRegs::default(),
             ppis: Forwarder::default(),
             n_lrs: list_registers(),
+            n_aprs: active_priority_registers(),
+            // ID_AA64ISAR2_EL1.WFxT, bits [3:0]: 0b0010 = WFET and WFIT.
+            wfxt: vsys::id_reg(6, 2) & 0xf >= 2,
             lrs: [0; MAX_LRS],
             synced: true,
             exit_at: None,
@@ -202,8 +218,24 @@ impl Vcpu {
     /// masked, MMU and caches off, x0 = `ctx`, pc = `entry`.
     fn reset(&mut self, entry: u64, ctx: u64) {
         // After a CPU_OFF the list registers still hold the last run's interrupts: fold them
-        // into the model so the first entry rewrites them from it.
+        // into the model (whose SGIs and PPIs for this vCPU were reset at CPU_OFF, `psci`),
+        // then reset the virtual CPU interface as a PE's at power-up: its active priorities
+        // (ICH_AP0R/AP1R), its control (ICH_VMCR_EL2: priority mask 0, groups disabled) and
+        // the list registers (rewritten from the model at entry).
         self.sync();
+        // SAFETY: this CPU's virtual CPU interface, between two runs of its vCPU; only the
+        // implemented active-priority registers (n_aprs) are written.
+        unsafe {
+            for n in 0..self.n_aprs {
+                vsys::set_ich_apr(false, n, 0);
+                vsys::set_ich_apr(true, n, 0);
+            }
+            vsys::set_ich_vmcr_el2(0);
+            for i in 0..self.n_lrs {
+                vsys::set_ich_lr(i, 0);
+            }
+        }
+        self.lrs = [0; MAX_LRS];
         self.regs = GuestRegs::default();
         self.regs.x[0] = ctx;
         self.regs.elr = entry;
@@ -282,6 +314,18 @@ impl Vcpu {
                 }
             }
             let from = Vector::from_index(vector);
+            if let (Source::Lower64, Kind::Sync | Kind::Irq | Kind::Fiq) = (from.source, from.kind)
+            {
+                if let Some(ill) = vdev::exit::aarch32_el0(self.regs.spsr) {
+                    if from.kind != Kind::Sync {
+                        vm.stats.irq.fetch_add(1, Ordering::Relaxed);
+                        self.sync();
+                        self.physical_irqs();
+                    }
+                    self.refuse_aarch32_el0(ill);
+                    continue;
+                }
+            }
             match (from.source, from.kind) {
                 (Source::Lower64, Kind::Sync) => {
                     if let Some(stop) = self.sync_exit() {
@@ -430,8 +474,34 @@ impl Vcpu {
         }
     }
 
-    /// WFI: idle this CPU until an interrupt is deliverable to the vCPU or the VM stops.
-    fn idle(&mut self) {
+    /// The A64 instruction at the guest's PC (`ELR_EL2`), read through its stage 1 and the
+    /// VM's stage 2 (`AT S12E1R`/`S12E0R`); `None` when it does not translate to RAM. The
+    /// stage-2 lock keeps `hyp.stress` from moving the page meanwhile.
+    fn guest_instr(&self) -> Option<u32> {
+        let vm = self.vm;
+        let pt = vm.s2.lock();
+        let par = vsys::at_s12(self.regs.elr, exc::at_el0(self.regs.spsr));
+        if par & 1 != 0 {
+            return None;
+        }
+        // PAR_EL1.PA, bits [51:12] (Arm ARM, PAR_EL1 with F = 0), and the page offset.
+        let pa = (par & 0x000f_ffff_ffff_f000) | (self.regs.elr & 0xfff);
+        let ram = vm.ram_pa..vm.ram_pa + vm.ram_size;
+        let in_ram = ram.contains(&pa) || vm.stress.is_some();
+        if !in_ram || pa & 3 != 0 {
+            return None;
+        }
+        // SAFETY: `pa` is what the VM's stage 2 maps for its code (its RAM, or a frame
+        // `hyp.stress` moved a page to, held by the stage-2 lock), identity-mapped at EL2;
+        // an aligned 4-byte read.
+        let v = unsafe { (pa as *const u32).read_volatile() };
+        drop(pt);
+        Some(v)
+    }
+
+    /// WFI: idle this CPU until an interrupt is deliverable to the vCPU or the VM stops; WFIT
+    /// (`deadline` in the guest's virtual count) also until the deadline.
+    fn idle(&mut self, deadline: Option<u64>) {
         // Idle time is not exit handling.
         if let Some(t) = self.exit_at.take() {
             self.vm
@@ -452,7 +522,17 @@ impl Vcpu {
             if super::output::pump_one() {
                 continue;
             }
-            vsys::wfi();
+            match deadline {
+                None => vsys::wfi(),
+                Some(d) => {
+                    // The guest's virtual count: CNTPCT - CNTVOFF_EL2 (one offset per VM).
+                    if !self.wfxt || vsys::cntpct_el0().wrapping_sub(self.vm.cntvoff) >= d {
+                        return;
+                    }
+                    // At EL2 (E2H = 0) WFIT counts the same virtual count as the guest.
+                    vsys::wfit(d);
+                }
+            }
             self.physical_irqs();
         }
     }
@@ -470,6 +550,16 @@ impl Vcpu {
             self.set_way_done = false;
         }
         match exit {
+            // SMCCC calls use immediate 0 (SMCCC, DEN 0028: "the immediate value ... is 0");
+            // other immediates are not SMCCC calls. hyp answers them with NOT_SUPPORTED in x0
+            // and does nothing else, as KVM does.
+            Exit::Hvc { imm } | Exit::Smc { imm } if imm != 0 => {
+                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
+                if matches!(exit, Exit::Smc { .. }) {
+                    self.advance();
+                }
+                self.regs.x[0] = vdev::psci::ret::NOT_SUPPORTED as u64;
+            }
             Exit::Hvc { .. } => {
                 vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
                 return self.psci();
@@ -516,9 +606,18 @@ impl Vcpu {
             }
             Exit::Wfx(w) => {
                 vm.stats.wfx.fetch_add(1, Ordering::Relaxed);
+                let w = match w {
+                    Wfx::Wfi if self.wfxt => Wfx::refine_wfi(self.guest_instr().unwrap_or(0)),
+                    w => w,
+                };
                 self.advance();
-                if matches!(w, Wfx::Wfi | Wfx::Wfit { .. }) {
-                    self.idle();
+                match w {
+                    Wfx::Wfi => self.idle(None),
+                    // The register holds the deadline in the guest's virtual count (Arm ARM,
+                    // "WFIT": the wait ends when CNTVCT_EL0 >= Xt).
+                    Wfx::Wfit { reg } => self.idle(Some(self.regs.get(reg))),
+                    // WFE/WFET may complete at any time: return at once.
+                    Wfx::Wfe | Wfx::Wfet { .. } => {}
                 }
             }
             Exit::DataAbort(da) => {
@@ -796,7 +895,24 @@ impl Vcpu {
             self.regs.x[2],
             self.regs.x[3],
         ];
-        let action = vm.dev.lock().psci.call(self.id, x);
+        let action = {
+            let mut d = vm.dev.lock();
+            let action = d.psci.call(self.id, x);
+            if action == PsciAction::CpuOff {
+                // The vCPU's SGIs and PPIs return to their reset state as it powers down, under
+                // the same lock that marked it off: whatever another vCPU sends it from now
+                // on (an SGI after its CPU_ON) waits for it, as in a redistributor.
+                if !self.synced {
+                    for i in 0..self.n_lrs {
+                        self.lrs[i] = vsys::ich_lr(i);
+                    }
+                    d.vgic.sync_lrs(self.id, &self.lrs[..self.n_lrs]);
+                    self.synced = true;
+                }
+                d.vgic.reset_vcpu(self.id);
+            }
+            action
+        };
         match action {
             PsciAction::Return(v) => self.regs.x[0] = v,
             PsciAction::CpuOn {
@@ -823,7 +939,7 @@ impl Vcpu {
             }
             PsciAction::Idle => {
                 self.regs.x[0] = 0;
-                self.idle();
+                self.idle(None);
             }
         }
         None
@@ -846,6 +962,18 @@ impl Vcpu {
         }
         self.regs.elr = vsys::vbar_el1().wrapping_add(exc::sync_vector_offset(spsr));
         self.regs.spsr = exc::exception_pstate(spsr, vsys::sctlr_el1());
+    }
+
+    /// The vCPU was found in AArch32 EL0, which its ID registers hide: it gets the Illegal
+    /// Execution state exception an illegal exception return makes (`vdev::exit::aarch32_el0`),
+    /// at EL1, from the AArch32 PC. The trapped instruction or interrupt exit is not emulated.
+    fn refuse_aarch32_el0(&mut self, ill: vdev::IllegalReturn) {
+        self.vm.warn_limited(format_args!(
+            "vm {}: vCPU {}: running AArch32 EL0 (hidden: ID_AA64PFR0_EL1.EL0 = 1) at pc {:#x}: illegal exception return injected",
+            self.vm.name, self.id, self.regs.elr
+        ));
+        self.regs.spsr = ill.spsr;
+        self.inject_sync(ill.esr, None);
     }
 
     /// An Undefined Instruction exception.

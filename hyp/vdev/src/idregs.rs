@@ -15,10 +15,10 @@
 //! What is hidden, and why (hyp does not virtualize it, or it needs EL2 support we lack):
 //! - EL2 (no nested virtualization: `ID_AA64PFR0.EL2`, `ID_AA64MMFR1.VH/VMIDBits/XNX/TWED/HCX`,
 //!   `ID_AA64MMFR2.NV/FWB/EVT/IDS`, `ID_AA64MMFR0.TGran*_2` = 0b0001, FGT, ECV), AArch32 at EL1
-//!   (`HCR_EL2.RW` = 1), Secure EL2.
+//!   (`HCR_EL2.RW` = 1) and at EL0 (`ID_AA64PFR0.EL0` = 1), Secure EL2.
 //! - SVE, SME, FPMR (`ID_AA64ZFR0/SMFR0/FPFR0` = 0): their state is not context-switched.
 //! - MTE, RAS, MPAM, AMU, RME, GCS, THE, NMI, pointer authentication (keys are not managed by
-//!   hyp, and `HCR_EL2.API/APK` policy is the run loop's), TME, LS64, XS, MOPS, WFxT, the
+//!   hyp, and `HCR_EL2.API/APK` policy is the run loop's), TME, LS64, XS, MOPS, the
 //!   128-bit system registers, S1PIE/S1POE/TCR2/SCTLR2 (`ID_AA64MMFR3` = 0).
 //! - Debug and trace: SPE, TRBE, BRBE, trace filters; `DebugVer` and the
 //!   breakpoint/watchpoint counts are kept. The PMU is shown (`PMUVer`, capped at PMUv3p5)
@@ -219,7 +219,8 @@ pub mod fields {
             RPRFM OFFSET(48) NUMBITS(4) [],
             CLRBHB OFFSET(28) NUMBITS(4) [],
             BC OFFSET(20) NUMBITS(4) [],
-            RPRES OFFSET(4) NUMBITS(4) []
+            RPRES OFFSET(4) NUMBITS(4) [],
+            WFxT OFFSET(0) NUMBITS(4) []
         ],
         /// `ID_AA64MMFR0_EL1`.
         pub MMFR0 [
@@ -360,20 +361,17 @@ impl IdPolicy {
 
             // ---- AArch64.
             (4, 0) => {
-                // EL1 AArch64 only; EL2 absent; EL3 at most AArch64 (the SMC conduit traps
+                // EL0 and EL1 AArch64 only (EL0 = 1: hyp emulates trapped instructions
+                // without AArch32 condition codes or IT state; a vCPU found in AArch32 EL0 gets
+                // the illegal exception return a CPU without it makes, `exit::aarch32_el0`);
+                // EL2 absent; EL3 at most AArch64 (the SMC conduit traps
                 // with HCR_EL2.TSC); GIC system registers at most v3.0; RAS, SVE, SEL2, MPAM,
                 // AMU, RME hidden.
                 let mut v = keep(
                     host,
-                    &[
-                        PFR0::EL0,
-                        PFR0::FP,
-                        PFR0::AdvSIMD,
-                        PFR0::DIT,
-                        PFR0::CSV2,
-                        PFR0::CSV3,
-                    ],
+                    &[PFR0::FP, PFR0::AdvSIMD, PFR0::DIT, PFR0::CSV2, PFR0::CSV3],
                 );
+                v = set(v, PFR0::EL0, 1);
                 v = set(v, PFR0::EL1, 1);
                 v = set(v, PFR0::EL3, PFR0::EL3.read(host).min(1));
                 set(v, PFR0::GIC, PFR0::GIC.read(host).min(1))
@@ -414,10 +412,13 @@ impl IdPolicy {
                     ISAR1::I8MM,
                 ],
             ),
-            // WFxT, MOPS, PAC3, 128-bit system registers hidden.
+            // MOPS, PAC3, 128-bit system registers hidden. WFxT kept: a trapped WFIT sleeps
+            // until its deadline (HCR_EL2.TWI; the run loop waits with WFIT itself), WFET is
+            // not trapped.
             (6, 2) => keep(
                 host,
                 &[
+                    ISAR2::WFxT,
                     ISAR2::RPRES,
                     ISAR2::BC,
                     ISAR2::CLRBHB,
@@ -614,6 +615,18 @@ mod tests {
             .sanitize(ID_AA64PFR0_EL1, host)
             .unwrap();
         assert_eq!(v, 0x1201_0000_0111_1011);
+    }
+
+    #[test]
+    fn el0_is_aarch64_only_and_wfxt_kept() {
+        let p = policy(&Granule::ALL, 40);
+        // A host with AArch32 at EL0 (EL0 = 2) and EL1 (EL1 = 2).
+        let v = p.sanitize(ID_AA64PFR0_EL1, 0x22).unwrap();
+        assert_eq!(field(v, 0), 1, "EL0: AArch64 only");
+        assert_eq!(field(v, 4), 1, "EL1: AArch64 only");
+        // WFxT = 2 (WFIT and WFET) kept; MOPS (bits 19:16) hidden.
+        let v = p.sanitize(ID_AA64ISAR2_EL1, 0x1_0002).unwrap();
+        assert_eq!(v, 2);
     }
 
     #[test]

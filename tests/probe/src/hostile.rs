@@ -398,8 +398,14 @@ pub fn hvc(env: &Env) -> Verdict {
             *a = rng.next();
         }
         if i % 1000 == 999 {
-            // An HVC with a non-zero immediate: whatever it answers, hyp must survive it.
-            arch::hvc_imm(r as u32, u64::from(f));
+            // An HVC with a non-zero immediate is no SMCCC call: hyp answers NOT_SUPPORTED
+            // and does not act on the function ID (a PSCI call among them would be served).
+            let ret = arch::hvc_imm(r as u32, u64::from(f)) as i64;
+            if ret != NOT_SUPPORTED {
+                return fail(line!(
+                    "HVC #imm (non-zero) with function {f:#010x} answered {ret:#x}, not NOT_SUPPORTED"
+                ));
+            }
             imm += 1;
             continue;
         }

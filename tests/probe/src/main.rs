@@ -41,6 +41,8 @@ mod rt;
 mod smp;
 #[cfg(probe_bare)]
 mod tests;
+#[cfg(probe_bare)]
+mod timers;
 
 /// Built for the host (workspace-wide `cargo` commands): the probe only runs as a guest.
 #[cfg(not(probe_bare))]

@@ -172,6 +172,44 @@ lr_access!(
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
 
+/// Writes `ICH_AP0R<n>_EL2` (`group1` false) or `ICH_AP1R<n>_EL2` (n 0..=3; ignored above).
+///
+/// # Safety
+/// Register `n` must be implemented (`n < 1 << (ICH_VTR_EL2.PREbits - 4)`, at most 4: the
+/// others are UNDEFINED); changes the active priorities of the guest on this CPU.
+pub unsafe fn set_ich_apr(group1: bool, n: usize, v: u64) {
+    // SAFETY: the caller's contract (register `n` exists), for every arm.
+    unsafe {
+        match (group1, n) {
+            (false, 0) => {
+                asm!("msr S3_4_C12_C8_0, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (false, 1) => {
+                asm!("msr S3_4_C12_C8_1, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (false, 2) => {
+                asm!("msr S3_4_C12_C8_2, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (false, 3) => {
+                asm!("msr S3_4_C12_C8_3, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 0) => {
+                asm!("msr S3_4_C12_C9_0, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 1) => {
+                asm!("msr S3_4_C12_C9_1, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 2) => {
+                asm!("msr S3_4_C12_C9_2, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 3) => {
+                asm!("msr S3_4_C12_C9_3, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            _ => {}
+        }
+    }
+}
+
 macro_rules! id_space {
     ($($crm:literal : $($op2:literal)*;)*) => {
         /// The ID register `S3_0_C0_C<crm>_<op2>` (CRm 1..=7): the feature ID space that
@@ -206,6 +244,40 @@ id_space!(
 pub fn wfi() {
     // SAFETY: waiting for an interrupt has no effect on memory.
     unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) }
+}
+
+/// `WFIT` with the timeout `deadline` (FEAT_WFxT only): waits as [`wfi`] does, or until
+/// `CNTVCT_EL0` >= `deadline` (Arm ARM, "WFIT"). At EL2 with `HCR_EL2.E2H` = 0 the virtual count
+/// is `CNTPCT_EL0 - CNTVOFF_EL2`, the guest's own virtual count. Encoded by hand (`WFIT X0` is
+/// 0xd5031020) so the assembler needs no `wfxt` feature.
+#[inline(always)]
+pub fn wfit(deadline: u64) {
+    // SAFETY: waiting for an interrupt or a timeout has no effect on memory; the caller
+    // checked the CPU implements FEAT_WFxT (else the encoding is UNDEFINED).
+    unsafe {
+        asm!("dsb sy", ".inst 0xd5031020", in("x0") deadline, options(nostack, preserves_flags))
+    }
+}
+
+/// `AT S12E1R` (`el0` false) or `AT S12E0R` of the guest virtual address `va` through the
+/// guest's stage 1 and this CPU's stage 2 (VTTBR_EL2), returning `PAR_EL1`; the guest's own
+/// `PAR_EL1` is preserved.
+#[inline(always)]
+pub fn at_s12(va: u64, el0: bool) -> u64 {
+    let par: u64;
+    // SAFETY: address translation writes only PAR_EL1, which is restored.
+    unsafe {
+        if el0 {
+            asm!("mrs {s}, par_el1", "at s12e0r, {va}", "isb", "mrs {p}, par_el1",
+                "msr par_el1, {s}", va = in(reg) va, s = out(reg) _, p = out(reg) par,
+                options(nostack, preserves_flags));
+        } else {
+            asm!("mrs {s}, par_el1", "at s12e1r, {va}", "isb", "mrs {p}, par_el1",
+                "msr par_el1, {s}", va = in(reg) va, s = out(reg) _, p = out(reg) par,
+                options(nostack, preserves_flags));
+        }
+    }
+    par
 }
 
 /// `TLBI VMALLS12E1` for the current VMID on this CPU only, then `DSB NSH; ISB`.
