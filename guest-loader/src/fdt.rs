@@ -3,7 +3,7 @@
 //!
 //! Bindings: `Documentation/devicetree/bindings/` in Linux — `arm/cpus.yaml`, `arm/psci.yaml`,
 //! `interrupt-controller/arm,gic-v3.yaml`, `timer/arm,arch_timer.yaml`,
-//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`.
+//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`, `arm/pmu.yaml`.
 
 use crate::layout::{Region, DTB_MAX_SIZE};
 use alloc::format;
@@ -11,6 +11,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use platform::pmu::PMU_PPI;
 use platform::virt::{
     gicr_region, GICD_BASE, GICD_SIZE, TIMER_PPIS, UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
 };
@@ -49,6 +50,8 @@ pub struct DtbInput<'a> {
     pub stage2_granule: Granule,
     /// The VM's IPA size in bits (told to the guest in `/hypervisor`).
     pub ipa_bits: u32,
+    /// The guest gets the CPU's PMU (`platform::pmu::guest_pmu_version`): a `/pmu` node.
+    pub pmu: bool,
 }
 
 /// The device tree could not be written.
@@ -111,6 +114,9 @@ pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
     create_psci_node(&mut fdt)?;
     create_gic_node(&mut fdt, vm)?;
     create_timer_node(&mut fdt)?;
+    if vm.pmu {
+        create_pmu_node(&mut fdt)?;
+    }
     create_clock_node(&mut fdt)?;
     create_uart_node(&mut fdt)?;
     create_chosen_node(&mut fdt, vm)?;
@@ -198,6 +204,16 @@ fn create_timer_node(fdt: &mut FdtWriter) -> Result<()> {
     Ok(())
 }
 
+/// `/pmu`: the PMUv3 every vCPU has (its own CPU's, passed through), with its overflow
+/// interrupt on PPI 7 (INTID 23), level-high; as for the timer, GICv3 PPIs take no CPU mask.
+fn create_pmu_node(fdt: &mut FdtWriter) -> Result<()> {
+    let node = fdt.begin_node("pmu")?;
+    fdt.property_string("compatible", "arm,armv8-pmuv3")?;
+    fdt.property_array_u32("interrupts", &[GIC_PPI, PMU_PPI, IRQ_LEVEL_HIGH])?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
 /// `/apb-pclk`: the fixed 24 MHz clock the PL011 binding requires.
 fn create_clock_node(fdt: &mut FdtWriter) -> Result<()> {
     let node = fdt.begin_node("apb-pclk")?;
@@ -276,6 +292,7 @@ mod tests {
             initrd: None,
             stage2_granule: Granule::K4,
             ipa_bits: 40,
+            pmu: true,
         })
         .unwrap();
         assert_eq!(&dtb[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
@@ -295,6 +312,7 @@ mod tests {
             initrd: None,
             stage2_granule: Granule::K4,
             ipa_bits: 40,
+            pmu: true,
         });
         assert!(matches!(e, Err(DtbError::Writer(_))));
     }

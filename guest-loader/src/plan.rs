@@ -611,6 +611,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             initrd: layout.initrd,
             stage2_granule,
             ipa_bits: ipa,
+            pmu: platform::pmu::guest_pmu_version(self.host.cpu.dfr0()).is_some(),
         }) {
             Ok(d) => d,
             Err(e) => {

@@ -7,6 +7,7 @@
 //! it (re-enabling the PPI) once the function says the output is no longer asserted.
 
 use el2::arch::vsys;
+use platform::pmu::PMU_INTID;
 use platform::virt::{PTIMER_INTID, VTIMER_INTID};
 use vdev::ppi::{timer_asserted, Line};
 
@@ -19,7 +20,7 @@ pub struct Forwarded {
 }
 
 /// How many PPIs are forwarded.
-const N: usize = 2;
+const N: usize = 3;
 const _: () = assert!(N <= vdev::ppi::MAX_FORWARDED, "vdev::ppi::Forwarder has too few lines");
 
 /// The forwarded PPIs, indexed as `vdev::ppi::Forwarder`'s lines.
@@ -39,6 +40,15 @@ pub static FORWARDED: [Forwarded; N] = [
             virt: PTIMER_INTID,
         },
         asserted: || timer_asserted(vsys::cntp_ctl_el0()),
+    },
+    // The PMU's overflow interrupt (PMUv3 passed through: `super::pmu`; never asserted where
+    // the guest does not get the PMU).
+    Forwarded {
+        line: Line {
+            physical: PMU_INTID,
+            virt: PMU_INTID,
+        },
+        asserted: super::pmu::overflow_asserted,
     },
 ];
 

@@ -188,7 +188,7 @@ impl Vcpu {
             vsys::set_cnthctl_el2(cnthctl_guest());
             vsys::set_cntvoff_el2(vm.cntvoff);
             // Trap controls (vdev::traps: each bit with its reason).
-            let c = traps::guest_controls(&vm.host, vm.fwb, vsys::mdcr_el2());
+            let c = traps::guest_controls(&vm.host, vm.fwb, super::pmu::hpmn(&vm.host));
             vsys::set_mdcr_el2(c.mdcr);
             vsys::set_cptr_el2(c.cptr);
             if let Some(hcrx) = c.hcrx {
@@ -249,6 +249,7 @@ impl Vcpu {
         let wrps = dfr0.read(ID_AA64DFR0_EL1::WRPs) as u32 + 1;
         // SAFETY: the guest's own EL1 state on its dedicated CPU.
         unsafe { vsys::reset_el1_state(brps, wrps) };
+        super::pmu::reset(&self.vm.host);
         barrier::isb();
         // The timers were reset (disabled) above: every forwarded line is low again.
         let mut d = self.vm.dev.lock();

@@ -20,8 +20,11 @@
 //! - MTE, RAS, MPAM, AMU, RME, GCS, THE, NMI, pointer authentication (keys are not managed by
 //!   hyp, and `HCR_EL2.API/APK` policy is the run loop's), TME, LS64, XS, MOPS, the
 //!   128-bit system registers, S1PIE/S1POE/TCR2/SCTLR2 (`ID_AA64MMFR3` = 0).
-//! - Debug and trace: PMU (`PMUVer` = 0, `PerfMon` = 0), SPE, TRBE, BRBE, trace filters;
-//!   `DebugVer` and the breakpoint/watchpoint counts are kept.
+//! - Debug and trace: SPE, TRBE, BRBE, trace filters; `DebugVer` and the
+//!   breakpoint/watchpoint counts are kept. The PMU is shown (`PMUVer`, capped at PMUv3p5)
+//!   only when the guest gets it ([`platform::pmu::guest_pmu_version`]), else `PMUVer` = 0;
+//!   its extensions (`PMSS`, `MTPMU`, `HPMN0`, `ID_AA64DFR1_EL1`) and the AArch32 `PerfMon`
+//!   are hidden either way.
 //! - FEAT_LPA2 (TGran4 = 0b0001, TGran16 = 0b0010) unless the VM's IPA space is 52 bits.
 //! - PARange is capped at the VM's IPA size (guest PA = our IPA).
 //! - Granules the VM may not use: TGran4/TGran64 = 0b1111, TGran16 = 0b0000.
@@ -376,17 +379,21 @@ impl IdPolicy {
             (4, 1) => keep(host, &[PFR1::BT, PFR1::SSBS, PFR1::CSV2_frac]),
             // PFR2 (MTE extensions, FPMR), ZFR0 (SVE), SMFR0 (SME), FPFR0 (FP8): hidden.
             (4, _) => 0,
-            // PMU, SPE, TRBE, BRBE, trace hidden.
-            (5, 0) => keep(
-                host,
-                &[
-                    DFR0::DebugVer,
-                    DFR0::BRPs,
-                    DFR0::WRPs,
-                    DFR0::CTX_CMPs,
-                    DFR0::DoubleLock,
-                ],
-            ),
+            // SPE, TRBE, BRBE, trace hidden; the PMU as the guest gets it.
+            (5, 0) => {
+                let v = keep(
+                    host,
+                    &[
+                        DFR0::DebugVer,
+                        DFR0::BRPs,
+                        DFR0::WRPs,
+                        DFR0::CTX_CMPs,
+                        DFR0::DoubleLock,
+                    ],
+                );
+                let pmu = platform::pmu::guest_pmu_version(host).unwrap_or(0);
+                set(v, DFR0::PMUVer, u64::from(pmu))
+            }
             (5, _) => 0,
             (6, 0) => clear(host, &[ISAR0::RES0, ISAR0::TME]),
             // Pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
@@ -623,16 +630,25 @@ mod tests {
     }
 
     #[test]
-    fn dfr0_hides_pmu_and_keeps_debug() {
+    fn dfr0_caps_pmu_and_keeps_debug() {
         // DebugVer=9, TraceVer=1, PMUVer=8, BRPs=5, PMSS=1, WRPs=3, CTX_CMPs=1, PMSVer=3,
         // SEBEP=0, DoubleLock=0xF, TraceFilt=1, TraceBuffer=1, MTPMU=1, BRBE=1.
         let host = 0x0011_11f3_1031_5819;
-        let v = policy(&Granule::ALL, 40)
-            .sanitize(ID_AA64DFR0_EL1, host)
-            .unwrap();
-        assert_eq!(v, 0x0000_00f0_1030_5009);
-        assert_eq!(field(v, 8), 0, "PMUVer");
+        let p = policy(&Granule::ALL, 40);
+        let v = p.sanitize(ID_AA64DFR0_EL1, host).unwrap();
+        assert_eq!(v, 0x0000_00f0_1030_5609);
+        assert_eq!(field(v, 8), 6, "PMUVer capped at PMUv3p5");
         assert_eq!(field(v, 0), 9, "DebugVer");
+        // PMUv3p5 as QEMU's max has it: shown as is.
+        let v = p.sanitize(ID_AA64DFR0_EL1, 0x1030_5609).unwrap();
+        assert_eq!(field(v, 8), 6);
+        // PMUv3 (cortex-a72), PMUv3p1 (neoverse-n1), IMPLEMENTATION DEFINED: hidden.
+        for pmuver in [1, 4, 5, 0xf] {
+            let v = p
+                .sanitize(ID_AA64DFR0_EL1, 0x1030_5009 | pmuver << 8)
+                .unwrap();
+            assert_eq!(field(v, 8), 0, "host PMUVer {pmuver}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`console`]: a VM's bounded queue of output lines, with counted drops.
 //! - [`vgic`]: a GICv3 distributor and redistributors, SGIs, and list-register management.
 //! - [`idregs`]: the guest's sanitized view of the ID registers.
+//! - [`pmu`]: the guest PMU's reset state and overflow interrupt level.
 //! - [`ppi`]: forwarded level-sensitive PPIs (the EL1 timers): when the virtual line rises
 //!   and falls.
 //! - [`mmio`]: the access-size and error types every MMIO device model shares.
@@ -54,6 +55,7 @@ pub mod exit;
 pub mod idregs;
 pub mod mmio;
 pub mod pl011;
+pub mod pmu;
 pub mod ppi;
 pub mod psci;
 pub mod sysregs;

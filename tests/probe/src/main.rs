@@ -34,6 +34,8 @@ mod mmu;
 #[cfg(probe_bare)]
 mod platform;
 #[cfg(probe_bare)]
+mod pmu;
+#[cfg(probe_bare)]
 mod rt;
 #[cfg(probe_bare)]
 mod smp;

@@ -23,10 +23,17 @@
 //! | `aarch32-el0` | `ID_AA64PFR0_EL1.EL0` = 1 and an ERET to AArch32 EL0 is an illegal exception return (MMU off) | |
 //! | `cpu-restart` | 2 vCPUs, after `mmu`: vCPU 1 leaves an SGI active, CPU_OFF, CPU_ON: interrupt state reset, SGI taken again, counter monotonic, same CNTFRQ | |
 //! | `counters` | 2 vCPUs, after `mmu`: 200 counter hand-offs between the vCPUs never see it lower | |
+//! | `pmu-id` | `ID_AA64DFR0_EL1.PMUVer`, `PMCR_EL0.N` and the `/pmu` node as expected (PMUVer 0: PMU registers UNDEFINED, no node) | `probe.pmuver` (6), `probe.counters` (6) |
+//! | `pmu-cycles` | the cycle counter is monotonic and 2x the loop takes 2x the cycles (10%) | |
+//! | `pmu-instructions` | `INST_RETIRED` counts a 200,000-instruction loop to within 64 (needs QEMU `-icount`) | |
+//! | `pmu-swinc` | `PMSWINC_EL0` increments a `SW_INCR` counter exactly | |
+//! | `pmu-el2` | 2,000 HVC calls add no more cycles or instructions than the guest's own, even with the `NSH` filter set | |
+//! | `pmu-overflow` | a counter overflow raises INTID 23 through the vGIC, level-sensitive | |
+//! | `pmu-reset` | 2 vCPUs (MMU on, as `memory`): vCPU 1 restarted (CPU_ON) finds every PMU register it had set zeroed | |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
-use crate::{arch, hostile, isolation, memtest, mmu, platform, say, timers};
+use crate::{arch, hostile, isolation, memtest, mmu, platform, pmu, say, timers};
 
 /// What a test reports: PASS with its figures, or FAIL with why, each a short line.
 pub struct Verdict {
@@ -114,6 +121,13 @@ const TESTS: &[(&str, Test)] = &[
     ("aarch32-el0", timers::aarch32_el0),
     ("cpu-restart", timers::restart),
     ("counters", timers::counters),
+    ("pmu-id", pmu::id),
+    ("pmu-cycles", pmu::cycles),
+    ("pmu-instructions", pmu::instructions),
+    ("pmu-swinc", pmu::swinc),
+    ("pmu-el2", pmu::el2),
+    ("pmu-overflow", pmu::overflow),
+    ("pmu-reset", pmu::reset),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).

@@ -370,3 +370,61 @@ dbg_pair!(/// `DBGBCR<n>_EL1` and `DBGBVR<n>_EL1`.
     set_dbg_bp, "dbgbcr", "dbgbvr": 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 dbg_pair!(/// `DBGWCR<n>_EL1` and `DBGWVR<n>_EL1`.
     set_dbg_wp, "dbgwcr", "dbgwvr": 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+
+// ---- The guest's PMU (PMUv3, passed through when the guest gets it: `platform::pmu`). hyp
+// reads `PMCR_EL0` (its `N`), `PMOVSSET_EL0` and `PMINTENSET_EL1` (the overflow interrupt's
+// level) and writes the PMU only to reset it for a vCPU that starts; it never counts with it.
+// Every one of these is UNDEFINED on a CPU without a PMU: callers check `PMUVer` first.
+
+ro!(/// `PMCR_EL0` (at EL2 its `N` is the CPU's number of event counters, not `MDCR_EL2.HPMN`).
+    pmcr_el0, "pmcr_el0");
+ro!(/// `PMOVSSET_EL0`: the overflow flags.
+    pmovsset_el0, "pmovsset_el0");
+ro!(/// `PMINTENSET_EL1`: the overflow interrupt enables.
+    pmintenset_el1, "pmintenset_el1");
+
+/// Resets the PMU of this CPU for a vCPU that starts: `PMCR_EL0` = `pmcr_clear` (P and C:
+/// every counter to zero, E = 0), the counter enables, interrupt enables and overflow flags of
+/// `clear_mask` cleared, `PMUSERENR_EL0`, `PMCCFILTR_EL0`, `PMCCNTR_EL0` zero, the type and
+/// count of event counters `0..counters` zero (through `PMSELR_EL0`/`PMXEV*`), then
+/// `PMSELR_EL0` and `PMCR_EL0` zero.
+///
+/// # Safety
+/// The CPU has a PMU (`ID_AA64DFR0_EL1.PMUVer` is PMUv3) with at least `counters` event
+/// counters, and the caller owns this CPU's EL1 state: no guest runs on it until the next
+/// entry.
+pub unsafe fn reset_pmu(pmcr_clear: u64, clear_mask: u64, counters: u64) {
+    // SAFETY: PMU registers of the guest this CPU is dedicated to (the caller's contract);
+    // none of them affects EL2's own translation or memory.
+    unsafe {
+        asm!(
+            "msr pmcr_el0, {pc}",
+            "isb",
+            "msr pmcntenclr_el0, {m}",
+            "msr pmintenclr_el1, {m}",
+            "msr pmovsclr_el0, {m}",
+            "msr pmuserenr_el0, xzr",
+            "msr pmccfiltr_el0, xzr",
+            "msr pmccntr_el0, xzr",
+            pc = in(reg) pmcr_clear,
+            m = in(reg) clear_mask,
+            options(nostack, preserves_flags)
+        );
+        for n in 0..counters.min(31) {
+            asm!(
+                "msr pmselr_el0, {n}",
+                "isb",
+                "msr pmxevtyper_el0, xzr",
+                "msr pmxevcntr_el0, xzr",
+                n = in(reg) n,
+                options(nostack, preserves_flags)
+            );
+        }
+        asm!(
+            "msr pmselr_el0, xzr",
+            "msr pmcr_el0, xzr",
+            "isb",
+            options(nostack, preserves_flags)
+        );
+    }
+}
