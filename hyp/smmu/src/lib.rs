@@ -36,5 +36,7 @@ pub use cmd::Command;
 pub use event::{Bdf, Event, EventType};
 pub use features::{Refusal, SmmuFeatures};
 pub use mirror::{CommandSink, SmmuMirror};
-pub use queue::{CommandError, CommandQueue, EventQueue, QueueFull, Ring};
+pub use queue::{
+    CommandError, CommandMemory, CommandQueue, EventMemory, EventQueue, QueueFull, Ring,
+};
 pub use ste::Ste;

@@ -15,6 +15,31 @@ pub const OVERFLOW_FLAG: u32 = 1 << 31;
 const CONS_ERR_SHIFT: u32 = 24;
 const CONS_ERR_MASK: u32 = 0x7f;
 
+/// Memory the command queue lives in, as the driver writes it (a slice in tests; hyp's
+/// identity-mapped frames, written with single 64-bit stores, on hardware).
+pub trait CommandMemory {
+    /// Writes the command `words` into `slot`.
+    fn write(&mut self, slot: usize, words: [u64; 2]);
+}
+
+/// Memory the event queue lives in, as the driver reads it.
+pub trait EventMemory {
+    /// The record in `slot`.
+    fn read(&self, slot: usize) -> [u64; 4];
+}
+
+impl CommandMemory for [[u64; 2]] {
+    fn write(&mut self, slot: usize, words: [u64; 2]) {
+        self[slot] = words;
+    }
+}
+
+impl EventMemory for [[u64; 4]] {
+    fn read(&self, slot: usize) -> [u64; 4] {
+        self[slot]
+    }
+}
+
 /// A queue's producer and consumer positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
@@ -130,11 +155,15 @@ impl CommandQueue {
     /// Writes `cmd` into its slot of `mem` (the queue's memory, `capacity` entries) and
     /// returns the value to write to `SMMU_CMDQ_PROD`. The command must be visible to the
     /// SMMU (a `DSB`) before that register write (IHI 0070 §3.5.2).
-    pub fn push(&mut self, mem: &mut [[u64; 2]], cmd: Command) -> Result<u32, QueueFull> {
+    pub fn push<M: CommandMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        cmd: Command,
+    ) -> Result<u32, QueueFull> {
         if self.ring.is_full() {
             return Err(QueueFull);
         }
-        mem[self.ring.slot(self.ring.prod)] = cmd.encode();
+        mem.write(self.ring.slot(self.ring.prod), cmd.encode());
         self.ring.prod = self.ring.next(self.ring.prod);
         Ok(self.ring.prod)
     }
@@ -187,11 +216,11 @@ impl EventQueue {
 
     /// The next record from `mem` (the queue's memory), if any; the consumer position moves
     /// past it.
-    pub fn pop(&mut self, mem: &[[u64; 4]]) -> Option<Event> {
+    pub fn pop<M: EventMemory + ?Sized>(&mut self, mem: &M) -> Option<Event> {
         if self.ring.is_empty() {
             return None;
         }
-        let words = mem[self.ring.slot(self.ring.cons)];
+        let words = mem.read(self.ring.slot(self.ring.cons));
         self.ring.cons = self.ring.next(self.ring.cons);
         Some(Event::decode(words))
     }
@@ -256,7 +285,7 @@ mod tests {
         for i in 0..100u16 {
             let cmd = Command::TlbiS12Vmall { vmid: i };
             let prod = loop {
-                match q.push(&mut mem, cmd) {
+                match q.push(&mut mem[..], cmd) {
                     Ok(p) => break p,
                     Err(QueueFull) => {
                         let cons = smmu_consume(&mut smmu, &mem, &mut seen);
@@ -276,9 +305,9 @@ mod tests {
         assert_eq!(seen, sent, "every command, once, in order");
         // A full queue refuses instead of overwriting an unconsumed command.
         for _ in 0..8 {
-            q.push(&mut mem, Command::Sync).unwrap();
+            q.push(&mut mem[..], Command::Sync).unwrap();
         }
-        assert_eq!(q.push(&mut mem, Command::Sync), Err(QueueFull));
+        assert_eq!(q.push(&mut mem[..], Command::Sync), Err(QueueFull));
         assert_eq!(q.consumed(q.ring().cons()), Ok(false));
     }
 
@@ -287,8 +316,8 @@ mod tests {
         let mut q = CommandQueue::new(2);
         let mut mem = [[0u64; 2]; 4];
         let mut smmu = Ring::new(2);
-        q.push(&mut mem, Command::Sync).unwrap();
-        let prod = q.push(&mut mem, Command::Sync).unwrap();
+        q.push(&mut mem[..], Command::Sync).unwrap();
+        let prod = q.push(&mut mem[..], Command::Sync).unwrap();
         mem[1] = [0x7f, 0]; // not a command
         smmu.set_prod(prod);
         let cons = smmu_consume(&mut smmu, &mem, &mut Vec::new());
@@ -303,9 +332,9 @@ mod tests {
         mem[0] = [0x10 | 0x8 << 32, 0, 0x4000_1000, 0];
         mem[1] = [0x13 | 0x10 << 32, 1 << 35, 0x8000_0000, 0];
         assert!(!q.produced(0b10));
-        let a = q.pop(&mem).unwrap();
-        let b = q.pop(&mem).unwrap();
-        assert!(q.pop(&mem).is_none());
+        let a = q.pop(&mem[..]).unwrap();
+        let b = q.pop(&mem[..]).unwrap();
+        assert!(q.pop(&mem[..]).is_none());
         assert_eq!(
             (a.kind, a.sid, a.input),
             (EventType::Translation, 8, 0x4000_1000)
