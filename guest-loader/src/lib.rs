@@ -25,6 +25,7 @@ pub mod config;
 pub mod fdt;
 pub mod image;
 pub mod layout;
+pub mod pci;
 pub mod plan;
 pub mod size;
 

@@ -173,6 +173,35 @@ mod cli {
                 Err(e) => eprintln!("warning: {}: {e}", dir.join(p).display()),
             }
         }
+        // Disks are attached by QEMU, not packed into the bundle: only their existence is
+        // checked here (hyp cannot see them).
+        let missing: Vec<String> = cfg
+            .vms
+            .iter()
+            .flat_map(|vm| {
+                vm.pci
+                    .iter()
+                    .zip(&vm.pos.pci)
+                    .map(move |(d, pos)| (vm, d, pos))
+            })
+            .filter_map(|(vm, d, pos)| {
+                let f = d.file.as_ref()?;
+                (!dir.join(f).is_file()).then(|| {
+                    guest_loader::config::ConfigError {
+                        file: name.clone(),
+                        pos: Some(*pos),
+                        vm: Some(vm.name.clone()),
+                        key: Some("pci.file".into()),
+                        kind: guest_loader::config::ErrorKind::MissingFile { path: f.clone() },
+                    }
+                    .to_string()
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("{}", missing.join("\n"));
+            return Err(REFUSED);
+        }
         Ok(Loaded {
             name,
             text,

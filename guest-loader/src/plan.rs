@@ -11,6 +11,7 @@ use crate::config::{
 use crate::fdt::{guest_dtb, DtbInput};
 use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
 use crate::layout::{place, Layout, LayoutRequest, RAM_BASE};
+use crate::pci::{self, Bdf, PciDevice};
 use crate::size::format_size;
 use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
@@ -233,6 +234,8 @@ pub struct VmPlan<'a> {
     pub initrd: Option<&'a [u8]>,
     /// The device tree blob (to copy to `layout.dtb()`; x0 at entry).
     pub dtb: Vec<u8>,
+    /// The PCI functions the VM owns (`[[vm.pci]]`), each with its place on the root bus.
+    pub pci: Vec<(Bdf, PciDevice)>,
 }
 
 impl VmPlan<'_> {
@@ -372,6 +375,26 @@ impl SystemPlan<'_> {
                 vm.layout.ram
             );
             let _ = writeln!(s, "vm {n}: cmdline \"{}\"", vm.cmdline);
+            for (bdf, d) in &vm.pci {
+                let _ = write!(
+                    s,
+                    "vm {n}: pci {bdf} (stream {:#x}) {}",
+                    bdf.stream_id(),
+                    d.model
+                );
+                if let Some(f) = &d.file {
+                    let _ = write!(
+                        s,
+                        " \"{f}\" ({})",
+                        if d.readonly {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        }
+                    );
+                }
+                s.push('\n');
+            }
         }
         s
     }
@@ -497,7 +520,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         None
     }
 
-    fn vm(&mut self, vm: &VmConfig, cpus: Range<u32>) -> Option<VmPlan<'a>> {
+    fn vm(&mut self, vm: &VmConfig, cpus: Range<u32>, first_pci: usize) -> Option<VmPlan<'a>> {
         let before = self.errors.len();
         let cpu = self.host.cpu;
         let ipa = vm.stage2.ipa_bits;
@@ -645,6 +668,12 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             kernel: kernel.data,
             initrd,
             dtb,
+            pci: vm
+                .pci
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((pci::place(first_pci + i)?, d.clone())))
+                .collect(),
         })
     }
 }
@@ -680,7 +709,7 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         });
     }
     let mut vms = Vec::new();
-    let (mut used_cpus, mut used_ram) = (0u32, 0u64);
+    let (mut used_cpus, mut used_ram, mut used_pci) = (0u32, 0u64, 0usize);
     for vm in &cfg.vms {
         let free_cpus = host.cpus.saturating_sub(used_cpus);
         if vm.vcpus > free_cpus {
@@ -698,7 +727,8 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         let free_ram = host.guest_ram.saturating_sub(used_ram);
         let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
         used_cpus = used_cpus.saturating_add(vm.vcpus);
-        let plan = r.vm(vm, cpus);
+        let plan = r.vm(vm, cpus, used_pci);
+        used_pci += vm.pci.len();
         // RAM and the VM's stage-2 tables are both carved from host RAM.
         let tables = plan.as_ref().map_or(0, |p| p.table_budget);
         let needed = vm.memory.saturating_add(tables);

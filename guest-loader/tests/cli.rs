@@ -280,3 +280,30 @@ fn granule_and_hide_options() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("of guest RAM is left"));
 }
+
+#[test]
+fn check_refuses_a_missing_pci_disk_by_its_line() {
+    let d = setup("pci");
+    let base = std::fs::read_to_string(d.0.join("sys.toml")).unwrap();
+    let with = format!("{base}[[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"data.img\"\n");
+    std::fs::write(d.0.join("pci.toml"), &with).unwrap();
+    let out = run(&d.0, &["check", "pci.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = with
+        .lines()
+        .position(|l| l.starts_with("file = \"data.img\""))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "pci.toml:{line}:8: vm \"web\": pci.file: file \"data.img\" not found; paths are \
+             relative to the config file"
+        )
+    );
+    std::fs::write(d.0.join("data.img"), [0u8; 512]).unwrap();
+    let out = run(&d.0, &["check", "pci.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout)
+        .contains("vm web: pci 00:01.0 (stream 0x8) virtio-blk-pci \"data.img\" (read-write)"));
+}

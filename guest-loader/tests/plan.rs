@@ -402,3 +402,37 @@ fn requested_page_size_is_reported() {
         assert!(r.lines().any(|l| l == line), "missing {line:?} in\n{r}");
     }
 }
+
+#[test]
+fn pci_functions_are_placed_on_the_root_bus_in_config_order() {
+    let text = "[[vm]]\nname = \"a\"\nmemory = \"256M\"\nkernel = \"k4.img\"\n\
+                [[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"d.img\"\nreadonly = true\n\
+                [[vm]]\nname = \"b\"\nmemory = \"256M\"\nkernel = \"k4.img\"\n\
+                [[vm.pci]]\ndevice = \"virtio-net-pci\"\n\
+                [[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"e.img\"\n";
+    let p = ok(text, &host());
+    let places: Vec<(String, u32)> = p
+        .vms
+        .iter()
+        .flat_map(|v| v.pci.iter().map(|(b, _)| (b.to_string(), b.stream_id())))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("00:01.0".to_string(), 0x08),
+            ("00:02.0".to_string(), 0x10),
+            ("00:03.0".to_string(), 0x18)
+        ]
+    );
+    let report = p.report();
+    for line in [
+        "vm a: pci 00:01.0 (stream 0x8) virtio-blk-pci \"d.img\" (read-only)",
+        "vm b: pci 00:02.0 (stream 0x10) virtio-net-pci",
+        "vm b: pci 00:03.0 (stream 0x18) virtio-blk-pci \"e.img\" (read-write)",
+    ] {
+        assert!(report.lines().any(|l| l == line), "{line}\n{report}");
+    }
+    // A VM without [[vm.pci]] owns none, and its plan prints none.
+    let q = ok(&vm("kernel = \"k4.img\""), &host());
+    assert!(q.vms[0].pci.is_empty() && !q.report().contains(": pci "));
+}
