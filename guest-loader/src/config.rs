@@ -389,6 +389,12 @@ pub enum ErrorKind {
     },
     /// More `[[vm.pci]]` entries in the system than the root bus has slots.
     TooManyPciDevices,
+    /// A VM owns PCI functions but the host has no SMMUv3 to confine their DMA.
+    PciNoSmmu,
+    /// A VM owns PCI functions and maps its RAM lazily.
+    PciLazy,
+    /// The SMMU cannot walk the VM's stage 2.
+    Smmu(smmu::Refusal),
 }
 
 impl fmt::Display for ErrorKind {
@@ -530,6 +536,19 @@ impl fmt::Display for ErrorKind {
             PciTakesNoFile { model, key } => {
                 write!(f, "{model} takes no backing file; remove {key}")
             }
+            PciNoSmmu => f.write_str(
+                "the host has no SMMUv3 to confine the device's DMA; run QEMU with \
+                 -M virt,iommu=smmuv3 (./run adds it when a config assigns devices)",
+            ),
+            PciLazy => f.write_str(
+                "a VM that owns PCI devices keeps all its RAM mapped (devices may DMA to any of \
+                 it at any time); use mapping = \"eager\"",
+            ),
+            Smmu(r) => write!(
+                f,
+                "{r}; pick a stage-2 granule the SMMU walks, or stage2.granule = \"page_size\" \
+                 with a fallback"
+            ),
             TooManyPciDevices => write!(
                 f,
                 "more than {MAX_PCI_DEVICES} PCI devices in the system: the root bus has slots \

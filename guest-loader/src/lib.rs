@@ -33,4 +33,5 @@ pub use bundle::{Bundle, BundleError};
 pub use config::{parse_config, ConfigError, Errors, SystemConfig, VmConfig};
 pub use image::{ImageError, ImageHeader};
 pub use plan::{plan_system, plan_text, FileSource, Host, SystemPlan, VmPlan};
+pub use smmu::SmmuFeatures;
 pub use stage2::{CpuFeatures, Granule};

@@ -33,7 +33,9 @@ mod cli {
     use guest_loader::plan::{plan_system, Host, SystemPlan};
     use guest_loader::size::{format_size, parse_size};
     use guest_loader::CpuFeatures;
+    use smmu::SmmuFeatures;
     use stage2::cpu::{parse_granule_list, PROFILES};
+    use stage2::Granule;
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
@@ -121,6 +123,15 @@ mod cli {
         #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true,
               value_parser = parse_hide)]
         hide_granules: u8,
+        /// The SMMUv3 in front of the PCIe bus: qemu (what ./run attaches when a config
+        /// assigns devices) or none
+        #[arg(long, value_name = "PROFILE", default_value = "qemu",
+              value_parser = clap::builder::PossibleValuesParser::new(["qemu", "none"]))]
+        smmu: String,
+        /// Treats these stage-2 granules as absent at the SMMU, as hyp.hide-smmu-granules= does
+        #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true,
+              value_parser = parse_hide)]
+        hide_smmu_granules: u8,
     }
 
     fn parse_mem(s: &str) -> Result<u64, String> {
@@ -255,7 +266,16 @@ mod cli {
     /// hyp keeps in its reserve).
     fn host(a: &HostArgs, inputs: u64) -> Host {
         let cpu = CpuFeatures::profile(&a.cpu).expect("clap checked the profile");
+        let smmu = SmmuFeatures::profile(&a.smmu).map(|mut s| {
+            for g in Granule::ALL {
+                if a.hide_smmu_granules & g.bit() != 0 {
+                    s.hide(g);
+                }
+            }
+            s
+        });
         Host {
+            smmu,
             cpu: cpu.hide(a.hide_granules),
             cpus: a.smp,
             guest_ram: a

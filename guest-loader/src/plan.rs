@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::fmt::Write as _;
 use core::ops::Range;
+use smmu::{Refusal as SmmuRefusal, SmmuFeatures};
 use stage2::geometry::{Geometry, GeometryError};
 use stage2::{CpuFeatures, Granule, GranuleRefusal, Stage};
 
@@ -46,6 +47,9 @@ pub struct Host {
     pub cpus: u32,
     /// Bytes of RAM available for guests.
     pub guest_ram: u64,
+    /// The SMMUv3 in front of the PCIe bus, if any (with `hyp.hide-smmu-granules=` applied):
+    /// a VM that owns PCI functions needs one that can walk its stage 2.
+    pub smmu: Option<SmmuFeatures>,
 }
 
 /// Why one candidate page size was not taken.
@@ -64,6 +68,9 @@ pub enum Refusal {
         /// The header's flags.
         flags: u64,
     },
+    /// `stage2.granule = "page_size"`, the VM owns PCI functions, and the SMMU cannot walk
+    /// stage-2 tables of this granule.
+    Smmu(SmmuRefusal),
 }
 
 impl fmt::Display for Refusal {
@@ -72,6 +79,7 @@ impl fmt::Display for Refusal {
             Refusal::Cpu(r) => r.fmt(f),
             Refusal::Stage2(r) => write!(f, "stage2.granule follows page_size, but {r}"),
             Refusal::Geometry(e) => write!(f, "stage2.granule follows page_size, but {e}"),
+            Refusal::Smmu(r) => write!(f, "stage2.granule follows page_size, but {r}"),
             Refusal::KernelHeader { header, flags } => write!(
                 f,
                 "the kernel is built for {header} pages only (Image header flags {flags:#x}, \
@@ -476,7 +484,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 Some(Refusal::Cpu(r))
             } else if vm.stage2.granule == Stage2Granule::PageSize {
                 match self.stage2_for(vm, g) {
-                    Ok(_) => None,
+                    Ok(_) => self.smmu_refusal(vm, g).map(Refusal::Smmu),
                     Err(GeometryError::Granule(r)) => Some(Refusal::Stage2(r)),
                     Err(e) => Some(Refusal::Geometry(e)),
                 }
@@ -496,6 +504,51 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             }
         }
         d
+    }
+
+    /// Why the SMMU cannot walk a `g` stage 2 of `vm`, when `vm` owns PCI functions.
+    fn smmu_refusal(&self, vm: &VmConfig, g: Granule) -> Option<SmmuRefusal> {
+        let smmu = self.host.smmu.filter(|_| !vm.pci.is_empty())?;
+        let geo = self.stage2_for(vm, g).ok()?;
+        smmu.check(
+            &geo.without_fwb(),
+            smmu.oas_bits.min(self.host.cpu.pa_bits()),
+        )
+        .err()
+    }
+
+    /// For a VM that owns PCI functions: the SMMU exists, the mapping is eager, and an explicit
+    /// stage-2 granule is one the SMMU walks. Errors are recorded; false if any.
+    fn check_pci(&mut self, vm: &VmConfig) -> bool {
+        if vm.pci.is_empty() {
+            return true;
+        }
+        let at = vm.pos.pci.first().copied().unwrap_or(vm.pos.table);
+        if self.host.smmu.is_none() {
+            self.err(vm, at, "pci", ErrorKind::PciNoSmmu);
+            return false;
+        }
+        if vm.stage2.mapping == Mapping::Lazy {
+            self.err(
+                vm,
+                vm.pos.stage2_granule,
+                "stage2.mapping",
+                ErrorKind::PciLazy,
+            );
+            return false;
+        }
+        if let Stage2Granule::Fixed(g) = vm.stage2.granule {
+            if let Some(r) = self.smmu_refusal(vm, g) {
+                self.err(
+                    vm,
+                    vm.pos.stage2_granule,
+                    "stage2.granule",
+                    ErrorKind::Smmu(r),
+                );
+                return false;
+            }
+        }
+        true
     }
 
     /// The VM's stage-2 table budget (see [`VmPlan::table_budget`]); `None` after an error.
@@ -558,6 +611,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 ),
             }
         }
+        self.check_pci(vm);
         let kernel_file = self.read(vm, &vm.kernel, vm.pos.kernel, "kernel");
         let initrd = match &vm.initrd {
             Some(p) => self.read(vm, p, vm.pos.initrd, "initrd"),
@@ -590,6 +644,11 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             Stage2Granule::PageSize => page_size,
         };
         let geometry = match self.stage2_for(vm, stage2_granule) {
+            // A stage 2 the SMMU shares is written in the attribute encoding it reads: the
+            // FEAT_S2FWB one only if it has STE.S2FWB (SMMU_IDR3.FWB).
+            Ok(g) if !vm.pci.is_empty() && !self.host.smmu.is_some_and(|s| s.fwb) => {
+                g.without_fwb()
+            }
             Ok(g) => g,
             Err(e) => {
                 // Checked above for both forms; kept as an error, never a panic.

@@ -2,6 +2,7 @@
 //! which prints it as `hyp: error: <summary>` (after its detail lines) and powers off.
 
 use crate::gic::GicError;
+use crate::smmu::AssignError;
 use crate::virtio::DiskError;
 use alloc::string::String;
 use core::fmt;
@@ -59,6 +60,8 @@ pub enum VmFailure {
     },
     /// No VMID left.
     Vmid(VmidError),
+    /// Its PCI functions could not be given to it at the SMMU.
+    Devices(AssignError),
     /// Its stage-2 root tables could not be allocated.
     Stage2Root(MapError),
     /// Mapping its RAM at stage 2 failed.
@@ -130,6 +133,7 @@ impl fmt::Display for Detail<'_> {
                      free host RAM {free}"
                 ),
                 VmFailure::Vmid(e) => write!(f, "vm {vm}: {e}"),
+                VmFailure::Devices(e) => write!(f, "vm {vm}: its PCI devices: {e}"),
                 VmFailure::Stage2Root(e) => write!(f, "vm {vm}: stage-2 root tables: {e}"),
                 VmFailure::Stage2Map(e) => write!(f, "vm {vm}: stage-2 map of RAM: {e}"),
                 VmFailure::LoadOutside { what, ipa, len } => write!(
@@ -170,6 +174,7 @@ impl fmt::Display for Fatal {
                     "not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)"
                 }
                 VmFailure::Vmid(_) => "no VMID left",
+                VmFailure::Devices(_) => "cannot give a VM its PCI devices",
                 VmFailure::Stage2Root(_) => "cannot allocate stage-2 tables",
                 VmFailure::Stage2Map(_) => "cannot build the VM's stage-2 tables",
                 VmFailure::LoadOutside { .. } => "the load plan does not fit the VM's RAM",

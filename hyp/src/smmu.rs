@@ -11,21 +11,25 @@
 //! Events are polled ([`Smmu::poll`]); a global error (`SMMU_GERROR`) is fatal: the
 //! invalidations hyp relies on may not have happened.
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use el2::arch::{barrier, sysreg};
 use el2::dt::PhysRange;
-use el2::frames::FrameAlloc;
+use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::mmio::MmioRegion;
+use guest_loader::pci::{Bdf, PciDevice};
 use log::{info, warn};
 use smmu::regs::{offset, CR0, CR1, GBPA, GERROR, QUEUE_BASE, STRTAB_BASE_CFG};
 use smmu::{
-    Command, CommandError, CommandMemory, CommandQueue, Event, EventMemory, EventQueue,
-    SmmuFeatures, Ste,
+    Command, CommandError, CommandMemory, CommandQueue, CommandSink, Event, EventMemory,
+    EventQueue, Refusal, SmmuFeatures, SmmuMirror, Ste,
 };
 use spin::mutex::SpinMutex;
-use stage2::{Granule, TableAlloc};
+use stage2::{Geometry, Granule, TableAlloc};
 use tock_registers::LocalRegisterCopy;
 
 use crate::mem;
@@ -142,10 +146,23 @@ impl fmt::Display for GlobalError {
     }
 }
 
+/// A stream given to a VM.
+struct Owner {
+    sid: u32,
+    vm: String,
+    /// Events reported for it so far (the first [`EVENTS_SHOWN`] are printed).
+    events: u32,
+}
+
+/// Events printed per stream: a device aimed at the wrong addresses by its guest must not be
+/// able to flood the console; the rest are counted.
+const EVENTS_SHOWN: u32 = 20;
+
 /// The SMMU, taken over by hyp.
 pub struct Smmu {
     regs: MmioRegion,
     features: SmmuFeatures,
+    owners: Vec<Owner>,
     frames: FrameAlloc,
     strtab: Frames,
     cmdq: CommandQueue,
@@ -259,6 +276,7 @@ impl Smmu {
         let mut s = Smmu {
             regs,
             features,
+            owners: Vec::new(),
             frames,
             strtab,
             cmdq: CommandQueue::new(cmdq_log2),
@@ -348,7 +366,17 @@ impl Smmu {
         loop {
             let ev: Option<Event> = self.evtq.pop(&CmdMem(&self.frames, &self.evtq_mem));
             let Some(ev) = ev else { break };
-            warn!("hyp: {ev} (no VM owns that stream)");
+            match self.owners.iter_mut().find(|o| o.sid == ev.sid) {
+                Some(o) => {
+                    o.events += 1;
+                    if o.events <= EVENTS_SHOWN {
+                        warn!("vm {}: {ev}", o.vm);
+                    } else if o.events == EVENTS_SHOWN + 1 {
+                        warn!("vm {}: more than {EVENTS_SHOWN} smmu events: the rest are only counted", o.vm);
+                    }
+                }
+                None => warn!("hyp: {ev} (no VM owns that stream)"),
+            }
             n += 1;
         }
         if n > 0 {
@@ -356,6 +384,174 @@ impl Smmu {
         }
         Ok(n)
     }
+}
+
+impl Smmu {
+    /// Points every stream of `devices` at the VM's stage 2 (`geometry`, `root`, `vmid`), after
+    /// checking that the SMMU can walk it and that the VM's RAM and tables are within its
+    /// output size. The STE is written with `V` last, then `CMD_CFGI_STE` and `CMD_SYNC`.
+    fn assign(&mut self, a: &Assignment<'_>) -> Result<(), AssignError> {
+        let pa_bits = self.features.oas_bits;
+        self.features
+            .check(a.geometry, pa_bits)
+            .map_err(AssignError::Refused)?;
+        if a.ram.end > 1 << pa_bits || a.root >= 1 << pa_bits {
+            return Err(AssignError::Refused(Refusal::OutputSize {
+                pa_bits: 64 - a.ram.end.leading_zeros(),
+                oas_bits: pa_bits,
+            }));
+        }
+        if !self.features.vmid16 && a.vmid > 0xff {
+            return Err(AssignError::Vmid(a.vmid));
+        }
+        let streams = 1u32 << STREAM_LOG2.min(self.features.sid_bits);
+        let ste = Ste::stage2(a.geometry, a.vmid, a.root, pa_bits, self.features.vmid16);
+        for (bdf, _) in a.devices {
+            let sid = bdf.stream_id();
+            if sid >= streams {
+                return Err(AssignError::Stream(sid));
+            }
+            if let Some(o) = self.owners.iter().find(|o| o.sid == sid) {
+                return Err(AssignError::Taken(sid, o.vm.clone()));
+            }
+            self.write_ste(sid as usize, ste);
+            self.push(Command::CfgiSte { sid })
+                .map_err(AssignError::Smmu)?;
+            self.owners.push(Owner {
+                sid,
+                vm: a.vm.into(),
+                events: 0,
+            });
+        }
+        self.sync().map_err(AssignError::Smmu)
+    }
+
+    /// Takes `vm`'s streams back: abort STEs, `CMD_CFGI_STE`, then invalidation of its VMID
+    /// and `CMD_SYNC`, so no device DMA reaches its memory once this returns.
+    fn release(&mut self, vm: &str, vmid: u16) -> Result<(), Unusable> {
+        let mine: Vec<u32> = self
+            .owners
+            .iter()
+            .filter(|o| o.vm == vm)
+            .map(|o| o.sid)
+            .collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        for &sid in &mine {
+            self.write_ste(sid as usize, Ste::abort());
+            self.push(Command::CfgiSte { sid })?;
+        }
+        self.push(Command::TlbiS12Vmall { vmid })?;
+        self.sync()?;
+        self.owners.retain(|o| o.vm != vm);
+        Ok(())
+    }
+}
+
+/// What [`assign`] needs to point a VM's functions at its stage 2.
+pub struct Assignment<'a> {
+    /// The VM's name (for event lines).
+    pub vm: &'a str,
+    /// Its VMID.
+    pub vmid: u16,
+    /// Its stage-2 geometry (the plan's, with the encoding the SMMU reads).
+    pub geometry: &'a Geometry,
+    /// Its stage-2 root table.
+    pub root: u64,
+    /// Its RAM, as host physical addresses.
+    pub ram: Range<u64>,
+    /// Its functions.
+    pub devices: &'a [(Bdf, PciDevice)],
+}
+
+/// Why a VM's functions could not be given to it.
+#[derive(Debug)]
+pub enum AssignError {
+    /// There is no usable SMMU.
+    NoSmmu,
+    /// The SMMU cannot walk the VM's stage 2.
+    Refused(Refusal),
+    /// The VM's VMID needs 16 bits and the SMMU has 8 (`SMMU_IDR0.VMID16` = 0).
+    Vmid(u16),
+    /// A StreamID beyond hyp's stream table.
+    Stream(u32),
+    /// The stream belongs to another VM.
+    Taken(u32, String),
+    /// The SMMU failed a command.
+    Smmu(Unusable),
+}
+
+impl fmt::Display for AssignError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AssignError::NoSmmu => f.write_str("no usable SMMUv3 to confine its devices' DMA"),
+            AssignError::Refused(r) => r.fmt(f),
+            AssignError::Vmid(v) => write!(
+                f,
+                "VMID {v} needs 16 bits; the SMMU has 8 (SMMU_IDR0.VMID16 = 0)"
+            ),
+            AssignError::Stream(sid) => write!(f, "StreamID {sid:#x} is beyond hyp's stream table"),
+            AssignError::Taken(sid, vm) => {
+                write!(f, "StreamID {sid:#x} already belongs to vm {vm}")
+            }
+            AssignError::Smmu(e) => write!(f, "the SMMU failed: {e}"),
+        }
+    }
+}
+
+/// Gives `a.devices` to `a.vm` (see [`Smmu::assign`]).
+pub fn assign(a: &Assignment<'_>) -> Result<(), AssignError> {
+    SMMU.lock().as_mut().ok_or(AssignError::NoSmmu)?.assign(a)
+}
+
+/// Takes a stopped VM's streams back before anything reuses its memory; an SMMU that fails
+/// here leaves devices able to reach that memory, so hyp stops.
+pub fn release(vm: &str, vmid: u16) {
+    if let Some(s) = SMMU.lock().as_mut() {
+        if let Err(e) = s.release(vm, vmid) {
+            el2::fatal!("vm {vm}: its devices could not be stopped: the SMMU failed: {e}")
+        }
+    }
+}
+
+/// The SMMU's features as hyp uses them (`hyp.hide-smmu-granules=` applied), for the plan.
+pub fn features() -> Option<SmmuFeatures> {
+    SMMU.lock().as_ref().map(|s| s.features)
+}
+
+/// Where a VM's stage-2 invalidations go besides the CPUs: the SMMU, when the VM owns
+/// devices. An SMMU that fails an invalidation may keep translating through a mapping hyp has
+/// just removed, so hyp stops.
+#[derive(Debug)]
+pub struct Sink {
+    owns_devices: bool,
+}
+
+impl CommandSink for Sink {
+    fn push(&mut self, cmd: Command) {
+        if self.owns_devices {
+            if let Some(Err(e)) = SMMU.lock().as_mut().map(|s| s.push(cmd)) {
+                el2::fatal!("hyp: smmu: stage-2 invalidation failed: {e}")
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        if self.owns_devices {
+            if let Some(Err(e)) = SMMU.lock().as_mut().map(|s| s.sync()) {
+                el2::fatal!("hyp: smmu: stage-2 invalidation failed: {e}")
+            }
+        }
+    }
+}
+
+/// A VM's stage-2 maintenance: the CPU's, mirrored to the SMMU when it owns devices.
+pub type VmMaintenance = SmmuMirror<HwMaintenance, Sink>;
+
+/// The maintenance for a VM with `vmid`.
+pub fn maintenance(vmid: u16, owns_devices: bool) -> VmMaintenance {
+    SmmuMirror::new(HwMaintenance, Sink { owns_devices }, vmid)
 }
 
 /// The boot line: `hyp: smmu at <base>: stage 2, granules 4K 16K 64K, oas 44 bits, 16-bit

@@ -53,7 +53,27 @@ fn index(granule: Granule) -> usize {
     }
 }
 
+/// The SMMUs `guest-loader check --smmu` knows: QEMU 10.0.2's `arm-smmuv3` on `-M
+/// virt,iommu=smmuv3` (`SMMU_IDR0..5` as hyp read them: stage 1 and 2, AArch64 tables,
+/// coherent, 16-bit VMIDs, 16 StreamID bits, RIL, no FWB, 4K/16K/64K, OAS 44 bits).
+pub const PROFILES: [&str; 1] = ["qemu"];
+
 impl SmmuFeatures {
+    /// A named SMMU (see [`PROFILES`]).
+    pub fn profile(name: &str) -> Option<SmmuFeatures> {
+        match name {
+            "qemu" => Some(SmmuFeatures::from_idr([
+                0x0d44_101b,
+                0x0273_0010,
+                0,
+                0x1414,
+                0,
+                0x74,
+            ])),
+            _ => None,
+        }
+    }
+
     /// Decodes `SMMU_IDR0..5` (IHI 0070 §6.3.1-§6.3.6).
     pub fn from_idr(idr: [u32; 6]) -> SmmuFeatures {
         let idr0 = LocalRegisterCopy::<u32, IDR0::Register>::new(idr[0]);
@@ -241,6 +261,15 @@ mod tests {
         0,
         (1 << 6) | (1 << 5) | (1 << 4) | 4,
     ];
+
+    #[test]
+    fn qemu_profile_is_what_hyp_read() {
+        let q = SmmuFeatures::profile("qemu").unwrap();
+        assert!(q.stage2 && q.aarch64_tables && q.coherent && q.vmid16 && !q.fwb);
+        assert_eq!((q.oas_bits, q.sid_bits), (44, 16));
+        assert!(Granule::ALL.iter().all(|&g| q.supports(g)));
+        assert_eq!(SmmuFeatures::profile("none"), None);
+    }
 
     #[test]
     fn decodes_every_field_hyp_reads() {

@@ -14,6 +14,7 @@ pub mod vcpu;
 
 use crate::boot::Boot;
 use crate::failure::{Fatal, VmFailure};
+use crate::smmu::VmMaintenance;
 use crate::{gic, mem, virtio, Verdict};
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -125,7 +126,9 @@ pub struct Vm {
     /// The ID register view.
     pub idregs: GuestIdRegs,
     /// The stage-2 tables (kept for the VM's lifetime).
-    pub s2: SpinMutex<PageTable<FrameAlloc, HwMaintenance>>,
+    pub s2: SpinMutex<PageTable<FrameAlloc, VmMaintenance>>,
+    /// It owns PCI functions (their streams go through its stage 2 at the SMMU).
+    pub owns_devices: bool,
     /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
     pub lazy_chunk: Option<u64>,
     /// `hyp.stress=N`: the stage-2 stress state; `None` when off.
@@ -244,6 +247,12 @@ impl Vm {
     }
 
     fn finish(&self) {
+        if self.owns_devices {
+            crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
+            if let Err(e) = crate::smmu::poll() {
+                el2::fatal!("{e}")
+            }
+        }
         {
             let mut d = self.dev.lock();
             d.uart.flush(&mut |line: &str| output::queue(self, line));
@@ -366,6 +375,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     let t_read = ms();
     let bundle = Bundle::parse(data).map_err(Fatal::BundleCorrupt)?;
     let host = Host {
+        smmu: crate::smmu::features(),
         cpu: boot.cpu,
         cpus: smp::online() as u32,
         guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
@@ -437,6 +447,9 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     // Wait for every VM; CPU 0 keeps writing queued output and taking the host console's
     // input meanwhile.
     while !vms.iter().all(|vm| vm.done.load(Ordering::Acquire)) {
+        if let Err(e) = crate::smmu::poll() {
+            el2::fatal!("{e}")
+        }
         if output::pump_one() {
             continue;
         }
@@ -506,8 +519,10 @@ fn create(
     }
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
-    let mut pt = PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance)
-        .map_err(VmFailure::Stage2Root)?;
+    let owns_devices = !vp.pci.is_empty();
+    let maint = crate::smmu::maintenance(vmid.get(), owns_devices);
+    let mut pt =
+        PageTable::with_vmid(geo, vmid.get(), frames, maint).map_err(VmFailure::Stage2Root)?;
     let ram_ipa = vp.layout.ram.start;
     debug_assert_eq!(ram_ipa, RAM_BASE);
     let eager = vp.mapping == Mapping::Eager;
@@ -551,6 +566,28 @@ fn create(
     }
     // The kernel's BSS (image_size beyond the file) is among the scrubbed zeros.
     cache::invalidate_icache_all();
+    // Its devices' DMA goes through the same stage 2, now that it maps all of its RAM.
+    if owns_devices {
+        crate::smmu::assign(&crate::smmu::Assignment {
+            vm: &vp.name,
+            vmid: vmid.get(),
+            geometry: &geo,
+            root: pt.root_pa(),
+            ram: pa..pa + memory,
+            devices: &vp.pci,
+        })
+        .map_err(VmFailure::Devices)?;
+        for (bdf, d) in &vp.pci {
+            info!(
+                "vm {}: pci {bdf} (stream {:#x}) {}: DMA through its {} stage 2, VMID {}",
+                vp.name,
+                bdf.stream_id(),
+                d.model,
+                geo.granule().label(),
+                vmid.get()
+            );
+        }
+    }
 
     let n = vp.vcpus as usize;
     let vgic = Vgic::new(VgicConfig {
@@ -636,8 +673,11 @@ fn create(
         dtb: vp.layout.dtb(),
         idregs,
         s2: SpinMutex::new(pt),
+        owns_devices,
         lazy_chunk,
-        stress: (boot.cmdline.stress != 0).then(|| {
+        // Device-visible memory stays mapped while a device may use it: hyp.stress does not
+        // touch a VM that owns devices.
+        stress: (boot.cmdline.stress != 0 && !owns_devices).then(|| {
             stress::Stress::new(
                 boot.cmdline.stress,
                 vsys::cntpct_el0() ^ u64::from(vmid.get()),
