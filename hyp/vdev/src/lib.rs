@@ -45,6 +45,7 @@ pub mod console;
 pub mod exit;
 pub mod idregs;
 pub mod mmio;
+pub mod pci;
 pub mod pl011;
 pub mod psci;
 pub mod sysregs;
