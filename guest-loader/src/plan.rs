@@ -693,6 +693,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             initrd: layout.initrd,
             stage2_granule,
             ipa_bits: ipa,
+            pci_window: None,
         }) {
             Ok(d) => d,
             Err(e) => {
