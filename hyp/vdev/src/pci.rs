@@ -104,9 +104,10 @@ pub struct Bar {
 }
 
 /// Measures the memory BARs of `bdf` on the physical function, with decoding off (restored
-/// after): write all ones, read back the size mask (PCI spec §6.2.5.1). I/O BARs are not
-/// supported and reported as `Err(index)`.
-pub fn measure_bars(cs: &mut impl ConfigSpace, bdf: Bdf) -> Result<Vec<Bar>, usize> {
+/// after): write all ones, read back the size mask (PCI spec §6.2.5.1). I/O BARs are left out:
+/// hyp gives guests no I/O space, so they read as unimplemented (0) and the guest uses the
+/// memory BARs (a transitional virtio device then runs as a modern one).
+pub fn measure_bars(cs: &mut impl ConfigSpace, bdf: Bdf) -> Vec<Bar> {
     let cmd = cs.read32(bdf, REG_COMMAND);
     cs.write32(
         bdf,
@@ -115,7 +116,6 @@ pub fn measure_bars(cs: &mut impl ConfigSpace, bdf: Bdf) -> Result<Vec<Bar>, usi
     );
     let mut bars = Vec::new();
     let mut i = 0;
-    let mut result = Ok(());
     while i < 6 {
         let reg = REG_BAR0 + 4 * i as u16;
         let orig = cs.read32(bdf, reg);
@@ -127,8 +127,8 @@ pub fn measure_bars(cs: &mut impl ConfigSpace, bdf: Bdf) -> Result<Vec<Bar>, usi
             continue;
         }
         if lo & 1 != 0 {
-            result = Err(i);
-            break;
+            i += 1;
+            continue;
         }
         let wide = (lo >> 1) & 3 == 2;
         let mut mask = u64::from(lo & !0xf);
@@ -153,7 +153,7 @@ pub fn measure_bars(cs: &mut impl ConfigSpace, bdf: Bdf) -> Result<Vec<Bar>, usi
         i += if wide { 2 } else { 1 };
     }
     cs.write32(bdf, REG_COMMAND, cmd);
-    result.map(|()| bars)
+    bars
 }
 
 /// What a guest write asks hyp to do at stage 2.
@@ -479,7 +479,7 @@ mod tests {
 
     fn view() -> (PciView, Model) {
         let mut m = Model::new(false);
-        let bars = measure_bars(&mut m, DEV).unwrap();
+        let bars = measure_bars(&mut m, DEV);
         assert_eq!(
             bars,
             vec![
@@ -506,8 +506,16 @@ mod tests {
     }
 
     #[test]
-    fn io_bars_are_refused() {
-        assert_eq!(measure_bars(&mut Model::new(true), DEV), Err(4));
+    fn io_bars_are_hidden() {
+        let mut m = Model::new(true);
+        let bars = measure_bars(&mut m, DEV);
+        assert_eq!(bars.iter().map(|b| b.index).collect::<Vec<_>>(), [0, 2]);
+        let mut v = PciView::new(&[(DEV, bars)], WINDOW, &mut m);
+        v.write(&mut m, at(DEV, 0x20), AccessSize::B4, 0xffff_ffff)
+            .unwrap();
+        assert_eq!(v.read(&mut m, at(DEV, 0x20), AccessSize::B4), Ok(0));
+        v.write(&mut m, at(DEV, 4), AccessSize::B2, 0x1).unwrap();
+        assert_eq!(m.regs[1] & 1, 0, "I/O decoding is never enabled");
     }
 
     #[test]
