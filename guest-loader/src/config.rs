@@ -391,6 +391,15 @@ pub enum ErrorKind {
     TooManyPciDevices,
     /// A VM owns PCI functions but the host has no SMMUv3 to confine their DMA.
     PciNoSmmu,
+    /// A function's legacy INTx line is already another VM's.
+    PciIntxShared {
+        /// The function's place.
+        bdf: crate::pci::Bdf,
+        /// The SPI its INTA is wired to.
+        spi: u32,
+        /// The VM owning that line.
+        other: String,
+    },
     /// A VM owns PCI functions and maps its RAM lazily.
     PciLazy,
     /// The SMMU cannot walk the VM's stage 2.
@@ -536,6 +545,13 @@ impl fmt::Display for ErrorKind {
             PciTakesNoFile { model, key } => {
                 write!(f, "{model} takes no backing file; remove {key}")
             }
+            PciIntxShared { bdf, spi, other } => write!(
+                f,
+                "{bdf}'s INTx is wired to SPI {spi}, which a device of vm \"{other}\" already \
+                 uses: the root bus has four INTx lines, each given to one VM (no MSI without a \
+                 virtual ITS), and a VM's devices take one line per slot; give the devices to \
+                 fewer VMs"
+            ),
             PciNoSmmu => f.write_str(
                 "the host has no SMMUv3 to confine the device's DMA; run QEMU with \
                  -M virt,iommu=smmuv3 (./run adds it when a config assigns devices)",

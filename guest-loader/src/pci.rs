@@ -8,6 +8,7 @@
 
 use alloc::string::String;
 use core::fmt;
+pub use platform::pci::Bdf;
 
 /// The device models a VM may be given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,30 +63,6 @@ pub struct PciDevice {
 /// function each.
 pub const MAX_PCI_DEVICES: usize = 31;
 
-/// A function's place on the host's PCIe root bus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bdf {
-    /// Bus (always 0: the root bus).
-    pub bus: u8,
-    /// Device (slot) 1..=31.
-    pub device: u8,
-    /// Function (always 0).
-    pub function: u8,
-}
-
-impl Bdf {
-    /// The requester ID, which is the function's StreamID at the SMMU.
-    pub const fn stream_id(self) -> u32 {
-        (self.bus as u32) << 8 | (self.device as u32) << 3 | self.function as u32
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
-    }
-}
-
 /// Where the `index`-th assigned function of the whole system (config order, across VMs)
 /// sits, or `None` beyond [`MAX_PCI_DEVICES`].
 pub fn place(index: usize) -> Option<Bdf> {
@@ -114,12 +91,9 @@ mod tests {
     fn placement_fills_root_bus_slots_from_one() {
         let first = place(0).unwrap();
         assert_eq!(first.to_string(), "00:01.0");
-        assert_eq!(first.stream_id(), 0x08);
+        assert_eq!(first.rid(), 0x08);
         let last = place(MAX_PCI_DEVICES - 1).unwrap();
-        assert_eq!(
-            (last.to_string(), last.stream_id()),
-            ("00:1f.0".into(), 0xf8)
-        );
+        assert_eq!((last.to_string(), last.rid()), ("00:1f.0".into(), 0xf8));
         assert_eq!(place(MAX_PCI_DEVICES), None);
     }
 }

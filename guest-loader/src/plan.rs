@@ -10,7 +10,7 @@ use crate::config::{
 };
 use crate::fdt::{guest_dtb, DtbInput};
 use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
-use crate::layout::{place, Layout, LayoutRequest, RAM_BASE};
+use crate::layout::{place, Layout, LayoutRequest, Region, RAM_BASE};
 use crate::pci::{self, Bdf, PciDevice};
 use crate::size::format_size;
 use alloc::borrow::Cow;
@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::fmt::Write as _;
 use core::ops::Range;
+use platform::virt::{pci_intx_spi, pci_mmio_slice};
 use smmu::{Refusal as SmmuRefusal, SmmuFeatures};
 use stage2::geometry::{Geometry, GeometryError};
 use stage2::{CpuFeatures, Granule, GranuleRefusal, Stage};
@@ -244,6 +245,8 @@ pub struct VmPlan<'a> {
     pub dtb: Vec<u8>,
     /// The PCI functions the VM owns (`[[vm.pci]]`), each with its place on the root bus.
     pub pci: Vec<(Bdf, PciDevice)>,
+    /// Its slice of the PCI memory window (IPA = PA), when it owns functions.
+    pub pci_window: Option<Region>,
 }
 
 impl VmPlan<'_> {
@@ -384,12 +387,7 @@ impl SystemPlan<'_> {
             );
             let _ = writeln!(s, "vm {n}: cmdline \"{}\"", vm.cmdline);
             for (bdf, d) in &vm.pci {
-                let _ = write!(
-                    s,
-                    "vm {n}: pci {bdf} (stream {:#x}) {}",
-                    bdf.stream_id(),
-                    d.model
-                );
+                let _ = write!(s, "vm {n}: pci {bdf} (stream {:#x}) {}", bdf.rid(), d.model);
                 if let Some(f) = &d.file {
                     let _ = write!(
                         s,
@@ -552,8 +550,18 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
     }
 
     /// The VM's stage-2 table budget (see [`VmPlan::table_budget`]); `None` after an error.
-    fn table_budget(&mut self, vm: &VmConfig, geo: &Geometry) -> Option<u64> {
-        let worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+    fn table_budget(
+        &mut self,
+        vm: &VmConfig,
+        geo: &Geometry,
+        pci_window: Option<Region>,
+    ) -> Option<u64> {
+        let mut worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+        if let Some(w) = pci_window {
+            // The PCI window is mapped too (pages): its tables beside the RAM's, sharing the
+            // root (an upper-level table both use is counted twice: a cap, never short).
+            worst += geo.table_budget(w.start..w.start + w.size) - geo.root_bytes();
+        }
         let Some(asked) = vm.stage2.table_memory else {
             return Some(worst);
         };
@@ -573,7 +581,13 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         None
     }
 
-    fn vm(&mut self, vm: &VmConfig, cpus: Range<u32>, first_pci: usize) -> Option<VmPlan<'a>> {
+    fn vm(
+        &mut self,
+        vm: &VmConfig,
+        cpus: Range<u32>,
+        first_pci: usize,
+        pci_window: Option<Region>,
+    ) -> Option<VmPlan<'a>> {
         let before = self.errors.len();
         let cpu = self.host.cpu;
         let ipa = vm.stage2.ipa_bits;
@@ -665,7 +679,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 return None;
             }
         };
-        let table_budget = self.table_budget(vm, &geometry)?;
+        let table_budget = self.table_budget(vm, &geometry, pci_window)?;
         let cmdline = match cmdline::build(&vm.cmdline, page_size) {
             Ok(c) => c,
             Err(e) => {
@@ -693,7 +707,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             initrd: layout.initrd,
             stage2_granule,
             ipa_bits: ipa,
-            pci_window: None,
+            pci_window,
         }) {
             Ok(d) => d,
             Err(e) => {
@@ -734,6 +748,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 .enumerate()
                 .filter_map(|(i, d)| Some((pci::place(first_pci + i)?, d.clone())))
                 .collect(),
+            pci_window,
         })
     }
 }
@@ -770,6 +785,9 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
     }
     let mut vms = Vec::new();
     let (mut used_cpus, mut used_ram, mut used_pci) = (0u32, 0u64, 0usize);
+    // Which VM owns each legacy INTx line (SPI) of the root bus.
+    let mut intx: Vec<(u32, String)> = Vec::new();
+    let mut windows = 0u64;
     for vm in &cfg.vms {
         let free_cpus = host.cpus.saturating_sub(used_cpus);
         if vm.vcpus > free_cpus {
@@ -787,7 +805,32 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         let free_ram = host.guest_ram.saturating_sub(used_ram);
         let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
         used_cpus = used_cpus.saturating_add(vm.vcpus);
-        let plan = r.vm(vm, cpus, used_pci);
+        let mut pci_window = None;
+        if !vm.pci.is_empty() {
+            let (start, size) = pci_mmio_slice(windows);
+            windows += 1;
+            pci_window = Some(Region { start, size });
+            for i in 0..vm.pci.len() {
+                let Some(bdf) = pci::place(used_pci + i) else {
+                    break;
+                };
+                let spi = pci_intx_spi(u32::from(bdf.device), 0);
+                match intx.iter().find(|(s, _)| *s == spi) {
+                    Some((_, other)) if *other != vm.name => {
+                        let other = other.clone();
+                        r.err(
+                            vm,
+                            vm.pos.pci.get(i).copied().unwrap_or(vm.pos.table),
+                            "pci",
+                            ErrorKind::PciIntxShared { bdf, spi, other },
+                        );
+                    }
+                    Some(_) => {}
+                    None => intx.push((spi, vm.name.clone())),
+                }
+            }
+        }
+        let plan = r.vm(vm, cpus, used_pci, pci_window);
         used_pci += vm.pci.len();
         // RAM and the VM's stage-2 tables are both carved from host RAM.
         let tables = plan.as_ref().map_or(0, |p| p.table_budget);

@@ -416,7 +416,7 @@ fn pci_functions_are_placed_on_the_root_bus_in_config_order() {
     let places: Vec<(String, u32)> = p
         .vms
         .iter()
-        .flat_map(|v| v.pci.iter().map(|(b, _)| (b.to_string(), b.stream_id())))
+        .flat_map(|v| v.pci.iter().map(|(b, _)| (b.to_string(), b.rid())))
         .collect();
     assert_eq!(
         places,
@@ -424,6 +424,18 @@ fn pci_functions_are_placed_on_the_root_bus_in_config_order() {
             ("00:01.0".to_string(), 0x08),
             ("00:02.0".to_string(), 0x10),
             ("00:03.0".to_string(), 0x18)
+        ]
+    );
+    let windows: Vec<_> = p
+        .vms
+        .iter()
+        .map(|v| v.pci_window.map(|w| (w.start, w.size)))
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            Some((0x1000_0000, 0x400_0000)),
+            Some((0x1400_0000, 0x400_0000))
         ]
     );
     let report = p.report();
@@ -437,6 +449,7 @@ fn pci_functions_are_placed_on_the_root_bus_in_config_order() {
     // A VM without [[vm.pci]] owns none, and its plan prints none.
     let q = ok(&vm("kernel = \"k4.img\""), &host());
     assert!(q.vms[0].pci.is_empty() && !q.report().contains(": pci "));
+    assert_eq!(q.vms[0].pci_window, None);
 }
 
 #[test]

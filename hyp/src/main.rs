@@ -39,6 +39,8 @@ mod mem;
 #[cfg(hyp_bare)]
 mod mmu;
 #[cfg(hyp_bare)]
+mod pci;
+#[cfg(hyp_bare)]
 mod selftest;
 #[cfg(hyp_bare)]
 mod smmu;
@@ -87,7 +89,7 @@ fn run_system(boot: &boot::Boot) -> Result<Verdict, failure::Fatal> {
 extern "C" fn el2_primary_main(dtb: usize) -> ! {
     let boot = boot::early(dtb);
     boot::start_secondaries(&boot);
-    boot::take_over_smmu(&boot);
+    boot::take_over_devices(&boot);
 
     selftest::run(&boot);
 

@@ -407,7 +407,7 @@ impl Smmu {
         let streams = 1u32 << STREAM_LOG2.min(self.features.sid_bits);
         let ste = Ste::stage2(a.geometry, a.vmid, a.root, pa_bits, self.features.vmid16);
         for (bdf, _) in a.devices {
-            let sid = bdf.stream_id();
+            let sid = bdf.rid();
             if sid >= streams {
                 return Err(AssignError::Stream(sid));
             }

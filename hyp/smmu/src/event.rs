@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use platform::pci::Bdf;
+
 /// The event types hyp names (IHI 0070 §7.3, Table 7-3). Others print as their number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
@@ -128,17 +130,6 @@ impl Event {
     }
 }
 
-/// A PCI requester ID (the StreamID of a function behind the SMMU) as `bus:device.function`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bdf(pub u32);
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rid = self.0 & 0xffff;
-        write!(f, "{:02x}:{:02x}.{}", rid >> 8, (rid >> 3) & 0x1f, rid & 7)
-    }
-}
-
 /// The stable line's text after `vm <name>: `:
 /// `smmu event <type> at IPA <addr> from <bdf>` (architecture.md's SMMU lines).
 impl fmt::Display for Event {
@@ -148,7 +139,7 @@ impl fmt::Display for Event {
             "smmu event {} at IPA {:#x} from {}",
             self.kind,
             self.input,
-            Bdf(self.sid)
+            Bdf::from_rid(self.sid)
         )
     }
 }
@@ -179,11 +170,5 @@ mod tests {
         let o = Event::decode([0x7e, 0, 0, 0]);
         assert_eq!(o.kind, EventType::Other(0x7e));
         assert_eq!(o.to_string(), "smmu event 0x7e at IPA 0x0 from 00:00.0");
-    }
-
-    #[test]
-    fn bdf_fields() {
-        assert_eq!(Bdf(0xffff).to_string(), "ff:1f.7");
-        assert_eq!(Bdf(0x0009).to_string(), "00:01.1");
     }
 }

@@ -33,7 +33,7 @@ pub mod regs;
 pub mod ste;
 
 pub use cmd::Command;
-pub use event::{Bdf, Event, EventType};
+pub use event::{Event, EventType};
 pub use features::{Refusal, SmmuFeatures};
 pub use mirror::{CommandSink, SmmuMirror};
 pub use queue::{

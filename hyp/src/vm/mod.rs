@@ -27,12 +27,15 @@ use el2::smp;
 use guest_loader::config::Mapping;
 use guest_loader::{Bundle, Host, VmPlan};
 use log::{error, info, warn};
-use platform::virt::{GICD_BASE, GICD_SIZE, GICR_BASE, RAM_BASE, UART_BASE, UART_SIZE};
+use platform::virt::{
+    GICD_BASE, GICD_SIZE, GICR_BASE, PCI_ECAM_BASE, PCI_ECAM_SIZE, RAM_BASE, UART_BASE, UART_SIZE,
+};
 use spin::mutex::SpinMutex;
 use spin::Once;
 use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
 use vdev::console::OutQueue;
 use vdev::idregs::{GuestIdRegs, IdPolicy};
+use vdev::pci::{ConfigSpace, PciView};
 use vdev::pl011::Pl011;
 use vdev::psci::Psci;
 use vdev::traps::HostFeatures;
@@ -129,6 +132,10 @@ pub struct Vm {
     pub s2: SpinMutex<PageTable<FrameAlloc, VmMaintenance>>,
     /// It owns PCI functions (their streams go through its stage 2 at the SMMU).
     pub owns_devices: bool,
+    /// Its view of PCI configuration space, when it owns functions.
+    pub pci: Option<SpinMutex<PciView>>,
+    /// Its slice of the PCI memory window (IPA = PA), mapped as device memory.
+    pub pci_window: Option<core::ops::Range<u64>>,
     /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
     pub lazy_chunk: Option<u64>,
     /// `hyp.stress=N`: the stage-2 stress state; `None` when off.
@@ -222,12 +229,23 @@ impl Vm {
     /// that hold it: RAM at `ram_pa + offset`, or the frame `hyp.stress` migrated the page to.
     /// Returns the number of leaves, or the first leaf that maps anything else (a hyp bug
     /// that would let the guest reach memory not its own).
-    pub fn audit_stage2(&self) -> Result<u64, (u64, u64)> {
+    pub fn audit_stage2(&self) -> Result<Audit, (u64, u64)> {
         let mut pt = self.s2.lock();
         let page = pt.geometry().page_size();
         let mut leaves = 0;
+        let mut window_leaves = 0;
         let mut bad = None;
         pt.for_each_leaf(|ipa, pa, size| {
+            // Its PCI window: device memory at IPA = PA, where its BARs decode.
+            if let Some(w) = &self.pci_window {
+                if ipa >= w.start && ipa.checked_add(size).is_some_and(|e| e <= w.end) {
+                    window_leaves += 1;
+                    if pa != ipa && bad.is_none() {
+                        bad = Some((ipa, pa));
+                    }
+                    return;
+                }
+            }
             leaves += 1;
             let off = ipa.wrapping_sub(self.ram_ipa);
             let inside =
@@ -241,13 +259,20 @@ impl Vm {
             }
         });
         match bad {
-            None => Ok(leaves),
+            None => Ok(Audit {
+                leaves,
+                window_leaves,
+            }),
             Some(b) => Err(b),
         }
     }
 
     fn finish(&self) {
         if self.owns_devices {
+            // Devices stop first (bus mastering off), then their streams are taken back.
+            if let (Some(view), Some(mut ecam)) = (&self.pci, crate::pci::host()) {
+                view.lock().quiesce(&mut ecam);
+            }
             crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
             if let Err(e) = crate::smmu::poll() {
                 el2::fatal!("{e}")
@@ -259,9 +284,16 @@ impl Vm {
         }
         output::drain(self);
         match self.audit_stage2() {
-            Ok(n) => info!(
-                "vm {}: stage-2 audit: {n} leaves, all inside guest RAM",
+            Ok(Audit {
+                leaves,
+                window_leaves: 0,
+            }) => info!(
+                "vm {}: stage-2 audit: {leaves} leaves, all inside guest RAM",
                 self.name
+            ),
+            Ok(a) => info!(
+                "vm {}: stage-2 audit: {} leaves, all inside guest RAM, and {} in its PCI window",
+                self.name, a.leaves, a.window_leaves
             ),
             Err((ipa, pa)) => {
                 error!(
@@ -581,13 +613,17 @@ fn create(
             info!(
                 "vm {}: pci {bdf} (stream {:#x}) {}: DMA through its {} stage 2, VMID {}",
                 vp.name,
-                bdf.stream_id(),
+                bdf.rid(),
                 d.model,
                 geo.granule().label(),
                 vmid.get()
             );
         }
     }
+    let pci = match vp.pci_window {
+        Some(w) if owns_devices => Some(SpinMutex::new(pci_view(vp, w, &mut pt)?)),
+        _ => None,
+    };
 
     let n = vp.vcpus as usize;
     let vgic = Vgic::new(VgicConfig {
@@ -674,6 +710,11 @@ fn create(
         idregs,
         s2: SpinMutex::new(pt),
         owns_devices,
+        pci,
+        pci_window: vp
+            .pci_window
+            .filter(|_| owns_devices)
+            .map(|w| w.start..w.start + w.size),
         lazy_chunk,
         // Device-visible memory stays mapped while a device may use it: hyp.stress does not
         // touch a VM that owns devices.
@@ -708,6 +749,42 @@ fn create(
     Ok(vm)
 }
 
+/// A VM's PCI view: its functions' memory BARs measured on the devices (which start
+/// quiesced), and its slice of the PCI memory window mapped into its stage 2 as device memory
+/// at IPA = PA (the BARs, whose addresses `PciView` confines to the slice, decode there).
+fn pci_view(
+    vp: &VmPlan<'_>,
+    window: guest_loader::layout::Region,
+    pt: &mut PageTable<FrameAlloc, VmMaintenance>,
+) -> Result<PciView, VmFailure> {
+    let Some(mut ecam) = crate::pci::host() else {
+        return Err(VmFailure::NoPciBus);
+    };
+    let mut functions = Vec::with_capacity(vp.pci.len());
+    for (bdf, _) in &vp.pci {
+        // A slot without a function reads all ones (PCI spec): QEMU did not attach one.
+        if ecam.read32(*bdf, 0) == u32::MAX {
+            return Err(VmFailure::NoFunction(*bdf));
+        }
+        let bars = vdev::pci::measure_bars(&mut ecam, *bdf);
+        log::debug!("vm {}: pci {bdf}: memory BARs {bars:x?}", vp.name);
+        functions.push((*bdf, bars));
+    }
+    let range = window.start..window.start + window.size;
+    pt.map(range.clone(), window.start, Attrs::device(), MapOpts::PAGES)
+        .map_err(VmFailure::Stage2Map)?;
+    Ok(PciView::new(&functions, range, &mut ecam))
+}
+
+/// What [`Vm::audit_stage2`] counted: leaves mapping the VM's RAM, and leaves mapping its PCI
+/// window.
+pub struct Audit {
+    /// Leaves inside its RAM.
+    pub leaves: u64,
+    /// Leaves inside its PCI window.
+    pub window_leaves: u64,
+}
+
 /// Where an IPA falls in the VM's memory map.
 pub enum Region {
     /// Guest RAM, at this offset.
@@ -718,6 +795,8 @@ pub enum Region {
     Gicr(u64),
     /// The PL011, at this offset.
     Uart(u64),
+    /// The PCI configuration space of a VM that owns functions, at this offset.
+    Ecam(u64),
     /// Nothing.
     None,
 }
@@ -733,6 +812,10 @@ impl Vm {
             Region::Gicr(ipa - GICR_BASE)
         } else if (UART_BASE..UART_BASE + UART_SIZE).contains(&ipa) {
             Region::Uart(ipa - UART_BASE)
+        } else if self.pci.is_some()
+            && (PCI_ECAM_BASE..PCI_ECAM_BASE + PCI_ECAM_SIZE).contains(&ipa)
+        {
+            Region::Ecam(ipa - PCI_ECAM_BASE)
         } else {
             Region::None
         }

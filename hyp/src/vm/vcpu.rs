@@ -757,6 +757,22 @@ impl Vcpu {
                     .set_level(UART_INTID, 0, after)
                     .unwrap_or(VcpuSet::EMPTY)
             }
+            Region::Ecam(off) => {
+                let (Some(view), Some(mut ecam)) = (vm.pci.as_ref(), crate::pci::host()) else {
+                    return Err(MmioFault::Outside(acc.ipa));
+                };
+                let mut view = view.lock();
+                if acc.write {
+                    let effect = view.write(&mut ecam, off, acc.size, value)?;
+                    if effect != vdev::pci::Effect::None {
+                        log::debug!("vm {}: pci: {effect:x?}", vm.name);
+                    }
+                } else {
+                    let v = view.read(&mut ecam, off, acc.size)?;
+                    self.regs.set(acc.reg, acc.load_value(v));
+                }
+                VcpuSet::EMPTY
+            }
             Region::Ram(_) | Region::None => {
                 return Err(MmioFault::Outside(acc.ipa));
             }

@@ -23,16 +23,7 @@ use core::ops::Range;
 
 use crate::mmio::{check_aligned, AccessSize, MmioError};
 
-/// A function's place: bus, device, function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bdf {
-    /// Bus.
-    pub bus: u8,
-    /// Device 0..=31.
-    pub device: u8,
-    /// Function 0..=7.
-    pub function: u8,
-}
+pub use platform::pci::Bdf;
 
 /// Where an ECAM access goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,11 +38,7 @@ impl EcamAddr {
     /// Decodes an offset into the ECAM window.
     pub const fn decode(offset: u64) -> EcamAddr {
         EcamAddr {
-            bdf: Bdf {
-                bus: (offset >> 20) as u8,
-                device: ((offset >> 15) & 0x1f) as u8,
-                function: ((offset >> 12) & 7) as u8,
-            },
+            bdf: Bdf::from_rid((offset >> 12) as u32),
             reg: (offset & 0xfff) as u16,
         }
     }
@@ -502,7 +489,7 @@ mod tests {
     }
 
     fn at(bdf: Bdf, reg: u64) -> u64 {
-        u64::from(bdf.bus) << 20 | u64::from(bdf.device) << 15 | u64::from(bdf.function) << 12 | reg
+        bdf.ecam_offset() | reg
     }
 
     #[test]
