@@ -100,6 +100,15 @@ mod cli {
             #[arg(long, value_name = "FILE")]
             inputs: Option<PathBuf>,
         },
+        /// Prints the QEMU arguments that attach CONFIG's PCI devices, one per line
+        ///
+        /// Nothing for a config without [[vm.pci]]; otherwise the SMMUv3 (-M iommu=smmuv3),
+        /// no default network card, and each device at its slot of the root bus with its
+        /// backing file (absolute path) or a user-mode network.
+        QemuArgs {
+            /// The system config (TOML)
+            config: PathBuf,
+        },
     }
 
     /// The host the plan is resolved against (QEMU's `-cpu`, `-smp`, `-m`) and hyp's options.
@@ -332,6 +341,50 @@ mod cli {
         write(out, &vm.dtb)
     }
 
+    fn qemu_args(config: &Path) -> Result<(), i32> {
+        let l = load(config)?;
+        let dir = config.parent().unwrap_or(Path::new(""));
+        let devices: Vec<_> = l.cfg.vms.iter().flat_map(|vm| vm.pci.iter()).collect();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<String> = ["-M", "iommu=smmuv3", "-nic", "none"]
+            .map(String::from)
+            .into();
+        for (i, d) in devices.iter().enumerate() {
+            let Some(bdf) = guest_loader::pci::place(i) else {
+                break;
+            };
+            let id = format!("pci{}", bdf.device);
+            let addr = format!("addr={:#x}", bdf.device);
+            match &d.file {
+                Some(f) => {
+                    let path = std::fs::canonicalize(dir.join(f)).map_err(|e| {
+                        eprintln!("guest-loader: {}: {e}", dir.join(f).display());
+                        REFUSED
+                    })?;
+                    let ro = if d.readonly { ",readonly=on" } else { "" };
+                    args.push("-drive".into());
+                    // QEMU's option syntax: a comma inside a value is written twice.
+                    let file = path.display().to_string().replace(',', ",,");
+                    args.push(format!("if=none,format=raw,file={file},id={id}{ro}"));
+                    args.push("-device".into());
+                    args.push(format!("{},{addr},drive={id}", d.model));
+                }
+                None => {
+                    args.push("-netdev".into());
+                    args.push(format!("user,id={id}"));
+                    args.push("-device".into());
+                    args.push(format!("{},{addr},netdev={id}", d.model));
+                }
+            }
+        }
+        for a in args {
+            println!("{a}");
+        }
+        Ok(())
+    }
+
     /// Runs the command line; the process's exit status.
     pub fn main() -> i32 {
         // clap prints --help and --version (exit 0) and usage errors (exit 2) itself.
@@ -344,6 +397,7 @@ mod cli {
                 out,
                 host,
             } => dtb(config, host, vm, out),
+            Command::QemuArgs { config } => qemu_args(config),
             Command::Bundle {
                 config,
                 out,
