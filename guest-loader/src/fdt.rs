@@ -3,7 +3,7 @@
 //!
 //! Bindings: `Documentation/devicetree/bindings/` in Linux — `arm/cpus.yaml`, `arm/psci.yaml`,
 //! `interrupt-controller/arm,gic-v3.yaml`, `timer/arm,arch_timer.yaml`,
-//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`,
+//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`, `arm/pmu.yaml`,
 //! `pci/host-generic-pci.yaml` (and the PCI bus binding, IEEE 1275 PCI supplement).
 
 use crate::layout::{Region, DTB_MAX_SIZE};
@@ -12,6 +12,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use platform::pmu::PMU_PPI;
 use platform::virt::{
     gicr_region, pci_intx_spi, GICD_BASE, GICD_SIZE, PCI_ECAM_BASE, PCI_ECAM_SIZE, TIMER_PPIS,
     UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
@@ -54,6 +55,8 @@ pub struct DtbInput<'a> {
     /// Its PCI memory window (IPA = PA), when it owns PCI functions: then the tree has a PCIe
     /// host bridge whose bus holds them.
     pub pci_window: Option<Region>,
+    /// The guest gets the CPU's PMU (`platform::pmu::guest_pmu_version`): a `/pmu` node.
+    pub pmu: bool,
 }
 
 /// The device tree could not be written.
@@ -116,6 +119,9 @@ pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
     create_psci_node(&mut fdt)?;
     create_gic_node(&mut fdt, vm)?;
     create_timer_node(&mut fdt)?;
+    if vm.pmu {
+        create_pmu_node(&mut fdt)?;
+    }
     create_clock_node(&mut fdt)?;
     create_uart_node(&mut fdt)?;
     create_chosen_node(&mut fdt, vm)?;
@@ -202,6 +208,16 @@ fn create_timer_node(fdt: &mut FdtWriter) -> Result<()> {
     }
     fdt.property_array_u32("interrupts", &cells)?;
     fdt.property_null("always-on")?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `/pmu`: the PMUv3 every vCPU has (its own CPU's, passed through), with its overflow
+/// interrupt on PPI 7 (INTID 23), level-high; as for the timer, GICv3 PPIs take no CPU mask.
+fn create_pmu_node(fdt: &mut FdtWriter) -> Result<()> {
+    let node = fdt.begin_node("pmu")?;
+    fdt.property_string("compatible", "arm,armv8-pmuv3")?;
+    fdt.property_array_u32("interrupts", &[GIC_PPI, PMU_PPI, IRQ_LEVEL_HIGH])?;
     fdt.end_node(node)?;
     Ok(())
 }
@@ -339,6 +355,7 @@ mod tests {
             stage2_granule: Granule::K4,
             ipa_bits: 40,
             pci_window: None,
+            pmu: true,
         })
         .unwrap();
         assert_eq!(&dtb[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
@@ -359,6 +376,7 @@ mod tests {
             stage2_granule: Granule::K4,
             ipa_bits: 40,
             pci_window: None,
+            pmu: true,
         });
         assert!(matches!(e, Err(DtbError::Writer(_))));
     }

@@ -708,6 +708,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             stage2_granule,
             ipa_bits: ipa,
             pci_window,
+            pmu: platform::pmu::guest_pmu_version(self.host.cpu.dfr0()).is_some(),
         }) {
             Ok(d) => d,
             Err(e) => {

@@ -91,6 +91,7 @@ fn two_vcpu_16k_guest_with_initrd() {
             "/intc@8000000",
             "/memory@40000000",
             "/pl011@9000000",
+            "/pmu",
             "/psci",
             "/timer"
         ]
@@ -178,6 +179,15 @@ fn two_vcpu_16k_guest_with_initrd() {
                 "<0x01 0x0d 0x04 0x01 0x0e 0x04 0x01 0x0b 0x04 0x01 0x0a 0x04>",
             ),
             ("always-on", ""),
+        ],
+    );
+    // QEMU's max has PMUv3p5: the guest gets it, overflow interrupt PPI 7 (INTID 23).
+    expect(
+        &nodes,
+        "/pmu",
+        &[
+            ("compatible", "\"arm,armv8-pmuv3\""),
+            ("interrupts", "<0x01 0x07 0x04>"),
         ],
     );
     expect(
@@ -291,6 +301,7 @@ fn pcie_host_bridge_for_a_vm_with_devices() {
             start: 0x1400_0000,
             size: 0x400_0000,
         }),
+        pmu: false,
     })
     .unwrap();
     let nodes = decode(&dtb);
@@ -328,4 +339,16 @@ fn pcie_host_bridge_for_a_vm_with_devices() {
     );
     assert_eq!(node["interrupt-map-mask"], "<0x1800 0x00 0x00 0x07>");
     assert_eq!(node["interrupt-map"], cells(&map));
+}
+
+#[test]
+fn pmu_node_only_where_the_guest_gets_the_pmu() {
+    let files = common::files();
+    let text = "[[vm]]\nname = \"p\"\nmemory = \"64M\"\nkernel = \"k4.img\"\n";
+    // cortex-a72 (PMUv3) and neoverse-n1 (PMUv3p1): no PMUv3p5, no PMU for the guest.
+    for (cpu, pmu) in [("max", true), ("cortex-a72", false), ("neoverse-n1", false)] {
+        let plan = plan_text("t.toml", text, &files, &common::host_with(cpu, 4, 1 << 30)).unwrap();
+        let nodes = decode(&plan.vms[0].dtb);
+        assert_eq!(nodes.contains_key("/pmu"), pmu, "{cpu}");
+    }
 }

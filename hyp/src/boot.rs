@@ -125,6 +125,7 @@ pub fn early(dtb: usize) -> Boot {
         mmfr1: sysreg::id_aa64mmfr1_el1(),
         mmfr2: sysreg::id_aa64mmfr2_el1(),
         ctr: sysreg::ctr_el0(),
+        dfr0: arch::vsys::id_reg(5, 0),
     })
     .hide(cmdline.hide_granules);
     debug!(

@@ -9,8 +9,8 @@
 //! - SGI [`KICK_SGI`]: another CPU changed this CPU's vCPU (an injection, a VM stopping).
 //! - PPI 25: the GIC maintenance interrupt (a list register with `EOI` set was deactivated,
 //!   or list-register underflow).
-//! - PPI 27: the EL1 virtual timer of the vCPU pinned here (disabled while its virtual line is
-//!   high, see `vm::vcpu`).
+//! - The PPIs of per-CPU devices the vCPU pinned here owns (the EL1 virtual and physical timers,
+//!   PPIs 27 and 30): enabled by the vCPU, disabled while its virtual line is high (`vm::ppi`).
 //! - The host PL011's SPI, routed to CPU 0: console input for the first VM.
 
 use aarch64_cpu::registers::ICC_SRE_EL2;
@@ -23,7 +23,7 @@ use platform::gicv3::{
     gicd, gicr, GICD_CTLR, GICD_TYPER, GICR_STRIDE, GICR_TYPER, GICR_WAKER, ICC_IAR1_EL1,
     SPECIAL_INTIDS,
 };
-use platform::virt::{MAINTENANCE_INTID, VTIMER_INTID};
+use platform::virt::MAINTENANCE_INTID;
 use platform::{pl011, Mpidr};
 use spin::Once;
 use tock_registers::LocalRegisterCopy;
@@ -207,13 +207,12 @@ pub fn init_cpu() -> Result<(), GicError> {
             u32::from_ne_bytes([PRIORITY; 4]),
         );
     }
-    // PPIs 25 and 27 level-sensitive (ICFGR1 fields 0b00).
-    let cfg = r.read32(off(gicr::ICFGR1))
-        & !(3 << ((MAINTENANCE_INTID - 16) * 2) | 3 << ((VTIMER_INTID - 16) * 2));
-    r.write32(off(gicr::ICFGR1), cfg);
+    // Every PPI level-sensitive (ICFGR1 fields 0b00): the maintenance interrupt and the
+    // per-CPU devices forwarded to the vCPU (`vm::ppi`, which enables those) all are.
+    r.write32(off(gicr::ICFGR1), 0);
     r.write32(
         off(gicr::ISENABLER0),
-        (1 << KICK_SGI) | (1 << MAINTENANCE_INTID) | (1 << VTIMER_INTID),
+        (1 << KICK_SGI) | (1 << MAINTENANCE_INTID),
     );
     // SAFETY: the CPU interface at EL2: system-register access on (ICC_SRE_EL2.SRE) and
     // allowed for EL1 (Enable, so the guest's ICC_SRE_EL1 works: IHI 0069 §12.2.24); priority

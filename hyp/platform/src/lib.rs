@@ -9,6 +9,7 @@
 //!   physical GIC and `vdev`'s model of the virtual one.
 //! - [`pl011`]: the PL011 UART's registers, for the guests' virtual UART, hyp's console and
 //!   the host UART's input.
+//! - [`pmu`]: whether a VM gets the CPU's PMUv3 (and which version), and its interrupt.
 //! - [`esr`]: the one exception-class table and fault-status decoding, for `el2`'s reports of
 //!   hyp's own exceptions, `vdev`'s exit decoding and the syndromes hyp injects.
 //! - [`MAX_HOST_CPUS`]: how many physical CPUs hyp runs on.
@@ -27,6 +28,7 @@ pub mod gicv3;
 pub mod mpidr;
 pub mod pci;
 pub mod pl011;
+pub mod pmu;
 pub mod virt;
 
 pub use mpidr::Mpidr;

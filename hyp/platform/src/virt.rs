@@ -28,9 +28,9 @@
 //!
 //! Interrupts: the PL011 on SPI [`UART_SPI`] (INTID [`UART_INTID`]), level-triggered; the
 //! generic timer's PPIs ([`TIMER_PPIS`], INTIDs 29, 30, 27, 26); the GIC maintenance interrupt
-//! on PPI 9 (INTID [`MAINTENANCE_INTID`]). The virtual timer (INTID [`VTIMER_INTID`]) and the
-//! maintenance interrupt have the same INTIDs on the host (Arm BSA): hyp takes the host's
-//! virtual timer PPI and raises the guest's.
+//! on PPI 9 (INTID [`MAINTENANCE_INTID`]). The EL1 virtual and physical timers (INTIDs
+//! [`VTIMER_INTID`], [`PTIMER_INTID`]) and the maintenance interrupt have the same INTIDs on the
+//! host (Arm BSA): hyp takes the host's timer PPIs and raises the guest's.
 //!
 //! Sources: QEMU `hw/arm/virt.c` (`base_memmap`, `a15irqmap`), the Arm Base System
 //! Architecture (PPI assignments), IHI 0069 (GICv3 frames).
@@ -90,6 +90,8 @@ pub const fn pci_intx_spi(device: u32, pin: u32) -> u32 {
 
 /// The EL1 virtual timer's interrupt (Arm BSA: PPI 11, INTID 27).
 pub const VTIMER_INTID: u32 = 27;
+/// The EL1 physical timer's interrupt (Arm BSA: PPI 14, INTID 30; non-secure).
+pub const PTIMER_INTID: u32 = 30;
 /// The GIC maintenance interrupt (Arm BSA: PPI 9, INTID 25).
 pub const MAINTENANCE_INTID: u32 = 25;
 /// Generic timer PPIs (the device tree's numbers) in `arm,armv8-timer` order: secure

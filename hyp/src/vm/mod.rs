@@ -9,6 +9,8 @@
 
 pub mod cpus;
 pub mod output;
+pub mod pmu;
+pub mod ppi;
 pub mod stress;
 pub mod vcpu;
 

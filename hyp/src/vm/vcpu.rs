@@ -6,6 +6,7 @@
 //! across exits and are never switched. Only what hyp's own code may clobber is saved at each
 //! exit: GPRs, SP_EL0, ELR/SPSR, FP/SIMD (`el2::arch::guest`).
 
+use super::ppi::{self, FORWARDED};
 use super::{Region, Vm, VmState};
 use crate::gic;
 use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1};
@@ -15,11 +16,12 @@ use el2::arch::{barrier, sysreg, vsys};
 use el2::exc::{self, SPSR_EL1H_MASKED};
 use el2::trap::{Kind, Source, Vector};
 use platform::esr::Esr;
-use platform::virt::{MAINTENANCE_INTID, UART_INTID, VTIMER_INTID};
+use platform::virt::{MAINTENANCE_INTID, UART_INTID};
 use stage2::{Attrs, MapOpts};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
 use vdev::mmio::MmioError;
+use vdev::ppi::{Change, Forwarder};
 use vdev::psci::PsciAction;
 use vdev::sysregs::{Emulated, VcpuSysRegs};
 use vdev::traps;
@@ -43,7 +45,8 @@ pub fn thread_entry(arg: u64) {
 
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN: the guest reads the physical counter and uses
 /// the EL1 physical timer of its own CPU without traps (pinned 1:1; hyp uses neither). The
-/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter.
+/// virtual timer is the guest's; CNTVOFF_EL2 sets its counter. ECV (bit 12) stays 0: the guest's
+/// physical counter is the host's, without `CNTPOFF_EL2` (README, "Timers and counters").
 fn cnthctl_guest() -> u64 {
     (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
 }
@@ -52,6 +55,13 @@ fn cnthctl_guest() -> u64 {
 fn list_registers() -> usize {
     let vtr = LocalRegisterCopy::<u64, ICH_VTR_EL2::Register>::new(vsys::ich_vtr_el2());
     (vtr.read(ICH_VTR_EL2::ListRegs) as usize + 1).min(MAX_LRS)
+}
+
+/// The `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` registers this CPU has: 1, 2 or 4 for 5, 6 or 7
+/// bits of preemption (`ICH_VTR_EL2.PREbits` + 1).
+fn active_priority_registers() -> usize {
+    let vtr = LocalRegisterCopy::<u64, ICH_VTR_EL2::Register>::new(vsys::ich_vtr_el2());
+    1 << (vtr.read(ICH_VTR_EL2::PREbits).clamp(4, 6) - 4)
 }
 
 /// ICH_HCR_EL2: the virtual CPU interface on (En), with the underflow maintenance interrupt
@@ -82,9 +92,15 @@ struct Vcpu {
     vm: &'static Vm,
     id: usize,
     regs: GuestRegs,
-    /// The virtual timer's line is high in the vGIC and the physical PPI 27 is disabled.
-    timer_masked: bool,
+    /// The forwarded PPIs (`ppi::FORWARDED`): which lines are high in the vGIC, their
+    /// physical PPIs disabled.
+    ppis: Forwarder,
     n_lrs: usize,
+    /// `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` registers of this CPU.
+    n_aprs: usize,
+    /// The CPU has FEAT_WFxT (`ID_AA64ISAR2_EL1.WFxT` = 2), so the guest sees WFIT and hyp
+    /// can wait for a trapped WFIT's deadline with WFIT itself.
+    wfxt: bool,
     lrs: [u64; MAX_LRS],
     /// The model holds this exit's list-register state (`sync` ran since the last entry).
     synced: bool,
@@ -108,8 +124,11 @@ pub fn thread(vm: &'static Vm, id: usize) {
             vm,
             id,
             regs: GuestRegs::default(),
-            timer_masked: false,
+            ppis: Forwarder::default(),
             n_lrs: list_registers(),
+            n_aprs: active_priority_registers(),
+            // ID_AA64ISAR2_EL1.WFxT, bits [3:0]: 0b0010 = WFET and WFIT.
+            wfxt: vsys::id_reg(6, 2) & 0xf >= 2,
             lrs: [0; MAX_LRS],
             synced: true,
             exit_at: None,
@@ -139,7 +158,9 @@ pub fn thread(vm: &'static Vm, id: usize) {
                 vsys::set_ich_lr(i, 0);
             }
         }
-        gic::set_ppi(VTIMER_INTID, false);
+        for f in &FORWARDED {
+            gic::set_ppi(f.line.physical, false);
+        }
     }
     if vm.live.fetch_sub(1, Ordering::AcqRel) == 1 {
         vm.finish();
@@ -167,7 +188,7 @@ impl Vcpu {
             vsys::set_cnthctl_el2(cnthctl_guest());
             vsys::set_cntvoff_el2(vm.cntvoff);
             // Trap controls (vdev::traps: each bit with its reason).
-            let c = traps::guest_controls(&vm.host, vm.fwb, vsys::mdcr_el2());
+            let c = traps::guest_controls(&vm.host, vm.fwb, super::pmu::hpmn(&vm.host));
             vsys::set_mdcr_el2(c.mdcr);
             vsys::set_cptr_el2(c.cptr);
             if let Some(hcrx) = c.hcrx {
@@ -188,15 +209,33 @@ impl Vcpu {
             sysreg::set_hcr_el2(c.hcr);
         }
         barrier::isb();
-        gic::set_ppi(VTIMER_INTID, true);
+        for f in &FORWARDED {
+            gic::set_ppi(f.line.physical, true);
+        }
     }
 
     /// Architectural entry state (booting.rst; PSCI CPU_ON, DEN 0022 §6.4.3): EL1h, DAIF
     /// masked, MMU and caches off, x0 = `ctx`, pc = `entry`.
     fn reset(&mut self, entry: u64, ctx: u64) {
         // After a CPU_OFF the list registers still hold the last run's interrupts: fold them
-        // into the model so the first entry rewrites them from it.
+        // into the model (whose SGIs and PPIs for this vCPU were reset at CPU_OFF, `psci`),
+        // then reset the virtual CPU interface as a PE's at power-up: its active priorities
+        // (ICH_AP0R/AP1R), its control (ICH_VMCR_EL2: priority mask 0, groups disabled) and
+        // the list registers (rewritten from the model at entry).
         self.sync();
+        // SAFETY: this CPU's virtual CPU interface, between two runs of its vCPU; only the
+        // implemented active-priority registers (n_aprs) are written.
+        unsafe {
+            for n in 0..self.n_aprs {
+                vsys::set_ich_apr(false, n, 0);
+                vsys::set_ich_apr(true, n, 0);
+            }
+            vsys::set_ich_vmcr_el2(0);
+            for i in 0..self.n_lrs {
+                vsys::set_ich_lr(i, 0);
+            }
+        }
+        self.lrs = [0; MAX_LRS];
         self.regs = GuestRegs::default();
         self.regs.x[0] = ctx;
         self.regs.elr = entry;
@@ -210,10 +249,14 @@ impl Vcpu {
         let wrps = dfr0.read(ID_AA64DFR0_EL1::WRPs) as u32 + 1;
         // SAFETY: the guest's own EL1 state on its dedicated CPU.
         unsafe { vsys::reset_el1_state(brps, wrps) };
+        super::pmu::reset(&self.vm.host);
         barrier::isb();
-        if self.timer_masked {
-            self.timer_masked = false;
-            gic::set_ppi(VTIMER_INTID, true);
+        // The timers were reset (disabled) above: every forwarded line is low again.
+        let mut d = self.vm.dev.lock();
+        for i in self.ppis.reset() {
+            let f = &FORWARDED[i];
+            let _ = d.vgic.set_level(f.line.virt, self.id, false);
+            gic::set_ppi(f.line.physical, true);
         }
     }
 
@@ -247,7 +290,7 @@ impl Vcpu {
             }
             // At most one line of queued console output (never waits for the console).
             super::output::pump_one();
-            self.timer_check();
+            self.ppi_check();
             // The list registers are rewritten only after the model was brought up to date
             // at this exit (`sync`); an exit that touched no interrupt state (most PL011
             // accesses, ID registers, PSCI) re-enters with the list registers as they are.
@@ -271,6 +314,18 @@ impl Vcpu {
                 }
             }
             let from = Vector::from_index(vector);
+            if let (Source::Lower64, Kind::Sync | Kind::Irq | Kind::Fiq) = (from.source, from.kind)
+            {
+                if let Some(ill) = vdev::exit::aarch32_el0(self.regs.spsr) {
+                    if from.kind != Kind::Sync {
+                        vm.stats.irq.fetch_add(1, Ordering::Relaxed);
+                        self.sync();
+                        self.physical_irqs();
+                    }
+                    self.refuse_aarch32_el0(ill);
+                    continue;
+                }
+            }
             match (from.source, from.kind) {
                 (Source::Lower64, Kind::Sync) => {
                     if let Some(stop) = self.sync_exit() {
@@ -336,11 +391,11 @@ impl Vcpu {
         unsafe {
             for i in 0..self.n_lrs {
                 let mut lr = self.lrs[i];
-                // The virtual timer is level-triggered and its physical PPI is off while the
+                // A forwarded PPI is level-sensitive and its physical PPI is off while the
                 // line is high: ask for a maintenance interrupt at its deactivation to look at
-                // the timer again (the guest reprograms it without exiting).
+                // the device again (the guest reprograms a timer without exiting).
                 let lr_reg = LocalRegisterCopy::<u64, ICH_LR0_EL2::Register>::new(lr);
-                if lr_reg.read(ICH_LR0_EL2::vINTID) == u64::from(VTIMER_INTID)
+                if ppi::is_forwarded_virt(lr_reg.read(ICH_LR0_EL2::vINTID))
                     && lr_reg.read(ICH_LR0_EL2::State) != 0
                 {
                     lr |= lr_eoi();
@@ -354,21 +409,27 @@ impl Vcpu {
     /// Physical interrupts pending at this CPU, acknowledged and handled (after `sync`).
     fn physical_irqs(&mut self) {
         while let Some(iar) = gic::ack() {
-            match gic::intid(iar) {
-                VTIMER_INTID => {
-                    // Off until the guest has dealt with it (timer_check), then EOI.
-                    gic::set_ppi(VTIMER_INTID, false);
-                    self.timer_masked = true;
+            let intid = gic::intid(iar);
+            if let Some(i) = ppi::by_physical(intid) {
+                // A forwarded device's line: off until the guest has dealt with it
+                // (ppi_check), then EOI.
+                let f = &FORWARDED[i];
+                if self.ppis.fired(i, (f.asserted)()) == Some(Change::Raise) {
+                    gic::set_ppi(f.line.physical, false);
                     let k = self
                         .vm
                         .dev
                         .lock()
                         .vgic
-                        .set_level(VTIMER_INTID, self.id, true);
+                        .set_level(f.line.virt, self.id, true);
                     if let Ok(k) = k {
                         self.vm.kick(k, self.id);
                     }
                 }
+                gic::eoi(iar);
+                continue;
+            }
+            match intid {
                 MAINTENANCE_INTID => {
                     // The model already folded the list registers back (sync_lrs); clear the
                     // conditions so the level drops: EOI bits of deactivated entries, UIE.
@@ -389,29 +450,58 @@ impl Vcpu {
         }
     }
 
-    /// The virtual timer's line: while it is high in the vGIC the physical PPI is off; once
-    /// the guest has masked, disabled or reprogrammed the timer, the line drops and the PPI
-    /// is back on.
-    fn timer_check(&mut self) {
-        if !self.timer_masked {
+    /// The forwarded lines that are high (`vdev::ppi`): while one is high in the vGIC its
+    /// physical PPI is off; once the guest has masked, disabled or reprogrammed the device,
+    /// the line drops and the PPI is back on.
+    fn ppi_check(&mut self) {
+        if !self.ppis.any_high() {
             return;
         }
-        let ctl = vsys::cntv_ctl_el0();
-        if !exc::timer_asserted(ctl) {
+        for (i, f) in FORWARDED.iter().enumerate() {
+            if !self.ppis.is_high(i) || (f.asserted)() {
+                continue;
+            }
             self.sync();
-            let _ = self
-                .vm
-                .dev
-                .lock()
-                .vgic
-                .set_level(VTIMER_INTID, self.id, false);
-            self.timer_masked = false;
-            gic::set_ppi(VTIMER_INTID, true);
+            if self.ppis.check(i, false) == Some(Change::Lower) {
+                let _ = self
+                    .vm
+                    .dev
+                    .lock()
+                    .vgic
+                    .set_level(f.line.virt, self.id, false);
+                gic::set_ppi(f.line.physical, true);
+            }
         }
     }
 
-    /// WFI: idle this CPU until an interrupt is deliverable to the vCPU or the VM stops.
-    fn idle(&mut self) {
+    /// The A64 instruction at the guest's PC (`ELR_EL2`), read through its stage 1 and the
+    /// VM's stage 2 (`AT S12E1R`/`S12E0R`); `None` when it does not translate to RAM. The
+    /// stage-2 lock keeps `hyp.stress` from moving the page meanwhile.
+    fn guest_instr(&self) -> Option<u32> {
+        let vm = self.vm;
+        let pt = vm.s2.lock();
+        let par = vsys::at_s12(self.regs.elr, exc::at_el0(self.regs.spsr));
+        if par & 1 != 0 {
+            return None;
+        }
+        // PAR_EL1.PA, bits [51:12] (Arm ARM, PAR_EL1 with F = 0), and the page offset.
+        let pa = (par & 0x000f_ffff_ffff_f000) | (self.regs.elr & 0xfff);
+        let ram = vm.ram_pa..vm.ram_pa + vm.ram_size;
+        let in_ram = ram.contains(&pa) || vm.stress.is_some();
+        if !in_ram || pa & 3 != 0 {
+            return None;
+        }
+        // SAFETY: `pa` is what the VM's stage 2 maps for its code (its RAM, or a frame
+        // `hyp.stress` moved a page to, held by the stage-2 lock), identity-mapped at EL2;
+        // an aligned 4-byte read.
+        let v = unsafe { (pa as *const u32).read_volatile() };
+        drop(pt);
+        Some(v)
+    }
+
+    /// WFI: idle this CPU until an interrupt is deliverable to the vCPU or the VM stops; WFIT
+    /// (`deadline` in the guest's virtual count) also until the deadline.
+    fn idle(&mut self, deadline: Option<u64>) {
         // Idle time is not exit handling.
         if let Some(t) = self.exit_at.take() {
             self.vm
@@ -424,7 +514,7 @@ impl Vcpu {
             if self.vm.stopped() {
                 return;
             }
-            self.timer_check();
+            self.ppi_check();
             if self.vm.dev.lock().vgic.has_deliverable(self.id) {
                 return;
             }
@@ -432,7 +522,17 @@ impl Vcpu {
             if super::output::pump_one() {
                 continue;
             }
-            vsys::wfi();
+            match deadline {
+                None => vsys::wfi(),
+                Some(d) => {
+                    // The guest's virtual count: CNTPCT - CNTVOFF_EL2 (one offset per VM).
+                    if !self.wfxt || vsys::cntpct_el0().wrapping_sub(self.vm.cntvoff) >= d {
+                        return;
+                    }
+                    // At EL2 (E2H = 0) WFIT counts the same virtual count as the guest.
+                    vsys::wfit(d);
+                }
+            }
             self.physical_irqs();
         }
     }
@@ -450,6 +550,16 @@ impl Vcpu {
             self.set_way_done = false;
         }
         match exit {
+            // SMCCC calls use immediate 0 (SMCCC, DEN 0028: "the immediate value ... is 0");
+            // other immediates are not SMCCC calls. hyp answers them with NOT_SUPPORTED in x0
+            // and does nothing else, as KVM does.
+            Exit::Hvc { imm } | Exit::Smc { imm } if imm != 0 => {
+                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
+                if matches!(exit, Exit::Smc { .. }) {
+                    self.advance();
+                }
+                self.regs.x[0] = vdev::psci::ret::NOT_SUPPORTED as u64;
+            }
             Exit::Hvc { .. } => {
                 vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
                 return self.psci();
@@ -496,9 +606,18 @@ impl Vcpu {
             }
             Exit::Wfx(w) => {
                 vm.stats.wfx.fetch_add(1, Ordering::Relaxed);
+                let w = match w {
+                    Wfx::Wfi if self.wfxt => Wfx::refine_wfi(self.guest_instr().unwrap_or(0)),
+                    w => w,
+                };
                 self.advance();
-                if matches!(w, Wfx::Wfi | Wfx::Wfit { .. }) {
-                    self.idle();
+                match w {
+                    Wfx::Wfi => self.idle(None),
+                    // The register holds the deadline in the guest's virtual count (Arm ARM,
+                    // "WFIT": the wait ends when CNTVCT_EL0 >= Xt).
+                    Wfx::Wfit { reg } => self.idle(Some(self.regs.get(reg))),
+                    // WFE/WFET may complete at any time: return at once.
+                    Wfx::Wfe | Wfx::Wfet { .. } => {}
                 }
             }
             Exit::DataAbort(da) => {
@@ -703,6 +822,9 @@ impl Vcpu {
             Region::Gicd(off) | Region::Gicr(off) => {
                 vm.stats.gic.fetch_add(1, Ordering::Relaxed);
                 self.sync();
+                // The guest may have dealt with a device since the last exit: the registers it
+                // reads (GICR_ISPENDR0) show the lines as they are now.
+                self.ppi_check();
                 let mut d = vm.dev.lock();
                 let dist = matches!(region, Region::Gicd(_));
                 if acc.write {
@@ -789,7 +911,24 @@ impl Vcpu {
             self.regs.x[2],
             self.regs.x[3],
         ];
-        let action = vm.dev.lock().psci.call(self.id, x);
+        let action = {
+            let mut d = vm.dev.lock();
+            let action = d.psci.call(self.id, x);
+            if action == PsciAction::CpuOff {
+                // The vCPU's SGIs and PPIs return to their reset state as it powers down, under
+                // the same lock that marked it off: whatever another vCPU sends it from now
+                // on (an SGI after its CPU_ON) waits for it, as in a redistributor.
+                if !self.synced {
+                    for i in 0..self.n_lrs {
+                        self.lrs[i] = vsys::ich_lr(i);
+                    }
+                    d.vgic.sync_lrs(self.id, &self.lrs[..self.n_lrs]);
+                    self.synced = true;
+                }
+                d.vgic.reset_vcpu(self.id);
+            }
+            action
+        };
         match action {
             PsciAction::Return(v) => self.regs.x[0] = v,
             PsciAction::CpuOn {
@@ -816,7 +955,7 @@ impl Vcpu {
             }
             PsciAction::Idle => {
                 self.regs.x[0] = 0;
-                self.idle();
+                self.idle(None);
             }
         }
         None
@@ -839,6 +978,18 @@ impl Vcpu {
         }
         self.regs.elr = vsys::vbar_el1().wrapping_add(exc::sync_vector_offset(spsr));
         self.regs.spsr = exc::exception_pstate(spsr, vsys::sctlr_el1());
+    }
+
+    /// The vCPU was found in AArch32 EL0, which its ID registers hide: it gets the Illegal
+    /// Execution state exception an illegal exception return makes (`vdev::exit::aarch32_el0`),
+    /// at EL1, from the AArch32 PC. The trapped instruction or interrupt exit is not emulated.
+    fn refuse_aarch32_el0(&mut self, ill: vdev::IllegalReturn) {
+        self.vm.warn_limited(format_args!(
+            "vm {}: vCPU {}: running AArch32 EL0 (hidden: ID_AA64PFR0_EL1.EL0 = 1) at pc {:#x}: illegal exception return injected",
+            self.vm.name, self.id, self.regs.elr
+        ));
+        self.regs.spsr = ill.spsr;
+        self.inject_sync(ill.esr, None);
     }
 
     /// An Undefined Instruction exception.

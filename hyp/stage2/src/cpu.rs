@@ -90,6 +90,9 @@ pub struct IdRegs {
     pub mmfr2: u64,
     /// `CTR_EL0`.
     pub ctr: u64,
+    /// `ID_AA64DFR0_EL1` (its `PMUVer` decides whether guests get the PMU:
+    /// `platform::pmu::guest_pmu_version`).
+    pub dfr0: u64,
 }
 
 /// The CPU features hyp acts on. Built once at boot; every granule decision asks this value.
@@ -145,16 +148,19 @@ impl CpuFeatures {
             mmfr1: 0,
             mmfr2: 0,
             ctr: 0,
+            dfr0: 0,
         })
     }
 
     /// A named QEMU CPU model (`max`, `cortex-a57`, `cortex-a72`, `neoverse-n1`, `a64fx`).
     pub fn profile(name: &str) -> Option<Self> {
-        let (mmfr0, mmfr1) = match name {
-            "max" => (0x2100_0323_1020_1126, 0x20),
-            "cortex-a57" | "cortex-a72" => (0x1124, 0),
-            "neoverse-n1" => (0x10_1125, 0x20),
-            "a64fx" => (0x1122, 0x20),
+        // ID_AA64DFR0_EL1: PMUVer (bits 11:8) is 6 (PMUv3p5) on max, 1 (PMUv3) on the Cortex
+        // models, 4 (PMUv3p1) on neoverse-n1 and a64fx.
+        let (mmfr0, mmfr1, dfr0) = match name {
+            "max" => (0x2100_0323_1020_1126, 0x20, 0x1030_5609),
+            "cortex-a57" | "cortex-a72" => (0x1124, 0, 0x1030_5106),
+            "neoverse-n1" => (0x10_1125, 0x20, 0x1_1030_5408),
+            "a64fx" => (0x1122, 0x20, 0x1030_5408),
             _ => return None,
         };
         Some(Self::from_id_regs(IdRegs {
@@ -162,6 +168,7 @@ impl CpuFeatures {
             mmfr1,
             mmfr2: 0,
             ctr: 0,
+            dfr0,
         }))
     }
 
@@ -182,6 +189,11 @@ impl CpuFeatures {
     /// The raw registers.
     pub const fn id_regs(&self) -> IdRegs {
         self.regs
+    }
+
+    /// `ID_AA64DFR0_EL1` as read.
+    pub const fn dfr0(&self) -> u64 {
+        self.regs.dfr0
     }
 
     /// `ID_AA64MMFR0_EL1` as read (not masked).

@@ -455,6 +455,65 @@ impl Exit {
     }
 }
 
+impl Wfx {
+    /// The instruction a trap reported as WFI really was, from its A64 encoding `instr`: WFIT
+    /// (`0xd5031020 | Rd`, Arm ARM "WFIT") gives [`Wfx::Wfit`] with its register, anything else
+    /// stays [`Wfx::Wfi`]. Some implementations (QEMU 10's TCG) report a trapped WFIT with
+    /// `ESR_EL2.ISS.TI` = 0b00 and no register (the Arm ARM says 0b10, `RV` = 1, `RN`): the run
+    /// loop reads the instruction to tell, so the deadline is kept there too.
+    pub fn refine_wfi(instr: u32) -> Wfx {
+        if instr & !0x1f == 0xd503_1020 {
+            Wfx::Wfit {
+                reg: (instr & 0x1f) as u8,
+            }
+        } else {
+            Wfx::Wfi
+        }
+    }
+}
+
+/// The exception a vCPU found running AArch32 EL0 gets: the Illegal Execution state exception
+/// that follows an illegal exception return (Arm ARM chapter D1, "Illegal return events from
+/// AArch64 state": a return to an execution state the Exception level does not support).
+///
+/// hyp shows the guest an AArch64-only EL0 (`ID_AA64PFR0_EL1.EL0` = 1). The architecture gives
+/// EL2 no control that refuses an `ERET` to AArch32 EL0 on a CPU that implements it, so the run
+/// loop checks `SPSR_EL2.M[4]` at every exit instead; a vCPU in AArch32 state (necessarily EL0,
+/// `HCR_EL2.RW` = 1) is put where the illegal return would have left it: at EL1 with
+/// `PSTATE.IL` set, taking the Illegal Execution state exception (`ESR_EL1.EC` 0x0E) at the
+/// AArch32 PC, from the current EL with SP_EL1 (vector offset 0x200).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IllegalReturn {
+    /// `ESR_EL1`: EC 0x0E (Illegal Execution state), IL 1, ISS 0.
+    pub esr: u64,
+    /// The PSTATE the illegal return produced, which the exception saves in `SPSR_EL1`: EL1h
+    /// (`M` = 0b0101), `IL` set, N, Z, C, V, A, I, F from the AArch32 PSTATE.
+    pub spsr: u64,
+}
+
+/// `SPSR_EL2.M[4]`: the exit came from AArch32 state.
+const SPSR_M_AARCH32: u64 = 1 << 4;
+/// `SPSR_ELx.IL` (bit 20, the same in the AArch32 and AArch64 layouts).
+const SPSR_IL: u64 = 1 << 20;
+/// N, Z, C, V (bits 31:28) and A, I, F (bits 8:6): the same bits in both layouts.
+const SPSR_NZCV_AIF: u64 = 0xf000_0000 | 0b111 << 6;
+/// `SPSR.M` = EL1h.
+const SPSR_M_EL1H: u64 = 0b0101;
+/// `ESR_ELx.EC` of an Illegal Execution state exception.
+const EC_ILLEGAL_STATE: u64 = 0x0e;
+
+/// The [`IllegalReturn`] for an exit whose `SPSR_EL2` is `spsr_el2`, or `None` when the vCPU
+/// was in AArch64 state.
+pub fn aarch32_el0(spsr_el2: u64) -> Option<IllegalReturn> {
+    if spsr_el2 & SPSR_M_AARCH32 == 0 {
+        return None;
+    }
+    Some(IllegalReturn {
+        esr: EC_ILLEGAL_STATE << 26 | 1 << 25,
+        spsr: spsr_el2 & SPSR_NZCV_AIF | SPSR_IL | SPSR_M_EL1H,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,5 +735,27 @@ mod tests {
             Exit::decode((0x19 << 26) | (1 << 25), 0, 0),
             Exit::Other { ec: 0x19, iss: 0 }
         );
+    }
+    #[test]
+    fn aarch32_el0_becomes_an_illegal_return() {
+        // AArch64 EL1h, EL0t, EL1t: nothing to do.
+        assert_eq!(aarch32_el0(0x3c5), None);
+        assert_eq!(aarch32_el0(0x0), None);
+        assert_eq!(aarch32_el0(0x4), None);
+        // AArch32 User mode (0b10000), Z and C set, I masked, Thumb (bit 5) and E (bit 9).
+        let r = aarch32_el0(0x6000_0000 | 1 << 9 | 1 << 7 | 1 << 5 | 0x10).unwrap();
+        assert_eq!(r.esr >> 26, 0x0e);
+        assert_eq!(r.esr & (1 << 25), 1 << 25);
+        assert_eq!(r.esr & 0x1ff_ffff, 0);
+        assert_eq!(r.spsr, 0x6000_0000 | 1 << 20 | 1 << 7 | 0b0101);
+    }
+    #[test]
+    fn wfi_refined_from_its_encoding() {
+        assert_eq!(Wfx::refine_wfi(0xd503_1020), Wfx::Wfit { reg: 0 });
+        assert_eq!(Wfx::refine_wfi(0xd503_1029), Wfx::Wfit { reg: 9 });
+        assert_eq!(Wfx::refine_wfi(0xd503_103e), Wfx::Wfit { reg: 30 });
+        assert_eq!(Wfx::refine_wfi(0xd503_207f), Wfx::Wfi); // WFI
+        assert_eq!(Wfx::refine_wfi(0xd503_1003), Wfx::Wfi); // WFET x3
+        assert_eq!(Wfx::refine_wfi(0), Wfx::Wfi);
     }
 }

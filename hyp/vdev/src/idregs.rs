@@ -15,13 +15,16 @@
 //! What is hidden, and why (hyp does not virtualize it, or it needs EL2 support we lack):
 //! - EL2 (no nested virtualization: `ID_AA64PFR0.EL2`, `ID_AA64MMFR1.VH/VMIDBits/XNX/TWED/HCX`,
 //!   `ID_AA64MMFR2.NV/FWB/EVT/IDS`, `ID_AA64MMFR0.TGran*_2` = 0b0001, FGT, ECV), AArch32 at EL1
-//!   (`HCR_EL2.RW` = 1), Secure EL2.
+//!   (`HCR_EL2.RW` = 1) and at EL0 (`ID_AA64PFR0.EL0` = 1), Secure EL2.
 //! - SVE, SME, FPMR (`ID_AA64ZFR0/SMFR0/FPFR0` = 0): their state is not context-switched.
 //! - MTE, RAS, MPAM, AMU, RME, GCS, THE, NMI, pointer authentication (keys are not managed by
-//!   hyp, and `HCR_EL2.API/APK` policy is the run loop's), TME, LS64, XS, MOPS, WFxT, the
+//!   hyp, and `HCR_EL2.API/APK` policy is the run loop's), TME, LS64, XS, MOPS, the
 //!   128-bit system registers, S1PIE/S1POE/TCR2/SCTLR2 (`ID_AA64MMFR3` = 0).
-//! - Debug and trace: PMU (`PMUVer` = 0, `PerfMon` = 0), SPE, TRBE, BRBE, trace filters;
-//!   `DebugVer` and the breakpoint/watchpoint counts are kept.
+//! - Debug and trace: SPE, TRBE, BRBE, trace filters; `DebugVer` and the
+//!   breakpoint/watchpoint counts are kept. The PMU is shown (`PMUVer`, capped at PMUv3p5)
+//!   only when the guest gets it ([`platform::pmu::guest_pmu_version`]), else `PMUVer` = 0;
+//!   its extensions (`PMSS`, `MTPMU`, `HPMN0`, `ID_AA64DFR1_EL1`) and the AArch32 `PerfMon`
+//!   are hidden either way.
 //! - FEAT_LPA2 (TGran4 = 0b0001, TGran16 = 0b0010) unless the VM's IPA space is 52 bits.
 //! - PARange is capped at the VM's IPA size (guest PA = our IPA).
 //! - Granules the VM may not use: TGran4/TGran64 = 0b1111, TGran16 = 0b0000.
@@ -216,7 +219,8 @@ pub mod fields {
             RPRFM OFFSET(48) NUMBITS(4) [],
             CLRBHB OFFSET(28) NUMBITS(4) [],
             BC OFFSET(20) NUMBITS(4) [],
-            RPRES OFFSET(4) NUMBITS(4) []
+            RPRES OFFSET(4) NUMBITS(4) [],
+            WFxT OFFSET(0) NUMBITS(4) []
         ],
         /// `ID_AA64MMFR0_EL1`.
         pub MMFR0 [
@@ -357,20 +361,17 @@ impl IdPolicy {
 
             // ---- AArch64.
             (4, 0) => {
-                // EL1 AArch64 only; EL2 absent; EL3 at most AArch64 (the SMC conduit traps
+                // EL0 and EL1 AArch64 only (EL0 = 1: hyp emulates trapped instructions
+                // without AArch32 condition codes or IT state; a vCPU found in AArch32 EL0 gets
+                // the illegal exception return a CPU without it makes, `exit::aarch32_el0`);
+                // EL2 absent; EL3 at most AArch64 (the SMC conduit traps
                 // with HCR_EL2.TSC); GIC system registers at most v3.0; RAS, SVE, SEL2, MPAM,
                 // AMU, RME hidden.
                 let mut v = keep(
                     host,
-                    &[
-                        PFR0::EL0,
-                        PFR0::FP,
-                        PFR0::AdvSIMD,
-                        PFR0::DIT,
-                        PFR0::CSV2,
-                        PFR0::CSV3,
-                    ],
+                    &[PFR0::FP, PFR0::AdvSIMD, PFR0::DIT, PFR0::CSV2, PFR0::CSV3],
                 );
+                v = set(v, PFR0::EL0, 1);
                 v = set(v, PFR0::EL1, 1);
                 v = set(v, PFR0::EL3, PFR0::EL3.read(host).min(1));
                 set(v, PFR0::GIC, PFR0::GIC.read(host).min(1))
@@ -378,17 +379,21 @@ impl IdPolicy {
             (4, 1) => keep(host, &[PFR1::BT, PFR1::SSBS, PFR1::CSV2_frac]),
             // PFR2 (MTE extensions, FPMR), ZFR0 (SVE), SMFR0 (SME), FPFR0 (FP8): hidden.
             (4, _) => 0,
-            // PMU, SPE, TRBE, BRBE, trace hidden.
-            (5, 0) => keep(
-                host,
-                &[
-                    DFR0::DebugVer,
-                    DFR0::BRPs,
-                    DFR0::WRPs,
-                    DFR0::CTX_CMPs,
-                    DFR0::DoubleLock,
-                ],
-            ),
+            // SPE, TRBE, BRBE, trace hidden; the PMU as the guest gets it.
+            (5, 0) => {
+                let v = keep(
+                    host,
+                    &[
+                        DFR0::DebugVer,
+                        DFR0::BRPs,
+                        DFR0::WRPs,
+                        DFR0::CTX_CMPs,
+                        DFR0::DoubleLock,
+                    ],
+                );
+                let pmu = platform::pmu::guest_pmu_version(host).unwrap_or(0);
+                set(v, DFR0::PMUVer, u64::from(pmu))
+            }
             (5, _) => 0,
             (6, 0) => clear(host, &[ISAR0::RES0, ISAR0::TME]),
             // Pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
@@ -407,10 +412,13 @@ impl IdPolicy {
                     ISAR1::I8MM,
                 ],
             ),
-            // WFxT, MOPS, PAC3, 128-bit system registers hidden.
+            // MOPS, PAC3, 128-bit system registers hidden. WFxT kept: a trapped WFIT sleeps
+            // until its deadline (HCR_EL2.TWI; the run loop waits with WFIT itself), WFET is
+            // not trapped.
             (6, 2) => keep(
                 host,
                 &[
+                    ISAR2::WFxT,
                     ISAR2::RPRES,
                     ISAR2::BC,
                     ISAR2::CLRBHB,
@@ -610,16 +618,37 @@ mod tests {
     }
 
     #[test]
-    fn dfr0_hides_pmu_and_keeps_debug() {
+    fn el0_is_aarch64_only_and_wfxt_kept() {
+        let p = policy(&Granule::ALL, 40);
+        // A host with AArch32 at EL0 (EL0 = 2) and EL1 (EL1 = 2).
+        let v = p.sanitize(ID_AA64PFR0_EL1, 0x22).unwrap();
+        assert_eq!(field(v, 0), 1, "EL0: AArch64 only");
+        assert_eq!(field(v, 4), 1, "EL1: AArch64 only");
+        // WFxT = 2 (WFIT and WFET) kept; MOPS (bits 19:16) hidden.
+        let v = p.sanitize(ID_AA64ISAR2_EL1, 0x1_0002).unwrap();
+        assert_eq!(v, 2);
+    }
+
+    #[test]
+    fn dfr0_caps_pmu_and_keeps_debug() {
         // DebugVer=9, TraceVer=1, PMUVer=8, BRPs=5, PMSS=1, WRPs=3, CTX_CMPs=1, PMSVer=3,
         // SEBEP=0, DoubleLock=0xF, TraceFilt=1, TraceBuffer=1, MTPMU=1, BRBE=1.
         let host = 0x0011_11f3_1031_5819;
-        let v = policy(&Granule::ALL, 40)
-            .sanitize(ID_AA64DFR0_EL1, host)
-            .unwrap();
-        assert_eq!(v, 0x0000_00f0_1030_5009);
-        assert_eq!(field(v, 8), 0, "PMUVer");
+        let p = policy(&Granule::ALL, 40);
+        let v = p.sanitize(ID_AA64DFR0_EL1, host).unwrap();
+        assert_eq!(v, 0x0000_00f0_1030_5609);
+        assert_eq!(field(v, 8), 6, "PMUVer capped at PMUv3p5");
         assert_eq!(field(v, 0), 9, "DebugVer");
+        // PMUv3p5 as QEMU's max has it: shown as is.
+        let v = p.sanitize(ID_AA64DFR0_EL1, 0x1030_5609).unwrap();
+        assert_eq!(field(v, 8), 6);
+        // PMUv3 (cortex-a72), PMUv3p1 (neoverse-n1), IMPLEMENTATION DEFINED: hidden.
+        for pmuver in [1, 4, 5, 0xf] {
+            let v = p
+                .sanitize(ID_AA64DFR0_EL1, 0x1030_5009 | pmuver << 8)
+                .unwrap();
+            assert_eq!(field(v, 8), 0, "host PMUVer {pmuver}");
+        }
     }
 
     #[test]

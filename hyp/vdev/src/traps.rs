@@ -96,6 +96,11 @@ impl HostFeatures {
     pub fn fgt(&self) -> bool {
         has(self.mmfr0, MMFR0::FGT)
     }
+    /// The `PMUVer` the guest is shown, when it gets the CPU's PMU (FEAT_PMUv3p5 or later:
+    /// [`platform::pmu::guest_pmu_version`], where the choice is explained).
+    pub fn guest_pmu(&self) -> Option<u8> {
+        platform::pmu::guest_pmu_version(self.dfr0)
+    }
 }
 
 /// The trap controls of a vCPU (written once per physical CPU: vCPUs are pinned).
@@ -199,7 +204,15 @@ fn cptr(h: &HostFeatures) -> u64 {
 }
 
 /// `MDCR_EL2`:
-/// - TPM, TPMCR: the PMU traps (hidden: `PMUVer` = 0). HPMN keeps its reset value.
+/// - With a guest PMU ([`HostFeatures::guest_pmu`], FEAT_PMUv3p5): TPM = 0, TPMCR = 0: the
+///   guest owns the PMU registers (pinned vCPU: the counters are its own). HPMN = `hpmn`, the
+///   CPU's `PMCR_EL0.N`: every event counter is the guest's (none reserved for EL2, so HPME
+///   and HLP, which act only on counters HPMN and above, stay 0), and EL1 reads of
+///   `PMCR_EL0.N` return HPMN. HPMD = 1: event counting is prohibited at EL2 (FEAT_PMUv3p1);
+///   HCCD = 1: the cycle counter does not count at EL2 either (FEAT_PMUv3p5), whatever the
+///   guest writes to the `NSH` filter bits. MTPME = 0: `PMEVTYPER<n>_EL0.MT` is treated as 0,
+///   so no counter counts the events of another thread of the core (FEAT_MTPMU).
+/// - Without: TPM, TPMCR: the PMU traps (hidden: `PMUVer` = 0). HPMN keeps its reset value.
 /// - TDOSA: the OS lock and power-down registers (`OSLAR_EL1`, `OSLSR_EL1`, `OSDLR_EL1`,
 ///   `DBGPRCR_EL1`) trap; hyp keeps a per-vCPU copy (`crate::sysregs`).
 /// - TDRA: the debug ROM address register (`MDRAR_EL1`) traps and reads 0.
@@ -211,9 +224,12 @@ fn cptr(h: &HostFeatures) -> u64 {
 ///   (its vCPU is pinned, so they are its own), and debug exceptions go to its EL1; they can
 ///   never fire at EL2 (TDE = 0: debug exceptions are disabled at EL2, Arm ARM D2.10).
 fn mdcr(h: &HostFeatures, hpmn: u64) -> u64 {
-    (MDCR_EL2::TPM::SET
-        + MDCR_EL2::TPMCR::SET
+    let pmu = h.guest_pmu().is_some();
+    (set_if(!pmu, MDCR_EL2::TPM::SET)
+        + set_if(!pmu, MDCR_EL2::TPMCR::SET)
         + MDCR_EL2::HPMN.val(hpmn & 0x1f)
+        + set_if(pmu, MDCR_EL2::HPMD::SET)
+        + set_if(pmu, MDCR_EL2::HCCD::SET)
         + MDCR_EL2::TDOSA::SET
         + MDCR_EL2::TDRA::SET
         + set_if(h.trf(), MDCR_EL2::TTRF::SET)
@@ -222,7 +238,8 @@ fn mdcr(h: &HostFeatures, hpmn: u64) -> u64 {
 }
 
 /// The trap controls for a guest on a CPU with `h`'s features. `fwb`: the VM's stage-2
-/// descriptors use the FEAT_S2FWB encoding. `hpmn`: `MDCR_EL2.HPMN`'s reset value.
+/// descriptors use the FEAT_S2FWB encoding. `hpmn`: `MDCR_EL2.HPMN`: the CPU's
+/// `PMCR_EL0.N` when the guest gets the PMU, else `MDCR_EL2.HPMN`'s reset value.
 ///
 /// `HCRX_EL2` (FEAT_HCX) is 0: every feature it enables for EL1 and EL0 stays off and traps
 /// (LS64, MOPS, FPMR, GCS, TCR2/SCTLR2, the NMI controls, 128-bit system registers), all hidden
@@ -243,14 +260,15 @@ pub fn guest_controls(h: &HostFeatures, fwb: bool, hpmn: u64) -> Controls {
 mod tests {
     use super::*;
 
-    /// A CPU like QEMU 10's `-cpu max`: RAS, SVE, SME, TRF, LOR, HCX and FGT; no AMU, no SPE.
+    /// A CPU like QEMU 10's `-cpu max`: RAS, SVE, SME, TRF, LOR, HCX, FGT and PMUv3p5; no AMU,
+    /// no SPE.
     const MAX: HostFeatures = HostFeatures {
         // RAS 31:28, SVE 35:32 (and FP/AdvSIMD/EL0-3 fields).
         pfr0: 0x0000_0001_1000_2222,
         // SME 27:24.
         pfr1: 0x0000_0000_0100_0000,
-        // TraceFilt 43:40; PMSVer 35:32 = 0.
-        dfr0: 0x0000_0100_0000_0006,
+        // TraceFilt 43:40; PMSVer 35:32 = 0; PMUVer 11:8 = 6 (PMUv3p5).
+        dfr0: 0x0000_0100_0000_0606,
         // FGT 59:56.
         mmfr0: 0x0100_0000_0000_1125,
         // HCX 43:40, LO 19:16.
@@ -286,12 +304,15 @@ mod tests {
         assert!(!bit(c.cptr, 10) && !bit(c.cptr, 31));
         assert_eq!(c.cptr & 0x2ff, 0x2ff, "RES1 bits 9, 7:0");
         assert!(bit(c.cptr, 13));
-        // MDCR: TPM 6, TPMCR 5, TDOSA 10, TDRA 11, TTRF 19 (max has TRF), HPMN kept; TDA 9
-        // and TDE 8 clear.
-        for b in [5, 6, 10, 11, 19] {
+        // MDCR: TDOSA 10, TDRA 11, TTRF 19 (max has TRF); the PMU is the guest's (TPM 6 and
+        // TPMCR 5 clear) with every counter (HPMN = N), and counts nothing at EL2 (HPMD 17,
+        // HCCD 23); HPME 7, HLP 26, MTPME 28 clear; TDA 9 and TDE 8 clear.
+        for b in [10, 11, 17, 19, 23] {
             assert!(bit(c.mdcr, b), "MDCR_EL2 bit {b}");
         }
-        assert!(!bit(c.mdcr, 8) && !bit(c.mdcr, 9));
+        for b in [5, 6, 7, 8, 9, 26, 28] {
+            assert!(!bit(c.mdcr, b), "MDCR_EL2 bit {b}");
+        }
         assert_eq!(c.mdcr & 0x1f, 6);
         assert_eq!(c.hcrx, Some(0));
         assert!(c.zero_fgt);
@@ -309,8 +330,38 @@ mod tests {
         // No AMU: TAM clear. No TRF/SPE: TTRF, TPMS clear.
         assert!(!bit(c.cptr, 30));
         assert!(!bit(c.mdcr, 19) && !bit(c.mdcr, 14));
+        // PMUv3 (1) only: the PMU is hidden and traps (TPM 6, TPMCR 5); HPMD 17 and HCCD 23
+        // (RES0 before PMUv3p1/p5) clear; HPMN as given.
+        assert!(bit(c.mdcr, 5) && bit(c.mdcr, 6));
+        assert!(!bit(c.mdcr, 17) && !bit(c.mdcr, 23));
+        assert_eq!(c.mdcr & 0x1f, 6);
         assert_eq!(c.hcrx, None);
         assert!(!c.zero_fgt);
+    }
+
+    #[test]
+    fn pmu_below_pmuv3p5_traps() {
+        // PMUv3p1 (neoverse-n1) and PMUv3p4: HPMD exists but HCCD does not, so the cycle
+        // counter could count at EL2: hidden, trapped.
+        for v in [4, 5] {
+            let h = HostFeatures {
+                dfr0: v << 8,
+                ..MAX
+            };
+            assert_eq!(h.guest_pmu(), None);
+            let c = guest_controls(&h, false, 6);
+            assert!(bit(c.mdcr, 5) && bit(c.mdcr, 6), "PMUVer {v}");
+            assert!(!bit(c.mdcr, 17) && !bit(c.mdcr, 23), "PMUVer {v}");
+        }
+        // A later PMU is passed through as PMUv3p5, with its own counter count.
+        let h = HostFeatures {
+            dfr0: 8 << 8,
+            ..MAX
+        };
+        assert_eq!(h.guest_pmu(), Some(6));
+        let c = guest_controls(&h, false, 20);
+        assert!(!bit(c.mdcr, 5) && !bit(c.mdcr, 6));
+        assert_eq!(c.mdcr & 0x1f, 20);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - Per interrupt: enable, group, priority (5 implemented bits, matching the 5 priority bits
 //!   of QEMU's virtual CPU interface, `ICH_VTR_EL2.PRIbits` = 4), trigger, active, a software
 //!   pending latch (edges, `ISPENDR`, SGIs) and the line level (level-triggered inputs driven
-//!   by the run loop: the UART's SPI, the virtual timer PPI 27).
+//!   by the run loop: the UART's SPI, the forwarded PPIs of `ppi`: the timers' 27 and 30).
 //!   Pending = latch, or line high for a level-triggered interrupt.
 //! - The vCPU's interface is the hardware `ICH_LR<n>_EL2` registers. The run loop calls
 //!   [`Vgic::sync_lrs`] after every exit of a vCPU (before handling the exit) and
@@ -500,6 +500,30 @@ impl Vgic {
                 .iter()
                 .enumerate()
                 .any(|(n, i)| self.deliverable(i) && self.spi_target(n as u32 + 32) == Some(vcpu))
+    }
+
+    /// `vcpu` powers down (PSCI CPU_OFF; it starts again from this state at CPU_ON): its SGIs
+    /// and PPIs return to their reset state (not pending, not active, disabled, group 0,
+    /// priority 0, PPIs level-triggered), as for a PE and redistributor that were powered down
+    /// and up. The CPU interface's state (list registers, `ICH_AP0R/AP1R`, `ICH_VMCR_EL2`) is
+    /// the run loop's to reset; SPIs are the distributor's and keep their state (an entry still
+    /// listed is taken back as it was, as [`Vgic::flush_lrs`] does). Call after
+    /// [`Vgic::sync_lrs`].
+    pub fn reset_vcpu(&mut self, vcpu: usize) {
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return;
+        };
+        let stale = core::mem::replace(&mut cpu.lrs, [None; MAX_LRS]);
+        for s in stale.into_iter().flatten() {
+            self.fold(vcpu, s, s.state);
+        }
+        let cpu = &mut self.cpus[vcpu];
+        for (i, irq) in cpu.banked.iter_mut().enumerate() {
+            *irq = Irq {
+                edge: i < 16,
+                ..Irq::default()
+            };
+        }
     }
 
     // ---------------------------------------------------------------- list registers
@@ -1492,6 +1516,61 @@ mod tests {
         // Distributor ICFGR for INTIDs 0-31 is RAZ/WI.
         g.dist_write(gicd::ICFGR + 4, W, u64::MAX).unwrap();
         assert_eq!(g.dist_read(gicd::ICFGR + 4, W).unwrap(), 0);
+    }
+
+    #[test]
+    fn restart_resets_the_vcpus_private_interrupts() {
+        let mut g = linux_init(2, 32);
+        // vCPU 1 takes SGI 3 and never deactivates it; a PPI is pending on it too.
+        let k = g.sgi(0, (1 << 1) | (3 << 24));
+        assert!(k.contains(1));
+        let mut lrs = [0u64; N_LRS];
+        g.flush_lrs(1, &mut lrs, N_LRS);
+        assert_eq!(ack(&mut lrs), Some(3));
+        g.sync_lrs(1, &lrs);
+        g.set_level(virt::VTIMER_INTID, 1, true).unwrap();
+        let rd1 = GICR_STRIDE + SGI_BASE;
+        assert_ne!(g.redist_read(rd1 + gicd::ISACTIVER, W).unwrap() & 1 << 3, 0);
+        // vCPU 0's own state, which must survive vCPU 1's restart.
+        g.set_level(virt::VTIMER_INTID, 0, true).unwrap();
+
+        g.reset_vcpu(1);
+        assert_eq!(g.redist_read(rd1 + gicd::ISACTIVER, W).unwrap(), 0);
+        assert_eq!(g.redist_read(rd1 + gicd::ISPENDR, W).unwrap(), 0);
+        assert_eq!(g.redist_read(rd1 + gicd::ISENABLER, W).unwrap(), 0);
+        assert_eq!(g.redist_read(rd1 + gicd::IGROUPR, W).unwrap(), 0);
+        assert_eq!(g.redist_read(rd1 + gicd::IPRIORITYR, W).unwrap(), 0);
+        assert!(!g.has_deliverable(1));
+        assert!(g.has_deliverable(0));
+        let mut lrs = [0u64; N_LRS];
+        assert_eq!(g.flush_lrs(1, &mut lrs, N_LRS).used, 0);
+
+        // Set up again, it takes SGI 3 again.
+        g.redist_write(rd1 + gicd::IGROUPR, W, u32::MAX as u64)
+            .unwrap();
+        g.redist_write(rd1 + gicd::ISENABLER, W, 0xffff).unwrap();
+        g.sgi(0, (1 << 1) | (3 << 24));
+        assert_eq!(run_to_idle(&mut g, 1), [3]);
+    }
+
+    #[test]
+    fn reset_takes_back_a_listed_spi() {
+        let mut g = linux_init(2, 32);
+        let spi = virt::UART_INTID;
+        g.dist_write(gicd::IROUTER + 8 * u64::from(spi), AccessSize::B8, 1)
+            .unwrap();
+        enable_spi(&mut g, spi);
+        g.set_level(spi, 0, true).unwrap();
+        let mut lrs = [0u64; N_LRS];
+        g.flush_lrs(1, &mut lrs, N_LRS);
+        assert_eq!(listed(&lrs), [(spi, ST_PENDING)]);
+        // vCPU 1 powers off with the SPI still in its list registers (not synced).
+        g.reset_vcpu(1);
+        // The SPI is the distributor's: still pending, and listed again at the next flush.
+        assert!(g.has_deliverable(1));
+        let mut lrs = [0u64; N_LRS];
+        g.flush_lrs(1, &mut lrs, N_LRS);
+        assert_eq!(listed(&lrs), [(spi, ST_PENDING)]);
     }
 
     #[test]

@@ -34,11 +34,15 @@ mod mmu;
 #[cfg(probe_bare)]
 mod platform;
 #[cfg(probe_bare)]
+mod pmu;
+#[cfg(probe_bare)]
 mod rt;
 #[cfg(probe_bare)]
 mod smp;
 #[cfg(probe_bare)]
 mod tests;
+#[cfg(probe_bare)]
+mod timers;
 
 /// Built for the host (workspace-wide `cargo` commands): the probe only runs as a guest.
 #[cfg(not(probe_bare))]

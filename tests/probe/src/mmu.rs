@@ -64,6 +64,7 @@ fn guest_cpu() -> CpuFeatures {
         mmfr1: 0,
         mmfr2: 0,
         ctr: 0,
+        dfr0: 0,
     })
 }
 

@@ -16,10 +16,24 @@
 //! | `isolation` | every 2 MiB of the IPA space and every stage-2 granule within 64 MiB of each edge of RAM and the devices, read and written: outside RAM and the devices each access must abort | |
 //! | `secret` | fills its free RAM with a secret pattern and holds it while other VMs probe | `probe.hold_ms` (3000) |
 //! | `hypervisor` | the `/hypervisor` node's stage-2 granule and IPA size (against `probe.s2`, `probe.ipa` when given) | `probe.s2`, `probe.ipa` |
+//! | `timer-phys` | the EL1 physical timer alone fires PPI 30, wakes WFI, not before its deadline, once | |
+//! | `timer-both` | both EL1 timers at once, in either order and at one deadline: each PPI once, not early | |
+//! | `timer-pending` | PPI 30 disabled: pending in `GICR_ISPENDR0` when the timer fires, clear under IMASK, delivered once enabled | |
+//! | `wfit` | WFIT (when `ID_AA64ISAR2_EL1.WFxT` shows it) returns at its 20 ms deadline | |
+//! | `aarch32-el0` | `ID_AA64PFR0_EL1.EL0` = 1 and an ERET to AArch32 EL0 is an illegal exception return (MMU off) | |
+//! | `cpu-restart` | 2 vCPUs, after `mmu`: vCPU 1 leaves an SGI active, CPU_OFF, CPU_ON: interrupt state reset, SGI taken again, counter monotonic, same CNTFRQ | |
+//! | `counters` | 2 vCPUs, after `mmu`: 200 counter hand-offs between the vCPUs never see it lower | |
+//! | `pmu-id` | `ID_AA64DFR0_EL1.PMUVer`, `PMCR_EL0.N` and the `/pmu` node as expected (PMUVer 0: PMU registers UNDEFINED, no node) | `probe.pmuver` (6), `probe.counters` (6) |
+//! | `pmu-cycles` | the cycle counter is monotonic and 2x the loop takes 2x the cycles (10%) | |
+//! | `pmu-instructions` | `INST_RETIRED` counts a 200,000-instruction loop to within 64 (needs QEMU `-icount`) | |
+//! | `pmu-swinc` | `PMSWINC_EL0` increments a `SW_INCR` counter exactly | |
+//! | `pmu-el2` | 2,000 HVC calls add no more cycles or instructions than the guest's own, even with the `NSH` filter set | |
+//! | `pmu-overflow` | a counter overflow raises INTID 23 through the vGIC, level-sensitive | |
+//! | `pmu-reset` | 2 vCPUs (MMU on, as `memory`): vCPU 1 restarted (CPU_ON) finds every PMU register it had set zeroed | |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
-use crate::{arch, hostile, isolation, memtest, mmu, platform, say};
+use crate::{arch, hostile, isolation, memtest, mmu, platform, pmu, say, timers};
 
 /// What a test reports: PASS with its figures, or FAIL with why, each a short line.
 pub struct Verdict {
@@ -100,6 +114,20 @@ const TESTS: &[(&str, Test)] = &[
     ("faults", memtest::faults),
     ("isolation", isolation::isolation),
     ("secret", isolation::secret),
+    ("timer-phys", timers::phys),
+    ("timer-both", timers::both),
+    ("timer-pending", timers::pending),
+    ("wfit", timers::wfit),
+    ("aarch32-el0", timers::aarch32_el0),
+    ("cpu-restart", timers::restart),
+    ("counters", timers::counters),
+    ("pmu-id", pmu::id),
+    ("pmu-cycles", pmu::cycles),
+    ("pmu-instructions", pmu::instructions),
+    ("pmu-swinc", pmu::swinc),
+    ("pmu-el2", pmu::el2),
+    ("pmu-overflow", pmu::overflow),
+    ("pmu-reset", pmu::reset),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).

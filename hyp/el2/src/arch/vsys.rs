@@ -86,6 +86,9 @@ wo!(/// `HDFGWTR_EL2` (FEAT_FGT only).
     set_hdfgwtr_el2, "S3_4_C3_C1_5");
 ro!(/// `CNTV_CTL_EL0` (the guest's virtual timer control, live while its vCPU is pinned here).
     cntv_ctl_el0, "cntv_ctl_el0");
+ro!(/// `CNTP_CTL_EL0` (the guest's EL1 physical timer control, live while its vCPU is pinned
+    /// here: `CNTHCTL_EL2.EL1PCEN` gives it to the guest).
+    cntp_ctl_el0, "cntp_ctl_el0");
 rw!(/// `ICC_SRE_EL2`.
     icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5");
 rw!(/// `ICC_PMR_EL1`.
@@ -169,6 +172,44 @@ lr_access!(
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
 
+/// Writes `ICH_AP0R<n>_EL2` (`group1` false) or `ICH_AP1R<n>_EL2` (n 0..=3; ignored above).
+///
+/// # Safety
+/// Register `n` must be implemented (`n < 1 << (ICH_VTR_EL2.PREbits - 4)`, at most 4: the
+/// others are UNDEFINED); changes the active priorities of the guest on this CPU.
+pub unsafe fn set_ich_apr(group1: bool, n: usize, v: u64) {
+    // SAFETY: the caller's contract (register `n` exists), for every arm.
+    unsafe {
+        match (group1, n) {
+            (false, 0) => {
+                asm!("msr S3_4_C12_C8_0, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (false, 1) => {
+                asm!("msr S3_4_C12_C8_1, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (false, 2) => {
+                asm!("msr S3_4_C12_C8_2, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (false, 3) => {
+                asm!("msr S3_4_C12_C8_3, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 0) => {
+                asm!("msr S3_4_C12_C9_0, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 1) => {
+                asm!("msr S3_4_C12_C9_1, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 2) => {
+                asm!("msr S3_4_C12_C9_2, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            (true, 3) => {
+                asm!("msr S3_4_C12_C9_3, {0}", in(reg) v, options(nostack, preserves_flags))
+            }
+            _ => {}
+        }
+    }
+}
+
 macro_rules! id_space {
     ($($crm:literal : $($op2:literal)*;)*) => {
         /// The ID register `S3_0_C0_C<crm>_<op2>` (CRm 1..=7): the feature ID space that
@@ -203,6 +244,40 @@ id_space!(
 pub fn wfi() {
     // SAFETY: waiting for an interrupt has no effect on memory.
     unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) }
+}
+
+/// `WFIT` with the timeout `deadline` (FEAT_WFxT only): waits as [`wfi`] does, or until
+/// `CNTVCT_EL0` >= `deadline` (Arm ARM, "WFIT"). At EL2 with `HCR_EL2.E2H` = 0 the virtual count
+/// is `CNTPCT_EL0 - CNTVOFF_EL2`, the guest's own virtual count. Encoded by hand (`WFIT X0` is
+/// 0xd5031020) so the assembler needs no `wfxt` feature.
+#[inline(always)]
+pub fn wfit(deadline: u64) {
+    // SAFETY: waiting for an interrupt or a timeout has no effect on memory; the caller
+    // checked the CPU implements FEAT_WFxT (else the encoding is UNDEFINED).
+    unsafe {
+        asm!("dsb sy", ".inst 0xd5031020", in("x0") deadline, options(nostack, preserves_flags))
+    }
+}
+
+/// `AT S12E1R` (`el0` false) or `AT S12E0R` of the guest virtual address `va` through the
+/// guest's stage 1 and this CPU's stage 2 (VTTBR_EL2), returning `PAR_EL1`; the guest's own
+/// `PAR_EL1` is preserved.
+#[inline(always)]
+pub fn at_s12(va: u64, el0: bool) -> u64 {
+    let par: u64;
+    // SAFETY: address translation writes only PAR_EL1, which is restored.
+    unsafe {
+        if el0 {
+            asm!("mrs {s}, par_el1", "at s12e0r, {va}", "isb", "mrs {p}, par_el1",
+                "msr par_el1, {s}", va = in(reg) va, s = out(reg) _, p = out(reg) par,
+                options(nostack, preserves_flags));
+        } else {
+            asm!("mrs {s}, par_el1", "at s12e1r, {va}", "isb", "mrs {p}, par_el1",
+                "msr par_el1, {s}", va = in(reg) va, s = out(reg) _, p = out(reg) par,
+                options(nostack, preserves_flags));
+        }
+    }
+    par
 }
 
 /// `TLBI VMALLS12E1` for the current VMID on this CPU only, then `DSB NSH; ISB`.
@@ -295,3 +370,61 @@ dbg_pair!(/// `DBGBCR<n>_EL1` and `DBGBVR<n>_EL1`.
     set_dbg_bp, "dbgbcr", "dbgbvr": 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 dbg_pair!(/// `DBGWCR<n>_EL1` and `DBGWVR<n>_EL1`.
     set_dbg_wp, "dbgwcr", "dbgwvr": 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+
+// ---- The guest's PMU (PMUv3, passed through when the guest gets it: `platform::pmu`). hyp
+// reads `PMCR_EL0` (its `N`), `PMOVSSET_EL0` and `PMINTENSET_EL1` (the overflow interrupt's
+// level) and writes the PMU only to reset it for a vCPU that starts; it never counts with it.
+// Every one of these is UNDEFINED on a CPU without a PMU: callers check `PMUVer` first.
+
+ro!(/// `PMCR_EL0` (at EL2 its `N` is the CPU's number of event counters, not `MDCR_EL2.HPMN`).
+    pmcr_el0, "pmcr_el0");
+ro!(/// `PMOVSSET_EL0`: the overflow flags.
+    pmovsset_el0, "pmovsset_el0");
+ro!(/// `PMINTENSET_EL1`: the overflow interrupt enables.
+    pmintenset_el1, "pmintenset_el1");
+
+/// Resets the PMU of this CPU for a vCPU that starts: `PMCR_EL0` = `pmcr_clear` (P and C:
+/// every counter to zero, E = 0), the counter enables, interrupt enables and overflow flags of
+/// `clear_mask` cleared, `PMUSERENR_EL0`, `PMCCFILTR_EL0`, `PMCCNTR_EL0` zero, the type and
+/// count of event counters `0..counters` zero (through `PMSELR_EL0`/`PMXEV*`), then
+/// `PMSELR_EL0` and `PMCR_EL0` zero.
+///
+/// # Safety
+/// The CPU has a PMU (`ID_AA64DFR0_EL1.PMUVer` is PMUv3) with at least `counters` event
+/// counters, and the caller owns this CPU's EL1 state: no guest runs on it until the next
+/// entry.
+pub unsafe fn reset_pmu(pmcr_clear: u64, clear_mask: u64, counters: u64) {
+    // SAFETY: PMU registers of the guest this CPU is dedicated to (the caller's contract);
+    // none of them affects EL2's own translation or memory.
+    unsafe {
+        asm!(
+            "msr pmcr_el0, {pc}",
+            "isb",
+            "msr pmcntenclr_el0, {m}",
+            "msr pmintenclr_el1, {m}",
+            "msr pmovsclr_el0, {m}",
+            "msr pmuserenr_el0, xzr",
+            "msr pmccfiltr_el0, xzr",
+            "msr pmccntr_el0, xzr",
+            pc = in(reg) pmcr_clear,
+            m = in(reg) clear_mask,
+            options(nostack, preserves_flags)
+        );
+        for n in 0..counters.min(31) {
+            asm!(
+                "msr pmselr_el0, {n}",
+                "isb",
+                "msr pmxevtyper_el0, xzr",
+                "msr pmxevcntr_el0, xzr",
+                n = in(reg) n,
+                options(nostack, preserves_flags)
+            );
+        }
+        asm!(
+            "msr pmselr_el0, xzr",
+            "msr pmcr_el0, xzr",
+            "isb",
+            options(nostack, preserves_flags)
+        );
+    }
+}
