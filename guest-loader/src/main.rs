@@ -341,6 +341,11 @@ mod cli {
         write(out, &vm.dtb)
     }
 
+    /// QEMU's virtio devices bypass the IOMMU unless they offer VIRTIO_F_ACCESS_PLATFORM
+    /// (`iommu_platform=on`): without it their DMA would reach host physical memory at the
+    /// guest's addresses, never through the SMMU. Modern only (`disable-legacy=on`): no I/O BAR.
+    const VIRTIO_DMA: &str = "iommu_platform=on,disable-legacy=on";
+
     fn qemu_args(config: &Path) -> Result<(), i32> {
         let l = load(config)?;
         let dir = config.parent().unwrap_or(Path::new(""));
@@ -369,13 +374,13 @@ mod cli {
                     let file = path.display().to_string().replace(',', ",,");
                     args.push(format!("if=none,format=raw,file={file},id={id}{ro}"));
                     args.push("-device".into());
-                    args.push(format!("{},{addr},drive={id}", d.model));
+                    args.push(format!("{},{addr},drive={id},{VIRTIO_DMA}", d.model));
                 }
                 None => {
                     args.push("-netdev".into());
                     args.push(format!("user,id={id}"));
                     args.push("-device".into());
-                    args.push(format!("{},{addr},netdev={id}", d.model));
+                    args.push(format!("{},{addr},netdev={id},{VIRTIO_DMA}", d.model));
                 }
             }
         }

@@ -335,11 +335,11 @@ fn qemu_args_attach_each_device_at_its_slot() {
             "-drive",
             &format!("if=none,format=raw,file={disk},id=pci1,readonly=on"),
             "-device",
-            "virtio-blk-pci,addr=0x1,drive=pci1",
+            "virtio-blk-pci,addr=0x1,drive=pci1,iommu_platform=on,disable-legacy=on",
             "-netdev",
             "user,id=pci2",
             "-device",
-            "virtio-net-pci,addr=0x2,netdev=pci2",
+            "virtio-net-pci,addr=0x2,netdev=pci2,iommu_platform=on,disable-legacy=on",
         ]
     );
 }

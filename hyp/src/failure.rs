@@ -66,6 +66,8 @@ pub enum VmFailure {
     NoPciBus,
     /// A function it owns is not on the host's bus.
     NoFunction(platform::pci::Bdf),
+    /// A function it owns interrupts on a pin other than INTA.
+    IntxPin(platform::pci::Bdf, u32),
     /// Its stage-2 root tables could not be allocated.
     Stage2Root(MapError),
     /// Mapping its RAM at stage 2 failed.
@@ -143,6 +145,12 @@ impl fmt::Display for Detail<'_> {
                     "vm {vm}: it owns PCI devices but the host device tree has no PCIe bus \
                      (pci-host-ecam-generic)"
                 ),
+                VmFailure::IntxPin(bdf, pin) => write!(
+                    f,
+                    "vm {vm}: PCI function {bdf} interrupts on INT{} (pin {pin}); hyp gives each \
+                     VM the INTA lines of its slots only",
+                    char::from(b'A' + (*pin as u8).saturating_sub(1).min(3))
+                ),
                 VmFailure::NoFunction(bdf) => write!(
                     f,
                     "vm {vm}: no PCI function at {bdf} on the host's bus (./run attaches the \
@@ -188,9 +196,10 @@ impl fmt::Display for Fatal {
                     "not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)"
                 }
                 VmFailure::Vmid(_) => "no VMID left",
-                VmFailure::Devices(_) | VmFailure::NoPciBus | VmFailure::NoFunction(_) => {
-                    "cannot give a VM its PCI devices"
-                }
+                VmFailure::Devices(_)
+                | VmFailure::NoPciBus
+                | VmFailure::NoFunction(_)
+                | VmFailure::IntxPin(..) => "cannot give a VM its PCI devices",
                 VmFailure::Stage2Root(_) => "cannot allocate stage-2 tables",
                 VmFailure::Stage2Map(_) => "cannot build the VM's stage-2 tables",
                 VmFailure::LoadOutside { .. } => "the load plan does not fit the VM's RAM",

@@ -69,6 +69,9 @@ pub struct Devices {
     pub starts: Vec<Option<(u64, u64)>>,
     /// Host console bytes the UART had no room for yet.
     pub rx_backlog: Vec<u8>,
+    /// The VM's forwarded INTx lines (`Vm::intx`, by index): which are high in the vGIC with
+    /// their physical SPI disabled.
+    pub intx: vdev::ppi::Forwarder,
 }
 
 /// Exit counters, by class.
@@ -138,6 +141,10 @@ pub struct Vm {
     pub pci: Option<SpinMutex<PciView>>,
     /// Its slice of the PCI memory window (IPA = PA), mapped as device memory.
     pub pci_window: Option<core::ops::Range<u64>>,
+    /// The INTIDs of its functions' legacy INTx lines (physical = virtual SPI), forwarded as
+    /// level-sensitive lines: routed to its vCPU 0's CPU, raised in the vGIC when they fire,
+    /// and lowered when the device no longer asserts them (`vcpu::Vcpu::intx_check`).
+    pub intx: Vec<u32>,
     /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
     pub lazy_chunk: Option<u64>,
     /// `hyp.stress=N`: the stage-2 stress state; `None` when off.
@@ -622,9 +629,12 @@ fn create(
             );
         }
     }
-    let pci = match vp.pci_window {
-        Some(w) if owns_devices => Some(SpinMutex::new(pci_view(vp, w, &mut pt)?)),
-        _ => None,
+    let (pci, intx) = match vp.pci_window {
+        Some(w) if owns_devices => {
+            let (view, intx) = pci_view(vp, w, &mut pt)?;
+            (Some(SpinMutex::new(view)), intx)
+        }
+        _ => (None, Vec::new()),
     };
 
     let n = vp.vcpus as usize;
@@ -713,6 +723,7 @@ fn create(
         s2: SpinMutex::new(pt),
         owns_devices,
         pci,
+        intx,
         pci_window: vp
             .pci_window
             .filter(|_| owns_devices)
@@ -738,6 +749,7 @@ fn create(
             },
             starts,
             rx_backlog: Vec::new(),
+            intx: vdev::ppi::Forwarder::default(),
         }),
         out: SpinMutex::new(OutQueue::new(&vp.name, vdev::console::QUEUE_BYTES)),
         out_pending: AtomicBool::new(false),
@@ -758,15 +770,32 @@ fn pci_view(
     vp: &VmPlan<'_>,
     window: guest_loader::layout::Region,
     pt: &mut PageTable<FrameAlloc, VmMaintenance>,
-) -> Result<PciView, VmFailure> {
+) -> Result<(PciView, Vec<u32>), VmFailure> {
     let Some(mut ecam) = crate::pci::host() else {
         return Err(VmFailure::NoPciBus);
     };
     let mut functions = Vec::with_capacity(vp.pci.len());
+    let mut intx = Vec::new();
     for (bdf, _) in &vp.pci {
         // A slot without a function reads all ones (PCI spec): QEMU did not attach one.
         if ecam.read32(*bdf, 0) == u32::MAX {
             return Err(VmFailure::NoFunction(*bdf));
+        }
+        // Interrupt Pin (config offset 0x3d): 1..=4 for INTA..INTD, 0 for none.
+        let pin = (ecam.read32(*bdf, 0x3c) >> 8) & 0xff;
+        // The plan gave each VM the INTA lines of its slots; another pin could be another
+        // VM's line.
+        if pin > 1 {
+            return Err(VmFailure::IntxPin(*bdf, pin));
+        }
+        if pin == 1 {
+            let id = platform::virt::spi_intid(platform::virt::pci_intx_spi(
+                u32::from(bdf.device),
+                pin - 1,
+            ));
+            if !intx.contains(&id) {
+                intx.push(id);
+            }
         }
         let bars = vdev::pci::measure_bars(&mut ecam, *bdf);
         log::debug!("vm {}: pci {bdf}: memory BARs {bars:x?}", vp.name);
@@ -775,7 +804,7 @@ fn pci_view(
     let range = window.start..window.start + window.size;
     pt.map(range.clone(), window.start, Attrs::device(), MapOpts::PAGES)
         .map_err(VmFailure::Stage2Map)?;
-    Ok(PciView::new(&functions, range, &mut ecam))
+    Ok((PciView::new(&functions, range, &mut ecam), intx))
 }
 
 /// What [`Vm::audit_stage2`] counted: leaves mapping the VM's RAM, and leaves mapping its PCI
