@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         cpu: CpuFeatures::profile("max").unwrap(),
         cpus: 4,
         guest_ram: 1 << 30,
+        smmu: guest_loader::SmmuFeatures::profile("qemu"),
     };
     let _ = b.plan(&host);
 });

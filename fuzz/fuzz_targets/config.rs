@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             cpu: CpuFeatures::profile(cpu).unwrap(),
             cpus,
             guest_ram: 1 << 30,
+            smmu: guest_loader::SmmuFeatures::profile("qemu"),
         };
         if let Err(e) = plan_text("f.toml", text, files(), &host) {
             let _ = e.to_string();

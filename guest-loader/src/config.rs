@@ -25,6 +25,7 @@
 //! [`crate::plan`] checks the rest. Every error names the file, the line, the VM and the key.
 
 use crate::layout::{MEMORY_ALIGN, RAM_BASE};
+use crate::pci::{PciDevice, PciModel, MAX_PCI_DEVICES};
 use crate::size::{format_size, parse_size, SizeError};
 use alloc::borrow::ToOwned;
 use alloc::string::String;
@@ -159,6 +160,8 @@ pub struct VmPos {
     pub kernel_span: Range<usize>,
     /// Byte range of the `initrd` string value, if any.
     pub initrd_span: Option<Range<usize>>,
+    /// Each `[[vm.pci]]` entry (its `file` when it has one), in order.
+    pub pci: Vec<Pos>,
 }
 
 /// `[vm.stage2]`.
@@ -196,6 +199,8 @@ pub struct VmConfig {
     pub fallback: Vec<Granule>,
     /// `[vm.stage2]`.
     pub stage2: Stage2Config,
+    /// `[[vm.pci]]`: the PCI functions the VM owns, in order.
+    pub pci: Vec<PciDevice>,
     /// Where the keys were written.
     pub pos: VmPos,
 }
@@ -370,6 +375,35 @@ pub enum ErrorKind {
     Layout(crate::layout::LayoutError),
     /// The device tree cannot be written.
     Dtb(crate::fdt::DtbError),
+    /// A `[[vm.pci]]` model backed by a file has none.
+    PciNeedsFile {
+        /// The model.
+        model: PciModel,
+    },
+    /// A `[[vm.pci]]` model that takes no file has one (or `readonly`).
+    PciTakesNoFile {
+        /// The model.
+        model: PciModel,
+        /// The key written: `file` or `readonly`.
+        key: &'static str,
+    },
+    /// More `[[vm.pci]]` entries in the system than the root bus has slots.
+    TooManyPciDevices,
+    /// A VM owns PCI functions but the host has no SMMUv3 to confine their DMA.
+    PciNoSmmu,
+    /// A function's legacy INTx line is already another VM's.
+    PciIntxShared {
+        /// The function's place.
+        bdf: crate::pci::Bdf,
+        /// The SPI its INTA is wired to.
+        spi: u32,
+        /// The VM owning that line.
+        other: String,
+    },
+    /// A VM owns PCI functions and maps its RAM lazily.
+    PciLazy,
+    /// The SMMU cannot walk the VM's stage 2.
+    Smmu(smmu::Refusal),
 }
 
 impl fmt::Display for ErrorKind {
@@ -504,6 +538,38 @@ impl fmt::Display for ErrorKind {
             ),
             Layout(e) => e.fmt(f),
             Dtb(e) => e.fmt(f),
+            PciNeedsFile { model } => write!(
+                f,
+                "{model} is backed by a file; add file = \"disk.img\" (relative to the config)"
+            ),
+            PciTakesNoFile { model, key } => {
+                write!(f, "{model} takes no backing file; remove {key}")
+            }
+            PciIntxShared { bdf, spi, other } => write!(
+                f,
+                "{bdf}'s INTx is wired to SPI {spi}, which a device of vm \"{other}\" already \
+                 uses: the root bus has four INTx lines, each given to one VM (no MSI without a \
+                 virtual ITS), and a VM's devices take one line per slot; give the devices to \
+                 fewer VMs"
+            ),
+            PciNoSmmu => f.write_str(
+                "the host has no SMMUv3 to confine the device's DMA; run QEMU with \
+                 -M virt,iommu=smmuv3 (./run adds it when a config assigns devices)",
+            ),
+            PciLazy => f.write_str(
+                "a VM that owns PCI devices keeps all its RAM mapped (devices may DMA to any of \
+                 it at any time); use mapping = \"eager\"",
+            ),
+            Smmu(r) => write!(
+                f,
+                "{r}; pick a stage-2 granule the SMMU walks, or stage2.granule = \"page_size\" \
+                 with a fallback"
+            ),
+            TooManyPciDevices => write!(
+                f,
+                "more than {MAX_PCI_DEVICES} PCI devices in the system: the root bus has slots \
+                 1 to 31 for them; assign fewer"
+            ),
         }
     }
 }
@@ -634,6 +700,15 @@ struct RawVm {
     page_size: Option<Spanned<String>>,
     fallback: Option<Spanned<Vec<Spanned<String>>>>,
     stage2: Option<Spanned<RawStage2>>,
+    pci: Option<Vec<Spanned<RawPci>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPci {
+    device: Spanned<String>,
+    file: Option<Spanned<String>>,
+    readonly: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -785,7 +860,20 @@ pub fn parse_config(file: &str, text: &str) -> Result<SystemConfig, Errors> {
         }
     }
     let mut vms: Vec<VmConfig> = Vec::new();
+    let mut pci_seen = 0;
     for raw_vm in raw.vm {
+        let name = raw_vm.get_ref().name.get_ref().clone();
+        for entry in raw_vm.get_ref().pci.iter().flatten() {
+            pci_seen += 1;
+            if pci_seen == MAX_PCI_DEVICES + 1 {
+                cx.err(
+                    entry.span(),
+                    Some(&name),
+                    "pci",
+                    ErrorKind::TooManyPciDevices,
+                );
+            }
+        }
         if let Some(vm) = vm_config(&mut cx, raw_vm, &vms) {
             vms.push(vm);
         }
@@ -1040,6 +1128,8 @@ fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Opt
         }
     }
 
+    let pci = pci_devices(cx, raw.pci.as_deref().unwrap_or_default(), vm, &mut pos);
+
     if cx.errors.len() != before {
         return None;
     }
@@ -1053,8 +1143,71 @@ fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Opt
         page_size,
         fallback,
         stage2,
+        pci,
         pos,
     })
+}
+
+/// `[[vm.pci]]`: each entry's model, and its file exactly when the model is backed by one.
+fn pci_devices(
+    cx: &mut Ctx<'_>,
+    raw: &[Spanned<RawPci>],
+    vm: Option<&str>,
+    pos: &mut VmPos,
+) -> Vec<PciDevice> {
+    let mut out = Vec::new();
+    for entry in raw {
+        let r = entry.get_ref();
+        let at = r.file.as_ref().map_or(entry.span(), |f| f.span());
+        pos.pci.push(cx.pos(at));
+        let Some(model) = PciModel::from_name(r.device.get_ref()) else {
+            cx.err(
+                r.device.span(),
+                vm,
+                "pci.device",
+                ErrorKind::BadValue {
+                    value: r.device.get_ref().clone(),
+                    expected: "\"virtio-blk-pci\" or \"virtio-net-pci\"",
+                },
+            );
+            continue;
+        };
+        match (&r.file, model.needs_file()) {
+            (None, true) => cx.err(
+                entry.span(),
+                vm,
+                "pci.file",
+                ErrorKind::PciNeedsFile { model },
+            ),
+            (Some(f), false) => cx.err(
+                f.span(),
+                vm,
+                "pci.file",
+                ErrorKind::PciTakesNoFile { model, key: "file" },
+            ),
+            (Some(f), true) if f.get_ref().trim().is_empty() => {
+                cx.err(f.span(), vm, "pci.file", ErrorKind::EmptyPath)
+            }
+            _ => {}
+        }
+        if let (Some(ro), false) = (&r.readonly, model.needs_file()) {
+            cx.err(
+                ro.span(),
+                vm,
+                "pci.readonly",
+                ErrorKind::PciTakesNoFile {
+                    model,
+                    key: "readonly",
+                },
+            );
+        }
+        out.push(PciDevice {
+            model,
+            file: r.file.as_ref().map(|f| f.get_ref().clone()),
+            readonly: r.readonly.as_ref().is_some_and(|r| *r.get_ref()),
+        });
+    }
+    out
 }
 
 #[cfg(test)]

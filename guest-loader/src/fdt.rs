@@ -3,7 +3,8 @@
 //!
 //! Bindings: `Documentation/devicetree/bindings/` in Linux — `arm/cpus.yaml`, `arm/psci.yaml`,
 //! `interrupt-controller/arm,gic-v3.yaml`, `timer/arm,arch_timer.yaml`,
-//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`, `arm/pmu.yaml`.
+//! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`, `arm/pmu.yaml`,
+//! `pci/host-generic-pci.yaml` (and the PCI bus binding, IEEE 1275 PCI supplement).
 
 use crate::layout::{Region, DTB_MAX_SIZE};
 use alloc::format;
@@ -13,7 +14,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use platform::pmu::PMU_PPI;
 use platform::virt::{
-    gicr_region, GICD_BASE, GICD_SIZE, TIMER_PPIS, UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
+    gicr_region, pci_intx_spi, GICD_BASE, GICD_SIZE, PCI_ECAM_BASE, PCI_ECAM_SIZE, TIMER_PPIS,
+    UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
 };
 use platform::Mpidr;
 use stage2::Granule;
@@ -50,6 +52,9 @@ pub struct DtbInput<'a> {
     pub stage2_granule: Granule,
     /// The VM's IPA size in bits (told to the guest in `/hypervisor`).
     pub ipa_bits: u32,
+    /// Its PCI memory window (IPA = PA), when it owns PCI functions: then the tree has a PCIe
+    /// host bridge whose bus holds them.
+    pub pci_window: Option<Region>,
     /// The guest gets the CPU's PMU (`platform::pmu::guest_pmu_version`): a `/pmu` node.
     pub pmu: bool,
 }
@@ -121,6 +126,9 @@ pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
     create_uart_node(&mut fdt)?;
     create_chosen_node(&mut fdt, vm)?;
     create_hypervisor_node(&mut fdt, vm)?;
+    if let Some(w) = vm.pci_window {
+        create_pcie_node(&mut fdt, w)?;
+    }
     fdt.end_node(root)?;
     let blob = fdt.finish()?;
     if blob.len() as u64 > DTB_MAX_SIZE {
@@ -276,6 +284,60 @@ fn create_hypervisor_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> 
     Ok(())
 }
 
+/// `/pcie@3f000000`: a generic ECAM host bridge for bus 0, whose configuration space hyp
+/// emulates (only the VM's own functions appear), one 32-bit memory window (the VM's slice,
+/// IPA = PA: BARs hold host addresses), and legacy INTx on the SPIs QEMU `virt` wires them to.
+fn create_pcie_node(fdt: &mut FdtWriter, window: Region) -> Result<()> {
+    let node = fdt.begin_node(&format!("pcie@{PCI_ECAM_BASE:x}"))?;
+    fdt.property_string("compatible", "pci-host-ecam-generic")?;
+    fdt.property_string("device_type", "pci")?;
+    fdt.property_u32("#address-cells", 3)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    fdt.property_array_u32("bus-range", &[0, 0])?;
+    fdt.property_u32("linux,pci-domain", 0)?;
+    fdt.property_null("dma-coherent")?;
+    fdt.property_array_u64("reg", &[PCI_ECAM_BASE, PCI_ECAM_SIZE])?;
+    // ranges: (PCI address: space code 0b10 = 32-bit memory, 64-bit address) (CPU address)
+    // (size).
+    let hi = |v: u64| (v >> 32) as u32;
+    let lo = |v: u64| v as u32;
+    fdt.property_array_u32(
+        "ranges",
+        &[
+            0x0200_0000,
+            hi(window.start),
+            lo(window.start),
+            hi(window.start),
+            lo(window.start),
+            hi(window.size),
+            lo(window.size),
+        ],
+    )?;
+    // INTx: the interrupt-map repeats every 4 slots (the swizzle QEMU's virt uses).
+    fdt.property_array_u32("interrupt-map-mask", &[0x1800, 0, 0, 7])?;
+    let mut map = Vec::with_capacity(4 * 4 * 10);
+    for slot in 0..4u32 {
+        for pin in 0..4u32 {
+            map.extend_from_slice(&[
+                slot << 11,
+                0,
+                0,
+                pin + 1,
+                Phandle::Gic as u32,
+                0,
+                0,
+                GIC_SPI,
+                pci_intx_spi(slot, pin),
+                IRQ_LEVEL_HIGH,
+            ]);
+        }
+    }
+    fdt.property_array_u32("interrupt-map", &map)?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +354,7 @@ mod tests {
             initrd: None,
             stage2_granule: Granule::K4,
             ipa_bits: 40,
+            pci_window: None,
             pmu: true,
         })
         .unwrap();
@@ -312,6 +375,7 @@ mod tests {
             initrd: None,
             stage2_granule: Granule::K4,
             ipa_bits: 40,
+            pci_window: None,
             pmu: true,
         });
         assert!(matches!(e, Err(DtbError::Writer(_))));

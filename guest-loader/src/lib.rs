@@ -25,6 +25,7 @@ pub mod config;
 pub mod fdt;
 pub mod image;
 pub mod layout;
+pub mod pci;
 pub mod plan;
 pub mod size;
 
@@ -32,4 +33,5 @@ pub use bundle::{Bundle, BundleError};
 pub use config::{parse_config, ConfigError, Errors, SystemConfig, VmConfig};
 pub use image::{ImageError, ImageHeader};
 pub use plan::{plan_system, plan_text, FileSource, Host, SystemPlan, VmPlan};
+pub use smmu::SmmuFeatures;
 pub use stage2::{CpuFeatures, Granule};

@@ -33,7 +33,9 @@ mod cli {
     use guest_loader::plan::{plan_system, Host, SystemPlan};
     use guest_loader::size::{format_size, parse_size};
     use guest_loader::CpuFeatures;
+    use smmu::SmmuFeatures;
     use stage2::cpu::{parse_granule_list, PROFILES};
+    use stage2::Granule;
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
@@ -98,6 +100,15 @@ mod cli {
             #[arg(long, value_name = "FILE")]
             inputs: Option<PathBuf>,
         },
+        /// Prints the QEMU arguments that attach CONFIG's PCI devices, one per line
+        ///
+        /// Nothing for a config without [[vm.pci]]; otherwise the SMMUv3 (-M iommu=smmuv3),
+        /// no default network card, and each device at its slot of the root bus with its
+        /// backing file (absolute path) or a user-mode network.
+        QemuArgs {
+            /// The system config (TOML)
+            config: PathBuf,
+        },
     }
 
     /// The host the plan is resolved against (QEMU's `-cpu`, `-smp`, `-m`) and hyp's options.
@@ -121,6 +132,15 @@ mod cli {
         #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true,
               value_parser = parse_hide)]
         hide_granules: u8,
+        /// The SMMUv3 in front of the PCIe bus: qemu (what ./run attaches when a config
+        /// assigns devices) or none
+        #[arg(long, value_name = "PROFILE", default_value = "qemu",
+              value_parser = clap::builder::PossibleValuesParser::new(["qemu", "none"]))]
+        smmu: String,
+        /// Treats these stage-2 granules as absent at the SMMU, as hyp.hide-smmu-granules= does
+        #[arg(long, value_name = "LIST", default_value = "", hide_default_value = true,
+              value_parser = parse_hide)]
+        hide_smmu_granules: u8,
     }
 
     fn parse_mem(s: &str) -> Result<u64, String> {
@@ -172,6 +192,35 @@ mod cli {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => eprintln!("warning: {}: {e}", dir.join(p).display()),
             }
+        }
+        // Disks are attached by QEMU, not packed into the bundle: only their existence is
+        // checked here (hyp cannot see them).
+        let missing: Vec<String> = cfg
+            .vms
+            .iter()
+            .flat_map(|vm| {
+                vm.pci
+                    .iter()
+                    .zip(&vm.pos.pci)
+                    .map(move |(d, pos)| (vm, d, pos))
+            })
+            .filter_map(|(vm, d, pos)| {
+                let f = d.file.as_ref()?;
+                (!dir.join(f).is_file()).then(|| {
+                    guest_loader::config::ConfigError {
+                        file: name.clone(),
+                        pos: Some(*pos),
+                        vm: Some(vm.name.clone()),
+                        key: Some("pci.file".into()),
+                        kind: guest_loader::config::ErrorKind::MissingFile { path: f.clone() },
+                    }
+                    .to_string()
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("{}", missing.join("\n"));
+            return Err(REFUSED);
         }
         Ok(Loaded {
             name,
@@ -226,7 +275,16 @@ mod cli {
     /// hyp keeps in its reserve).
     fn host(a: &HostArgs, inputs: u64) -> Host {
         let cpu = CpuFeatures::profile(&a.cpu).expect("clap checked the profile");
+        let smmu = SmmuFeatures::profile(&a.smmu).map(|mut s| {
+            for g in Granule::ALL {
+                if a.hide_smmu_granules & g.bit() != 0 {
+                    s.hide(g);
+                }
+            }
+            s
+        });
         Host {
+            smmu,
             cpu: cpu.hide(a.hide_granules),
             cpus: a.smp,
             guest_ram: a
@@ -283,6 +341,55 @@ mod cli {
         write(out, &vm.dtb)
     }
 
+    /// QEMU's virtio devices bypass the IOMMU unless they offer VIRTIO_F_ACCESS_PLATFORM
+    /// (`iommu_platform=on`): without it their DMA would reach host physical memory at the
+    /// guest's addresses, never through the SMMU. Modern only (`disable-legacy=on`): no I/O BAR.
+    const VIRTIO_DMA: &str = "iommu_platform=on,disable-legacy=on";
+
+    fn qemu_args(config: &Path) -> Result<(), i32> {
+        let l = load(config)?;
+        let dir = config.parent().unwrap_or(Path::new(""));
+        let devices: Vec<_> = l.cfg.vms.iter().flat_map(|vm| vm.pci.iter()).collect();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<String> = ["-M", "iommu=smmuv3", "-nic", "none"]
+            .map(String::from)
+            .into();
+        for (i, d) in devices.iter().enumerate() {
+            let Some(bdf) = guest_loader::pci::place(i) else {
+                break;
+            };
+            let id = format!("pci{}", bdf.device);
+            let addr = format!("addr={:#x}", bdf.device);
+            match &d.file {
+                Some(f) => {
+                    let path = std::fs::canonicalize(dir.join(f)).map_err(|e| {
+                        eprintln!("guest-loader: {}: {e}", dir.join(f).display());
+                        REFUSED
+                    })?;
+                    let ro = if d.readonly { ",readonly=on" } else { "" };
+                    args.push("-drive".into());
+                    // QEMU's option syntax: a comma inside a value is written twice.
+                    let file = path.display().to_string().replace(',', ",,");
+                    args.push(format!("if=none,format=raw,file={file},id={id}{ro}"));
+                    args.push("-device".into());
+                    args.push(format!("{},{addr},drive={id},{VIRTIO_DMA}", d.model));
+                }
+                None => {
+                    args.push("-netdev".into());
+                    args.push(format!("user,id={id}"));
+                    args.push("-device".into());
+                    args.push(format!("{},{addr},netdev={id},{VIRTIO_DMA}", d.model));
+                }
+            }
+        }
+        for a in args {
+            println!("{a}");
+        }
+        Ok(())
+    }
+
     /// Runs the command line; the process's exit status.
     pub fn main() -> i32 {
         // clap prints --help and --version (exit 0) and usage errors (exit 2) itself.
@@ -295,6 +402,7 @@ mod cli {
                 out,
                 host,
             } => dtb(config, host, vm, out),
+            Command::QemuArgs { config } => qemu_args(config),
             Command::Bundle {
                 config,
                 out,

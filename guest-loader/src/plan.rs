@@ -10,7 +10,8 @@ use crate::config::{
 };
 use crate::fdt::{guest_dtb, DtbInput};
 use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
-use crate::layout::{place, Layout, LayoutRequest, RAM_BASE};
+use crate::layout::{place, Layout, LayoutRequest, Region, RAM_BASE};
+use crate::pci::{self, Bdf, PciDevice};
 use crate::size::format_size;
 use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
@@ -20,6 +21,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::fmt::Write as _;
 use core::ops::Range;
+use platform::virt::{pci_intx_spi, pci_mmio_slice};
+use smmu::{Refusal as SmmuRefusal, SmmuFeatures};
 use stage2::geometry::{Geometry, GeometryError};
 use stage2::{CpuFeatures, Granule, GranuleRefusal, Stage};
 
@@ -45,6 +48,9 @@ pub struct Host {
     pub cpus: u32,
     /// Bytes of RAM available for guests.
     pub guest_ram: u64,
+    /// The SMMUv3 in front of the PCIe bus, if any (with `hyp.hide-smmu-granules=` applied):
+    /// a VM that owns PCI functions needs one that can walk its stage 2.
+    pub smmu: Option<SmmuFeatures>,
 }
 
 /// Why one candidate page size was not taken.
@@ -63,6 +69,9 @@ pub enum Refusal {
         /// The header's flags.
         flags: u64,
     },
+    /// `stage2.granule = "page_size"`, the VM owns PCI functions, and the SMMU cannot walk
+    /// stage-2 tables of this granule.
+    Smmu(SmmuRefusal),
 }
 
 impl fmt::Display for Refusal {
@@ -71,6 +80,7 @@ impl fmt::Display for Refusal {
             Refusal::Cpu(r) => r.fmt(f),
             Refusal::Stage2(r) => write!(f, "stage2.granule follows page_size, but {r}"),
             Refusal::Geometry(e) => write!(f, "stage2.granule follows page_size, but {e}"),
+            Refusal::Smmu(r) => write!(f, "stage2.granule follows page_size, but {r}"),
             Refusal::KernelHeader { header, flags } => write!(
                 f,
                 "the kernel is built for {header} pages only (Image header flags {flags:#x}, \
@@ -233,6 +243,10 @@ pub struct VmPlan<'a> {
     pub initrd: Option<&'a [u8]>,
     /// The device tree blob (to copy to `layout.dtb()`; x0 at entry).
     pub dtb: Vec<u8>,
+    /// The PCI functions the VM owns (`[[vm.pci]]`), each with its place on the root bus.
+    pub pci: Vec<(Bdf, PciDevice)>,
+    /// Its slice of the PCI memory window (IPA = PA), when it owns functions.
+    pub pci_window: Option<Region>,
 }
 
 impl VmPlan<'_> {
@@ -372,6 +386,21 @@ impl SystemPlan<'_> {
                 vm.layout.ram
             );
             let _ = writeln!(s, "vm {n}: cmdline \"{}\"", vm.cmdline);
+            for (bdf, d) in &vm.pci {
+                let _ = write!(s, "vm {n}: pci {bdf} (stream {:#x}) {}", bdf.rid(), d.model);
+                if let Some(f) = &d.file {
+                    let _ = write!(
+                        s,
+                        " \"{f}\" ({})",
+                        if d.readonly {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        }
+                    );
+                }
+                s.push('\n');
+            }
         }
         s
     }
@@ -453,7 +482,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 Some(Refusal::Cpu(r))
             } else if vm.stage2.granule == Stage2Granule::PageSize {
                 match self.stage2_for(vm, g) {
-                    Ok(_) => None,
+                    Ok(_) => self.smmu_refusal(vm, g).map(Refusal::Smmu),
                     Err(GeometryError::Granule(r)) => Some(Refusal::Stage2(r)),
                     Err(e) => Some(Refusal::Geometry(e)),
                 }
@@ -475,9 +504,64 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         d
     }
 
+    /// Why the SMMU cannot walk a `g` stage 2 of `vm`, when `vm` owns PCI functions.
+    fn smmu_refusal(&self, vm: &VmConfig, g: Granule) -> Option<SmmuRefusal> {
+        let smmu = self.host.smmu.filter(|_| !vm.pci.is_empty())?;
+        let geo = self.stage2_for(vm, g).ok()?;
+        smmu.check(
+            &geo.without_fwb(),
+            smmu.oas_bits.min(self.host.cpu.pa_bits()),
+        )
+        .err()
+    }
+
+    /// For a VM that owns PCI functions: the SMMU exists, the mapping is eager, and an explicit
+    /// stage-2 granule is one the SMMU walks. Errors are recorded; false if any.
+    fn check_pci(&mut self, vm: &VmConfig) -> bool {
+        if vm.pci.is_empty() {
+            return true;
+        }
+        let at = vm.pos.pci.first().copied().unwrap_or(vm.pos.table);
+        if self.host.smmu.is_none() {
+            self.err(vm, at, "pci", ErrorKind::PciNoSmmu);
+            return false;
+        }
+        if vm.stage2.mapping == Mapping::Lazy {
+            self.err(
+                vm,
+                vm.pos.stage2_granule,
+                "stage2.mapping",
+                ErrorKind::PciLazy,
+            );
+            return false;
+        }
+        if let Stage2Granule::Fixed(g) = vm.stage2.granule {
+            if let Some(r) = self.smmu_refusal(vm, g) {
+                self.err(
+                    vm,
+                    vm.pos.stage2_granule,
+                    "stage2.granule",
+                    ErrorKind::Smmu(r),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
     /// The VM's stage-2 table budget (see [`VmPlan::table_budget`]); `None` after an error.
-    fn table_budget(&mut self, vm: &VmConfig, geo: &Geometry) -> Option<u64> {
-        let worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+    fn table_budget(
+        &mut self,
+        vm: &VmConfig,
+        geo: &Geometry,
+        pci_window: Option<Region>,
+    ) -> Option<u64> {
+        let mut worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+        if let Some(w) = pci_window {
+            // The PCI window is mapped too (pages): its tables beside the RAM's, sharing the
+            // root (an upper-level table both use is counted twice: a cap, never short).
+            worst += geo.table_budget(w.start..w.start + w.size) - geo.root_bytes();
+        }
         let Some(asked) = vm.stage2.table_memory else {
             return Some(worst);
         };
@@ -497,7 +581,13 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         None
     }
 
-    fn vm(&mut self, vm: &VmConfig, cpus: Range<u32>) -> Option<VmPlan<'a>> {
+    fn vm(
+        &mut self,
+        vm: &VmConfig,
+        cpus: Range<u32>,
+        first_pci: usize,
+        pci_window: Option<Region>,
+    ) -> Option<VmPlan<'a>> {
         let before = self.errors.len();
         let cpu = self.host.cpu;
         let ipa = vm.stage2.ipa_bits;
@@ -535,6 +625,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 ),
             }
         }
+        self.check_pci(vm);
         let kernel_file = self.read(vm, &vm.kernel, vm.pos.kernel, "kernel");
         let initrd = match &vm.initrd {
             Some(p) => self.read(vm, p, vm.pos.initrd, "initrd"),
@@ -567,6 +658,11 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             Stage2Granule::PageSize => page_size,
         };
         let geometry = match self.stage2_for(vm, stage2_granule) {
+            // A stage 2 the SMMU shares is written in the attribute encoding it reads: the
+            // FEAT_S2FWB one only if it has STE.S2FWB (SMMU_IDR3.FWB).
+            Ok(g) if !vm.pci.is_empty() && !self.host.smmu.is_some_and(|s| s.fwb) => {
+                g.without_fwb()
+            }
             Ok(g) => g,
             Err(e) => {
                 // Checked above for both forms; kept as an error, never a panic.
@@ -583,7 +679,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 return None;
             }
         };
-        let table_budget = self.table_budget(vm, &geometry)?;
+        let table_budget = self.table_budget(vm, &geometry, pci_window)?;
         let cmdline = match cmdline::build(&vm.cmdline, page_size) {
             Ok(c) => c,
             Err(e) => {
@@ -611,6 +707,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             initrd: layout.initrd,
             stage2_granule,
             ipa_bits: ipa,
+            pci_window,
             pmu: platform::pmu::guest_pmu_version(self.host.cpu.dfr0()).is_some(),
         }) {
             Ok(d) => d,
@@ -646,6 +743,13 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             kernel: kernel.data,
             initrd,
             dtb,
+            pci: vm
+                .pci
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((pci::place(first_pci + i)?, d.clone())))
+                .collect(),
+            pci_window,
         })
     }
 }
@@ -681,7 +785,10 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         });
     }
     let mut vms = Vec::new();
-    let (mut used_cpus, mut used_ram) = (0u32, 0u64);
+    let (mut used_cpus, mut used_ram, mut used_pci) = (0u32, 0u64, 0usize);
+    // Which VM owns each legacy INTx line (SPI) of the root bus.
+    let mut intx: Vec<(u32, String)> = Vec::new();
+    let mut windows = 0u64;
     for vm in &cfg.vms {
         let free_cpus = host.cpus.saturating_sub(used_cpus);
         if vm.vcpus > free_cpus {
@@ -699,7 +806,33 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         let free_ram = host.guest_ram.saturating_sub(used_ram);
         let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
         used_cpus = used_cpus.saturating_add(vm.vcpus);
-        let plan = r.vm(vm, cpus);
+        let mut pci_window = None;
+        if !vm.pci.is_empty() {
+            let (start, size) = pci_mmio_slice(windows);
+            windows += 1;
+            pci_window = Some(Region { start, size });
+            for i in 0..vm.pci.len() {
+                let Some(bdf) = pci::place(used_pci + i) else {
+                    break;
+                };
+                let spi = pci_intx_spi(u32::from(bdf.device), 0);
+                match intx.iter().find(|(s, _)| *s == spi) {
+                    Some((_, other)) if *other != vm.name => {
+                        let other = other.clone();
+                        r.err(
+                            vm,
+                            vm.pos.pci.get(i).copied().unwrap_or(vm.pos.table),
+                            "pci",
+                            ErrorKind::PciIntxShared { bdf, spi, other },
+                        );
+                    }
+                    Some(_) => {}
+                    None => intx.push((spi, vm.name.clone())),
+                }
+            }
+        }
+        let plan = r.vm(vm, cpus, used_pci, pci_window);
+        used_pci += vm.pci.len();
         // RAM and the VM's stage-2 tables are both carved from host RAM.
         let tables = plan.as_ref().map_or(0, |p| p.table_budget);
         let needed = vm.memory.saturating_add(tables);

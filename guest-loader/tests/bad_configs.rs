@@ -3,7 +3,8 @@
 //!
 //! The kernels and initrds the configs name (`k4.img`, `k16.img`, `kany.img`, ...) are
 //! synthesized by `common::files()`. A first line `# host: cpu=PROFILE smp=N mem=SIZE
-//! hide=LIST` overrides the default host (`max`, 4 CPUs, 1920M of guest RAM). Errors are
+//! hide=LIST smmu=qemu|none hide-smmu=LIST` overrides the default host (`max`, 4 CPUs, 1920M of
+//! guest RAM, QEMU's SMMU). Errors are
 //! reported for the file name `bad.toml`.
 
 mod common;
@@ -29,6 +30,16 @@ fn host_for(text: &str) -> guest_loader::Host {
                     h.cpu = h
                         .cpu
                         .hide(stage2::cpu::parse_granule_list(v).expect("hide"))
+                }
+                "smmu" => h.smmu = guest_loader::SmmuFeatures::profile(v),
+                "hide-smmu" => {
+                    let mask = stage2::cpu::parse_granule_list(v).expect("hide-smmu");
+                    let s = h.smmu.as_mut().expect("an SMMU to hide granules of");
+                    for g in guest_loader::Granule::ALL {
+                        if mask & g.bit() != 0 {
+                            s.hide(g);
+                        }
+                    }
                 }
                 _ => panic!("unknown host key {k}"),
             }

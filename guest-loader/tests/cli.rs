@@ -280,3 +280,66 @@ fn granule_and_hide_options() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("of guest RAM is left"));
 }
+
+#[test]
+fn check_refuses_a_missing_pci_disk_by_its_line() {
+    let d = setup("pci");
+    let base = std::fs::read_to_string(d.0.join("sys.toml")).unwrap();
+    let with = format!("{base}[[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"data.img\"\n");
+    std::fs::write(d.0.join("pci.toml"), &with).unwrap();
+    let out = run(&d.0, &["check", "pci.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = with
+        .lines()
+        .position(|l| l.starts_with("file = \"data.img\""))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "pci.toml:{line}:8: vm \"web\": pci.file: file \"data.img\" not found; paths are \
+             relative to the config file"
+        )
+    );
+    std::fs::write(d.0.join("data.img"), [0u8; 512]).unwrap();
+    let out = run(&d.0, &["check", "pci.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout)
+        .contains("vm web: pci 00:01.0 (stream 0x8) virtio-blk-pci \"data.img\" (read-write)"));
+}
+
+#[test]
+fn qemu_args_attach_each_device_at_its_slot() {
+    let d = setup("qemu-args");
+    let out = run(&d.0, &["qemu-args", "sys.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "no devices, no arguments");
+    let base = std::fs::read_to_string(d.0.join("sys.toml")).unwrap();
+    let with = format!(
+        "{base}[[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"a,b.img\"\nreadonly = true\n\
+         [[vm.pci]]\ndevice = \"virtio-net-pci\"\n"
+    );
+    std::fs::write(d.0.join("pci.toml"), with).unwrap();
+    std::fs::write(d.0.join("a,b.img"), [0u8; 512]).unwrap();
+    let out = run(&d.0, &["qemu-args", "pci.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let disk = std::fs::canonicalize(d.0.join("a,b.img")).unwrap();
+    let disk = disk.display().to_string().replace(',', ",,");
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        [
+            "-M",
+            "iommu=smmuv3",
+            "-nic",
+            "none",
+            "-drive",
+            &format!("if=none,format=raw,file={disk},id=pci1,readonly=on"),
+            "-device",
+            "virtio-blk-pci,addr=0x1,drive=pci1,iommu_platform=on,disable-legacy=on",
+            "-netdev",
+            "user,id=pci2",
+            "-device",
+            "virtio-net-pci,addr=0x2,netdev=pci2,iommu_platform=on,disable-legacy=on",
+        ]
+    );
+}

@@ -284,6 +284,64 @@ fn hypervisor_node_tells_the_stage2_granule_not_the_page_size() {
 }
 
 #[test]
+fn pcie_host_bridge_for_a_vm_with_devices() {
+    use guest_loader::fdt::{guest_dtb, DtbInput};
+    use guest_loader::layout::Region;
+    let dtb = guest_dtb(&DtbInput {
+        vcpus: 1,
+        ram: Region {
+            start: 0x4000_0000,
+            size: 256 << 20,
+        },
+        cmdline: "console=ttyAMA0",
+        initrd: None,
+        stage2_granule: guest_loader::Granule::K16,
+        ipa_bits: 40,
+        pci_window: Some(Region {
+            start: 0x1400_0000,
+            size: 0x400_0000,
+        }),
+        pmu: false,
+    })
+    .unwrap();
+    let nodes = decode(&dtb);
+    // dtc prints each cell as 0x%02x.
+    let cells = |c: &[u32]| {
+        let v: Vec<String> = c.iter().map(|x| format!("{x:#04x}")).collect();
+        format!("<{}>", v.join(" "))
+    };
+    let mut map = Vec::new();
+    for slot in 0..4u32 {
+        for pin in 0..4u32 {
+            // QEMU virt: INTx pin of a slot on SPI 3 + (slot + pin) % 4, level-high.
+            map.extend([
+                slot << 11,
+                0,
+                0,
+                pin + 1,
+                1,
+                0,
+                0,
+                0,
+                3 + (slot + pin) % 4,
+                4,
+            ]);
+        }
+    }
+    let node = &nodes["/pcie@3f000000"];
+    assert_eq!(node["compatible"], "\"pci-host-ecam-generic\"");
+    assert_eq!(node["device_type"], "\"pci\"");
+    assert_eq!(node["reg"], "<0x00 0x3f000000 0x00 0x100000>");
+    assert_eq!(node["bus-range"], "<0x00 0x00>");
+    assert_eq!(
+        node["ranges"],
+        "<0x2000000 0x00 0x14000000 0x00 0x14000000 0x00 0x4000000>"
+    );
+    assert_eq!(node["interrupt-map-mask"], "<0x1800 0x00 0x00 0x07>");
+    assert_eq!(node["interrupt-map"], cells(&map));
+}
+
+#[test]
 fn pmu_node_only_where_the_guest_gets_the_pmu() {
     let files = common::files();
     let text = "[[vm]]\nname = \"p\"\nmemory = \"64M\"\nkernel = \"k4.img\"\n";

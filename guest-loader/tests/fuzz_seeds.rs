@@ -34,6 +34,7 @@ fn host() -> Host {
         cpu: CpuFeatures::profile("max").unwrap(),
         cpus: 4,
         guest_ram: 1 << 30,
+        smmu: guest_loader::SmmuFeatures::profile("qemu"),
     }
 }
 

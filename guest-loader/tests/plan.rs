@@ -117,6 +117,7 @@ fn kernel_auto_skips_a_granule_stage2_lacks() {
         cpu: guest_loader::CpuFeatures::from_mmfr0((1 << 40) | (1 << 20) | 5),
         cpus: 4,
         guest_ram: 1 << 30,
+        smmu: None,
     };
     let p = ok(&vm("kernel = \"kany.img\""), &h);
     let v = &p.vms[0];
@@ -214,6 +215,7 @@ fn stage2_following_page_size_must_be_supported_at_stage2() {
         cpu,
         cpus: 4,
         guest_ram: 1 << 30,
+        smmu: None,
     };
     let e = err(&vm("kernel = \"kany.img\"\npage_size = \"16k\""), &h);
     assert!(
@@ -401,4 +403,86 @@ fn requested_page_size_is_reported() {
     ] {
         assert!(r.lines().any(|l| l == line), "missing {line:?} in\n{r}");
     }
+}
+
+#[test]
+fn pci_functions_are_placed_on_the_root_bus_in_config_order() {
+    let text = "[[vm]]\nname = \"a\"\nmemory = \"256M\"\nkernel = \"k4.img\"\n\
+                [[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"d.img\"\nreadonly = true\n\
+                [[vm]]\nname = \"b\"\nmemory = \"256M\"\nkernel = \"k4.img\"\n\
+                [[vm.pci]]\ndevice = \"virtio-net-pci\"\n\
+                [[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"e.img\"\n";
+    let p = ok(text, &host());
+    let places: Vec<(String, u32)> = p
+        .vms
+        .iter()
+        .flat_map(|v| v.pci.iter().map(|(b, _)| (b.to_string(), b.rid())))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("00:01.0".to_string(), 0x08),
+            ("00:02.0".to_string(), 0x10),
+            ("00:03.0".to_string(), 0x18)
+        ]
+    );
+    let windows: Vec<_> = p
+        .vms
+        .iter()
+        .map(|v| v.pci_window.map(|w| (w.start, w.size)))
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            Some((0x1000_0000, 0x400_0000)),
+            Some((0x1400_0000, 0x400_0000))
+        ]
+    );
+    let report = p.report();
+    for line in [
+        "vm a: pci 00:01.0 (stream 0x8) virtio-blk-pci \"d.img\" (read-only)",
+        "vm b: pci 00:02.0 (stream 0x10) virtio-net-pci",
+        "vm b: pci 00:03.0 (stream 0x18) virtio-blk-pci \"e.img\" (read-write)",
+    ] {
+        assert!(report.lines().any(|l| l == line), "{line}\n{report}");
+    }
+    // A VM without [[vm.pci]] owns none, and its plan prints none.
+    let q = ok(&vm("kernel = \"k4.img\""), &host());
+    assert!(q.vms[0].pci.is_empty() && !q.report().contains(": pci "));
+    assert_eq!(q.vms[0].pci_window, None);
+}
+
+#[test]
+fn a_vm_with_devices_falls_back_to_a_granule_the_smmu_walks() {
+    let mut h = host();
+    h.smmu.as_mut().unwrap().hide(Granule::K16);
+    let text = vm(
+        "kernel = \"kany.img\"\npage_size = \"16k\"\nfallback = [\"4k\"]\n\
+                   [[vm.pci]]\ndevice = \"virtio-blk-pci\"\nfile = \"d.img\"",
+    );
+    let v = &ok(&text, &h).vms[0];
+    assert_eq!((v.page_size, v.stage2_granule), (Granule::K4, Granule::K4));
+    assert!(v
+        .decision
+        .to_string()
+        .contains("SMMU_IDR5.GRAN16K = 0, hidden by hyp.hide-smmu-granules"));
+    // Without devices the SMMU does not matter: 16K is kept.
+    let plain = vm("kernel = \"kany.img\"\npage_size = \"16k\"\nfallback = [\"4k\"]");
+    assert_eq!(ok(&plain, &h).vms[0].stage2_granule, Granule::K16);
+}
+
+#[test]
+fn a_shared_stage_2_uses_the_encoding_the_smmu_reads() {
+    // A CPU with FEAT_S2FWB (ID_AA64MMFR2_EL1.FWB = 1): stage 2 normally uses its encoding.
+    let max = guest_loader::CpuFeatures::profile("max").unwrap().id_regs();
+    let mut h = host();
+    h.cpu = guest_loader::CpuFeatures::from_id_regs(stage2::IdRegs {
+        mmfr2: 1 << 40,
+        ..max
+    });
+    let with = vm("kernel = \"k4.img\"\n[[vm.pci]]\ndevice = \"virtio-net-pci\"");
+    let without = vm("kernel = \"k4.img\"");
+    assert!(ok(&without, &h).vms[0].geometry.fwb());
+    // QEMU's SMMU has no STE.S2FWB (SMMU_IDR3.FWB = 0).
+    assert!(!ok(&with, &h).vms[0].geometry.fwb());
 }

@@ -263,6 +263,36 @@ pub fn start_secondaries(boot: &Boot) {
     info!("hyp: {} cpus online", smp::online());
 }
 
+/// Takes over the SMMUv3 the host device tree describes (`arm,smmu-v3`), if any: maps its
+/// registers and hands them to [`crate::smmu::init`], which leaves every stream aborted.
+pub fn take_over_devices(boot: &Boot) {
+    let Some(dt) = dtb_slice(boot.dtb.base as usize) else {
+        return;
+    };
+    let Some(regs) = Platform::find_compatible_reg(dt, "arm,smmu-v3") else {
+        return;
+    };
+    if let Err(e) = mmu::map_device(regs) {
+        warn!("hyp: smmu at {:#x} not mapped: {e}; not used", regs.base);
+        return;
+    }
+    // SAFETY: `regs` is the SMMUv3's register frame from the host device tree, just mapped
+    // Device-nGnRE in hyp's identity map; hyp is the only software driving it.
+    unsafe { crate::smmu::init(regs, boot.cmdline.hide_smmu_granules) };
+    // The PCIe functions behind it are configured by hyp (for the VMs that own them).
+    let Some(ecam) = Platform::find_compatible_reg(dt, "pci-host-ecam-generic") else {
+        return;
+    };
+    let bus0 = crate::pci::bus0(ecam);
+    if let Err(e) = mmu::map_device(bus0) {
+        warn!("hyp: pci: ECAM {bus0} not mapped: {e}; no PCI devices for VMs");
+        return;
+    }
+    // SAFETY: `ecam` is the host's ECAM window from its device tree; its first MiB was just
+    // mapped Device-nGnRE; there is no firmware or other software configuring the bus.
+    unsafe { crate::pci::init(ecam) };
+}
+
 /// Entered at EL1/EL3 instead of EL2: report it through the console and power off.
 pub fn wrong_el(dtb: usize, el: u64) -> ! {
     let _ = platform_and_console(dtb);

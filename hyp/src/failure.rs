@@ -2,6 +2,7 @@
 //! which prints it as `hyp: error: <summary>` (after its detail lines) and powers off.
 
 use crate::gic::GicError;
+use crate::smmu::AssignError;
 use crate::virtio::DiskError;
 use alloc::string::String;
 use core::fmt;
@@ -59,6 +60,14 @@ pub enum VmFailure {
     },
     /// No VMID left.
     Vmid(VmidError),
+    /// Its PCI functions could not be given to it at the SMMU.
+    Devices(AssignError),
+    /// It owns PCI functions but hyp found no PCIe bus (ECAM) in the host device tree.
+    NoPciBus,
+    /// A function it owns is not on the host's bus.
+    NoFunction(platform::pci::Bdf),
+    /// A function it owns interrupts on a pin other than INTA.
+    IntxPin(platform::pci::Bdf, u32),
     /// Its stage-2 root tables could not be allocated.
     Stage2Root(MapError),
     /// Mapping its RAM at stage 2 failed.
@@ -130,6 +139,23 @@ impl fmt::Display for Detail<'_> {
                      free host RAM {free}"
                 ),
                 VmFailure::Vmid(e) => write!(f, "vm {vm}: {e}"),
+                VmFailure::Devices(e) => write!(f, "vm {vm}: its PCI devices: {e}"),
+                VmFailure::NoPciBus => write!(
+                    f,
+                    "vm {vm}: it owns PCI devices but the host device tree has no PCIe bus \
+                     (pci-host-ecam-generic)"
+                ),
+                VmFailure::IntxPin(bdf, pin) => write!(
+                    f,
+                    "vm {vm}: PCI function {bdf} interrupts on INT{} (pin {pin}); hyp gives each \
+                     VM the INTA lines of its slots only",
+                    char::from(b'A' + (*pin as u8).saturating_sub(1).min(3))
+                ),
+                VmFailure::NoFunction(bdf) => write!(
+                    f,
+                    "vm {vm}: no PCI function at {bdf} on the host's bus (./run attaches the \
+                     config's devices there)"
+                ),
                 VmFailure::Stage2Root(e) => write!(f, "vm {vm}: stage-2 root tables: {e}"),
                 VmFailure::Stage2Map(e) => write!(f, "vm {vm}: stage-2 map of RAM: {e}"),
                 VmFailure::LoadOutside { what, ipa, len } => write!(
@@ -170,6 +196,10 @@ impl fmt::Display for Fatal {
                     "not enough host RAM for the VMs: lower a VM's memory or give QEMU more (-m)"
                 }
                 VmFailure::Vmid(_) => "no VMID left",
+                VmFailure::Devices(_)
+                | VmFailure::NoPciBus
+                | VmFailure::NoFunction(_)
+                | VmFailure::IntxPin(..) => "cannot give a VM its PCI devices",
                 VmFailure::Stage2Root(_) => "cannot allocate stage-2 tables",
                 VmFailure::Stage2Map(_) => "cannot build the VM's stage-2 tables",
                 VmFailure::LoadOutside { .. } => "the load plan does not fit the VM's RAM",

@@ -250,6 +250,53 @@ pub fn set_ppi(intid: u32, on: bool) {
     r.write32(off(reg), 1 << intid);
 }
 
+/// Sets up SPI `intid` for a forwarded device line: level-sensitive, hyp's priority, routed to
+/// the CPU with logical index `cpu` (the owning vCPU's), and enabled (IHI 0069 §12.9:
+/// `GICD_IPRIORITYR`, `GICD_ICFGR`, `GICD_IROUTER`, `GICD_ISENABLER`).
+pub fn route_spi(intid: u32, cpu: usize) {
+    let Some(l) = LAYOUT.get() else { return };
+    let spi = intid as usize;
+    if !(32..SPECIAL_INTIDS.start as usize).contains(&spi) {
+        return;
+    }
+    let d = &l.dist;
+    let prio_reg = off(gicd::IPRIORITYR) + (spi & !3);
+    let shift = (spi & 3) * 8;
+    d.write32(
+        prio_reg,
+        (d.read32(prio_reg) & !(0xff << shift)) | ((PRIORITY as u32) << shift),
+    );
+    let cfg_reg = off(gicd::ICFGR) + (spi / 16) * 4;
+    d.write32(cfg_reg, d.read32(cfg_reg) & !(3 << ((spi % 16) * 2)));
+    d.write64(
+        off(gicd::IROUTER) + spi * 8,
+        smp::mpidr_of(cpu).unwrap_or(0),
+    );
+    set_spi(intid, true);
+}
+
+/// Enables (`on`) or disables SPI `intid` at the distributor.
+pub fn set_spi(intid: u32, on: bool) {
+    let Some(l) = LAYOUT.get() else { return };
+    let spi = intid as usize;
+    if !(32..SPECIAL_INTIDS.start as usize).contains(&spi) {
+        return;
+    }
+    let reg = if on { gicd::ISENABLER } else { gicd::ICENABLER };
+    l.dist.write32(off(reg) + (spi / 32) * 4, 1 << (spi % 32));
+}
+
+/// Whether SPI `intid` is pending at the distributor. For a level-sensitive SPI that is not
+/// active this is its input line (IHI 0069 §4.1.2): the device's interrupt output.
+pub fn spi_pending(intid: u32) -> bool {
+    let Some(l) = LAYOUT.get() else { return false };
+    let spi = intid as usize;
+    if !(32..SPECIAL_INTIDS.start as usize).contains(&spi) {
+        return false;
+    }
+    l.dist.read32(off(gicd::ISPENDR) + (spi / 32) * 4) & (1 << (spi % 32)) != 0
+}
+
 /// Sends [`KICK_SGI`] to the CPU with logical index `cpu`.
 pub fn kick(cpu: usize) {
     let Some(m) = smp::mpidr_of(cpu) else { return };

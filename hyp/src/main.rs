@@ -39,7 +39,11 @@ mod mem;
 #[cfg(hyp_bare)]
 mod mmu;
 #[cfg(hyp_bare)]
+mod pci;
+#[cfg(hyp_bare)]
 mod selftest;
+#[cfg(hyp_bare)]
+mod smmu;
 #[cfg(hyp_bare)]
 mod virtio;
 #[cfg(hyp_bare)]
@@ -85,10 +89,15 @@ fn run_system(boot: &boot::Boot) -> Result<Verdict, failure::Fatal> {
 extern "C" fn el2_primary_main(dtb: usize) -> ! {
     let boot = boot::early(dtb);
     boot::start_secondaries(&boot);
+    boot::take_over_devices(&boot);
 
     selftest::run(&boot);
 
-    match run_system(&boot) {
+    let result = run_system(&boot);
+    if let Err(e) = smmu::poll() {
+        el2::fatal!("{e}")
+    }
+    match result {
         Ok(Verdict::NoVms) => {
             info!("hyp: no VMs to run, powering off");
             fatal::power_off_ok()

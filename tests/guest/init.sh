@@ -26,6 +26,22 @@ s1=$(sha256sum /tmp/data | cut -d' ' -f1)
 cp /tmp/data /tmp/copy
 s2=$(sha256sum /tmp/copy | cut -d' ' -f1)
 if [ "$s1" = "$s2" ]; then echo "guest: tmpfs checksum ok $s1"; else echo "guest: tmpfs checksum MISMATCH"; fi
+# An assigned virtio-blk disk (virtio PCI vendor 0x1af4, block device 0x1001 or 0x1042):
+# Debian builds the driver as a module. Its checksum is read by DMA; then a pattern is written
+# at 1 MiB for the host to verify after exit (tests/qemu/run-linux).
+if grep -qs -e 0x1001 -e 0x1042 /sys/bus/pci/devices/*/device; then
+    insmod "/lib/modules/$(uname -r)/virtio_blk.ko" 2>&1 | head -n 3
+    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
+    if [ -b /dev/vda ]; then
+        size=$(cat /sys/block/vda/size)
+        echo "guest: disk vda $((size * 512)) bytes, sha256 $(sha256sum /dev/vda | cut -d' ' -f1)"
+        yes "hyp dma pattern" | head -c 65536 >/tmp/pattern
+        dd if=/tmp/pattern of=/dev/vda bs=65536 seek=16 count=1 conv=fsync 2>/dev/null &&
+            echo "guest: disk pattern written at 1 MiB"
+    else
+        echo "guest: disk vda missing"
+    fi
+fi
 echo "guest: done"
 # The console's tty writes its last lines from the UART's TX interrupt; poweroff -f does not
 # wait for that, so under load the last line could be lost with the VM. Let it drain.

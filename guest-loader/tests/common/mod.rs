@@ -50,5 +50,6 @@ pub fn host_with(cpu: &str, cpus: u32, guest_ram: u64) -> Host {
         cpu: CpuFeatures::profile(cpu).expect("known profile"),
         cpus,
         guest_ram,
+        smmu: guest_loader::SmmuFeatures::profile("qemu"),
     }
 }

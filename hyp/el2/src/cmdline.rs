@@ -4,6 +4,8 @@
 //! software's options):
 //! - `hyp.granule=4k|16k|64k|auto`: hyp's EL2 stage-1 granule (default `auto`).
 //! - `hyp.hide-granules=LIST`: granules treated as absent everywhere (`4k,64k`, any subset).
+//! - `hyp.hide-smmu-granules=LIST`: granules the SMMU is treated as unable to walk at stage 2
+//!   (`SMMU_IDR5.GRAN*` read as 0), to rehearse e.g. an SMMU built for 16K-only hosts.
 //! - `hyp.log=error|warn|info|debug|trace`: log level (default `info`).
 //! - `hyp.stage2=pages|blocks`: how guest RAM is mapped at stage 2 (default `pages`): with
 //!   blocks, QEMU's TCG softmmu records every guest TLB entry at the stage-2 block size, so
@@ -94,6 +96,8 @@ pub struct Cmdline {
     pub granule: GranuleRequest,
     /// `hyp.hide-granules=` as a mask of [`Granule::bit`].
     pub hide_granules: u8,
+    /// `hyp.hide-smmu-granules=` as a mask of [`Granule::bit`].
+    pub hide_smmu_granules: u8,
     /// `hyp.log=`.
     pub log_level: LogLevel,
     /// `hyp.test=`.
@@ -132,7 +136,7 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::UnknownKey { word } => write!(
                 f,
                 "unknown option `{word}` on hyp's command line; known: hyp.granule=, \
-                 hyp.hide-granules=, hyp.log=, hyp.stage2=, hyp.stress=, hyp.spectre-exit=, \
+                 hyp.hide-granules=, hyp.hide-smmu-granules=, hyp.log=, hyp.stage2=, hyp.stress=, hyp.spectre-exit=, \
                  hyp.test="
             ),
             CmdlineError::BadValue {
@@ -184,6 +188,14 @@ impl Cmdline {
                     c.hide_granules =
                         parse_granule_list(value).map_err(|_| CmdlineError::BadValue {
                             key: "hyp.hide-granules",
+                            value,
+                            expected: HIDE_EXPECTED,
+                        })?
+                }
+                "hide-smmu-granules" => {
+                    c.hide_smmu_granules =
+                        parse_granule_list(value).map_err(|_| CmdlineError::BadValue {
+                            key: "hyp.hide-smmu-granules",
                             value,
                             expected: HIDE_EXPECTED,
                         })?
@@ -315,6 +327,19 @@ mod tests {
     fn hide_granules() {
         let c = Cmdline::parse("hyp.hide-granules=4k,64k").unwrap();
         assert_eq!(c.hide_granules, Granule::K4.bit() | Granule::K64.bit());
+        assert_eq!(c.hide_smmu_granules, 0);
+        let c = Cmdline::parse("hyp.hide-smmu-granules=16k").unwrap();
+        assert_eq!(
+            (c.hide_granules, c.hide_smmu_granules),
+            (0, Granule::K16.bit())
+        );
+        assert!(matches!(
+            Cmdline::parse("hyp.hide-smmu-granules=8k"),
+            Err(CmdlineError::BadValue {
+                key: "hyp.hide-smmu-granules",
+                ..
+            })
+        ));
         assert_eq!(
             Cmdline::parse("hyp.hide-granules=").unwrap().hide_granules,
             0

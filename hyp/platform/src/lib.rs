@@ -26,6 +26,7 @@ extern crate alloc;
 pub mod esr;
 pub mod gicv3;
 pub mod mpidr;
+pub mod pci;
 pub mod pl011;
 pub mod pmu;
 pub mod virt;

@@ -13,6 +13,13 @@
 //!  0x0900_0000 ├──────────────────────────────┤ UART_BASE  PL011, 4 KiB, SPI 1 (INTID 33)
 //!  0x0900_1000 ├──────────────────────────────┤
 //!              │ (unmapped)                   │
+//!  0x1000_0000 ├──────────────────────────────┤ PCI_MMIO_BASE  PCI memory window: a VM that
+//!              │ PCI BARs (VMs with devices)  │            owns functions gets its slice,
+//!              │                              │            PCI_MMIO_SLICE bytes, IPA = PA
+//!  0x3EFF_0000 ├──────────────────────────────┤ PCI_MMIO_END
+//!  0x3F00_0000 ├──────────────────────────────┤ PCI_ECAM_BASE  bus 0's configuration space,
+//!              │                              │            1 MiB, emulated by hyp
+//!  0x3F10_0000 ├──────────────────────────────┤
 //!  0x4000_0000 ├──────────────────────────────┤ RAM_BASE   guest RAM (`memory` bytes; what
 //!              │ guest RAM                    │            goes where inside it:
 //!              │                              │            guest-loader's `layout`)
@@ -55,6 +62,32 @@ pub const UART_SPI: u32 = 1;
 pub const UART_INTID: u32 = spi_intid(UART_SPI);
 /// The PL011's `uartclk`/`apb_pclk` frequency, as QEMU describes it (24 MHz).
 pub const UART_CLOCK_HZ: u32 = 24_000_000;
+/// The PCI memory window (`VIRT_PCIE_MMIO`): the host's, and each VM's slice of it at the
+/// same addresses (BARs are programmed with host physical addresses, so IPA = PA there).
+pub const PCI_MMIO_BASE: u64 = 0x1000_0000;
+/// End of the PCI memory window (the PCI I/O window follows on QEMU `virt`).
+pub const PCI_MMIO_END: u64 = 0x3eff_0000;
+/// Each VM with PCI functions gets this much of the window, 64 MiB aligned (a 64K stage-2
+/// granule maps it exactly).
+pub const PCI_MMIO_SLICE: u64 = 0x0400_0000;
+/// Slices in the window: the most VMs that can own PCI functions.
+pub const PCI_MMIO_SLICES: u64 = (PCI_MMIO_END - PCI_MMIO_BASE) / PCI_MMIO_SLICE;
+/// The `k`-th slice (VMs with functions, in config order).
+pub const fn pci_mmio_slice(k: u64) -> (u64, u64) {
+    (PCI_MMIO_BASE + k * PCI_MMIO_SLICE, PCI_MMIO_SLICE)
+}
+/// A VM's PCI configuration space (`VIRT_PCIE_ECAM`'s base): ECAM for bus 0 only.
+pub const PCI_ECAM_BASE: u64 = 0x3f00_0000;
+/// Bus 0's ECAM: 32 devices × 8 functions × 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// Legacy INTx: QEMU `virt` wires pin `p` (0 = INTA) of slot `d` to SPI
+/// `PCI_INTX_SPI_BASE + (d + p) % 4` (`create_pcie_irq_map`); VMs see the same SPIs.
+pub const PCI_INTX_SPI_BASE: u32 = 3;
+/// The SPI (device tree number) of INTx pin `pin` (0..=3) of slot `device`.
+pub const fn pci_intx_spi(device: u32, pin: u32) -> u32 {
+    PCI_INTX_SPI_BASE + (device + pin) % 4
+}
+
 /// The EL1 virtual timer's interrupt (Arm BSA: PPI 11, INTID 27).
 pub const VTIMER_INTID: u32 = 27;
 /// The EL1 physical timer's interrupt (Arm BSA: PPI 14, INTID 30; non-secure).
@@ -87,7 +120,8 @@ pub const fn gicr_region(vcpus: u32) -> (u64, u64) {
 
 const _: () = assert!(GICD_BASE + GICD_SIZE <= GICR_BASE);
 const _: () = assert!(GICR_BASE + MAX_VCPUS as u64 * GICR_STRIDE <= UART_BASE);
-const _: () = assert!(UART_BASE + UART_SIZE <= RAM_BASE);
+const _: () = assert!(UART_BASE + UART_SIZE <= PCI_MMIO_BASE);
+const _: () = assert!(PCI_MMIO_END <= PCI_ECAM_BASE && PCI_ECAM_BASE + PCI_ECAM_SIZE <= RAM_BASE);
 
 #[cfg(test)]
 mod tests {
@@ -100,5 +134,9 @@ mod tests {
         assert_eq!(UART_INTID, 33);
         assert_eq!(TIMER_PPIS, [13, 14, 11, 10]);
         assert_eq!((VTIMER_INTID, MAINTENANCE_INTID), (27, 25));
+        assert_eq!(PCI_MMIO_SLICES, 11);
+        assert_eq!(pci_mmio_slice(10), (0x3800_0000, 0x0400_0000));
+        // QEMU virt: slot 1 INTA is SPI 4, slot 3 INTD is SPI 5.
+        assert_eq!((pci_intx_spi(1, 0), pci_intx_spi(3, 3)), (4, 5));
     }
 }

@@ -16,6 +16,7 @@ pub mod vcpu;
 
 use crate::boot::Boot;
 use crate::failure::{Fatal, VmFailure};
+use crate::smmu::VmMaintenance;
 use crate::{gic, mem, virtio, Verdict};
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -28,12 +29,15 @@ use el2::smp;
 use guest_loader::config::Mapping;
 use guest_loader::{Bundle, Host, VmPlan};
 use log::{error, info, warn};
-use platform::virt::{GICD_BASE, GICD_SIZE, GICR_BASE, RAM_BASE, UART_BASE, UART_SIZE};
+use platform::virt::{
+    GICD_BASE, GICD_SIZE, GICR_BASE, PCI_ECAM_BASE, PCI_ECAM_SIZE, RAM_BASE, UART_BASE, UART_SIZE,
+};
 use spin::mutex::SpinMutex;
 use spin::Once;
 use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
 use vdev::console::OutQueue;
 use vdev::idregs::{GuestIdRegs, IdPolicy};
+use vdev::pci::{ConfigSpace, PciView};
 use vdev::pl011::Pl011;
 use vdev::psci::Psci;
 use vdev::traps::HostFeatures;
@@ -65,6 +69,9 @@ pub struct Devices {
     pub starts: Vec<Option<(u64, u64)>>,
     /// Host console bytes the UART had no room for yet.
     pub rx_backlog: Vec<u8>,
+    /// The VM's forwarded INTx lines (`Vm::intx`, by index): which are high in the vGIC with
+    /// their physical SPI disabled.
+    pub intx: vdev::ppi::Forwarder,
 }
 
 /// Exit counters, by class.
@@ -127,7 +134,17 @@ pub struct Vm {
     /// The ID register view.
     pub idregs: GuestIdRegs,
     /// The stage-2 tables (kept for the VM's lifetime).
-    pub s2: SpinMutex<PageTable<FrameAlloc, HwMaintenance>>,
+    pub s2: SpinMutex<PageTable<FrameAlloc, VmMaintenance>>,
+    /// It owns PCI functions (their streams go through its stage 2 at the SMMU).
+    pub owns_devices: bool,
+    /// Its view of PCI configuration space, when it owns functions.
+    pub pci: Option<SpinMutex<PciView>>,
+    /// Its slice of the PCI memory window (IPA = PA), mapped as device memory.
+    pub pci_window: Option<core::ops::Range<u64>>,
+    /// The INTIDs of its functions' legacy INTx lines (physical = virtual SPI), forwarded as
+    /// level-sensitive lines: routed to its vCPU 0's CPU, raised in the vGIC when they fire,
+    /// and lowered when the device no longer asserts them (`vcpu::Vcpu::intx_check`).
+    pub intx: Vec<u32>,
     /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
     pub lazy_chunk: Option<u64>,
     /// `hyp.stress=N`: the stage-2 stress state; `None` when off.
@@ -221,12 +238,23 @@ impl Vm {
     /// that hold it: RAM at `ram_pa + offset`, or the frame `hyp.stress` migrated the page to.
     /// Returns the number of leaves, or the first leaf that maps anything else (a hyp bug
     /// that would let the guest reach memory not its own).
-    pub fn audit_stage2(&self) -> Result<u64, (u64, u64)> {
+    pub fn audit_stage2(&self) -> Result<Audit, (u64, u64)> {
         let mut pt = self.s2.lock();
         let page = pt.geometry().page_size();
         let mut leaves = 0;
+        let mut window_leaves = 0;
         let mut bad = None;
         pt.for_each_leaf(|ipa, pa, size| {
+            // Its PCI window: device memory at IPA = PA, where its BARs decode.
+            if let Some(w) = &self.pci_window {
+                if ipa >= w.start && ipa.checked_add(size).is_some_and(|e| e <= w.end) {
+                    window_leaves += 1;
+                    if pa != ipa && bad.is_none() {
+                        bad = Some((ipa, pa));
+                    }
+                    return;
+                }
+            }
             leaves += 1;
             let off = ipa.wrapping_sub(self.ram_ipa);
             let inside =
@@ -240,21 +268,41 @@ impl Vm {
             }
         });
         match bad {
-            None => Ok(leaves),
+            None => Ok(Audit {
+                leaves,
+                window_leaves,
+            }),
             Some(b) => Err(b),
         }
     }
 
     fn finish(&self) {
+        if self.owns_devices {
+            // Devices stop first (bus mastering off), then their streams are taken back.
+            if let (Some(view), Some(mut ecam)) = (&self.pci, crate::pci::host()) {
+                view.lock().quiesce(&mut ecam);
+            }
+            crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
+            if let Err(e) = crate::smmu::poll() {
+                el2::fatal!("{e}")
+            }
+        }
         {
             let mut d = self.dev.lock();
             d.uart.flush(&mut |line: &str| output::queue(self, line));
         }
         output::drain(self);
         match self.audit_stage2() {
-            Ok(n) => info!(
-                "vm {}: stage-2 audit: {n} leaves, all inside guest RAM",
+            Ok(Audit {
+                leaves,
+                window_leaves: 0,
+            }) => info!(
+                "vm {}: stage-2 audit: {leaves} leaves, all inside guest RAM",
                 self.name
+            ),
+            Ok(a) => info!(
+                "vm {}: stage-2 audit: {} leaves, all inside guest RAM, and {} in its PCI window",
+                self.name, a.leaves, a.window_leaves
             ),
             Err((ipa, pa)) => {
                 error!(
@@ -368,6 +416,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     let t_read = ms();
     let bundle = Bundle::parse(data).map_err(Fatal::BundleCorrupt)?;
     let host = Host {
+        smmu: crate::smmu::features(),
         cpu: boot.cpu,
         cpus: smp::online() as u32,
         guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
@@ -439,6 +488,9 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     // Wait for every VM; CPU 0 keeps writing queued output and taking the host console's
     // input meanwhile.
     while !vms.iter().all(|vm| vm.done.load(Ordering::Acquire)) {
+        if let Err(e) = crate::smmu::poll() {
+            el2::fatal!("{e}")
+        }
         if output::pump_one() {
             continue;
         }
@@ -508,8 +560,10 @@ fn create(
     }
     let vmid16 = vmids.bits() == 16;
     let vmid = grant.vmid;
-    let mut pt = PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance)
-        .map_err(VmFailure::Stage2Root)?;
+    let owns_devices = !vp.pci.is_empty();
+    let maint = crate::smmu::maintenance(vmid.get(), owns_devices);
+    let mut pt =
+        PageTable::with_vmid(geo, vmid.get(), frames, maint).map_err(VmFailure::Stage2Root)?;
     let ram_ipa = vp.layout.ram.start;
     debug_assert_eq!(ram_ipa, RAM_BASE);
     let eager = vp.mapping == Mapping::Eager;
@@ -553,6 +607,35 @@ fn create(
     }
     // The kernel's BSS (image_size beyond the file) is among the scrubbed zeros.
     cache::invalidate_icache_all();
+    // Its devices' DMA goes through the same stage 2, now that it maps all of its RAM.
+    if owns_devices {
+        crate::smmu::assign(&crate::smmu::Assignment {
+            vm: &vp.name,
+            vmid: vmid.get(),
+            geometry: &geo,
+            root: pt.root_pa(),
+            ram: pa..pa + memory,
+            devices: &vp.pci,
+        })
+        .map_err(VmFailure::Devices)?;
+        for (bdf, d) in &vp.pci {
+            info!(
+                "vm {}: pci {bdf} (stream {:#x}) {}: DMA through its {} stage 2, VMID {}",
+                vp.name,
+                bdf.rid(),
+                d.model,
+                geo.granule().label(),
+                vmid.get()
+            );
+        }
+    }
+    let (pci, intx) = match vp.pci_window {
+        Some(w) if owns_devices => {
+            let (view, intx) = pci_view(vp, w, &mut pt)?;
+            (Some(SpinMutex::new(view)), intx)
+        }
+        _ => (None, Vec::new()),
+    };
 
     let n = vp.vcpus as usize;
     let vgic = Vgic::new(VgicConfig {
@@ -638,8 +721,17 @@ fn create(
         dtb: vp.layout.dtb(),
         idregs,
         s2: SpinMutex::new(pt),
+        owns_devices,
+        pci,
+        intx,
+        pci_window: vp
+            .pci_window
+            .filter(|_| owns_devices)
+            .map(|w| w.start..w.start + w.size),
         lazy_chunk,
-        stress: (boot.cmdline.stress != 0).then(|| {
+        // Device-visible memory stays mapped while a device may use it: hyp.stress does not
+        // touch a VM that owns devices.
+        stress: (boot.cmdline.stress != 0 && !owns_devices).then(|| {
             stress::Stress::new(
                 boot.cmdline.stress,
                 vsys::cntpct_el0() ^ u64::from(vmid.get()),
@@ -657,6 +749,7 @@ fn create(
             },
             starts,
             rx_backlog: Vec::new(),
+            intx: vdev::ppi::Forwarder::default(),
         }),
         out: SpinMutex::new(OutQueue::new(&vp.name, vdev::console::QUEUE_BYTES)),
         out_pending: AtomicBool::new(false),
@@ -670,6 +763,59 @@ fn create(
     Ok(vm)
 }
 
+/// A VM's PCI view: its functions' memory BARs measured on the devices (which start
+/// quiesced), and its slice of the PCI memory window mapped into its stage 2 as device memory
+/// at IPA = PA (the BARs, whose addresses `PciView` confines to the slice, decode there).
+fn pci_view(
+    vp: &VmPlan<'_>,
+    window: guest_loader::layout::Region,
+    pt: &mut PageTable<FrameAlloc, VmMaintenance>,
+) -> Result<(PciView, Vec<u32>), VmFailure> {
+    let Some(mut ecam) = crate::pci::host() else {
+        return Err(VmFailure::NoPciBus);
+    };
+    let mut functions = Vec::with_capacity(vp.pci.len());
+    let mut intx = Vec::new();
+    for (bdf, _) in &vp.pci {
+        // A slot without a function reads all ones (PCI spec): QEMU did not attach one.
+        if ecam.read32(*bdf, 0) == u32::MAX {
+            return Err(VmFailure::NoFunction(*bdf));
+        }
+        // Interrupt Pin (config offset 0x3d): 1..=4 for INTA..INTD, 0 for none.
+        let pin = (ecam.read32(*bdf, 0x3c) >> 8) & 0xff;
+        // The plan gave each VM the INTA lines of its slots; another pin could be another
+        // VM's line.
+        if pin > 1 {
+            return Err(VmFailure::IntxPin(*bdf, pin));
+        }
+        if pin == 1 {
+            let id = platform::virt::spi_intid(platform::virt::pci_intx_spi(
+                u32::from(bdf.device),
+                pin - 1,
+            ));
+            if !intx.contains(&id) {
+                intx.push(id);
+            }
+        }
+        let bars = vdev::pci::measure_bars(&mut ecam, *bdf);
+        log::debug!("vm {}: pci {bdf}: memory BARs {bars:x?}", vp.name);
+        functions.push((*bdf, bars));
+    }
+    let range = window.start..window.start + window.size;
+    pt.map(range.clone(), window.start, Attrs::device(), MapOpts::PAGES)
+        .map_err(VmFailure::Stage2Map)?;
+    Ok((PciView::new(&functions, range, &mut ecam), intx))
+}
+
+/// What [`Vm::audit_stage2`] counted: leaves mapping the VM's RAM, and leaves mapping its PCI
+/// window.
+pub struct Audit {
+    /// Leaves inside its RAM.
+    pub leaves: u64,
+    /// Leaves inside its PCI window.
+    pub window_leaves: u64,
+}
+
 /// Where an IPA falls in the VM's memory map.
 pub enum Region {
     /// Guest RAM, at this offset.
@@ -680,6 +826,8 @@ pub enum Region {
     Gicr(u64),
     /// The PL011, at this offset.
     Uart(u64),
+    /// The PCI configuration space of a VM that owns functions, at this offset.
+    Ecam(u64),
     /// Nothing.
     None,
 }
@@ -695,6 +843,10 @@ impl Vm {
             Region::Gicr(ipa - GICR_BASE)
         } else if (UART_BASE..UART_BASE + UART_SIZE).contains(&ipa) {
             Region::Uart(ipa - UART_BASE)
+        } else if self.pci.is_some()
+            && (PCI_ECAM_BASE..PCI_ECAM_BASE + PCI_ECAM_SIZE).contains(&ipa)
+        {
+            Region::Ecam(ipa - PCI_ECAM_BASE)
         } else {
             Region::None
         }

@@ -25,11 +25,12 @@
 //! entries").
 
 use crate::mem;
+use crate::smmu::VmMaintenance;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use el2::arch::cache;
-use el2::frames::{FrameAlloc, HwMaintenance};
+use el2::frames::FrameAlloc;
 use spin::mutex::SpinMutex;
 use stage2::{Attrs, MapOpts, PageTable};
 
@@ -128,7 +129,7 @@ impl Stress {
     /// Errors name the page and the operation that failed.
     pub fn step(
         &self,
-        pt: &mut PageTable<FrameAlloc, HwMaintenance>,
+        pt: &mut PageTable<FrameAlloc, VmMaintenance>,
         ram_ipa: u64,
         ram_size: u64,
         exits: u64,

@@ -161,6 +161,11 @@ pub fn thread(vm: &'static Vm, id: usize) {
         for f in &FORWARDED {
             gic::set_ppi(f.line.physical, false);
         }
+        if v.id == 0 {
+            for &intid in &vm.intx {
+                gic::set_spi(intid, false);
+            }
+        }
     }
     if vm.live.fetch_sub(1, Ordering::AcqRel) == 1 {
         vm.finish();
@@ -211,6 +216,12 @@ impl Vcpu {
         barrier::isb();
         for f in &FORWARDED {
             gic::set_ppi(f.line.physical, true);
+        }
+        // The VM's INTx lines come to its vCPU 0's CPU.
+        if self.id == 0 {
+            for &intid in &vm.intx {
+                gic::route_spi(intid, el2::smp::current_cpu());
+            }
         }
     }
 
@@ -395,9 +406,10 @@ impl Vcpu {
                 // line is high: ask for a maintenance interrupt at its deactivation to look at
                 // the device again (the guest reprograms a timer without exiting).
                 let lr_reg = LocalRegisterCopy::<u64, ICH_LR0_EL2::Register>::new(lr);
-                if ppi::is_forwarded_virt(lr_reg.read(ICH_LR0_EL2::vINTID))
-                    && lr_reg.read(ICH_LR0_EL2::State) != 0
-                {
+                let vintid = lr_reg.read(ICH_LR0_EL2::vINTID);
+                let forwarded = ppi::is_forwarded_virt(vintid)
+                    || self.vm.intx.iter().any(|&i| u64::from(i) == vintid);
+                if forwarded && lr_reg.read(ICH_LR0_EL2::State) != 0 {
                     lr |= lr_eoi();
                 }
                 vsys::set_ich_lr(i, lr);
@@ -410,6 +422,21 @@ impl Vcpu {
     fn physical_irqs(&mut self) {
         while let Some(iar) = gic::ack() {
             let intid = gic::intid(iar);
+            if let Some(i) = self.vm.intx.iter().position(|&x| x == intid) {
+                // A device's INTx: off until the guest has dealt with it (intx_check), then
+                // EOI. The line is level-sensitive: it fired, so it is asserted.
+                let mut d = self.vm.dev.lock();
+                if d.intx.fired(i, true) == Some(Change::Raise) {
+                    gic::set_spi(intid, false);
+                    let k = d.vgic.set_level(intid, self.id, true);
+                    drop(d);
+                    if let Ok(k) = k {
+                        self.vm.kick(k, self.id);
+                    }
+                }
+                gic::eoi(iar);
+                continue;
+            }
             if let Some(i) = ppi::by_physical(intid) {
                 // A forwarded device's line: off until the guest has dealt with it
                 // (ppi_check), then EOI.
@@ -454,6 +481,7 @@ impl Vcpu {
     /// physical PPI is off; once the guest has masked, disabled or reprogrammed the device,
     /// the line drops and the PPI is back on.
     fn ppi_check(&mut self) {
+        self.intx_check();
         if !self.ppis.any_high() {
             return;
         }
@@ -470,6 +498,30 @@ impl Vcpu {
                     .vgic
                     .set_level(f.line.virt, self.id, false);
                 gic::set_ppi(f.line.physical, true);
+            }
+        }
+    }
+
+    /// The VM's INTx lines that are high: once the device no longer asserts its line (the
+    /// physical SPI, disabled, is no longer pending: for a level-sensitive SPI that is its
+    /// input, IHI 0069 §4.1.2), the virtual line drops and the SPI is enabled again. Any vCPU
+    /// of the VM does it: the guest may have routed the interrupt to any of them.
+    fn intx_check(&mut self) {
+        let vm = self.vm;
+        if vm.intx.is_empty() {
+            return;
+        }
+        let mut d = vm.dev.lock();
+        if !d.intx.any_high() {
+            return;
+        }
+        for (i, &intid) in vm.intx.iter().enumerate() {
+            if d.intx.is_high(i)
+                && !gic::spi_pending(intid)
+                && d.intx.check(i, false) == Some(Change::Lower)
+            {
+                let _ = d.vgic.set_level(intid, self.id, false);
+                gic::set_spi(intid, true);
             }
         }
     }
@@ -878,6 +930,27 @@ impl Vcpu {
                     .vgic
                     .set_level(UART_INTID, 0, after)
                     .unwrap_or(VcpuSet::EMPTY)
+            }
+            Region::Ecam(off) => {
+                let (Some(view), Some(mut ecam)) = (vm.pci.as_ref(), crate::pci::host()) else {
+                    return Err(MmioFault::Outside(acc.ipa));
+                };
+                let mut view = view.lock();
+                if acc.write {
+                    log::trace!(
+                        "vm {}: ecam write {off:#x} {:?} {value:#x}",
+                        vm.name,
+                        acc.size
+                    );
+                    let effect = view.write(&mut ecam, off, acc.size, value)?;
+                    if effect != vdev::pci::Effect::None {
+                        log::debug!("vm {}: pci: {effect:x?}", vm.name);
+                    }
+                } else {
+                    let v = view.read(&mut ecam, off, acc.size)?;
+                    self.regs.set(acc.reg, acc.load_value(v));
+                }
+                VcpuSet::EMPTY
             }
             Region::Ram(_) | Region::None => {
                 return Err(MmioFault::Outside(acc.ipa));

@@ -320,6 +320,15 @@ impl Geometry {
         self.fwb
     }
 
+    /// The same geometry with the classic stage-2 attribute encoding (`MemAttr` = Normal
+    /// write-back, cleaned to PoC before mapping) even on a CPU with FEAT_S2FWB: for tables a
+    /// second walker shares that cannot read the FWB encoding, such as an SMMU without
+    /// `SMMU_IDR3.FWB`. hyp then leaves `HCR_EL2.FWB` clear for that VM.
+    #[must_use]
+    pub const fn without_fwb(self) -> Geometry {
+        Geometry { fwb: false, ..self }
+    }
+
     /// Whether the CPU has `CTR_EL0.DIC` (no I-cache invalidation for instruction coherence).
     pub const fn dic(&self) -> bool {
         self.dic

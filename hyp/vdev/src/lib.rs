@@ -54,6 +54,7 @@ pub mod console;
 pub mod exit;
 pub mod idregs;
 pub mod mmio;
+pub mod pci;
 pub mod pl011;
 pub mod pmu;
 pub mod ppi;
