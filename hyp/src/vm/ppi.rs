@@ -21,7 +21,10 @@ pub struct Forwarded {
 
 /// How many PPIs are forwarded.
 const N: usize = 3;
-const _: () = assert!(N <= vdev::ppi::MAX_FORWARDED, "vdev::ppi::Forwarder has too few lines");
+const _: () = assert!(
+    N <= vdev::ppi::MAX_FORWARDED,
+    "vdev::ppi::Forwarder has too few lines"
+);
 
 /// The forwarded PPIs, indexed as `vdev::ppi::Forwarder`'s lines.
 pub static FORWARDED: [Forwarded; N] = [
