@@ -40,8 +40,8 @@ use crate::mem;
 const STREAM_LOG2: u32 = 8;
 /// Command queue entries (log2): 256 × 16 bytes, one 4 KiB frame.
 const CMDQ_LOG2: u32 = 8;
-/// Event queue entries (log2): 128 × 32 bytes, one 4 KiB frame.
-const EVENTQ_LOG2: u32 = 7;
+/// Event queue entries (log2): 1024 × 32 bytes, 32 KiB.
+const EVENTQ_LOG2: u32 = 10;
 /// The frames below are 4 KiB whatever hyp's granule: the SMMU's structures are sized in
 /// bytes, and 4 KiB is the smallest unit `FrameAlloc` hands out.
 const FRAME: Granule = Granule::K4;
@@ -355,9 +355,18 @@ impl Smmu {
 
     /// Drains the event queue, reporting each record, and checks `SMMU_GERROR`.
     pub fn poll(&mut self) -> Result<usize, GlobalError> {
-        let gerror = self.r32(offset::GERROR) ^ self.r32(offset::GERRORN);
-        if gerror != 0 {
-            return Err(GlobalError(gerror));
+        let gerrorn = self.r32(offset::GERRORN);
+        let active = self.r32(offset::GERROR) ^ gerrorn;
+        // An event the SMMU could not write (QEMU raises it when the queue is full) loses
+        // records, nothing else: a guest aiming its device's DMA at many bad addresses can
+        // cause it, so it is reported and acknowledged, never fatal. Anything else is.
+        let abt = GERROR::EVENTQ_ABT_ERR.mask << GERROR::EVENTQ_ABT_ERR.shift;
+        if active & !abt != 0 {
+            return Err(GlobalError(active));
+        }
+        if active & abt != 0 {
+            warn!("hyp: smmu: the event queue was full: events were lost");
+            self.w32(offset::GERRORN, gerrorn ^ abt);
         }
         if self.evtq.produced(self.r32(offset::EVENTQ_PROD)) {
             warn!("hyp: smmu: event queue overflowed: events were lost");

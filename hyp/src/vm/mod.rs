@@ -278,14 +278,15 @@ impl Vm {
 
     fn finish(&self) {
         if self.owns_devices {
-            // Devices stop first (bus mastering off), then their streams are taken back.
+            // Devices stop first (bus mastering off), their events are reported while their
+            // streams are still this VM's, then the streams are taken back.
             if let (Some(view), Some(mut ecam)) = (&self.pci, crate::pci::host()) {
                 view.lock().quiesce(&mut ecam);
             }
-            crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
             if let Err(e) = crate::smmu::poll() {
                 el2::fatal!("{e}")
             }
+            crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
         }
         {
             let mut d = self.dev.lock();

@@ -22,6 +22,8 @@ extern crate alloc;
 #[cfg(probe_bare)]
 mod arch;
 #[cfg(probe_bare)]
+mod dma;
+#[cfg(probe_bare)]
 mod hostile;
 #[cfg(probe_bare)]
 mod isolation;

@@ -30,10 +30,11 @@
 //! | `pmu-el2` | 2,000 HVC calls add no more cycles or instructions than the guest's own, even with the `NSH` filter set | |
 //! | `pmu-overflow` | a counter overflow raises INTID 23 through the vGIC, level-sensitive | |
 //! | `pmu-reset` | 2 vCPUs (MMU on, as `memory`): vCPU 1 restarted (CPU_ON) finds every PMU register it had set zeroed | |
+//! | `dma-outside` | drives its assigned virtio-blk-pci disk (slot `probe.slot`): a read into its own RAM completes by DMA; the same read aimed at `probe.targets` (`+`-separated IPAs outside its RAM) never does | `probe.slot` (1), `probe.targets` (0x1000000000) |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
-use crate::{arch, hostile, isolation, memtest, mmu, platform, pmu, say, timers};
+use crate::{arch, dma, hostile, isolation, memtest, mmu, platform, pmu, say, timers};
 
 /// What a test reports: PASS with its figures, or FAIL with why, each a short line.
 pub struct Verdict {
@@ -128,6 +129,7 @@ const TESTS: &[(&str, Test)] = &[
     ("pmu-el2", pmu::el2),
     ("pmu-overflow", pmu::overflow),
     ("pmu-reset", pmu::reset),
+    ("dma-outside", dma::outside),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).
