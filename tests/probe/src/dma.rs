@@ -228,6 +228,7 @@ pub fn outside(env: &Env) -> Verdict {
             // SAFETY: the used index the device writes.
             let done = unsafe { core::ptr::read_volatile(&rg.used[0]) } >> 16;
             if done as u16 == round {
+                // SAFETY: the status byte the device wrote.
                 return unsafe { core::ptr::read_volatile(&rg.status[0]) } == 0;
             }
             if get_status() & status::NEEDS_RESET != 0 {
