@@ -347,9 +347,18 @@ mod cli {
     const VIRTIO_DMA: &str = "iommu_platform=on,disable-legacy=on";
 
     fn qemu_args(config: &Path) -> Result<(), i32> {
-        let l = load(config)?;
+        // Only the config is read (not the kernels it names): `run` calls this on every boot.
+        let name = config.display().to_string();
+        let text = std::fs::read_to_string(config).map_err(|e| {
+            eprintln!("guest-loader: cannot read {name}: {e}");
+            USAGE
+        })?;
+        let cfg = parse_config(&name, &text).map_err(|e| {
+            eprintln!("{e}");
+            REFUSED
+        })?;
         let dir = config.parent().unwrap_or(Path::new(""));
-        let devices: Vec<_> = l.cfg.vms.iter().flat_map(|vm| vm.pci.iter()).collect();
+        let devices: Vec<_> = cfg.vms.iter().flat_map(|vm| vm.pci.iter()).collect();
         if devices.is_empty() {
             return Ok(());
         }
