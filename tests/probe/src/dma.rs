@@ -248,7 +248,7 @@ pub fn outside(env: &Env) -> Verdict {
     let first = unsafe { core::ptr::read_volatile(&(*r).data[0]) };
     let targets = env.args.get("probe.targets").unwrap_or("0x1000000000");
     let (mut n, mut completed) = (0, 0);
-    for t in targets.split('+') {
+    for t in targets.split('+').filter(|t| !t.is_empty()) {
         let Some(addr) = rt::parse_num(t) else {
             return fail(line!("bad probe.targets item {t}"));
         };
