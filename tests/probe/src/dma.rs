@@ -239,11 +239,9 @@ pub fn outside(env: &Env) -> Verdict {
     };
     // SAFETY: the data field of the boxed ring.
     let own = unsafe { core::ptr::addr_of!((*r).data) as u64 };
-    if !request(own) {
-        return fail(line!(
-            "a read into its own RAM at {own:#x} did not complete"
-        ));
-    }
+    // Checked after the attack, which goes on either way (an SMMU that let the device reach
+    // host memory directly must be seen doing it, by the other VMs' checks).
+    let own_ok = request(own);
     // SAFETY: as above; the device wrote it by DMA.
     let first = unsafe { core::ptr::read_volatile(&(*r).data[0]) };
     let targets = env.args.get("probe.targets").unwrap_or("0x1000000000");
@@ -266,6 +264,11 @@ pub fn outside(env: &Env) -> Verdict {
     }
     set_status(0);
     ecam_write(ecam, 4, 0);
+    if !own_ok {
+        return fail(line!(
+            "a read into its own RAM at {own:#x} did not complete"
+        ));
+    }
     pass(line!(
         "read into its RAM ok (first byte {first:#04x}), {n} DMA writes aimed outside its RAM \
          ({completed} reported done by the device)"

@@ -177,5 +177,23 @@ pub fn secret(env: &Env) -> Verdict {
         a += 8;
     }
     rt::delay_us(env.args.num("probe.hold_ms", 3000) * 1000);
+    // Still all there: nothing else (another VM, a device's DMA) wrote into it meanwhile.
+    let (mut changed, mut first) = (0u64, 0u64);
+    let mut a = start;
+    while a < end {
+        // SAFETY: as above.
+        if unsafe { (a as *const u64).read_volatile() } != SECRET ^ (a & 0xff) {
+            if changed == 0 {
+                first = a;
+            }
+            changed += 1;
+        }
+        a += 8;
+    }
+    if changed > 0 {
+        return fail(line!(
+            "{changed} words of its secret changed while held, the first at {first:#x}"
+        ));
+    }
     pass(line!("{} bytes of secret held", end - start))
 }

@@ -14,7 +14,7 @@
 //! | `memory` | every vCPU writes address- and round-derived patterns over its share of the free RAM (2 rounds sequential, 2 in random page order) and reads them back; mismatches are printed | |
 //! | `faults` | last, on a lazy stage 2: touches all of its image, stacks, free RAM and DTB and prints how many distinct stage-2 granules that is (hyp's fault count must equal it) | |
 //! | `isolation` | every 2 MiB of the IPA space and every stage-2 granule within 64 MiB of each edge of RAM and the devices, read and written: outside RAM and the devices each access must abort | |
-//! | `secret` | fills its free RAM with a secret pattern and holds it while other VMs probe | `probe.hold_ms` (3000) |
+//! | `secret` | fills its free RAM with a secret pattern, holds it while other VMs probe, and checks it is unchanged | `probe.hold_ms` (3000) |
 //! | `hypervisor` | the `/hypervisor` node's stage-2 granule and IPA size (against `probe.s2`, `probe.ipa` when given) | `probe.s2`, `probe.ipa` |
 //! | `timer-phys` | the EL1 physical timer alone fires PPI 30, wakes WFI, not before its deadline, once | |
 //! | `timer-both` | both EL1 timers at once, in either order and at one deadline: each PPI once, not early | |
