@@ -87,6 +87,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod addr;
 pub mod attrs;
 pub mod cpu;
 pub mod frames;
@@ -96,6 +97,7 @@ pub mod maint;
 pub mod table;
 pub mod vmid;
 
+pub use addr::{AddrRange, Address, Alignment, InputAddress, Ipa, Pa, RangeError, Va};
 pub use attrs::{AttrError, Attrs, MemType};
 pub use cpu::{CpuFeatures, GranuleRefusal, IdRegs, Stage};
 pub use frames::{AuditViolation, LiveStore, StoreAudit, TableAlloc, VecAlloc};
