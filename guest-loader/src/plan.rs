@@ -21,7 +21,7 @@ use core::fmt;
 use core::fmt::Write as _;
 use core::ops::Range;
 use stage2::geometry::{Geometry, GeometryError};
-use stage2::{CpuFeatures, Granule, GranuleRefusal, Stage};
+use stage2::{AddrRange, CpuFeatures, Granule, GranuleRefusal, Ipa, Stage};
 
 /// Where the files a config names come from: the disk (the CLI, relative to the config file)
 /// or a boot bundle (relative to the archive root). Paths are passed as written in the config.
@@ -477,7 +477,9 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
 
     /// The VM's stage-2 table budget (see [`VmPlan::table_budget`]); `None` after an error.
     fn table_budget(&mut self, vm: &VmConfig, geo: &Geometry) -> Option<u64> {
-        let worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+        // RAM beyond the last IPA is refused by the layout; its budget does not matter.
+        let worst = AddrRange::from_start_len(Ipa::new(RAM_BASE), vm.memory)
+            .map_or(u64::MAX, |ram| geo.table_budget(ram));
         let Some(asked) = vm.stage2.table_memory else {
             return Some(worst);
         };

@@ -29,7 +29,7 @@ use log::{error, info, warn};
 use platform::virt::{GICD_BASE, GICD_SIZE, GICR_BASE, RAM_BASE, UART_BASE, UART_SIZE};
 use spin::mutex::SpinMutex;
 use spin::Once;
-use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
+use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa, PageTable, VmidAllocator};
 use vdev::console::OutQueue;
 use vdev::idregs::{GuestIdRegs, IdPolicy};
 use vdev::pl011::Pl011;
@@ -225,6 +225,7 @@ impl Vm {
         let mut leaves = 0;
         let mut bad = None;
         pt.for_each_leaf(|ipa, pa, size| {
+            let (ipa, pa) = (ipa.get(), pa.get());
             leaves += 1;
             let off = ipa.wrapping_sub(self.ram_ipa);
             let inside =
@@ -518,7 +519,9 @@ fn create(
             skip_cmo: true,
             pages_only: !boot.cmdline.stage2_blocks,
         };
-        pt.map(ram_ipa..ram_ipa + memory, pa, Attrs::ram(), opts)
+        AddrRange::from_start_len(Ipa::new(ram_ipa), memory)
+            .map_err(MapError::from)
+            .and_then(|ram| pt.map(ram, Pa::new(pa), Attrs::ram(), opts))
             .map_err(VmFailure::Stage2Map)?;
     }
     // Scrub: the VM's RAM starts as zeros, whatever hyp, firmware or an earlier user left

@@ -428,6 +428,30 @@ impl<A: Address> AddrRange<A> {
     }
 }
 
+impl AddrRange<Pa> {
+    /// The virtual addresses of these physical ones in identity-mapped memory
+    /// ([`Pa::identity_va`]).
+    #[inline(always)]
+    pub fn identity_va(&self) -> AddrRange<Va> {
+        AddrRange {
+            start: self.start.identity_va(),
+            end: self.end.identity_va(),
+        }
+    }
+}
+
+impl AddrRange<Va> {
+    /// The physical addresses of these virtual ones in identity-mapped memory
+    /// ([`Va::identity_pa`]).
+    #[inline(always)]
+    pub fn identity_pa(&self) -> AddrRange<Pa> {
+        AddrRange {
+            start: self.start.identity_pa(),
+            end: self.end.identity_pa(),
+        }
+    }
+}
+
 impl<A: Address> TryFrom<Range<A>> for AddrRange<A> {
     type Error = RangeError;
 
@@ -624,5 +648,8 @@ mod tests {
         assert!(Va::translated_by(Regime::El2) && Va::translated_by(Regime::El1));
         assert!(!Va::translated_by(Regime::Stage2));
         assert_eq!(Pa::new(0x8000).identity_va().identity_pa(), Pa::new(0x8000));
+        let r = AddrRange::new(Pa::new(0x1000), Pa::new(0x3000)).unwrap();
+        assert_eq!(r.identity_va().raw(), 0x1000..0x3000);
+        assert_eq!(r.identity_va().identity_pa(), r);
     }
 }
