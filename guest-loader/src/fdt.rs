@@ -5,7 +5,7 @@
 //! `interrupt-controller/arm,gic-v3.yaml`, `timer/arm,arch_timer.yaml`,
 //! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`.
 
-use crate::layout::{Region, DTB_MAX_SIZE};
+use crate::layout::DTB_MAX_SIZE;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -15,7 +15,7 @@ use platform::virt::{
     gicr_region, GICD_BASE, GICD_SIZE, TIMER_PPIS, UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
 };
 use platform::Mpidr;
-use stage2::Granule;
+use stage2::{AddrRange, Granule, Ipa};
 use vm_fdt::FdtWriter;
 
 /// Phandles of the nodes others refer to.
@@ -40,11 +40,11 @@ pub struct DtbInput<'a> {
     /// Number of vCPUs.
     pub vcpus: u32,
     /// Guest RAM.
-    pub ram: Region,
+    pub ram: AddrRange<Ipa>,
     /// The final kernel command line (`/chosen/bootargs`).
     pub cmdline: &'a str,
     /// The initrd's place, if any.
-    pub initrd: Option<Region>,
+    pub initrd: Option<AddrRange<Ipa>>,
     /// The VM's stage-2 granule (told to the guest in `/hypervisor`).
     pub stage2_granule: Granule,
     /// The VM's IPA size in bits (told to the guest in `/hypervisor`).
@@ -125,9 +125,9 @@ pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
 
 /// `/memory@40000000`.
 fn create_memory_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
-    let node = fdt.begin_node(&format!("memory@{:x}", vm.ram.start))?;
+    let node = fdt.begin_node(&format!("memory@{:x}", vm.ram.start()))?;
     fdt.property_string("device_type", "memory")?;
-    fdt.property_array_u64("reg", &reg(vm.ram.start, vm.ram.size))?;
+    fdt.property_array_u64("reg", &reg(vm.ram.start().get(), vm.ram.len()))?;
     fdt.end_node(node)?;
     Ok(())
 }
@@ -239,8 +239,8 @@ fn create_chosen_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
     fdt.property_string("bootargs", vm.cmdline)?;
     fdt.property_string("stdout-path", &uart_path())?;
     if let Some(initrd) = vm.initrd {
-        fdt.property_u64("linux,initrd-start", initrd.start)?;
-        fdt.property_u64("linux,initrd-end", initrd.end())?;
+        fdt.property_u64("linux,initrd-start", initrd.start().get())?;
+        fdt.property_u64("linux,initrd-end", initrd.end().get())?;
     }
     fdt.end_node(node)?;
     Ok(())
@@ -268,10 +268,7 @@ mod tests {
     fn blob_header_and_size() {
         let dtb = guest_dtb(&DtbInput {
             vcpus: 2,
-            ram: Region {
-                start: 0x4000_0000,
-                size: 512 << 20,
-            },
+            ram: AddrRange::from_start_len(Ipa::new(0x4000_0000), 512 << 20).unwrap(),
             cmdline: "console=ttyAMA0 arm64.pagesize=16k",
             initrd: None,
             stage2_granule: Granule::K4,
@@ -287,10 +284,7 @@ mod tests {
     fn nul_in_bootargs_is_an_error_not_a_panic() {
         let e = guest_dtb(&DtbInput {
             vcpus: 1,
-            ram: Region {
-                start: 0x4000_0000,
-                size: 64 << 20,
-            },
+            ram: AddrRange::from_start_len(Ipa::new(0x4000_0000), 64 << 20).unwrap(),
             cmdline: "a\0b",
             initrd: None,
             stage2_granule: Granule::K4,

@@ -182,7 +182,7 @@ pub struct LoadItem<'p> {
     /// `kernel`, `initrd` or `dtb`.
     pub what: &'static str,
     /// Its IPA.
-    pub ipa: u64,
+    pub ipa: Ipa,
     /// Its bytes.
     pub data: &'p [u8],
 }
@@ -241,13 +241,13 @@ impl VmPlan<'_> {
         let mut v = Vec::with_capacity(3);
         v.push(LoadItem {
             what: "kernel",
-            ipa: self.layout.kernel.start,
+            ipa: self.layout.kernel.start(),
             data: &self.kernel,
         });
         if let (Some(r), Some(d)) = (self.layout.initrd, self.initrd) {
             v.push(LoadItem {
                 what: "initrd",
-                ipa: r.start,
+                ipa: r.start(),
                 data: d,
             });
         }
@@ -362,7 +362,7 @@ impl SystemPlan<'_> {
                 h.flags
             );
             if let Some(r) = vm.layout.initrd {
-                let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.size);
+                let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.len());
             }
             let _ = writeln!(
                 s,

@@ -208,7 +208,10 @@ fn two_vcpu_16k_guest_with_initrd() {
         &[
             ("bootargs", "\"console=ttyAMA0 arm64.pagesize=16k\""),
             ("stdout-path", "\"/pl011@9000000\""),
-            ("linux,initrd-start", &format!("<0x00 {:#x}>", initrd.start)),
+            (
+                "linux,initrd-start",
+                &format!("<0x00 {:#x}>", initrd.start()),
+            ),
             ("linux,initrd-end", &format!("<0x00 {:#x}>", initrd.end())),
         ],
     );

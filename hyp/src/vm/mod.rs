@@ -509,7 +509,7 @@ fn create(
     let vmid = grant.vmid;
     let mut pt = PageTable::with_vmid(geo, vmid.get(), frames, HwMaintenance)
         .map_err(VmFailure::Stage2Root)?;
-    let ram_ipa = vp.layout.ram.start;
+    let ram_ipa = vp.layout.ram.start().get();
     debug_assert_eq!(ram_ipa, RAM_BASE);
     let eager = vp.mapping == Mapping::Eager;
     if eager {
@@ -536,12 +536,12 @@ fn create(
     }
     // Load the images.
     for item in vp.load_items() {
-        let off = item.ipa.wrapping_sub(ram_ipa);
+        let off = item.ipa.get().wrapping_sub(ram_ipa);
         let len = item.data.len() as u64;
-        if item.ipa < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
+        if item.ipa.get() < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
             return Err(VmFailure::LoadOutside {
                 what: item.what,
-                ipa: item.ipa,
+                ipa: item.ipa.get(),
                 len,
             });
         }
@@ -635,8 +635,8 @@ fn create(
         ram_pa: pa,
         ram_size: memory,
         gicr_size,
-        entry: vp.layout.kernel.start,
-        dtb: vp.layout.dtb(),
+        entry: vp.layout.kernel.start().get(),
+        dtb: vp.layout.dtb().get(),
         idregs,
         s2: SpinMutex::new(pt),
         lazy_chunk,
