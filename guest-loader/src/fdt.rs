@@ -6,7 +6,7 @@
 //! `serial/arm,pl011.yaml`, `clock/fixed-clock.yaml`, `chosen.yaml`, `arm/pmu.yaml`,
 //! `pci/host-generic-pci.yaml` (and the PCI bus binding, IEEE 1275 PCI supplement).
 
-use crate::layout::{Region, DTB_MAX_SIZE};
+use crate::layout::DTB_MAX_SIZE;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -18,7 +18,7 @@ use platform::virt::{
     UART_BASE, UART_CLOCK_HZ, UART_SIZE, UART_SPI,
 };
 use platform::Mpidr;
-use stage2::Granule;
+use stage2::{AddrRange, Granule, Ipa};
 use vm_fdt::FdtWriter;
 
 /// Phandles of the nodes others refer to.
@@ -43,18 +43,18 @@ pub struct DtbInput<'a> {
     /// Number of vCPUs.
     pub vcpus: u32,
     /// Guest RAM.
-    pub ram: Region,
+    pub ram: AddrRange<Ipa>,
     /// The final kernel command line (`/chosen/bootargs`).
     pub cmdline: &'a str,
     /// The initrd's place, if any.
-    pub initrd: Option<Region>,
+    pub initrd: Option<AddrRange<Ipa>>,
     /// The VM's stage-2 granule (told to the guest in `/hypervisor`).
     pub stage2_granule: Granule,
     /// The VM's IPA size in bits (told to the guest in `/hypervisor`).
     pub ipa_bits: u32,
     /// Its PCI memory window (IPA = PA), when it owns PCI functions: then the tree has a PCIe
     /// host bridge whose bus holds them.
-    pub pci_window: Option<Region>,
+    pub pci_window: Option<AddrRange<Ipa>>,
     /// The guest gets the CPU's PMU (`platform::pmu::guest_pmu_version`): a `/pmu` node.
     pub pmu: bool,
 }
@@ -139,9 +139,9 @@ pub fn guest_dtb(vm: &DtbInput<'_>) -> Result<Vec<u8>> {
 
 /// `/memory@40000000`.
 fn create_memory_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
-    let node = fdt.begin_node(&format!("memory@{:x}", vm.ram.start))?;
+    let node = fdt.begin_node(&format!("memory@{:x}", vm.ram.start()))?;
     fdt.property_string("device_type", "memory")?;
-    fdt.property_array_u64("reg", &reg(vm.ram.start, vm.ram.size))?;
+    fdt.property_array_u64("reg", &reg(vm.ram.start().get(), vm.ram.len()))?;
     fdt.end_node(node)?;
     Ok(())
 }
@@ -263,8 +263,8 @@ fn create_chosen_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> {
     fdt.property_string("bootargs", vm.cmdline)?;
     fdt.property_string("stdout-path", &uart_path())?;
     if let Some(initrd) = vm.initrd {
-        fdt.property_u64("linux,initrd-start", initrd.start)?;
-        fdt.property_u64("linux,initrd-end", initrd.end())?;
+        fdt.property_u64("linux,initrd-start", initrd.start().get())?;
+        fdt.property_u64("linux,initrd-end", initrd.end().get())?;
     }
     fdt.end_node(node)?;
     Ok(())
@@ -287,7 +287,7 @@ fn create_hypervisor_node(fdt: &mut FdtWriter, vm: &DtbInput<'_>) -> Result<()> 
 /// `/pcie@3f000000`: a generic ECAM host bridge for bus 0, whose configuration space hyp
 /// emulates (only the VM's own functions appear), one 32-bit memory window (the VM's slice,
 /// IPA = PA: BARs hold host addresses), and legacy INTx on the SPIs QEMU `virt` wires them to.
-fn create_pcie_node(fdt: &mut FdtWriter, window: Region) -> Result<()> {
+fn create_pcie_node(fdt: &mut FdtWriter, window: AddrRange<Ipa>) -> Result<()> {
     let node = fdt.begin_node(&format!("pcie@{PCI_ECAM_BASE:x}"))?;
     fdt.property_string("compatible", "pci-host-ecam-generic")?;
     fdt.property_string("device_type", "pci")?;
@@ -302,16 +302,17 @@ fn create_pcie_node(fdt: &mut FdtWriter, window: Region) -> Result<()> {
     // (size).
     let hi = |v: u64| (v >> 32) as u32;
     let lo = |v: u64| v as u32;
+    let (start, size) = (window.start().get(), window.len());
     fdt.property_array_u32(
         "ranges",
         &[
             0x0200_0000,
-            hi(window.start),
-            lo(window.start),
-            hi(window.start),
-            lo(window.start),
-            hi(window.size),
-            lo(window.size),
+            hi(start),
+            lo(start),
+            hi(start),
+            lo(start),
+            hi(size),
+            lo(size),
         ],
     )?;
     // INTx: the interrupt-map repeats every 4 slots (the swizzle QEMU's virt uses).
@@ -346,10 +347,7 @@ mod tests {
     fn blob_header_and_size() {
         let dtb = guest_dtb(&DtbInput {
             vcpus: 2,
-            ram: Region {
-                start: 0x4000_0000,
-                size: 512 << 20,
-            },
+            ram: AddrRange::from_start_len(Ipa::new(0x4000_0000), 512 << 20).unwrap(),
             cmdline: "console=ttyAMA0 arm64.pagesize=16k",
             initrd: None,
             stage2_granule: Granule::K4,
@@ -367,10 +365,7 @@ mod tests {
     fn nul_in_bootargs_is_an_error_not_a_panic() {
         let e = guest_dtb(&DtbInput {
             vcpus: 1,
-            ram: Region {
-                start: 0x4000_0000,
-                size: 64 << 20,
-            },
+            ram: AddrRange::from_start_len(Ipa::new(0x4000_0000), 64 << 20).unwrap(),
             cmdline: "a\0b",
             initrd: None,
             stage2_granule: Granule::K4,

@@ -20,6 +20,7 @@
 use crate::size::format_size;
 use alloc::string::String;
 use core::fmt;
+use stage2::{AddrRange, Ipa};
 
 pub use platform::virt::RAM_BASE;
 
@@ -48,59 +49,33 @@ pub const MEMORY_ALIGN: u64 = 2 << 20;
 /// Linux arm64 `COMMAND_LINE_SIZE` (bytes, including the terminating NUL).
 pub const CMDLINE_MAX: usize = 2048;
 
-/// A range of guest physical addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    /// First IPA.
-    pub start: u64,
-    /// Length in bytes.
-    pub size: u64,
-}
-
-impl Region {
-    /// One past the last IPA (saturating; regions are built checked).
-    pub const fn end(&self) -> u64 {
-        self.start.saturating_add(self.size)
-    }
-
-    /// Whether the two regions share at least one byte.
-    pub const fn overlaps(&self, other: &Region) -> bool {
-        self.start < other.end() && other.start < self.end()
-    }
-
-    /// Whether `other` lies entirely inside `self`.
-    pub const fn contains(&self, other: &Region) -> bool {
-        other.start >= self.start && other.end() <= self.end()
-    }
-}
-
-impl fmt::Display for Region {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}..{:#x}", self.start, self.end())
-    }
+/// The `size` bytes of guest physical addresses from `start`, or `None` past the end of the
+/// address space.
+fn region(start: u64, size: u64) -> Option<AddrRange<Ipa>> {
+    AddrRange::from_start_len(Ipa::new(start), size).ok()
 }
 
 /// Where everything goes in a VM's RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// All of the VM's RAM.
-    pub ram: Region,
+    pub ram: AddrRange<Ipa>,
     /// The kernel: `image_size` bytes from the load address (RAM_BASE + text_offset). The
-    /// entry point is `kernel.start` (booting.rst: "branch to the kernel image's first
+    /// entry point is `kernel.start()` (booting.rst: "branch to the kernel image's first
     /// instruction").
-    pub kernel: Region,
-    /// The bytes of the Image file (≤ `kernel.size`; the rest is BSS, zeroed by hyp).
-    pub kernel_file: Region,
+    pub kernel: AddrRange<Ipa>,
+    /// The bytes of the Image file (≤ `kernel.len()`; the rest is BSS, zeroed by hyp).
+    pub kernel_file: AddrRange<Ipa>,
     /// The initrd, if any.
-    pub initrd: Option<Region>,
+    pub initrd: Option<AddrRange<Ipa>>,
     /// The 2 MiB block reserved for the device tree.
-    pub dtb_region: Region,
+    pub dtb_region: AddrRange<Ipa>,
 }
 
 impl Layout {
     /// The IPA of the device tree (x0 at entry).
-    pub const fn dtb(&self) -> u64 {
-        self.dtb_region.start
+    pub fn dtb(&self) -> Ipa {
+        self.dtb_region.start()
     }
 }
 
@@ -146,7 +121,7 @@ pub enum LayoutError {
     /// The initrd would end outside the 32 GiB window that covers the kernel.
     InitrdOutsideWindow {
         /// Where the initrd would be.
-        initrd: Region,
+        initrd: AddrRange<Ipa>,
     },
 }
 
@@ -208,13 +183,9 @@ const fn align_down(x: u64, a: u64) -> u64 {
 /// RAM, and the initrd just below the DTB block, 64 KiB aligned; checks that nothing overlaps
 /// and that everything is inside RAM.
 pub fn place(req: &LayoutRequest) -> Result<Layout, LayoutError> {
-    let ram_end = RAM_BASE
-        .checked_add(req.memory)
-        .ok_or(LayoutError::RamOverflow { memory: req.memory })?;
-    let ram = Region {
-        start: RAM_BASE,
-        size: req.memory,
-    };
+    let ram =
+        region(RAM_BASE, req.memory).ok_or(LayoutError::RamOverflow { memory: req.memory })?;
+    let ram_end = ram.end().get();
     let kernel_base = RAM_BASE; // 2 MiB aligned by construction
     let too_big = LayoutError::KernelDoesNotFit {
         needed: u64::MAX,
@@ -229,30 +200,25 @@ pub fn place(req: &LayoutRequest) -> Result<Layout, LayoutError> {
     let kernel_end_aligned = align_up(kernel_end, INITRD_ALIGN).ok_or(too_big.clone())?;
     let needed = (kernel_end_aligned - RAM_BASE)
         .checked_add(DTB_REGION)
-        .ok_or(too_big)?;
+        .ok_or(too_big.clone())?;
     if needed > req.memory || req.memory < DTB_REGION {
         return Err(LayoutError::KernelDoesNotFit {
             needed,
             memory: req.memory,
         });
     }
-    let dtb_region = Region {
-        start: ram_end - DTB_REGION,
-        size: DTB_REGION,
-    };
+    // Inside RAM: the kernel and the DTB block fit (checked above).
+    let dtb_region = region(ram_end - DTB_REGION, DTB_REGION).ok_or(too_big.clone())?;
     let initrd = match req.initrd_size {
         None => None,
         Some(len) => {
-            let free = dtb_region.start - kernel_end_aligned;
-            let start = dtb_region
-                .start
+            let dtb_start = dtb_region.start().get();
+            let free = dtb_start - kernel_end_aligned;
+            let start = dtb_start
                 .checked_sub(len)
                 .map(|s| align_down(s, INITRD_ALIGN));
-            match start {
-                Some(s) if s >= kernel_end_aligned => Some(Region {
-                    start: s,
-                    size: len,
-                }),
+            match start.and_then(|s| region(s, len)) {
+                Some(r) if r.start().get() >= kernel_end_aligned => Some(r),
                 _ => {
                     return Err(LayoutError::InitrdDoesNotFit {
                         initrd: len,
@@ -265,20 +231,15 @@ pub fn place(req: &LayoutRequest) -> Result<Layout, LayoutError> {
     };
     if let Some(r) = initrd {
         let window_start = align_down(kernel_start, 1 << 30);
-        if r.end() > window_start.saturating_add(INITRD_WINDOW) {
+        if r.end().get() > window_start.saturating_add(INITRD_WINDOW) {
             return Err(LayoutError::InitrdOutsideWindow { initrd: r });
         }
     }
     let layout = Layout {
         ram,
-        kernel: Region {
-            start: kernel_start,
-            size: req.image_size,
-        },
-        kernel_file: Region {
-            start: kernel_start,
-            size: req.file_size.min(req.image_size),
-        },
+        kernel: region(kernel_start, req.image_size).ok_or(too_big.clone())?,
+        kernel_file: region(kernel_start, req.file_size.min(req.image_size))
+            .ok_or(too_big.clone())?,
         initrd,
         dtb_region,
     };
@@ -302,18 +263,19 @@ mod tests {
     #[test]
     fn places_everything_inside_ram_without_overlap() {
         let l = place(&req(512 << 20, 50 << 20, Some(10_000_123))).unwrap();
-        assert_eq!(l.kernel.start, RAM_BASE);
-        assert_eq!(l.kernel.size, 50 << 20);
-        assert_eq!(l.dtb(), RAM_BASE + (510 << 20));
-        assert_eq!(l.dtb() % DTB_ALIGN, 0);
+        assert_eq!(l.kernel.start(), Ipa::new(RAM_BASE));
+        assert_eq!(l.kernel.len(), 50 << 20);
+        assert_eq!(l.dtb(), Ipa::new(RAM_BASE + (510 << 20)));
+        assert!(l.dtb().is_aligned(DTB_ALIGN));
         let i = l.initrd.unwrap();
-        assert_eq!(i.start % INITRD_ALIGN, 0);
-        assert!(i.end() <= l.dtb_region.start);
+        assert!(i.start().is_aligned(INITRD_ALIGN));
+        assert!(i.end() <= l.dtb_region.start());
         assert!(!i.overlaps(&l.kernel));
         assert!(!l.dtb_region.overlaps(&l.kernel));
         for r in [l.kernel, i, l.dtb_region] {
-            assert!(l.ram.contains(&r), "{r}");
+            assert!(l.ram.contains_range(&r), "{r}");
         }
+        assert_eq!(l.kernel.to_string(), "0x40000000..0x43200000");
     }
 
     #[test]
@@ -321,8 +283,8 @@ mod tests {
         let mut r = req(64 << 20, 8 << 20, None);
         r.text_offset = LEGACY_TEXT_OFFSET;
         let l = place(&r).unwrap();
-        assert_eq!(l.kernel.start, RAM_BASE + 0x8_0000);
-        assert_eq!((l.kernel.start - r.text_offset) % KERNEL_ALIGN, 0);
+        assert_eq!(l.kernel.start(), Ipa::new(RAM_BASE + 0x8_0000));
+        assert!((l.kernel.start() - r.text_offset).is_aligned(KERNEL_ALIGN));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::config::{
 };
 use crate::fdt::{guest_dtb, DtbInput};
 use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
-use crate::layout::{place, Layout, LayoutRequest, Region, RAM_BASE};
+use crate::layout::{place, Layout, LayoutRequest, RAM_BASE};
 use crate::pci::{self, Bdf, PciDevice};
 use crate::size::format_size;
 use alloc::borrow::Cow;
@@ -24,7 +24,7 @@ use core::ops::Range;
 use platform::virt::{pci_intx_spi, pci_mmio_slice};
 use smmu::{Refusal as SmmuRefusal, SmmuFeatures};
 use stage2::geometry::{Geometry, GeometryError};
-use stage2::{CpuFeatures, Granule, GranuleRefusal, Stage};
+use stage2::{AddrRange, CpuFeatures, Granule, GranuleRefusal, Ipa, Stage};
 
 /// Where the files a config names come from: the disk (the CLI, relative to the config file)
 /// or a boot bundle (relative to the archive root). Paths are passed as written in the config.
@@ -192,7 +192,7 @@ pub struct LoadItem<'p> {
     /// `kernel`, `initrd` or `dtb`.
     pub what: &'static str,
     /// Its IPA.
-    pub ipa: u64,
+    pub ipa: Ipa,
     /// Its bytes.
     pub data: &'p [u8],
 }
@@ -246,7 +246,7 @@ pub struct VmPlan<'a> {
     /// The PCI functions the VM owns (`[[vm.pci]]`), each with its place on the root bus.
     pub pci: Vec<(Bdf, PciDevice)>,
     /// Its slice of the PCI memory window (IPA = PA), when it owns functions.
-    pub pci_window: Option<Region>,
+    pub pci_window: Option<AddrRange<Ipa>>,
 }
 
 impl VmPlan<'_> {
@@ -255,13 +255,13 @@ impl VmPlan<'_> {
         let mut v = Vec::with_capacity(3);
         v.push(LoadItem {
             what: "kernel",
-            ipa: self.layout.kernel.start,
+            ipa: self.layout.kernel.start(),
             data: &self.kernel,
         });
         if let (Some(r), Some(d)) = (self.layout.initrd, self.initrd) {
             v.push(LoadItem {
                 what: "initrd",
-                ipa: r.start,
+                ipa: r.start(),
                 data: d,
             });
         }
@@ -376,7 +376,7 @@ impl SystemPlan<'_> {
                 h.flags
             );
             if let Some(r) = vm.layout.initrd {
-                let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.size);
+                let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.len());
             }
             let _ = writeln!(
                 s,
@@ -554,13 +554,15 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         &mut self,
         vm: &VmConfig,
         geo: &Geometry,
-        pci_window: Option<Region>,
+        pci_window: Option<AddrRange<Ipa>>,
     ) -> Option<u64> {
-        let mut worst = geo.table_budget(RAM_BASE..RAM_BASE + vm.memory);
+        // RAM beyond the last IPA is refused by the layout; its budget does not matter.
+        let mut worst = AddrRange::from_start_len(Ipa::new(RAM_BASE), vm.memory)
+            .map_or(u64::MAX, |ram| geo.table_budget(ram));
         if let Some(w) = pci_window {
             // The PCI window is mapped too (pages): its tables beside the RAM's, sharing the
             // root (an upper-level table both use is counted twice: a cap, never short).
-            worst += geo.table_budget(w.start..w.start + w.size) - geo.root_bytes();
+            worst = worst.saturating_add(geo.table_budget(w) - geo.root_bytes());
         }
         let Some(asked) = vm.stage2.table_memory else {
             return Some(worst);
@@ -586,7 +588,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         vm: &VmConfig,
         cpus: Range<u32>,
         first_pci: usize,
-        pci_window: Option<Region>,
+        pci_window: Option<AddrRange<Ipa>>,
     ) -> Option<VmPlan<'a>> {
         let before = self.errors.len();
         let cpu = self.host.cpu;
@@ -810,7 +812,7 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         if !vm.pci.is_empty() {
             let (start, size) = pci_mmio_slice(windows);
             windows += 1;
-            pci_window = Some(Region { start, size });
+            pci_window = AddrRange::from_start_len(Ipa::new(start), size).ok();
             for i in 0..vm.pci.len() {
                 let Some(bdf) = pci::place(used_pci + i) else {
                     break;

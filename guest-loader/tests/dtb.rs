@@ -218,7 +218,10 @@ fn two_vcpu_16k_guest_with_initrd() {
         &[
             ("bootargs", "\"console=ttyAMA0 arm64.pagesize=16k\""),
             ("stdout-path", "\"/pl011@9000000\""),
-            ("linux,initrd-start", &format!("<0x00 {:#x}>", initrd.start)),
+            (
+                "linux,initrd-start",
+                &format!("<0x00 {:#x}>", initrd.start()),
+            ),
             ("linux,initrd-end", &format!("<0x00 {:#x}>", initrd.end())),
         ],
     );
@@ -286,21 +289,15 @@ fn hypervisor_node_tells_the_stage2_granule_not_the_page_size() {
 #[test]
 fn pcie_host_bridge_for_a_vm_with_devices() {
     use guest_loader::fdt::{guest_dtb, DtbInput};
-    use guest_loader::layout::Region;
+    use stage2::{AddrRange, Ipa};
     let dtb = guest_dtb(&DtbInput {
         vcpus: 1,
-        ram: Region {
-            start: 0x4000_0000,
-            size: 256 << 20,
-        },
+        ram: AddrRange::from_start_len(Ipa::new(0x4000_0000), 256 << 20).unwrap(),
         cmdline: "console=ttyAMA0",
         initrd: None,
         stage2_granule: guest_loader::Granule::K16,
         ipa_bits: 40,
-        pci_window: Some(Region {
-            start: 0x1400_0000,
-            size: 0x400_0000,
-        }),
+        pci_window: Some(AddrRange::from_start_len(Ipa::new(0x1400_0000), 0x400_0000).unwrap()),
         pmu: false,
     })
     .unwrap();

@@ -8,6 +8,7 @@ use guest_loader::layout::{DTB_REGION, RAM_BASE};
 use guest_loader::plan::{plan_text, Refusal, Source, SystemPlan};
 use guest_loader::Granule;
 use guest_loader::{Errors, Host};
+use stage2::Ipa;
 
 fn vm(extra: &str) -> String {
     format!("[[vm]]\nname = \"t\"\nmemory = \"256M\"\n{extra}\n")
@@ -296,15 +297,15 @@ fn layout_and_load_items() {
     );
     let v = &p.vms[0];
     assert!(v.kernel_gzip);
-    assert_eq!(v.layout.kernel.start, RAM_BASE);
-    assert_eq!(v.layout.kernel.size, IMAGE_SIZE);
-    assert_eq!(v.layout.kernel_file.size, 64 << 10);
-    let ram_end = RAM_BASE + (256 << 20);
+    assert_eq!(v.layout.kernel.start(), Ipa::new(RAM_BASE));
+    assert_eq!(v.layout.kernel.len(), IMAGE_SIZE);
+    assert_eq!(v.layout.kernel_file.len(), 64 << 10);
+    let ram_end = Ipa::new(RAM_BASE + (256 << 20));
     assert_eq!(v.layout.dtb(), ram_end - DTB_REGION);
     let initrd = v.layout.initrd.unwrap();
-    assert_eq!(initrd.size, 1 << 20);
+    assert_eq!(initrd.len(), 1 << 20);
     assert!(initrd.end() <= v.layout.dtb());
-    assert!(initrd.start >= v.layout.kernel.end());
+    assert!(initrd.start() >= v.layout.kernel.end());
     let items = v.load_items();
     let what: Vec<_> = items
         .iter()
@@ -313,8 +314,8 @@ fn layout_and_load_items() {
     assert_eq!(
         what,
         [
-            ("kernel", RAM_BASE, 64 << 10),
-            ("initrd", initrd.start, 1 << 20),
+            ("kernel", Ipa::new(RAM_BASE), 64 << 10),
+            ("initrd", initrd.start(), 1 << 20),
             ("dtb", v.layout.dtb(), v.dtb.len())
         ]
     );
@@ -429,7 +430,7 @@ fn pci_functions_are_placed_on_the_root_bus_in_config_order() {
     let windows: Vec<_> = p
         .vms
         .iter()
-        .map(|v| v.pci_window.map(|w| (w.start, w.size)))
+        .map(|v| v.pci_window.map(|w| (w.start().get(), w.len())))
         .collect();
     assert_eq!(
         windows,

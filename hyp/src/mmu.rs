@@ -18,8 +18,8 @@ use el2::memmap::align_up;
 use el2::smp;
 use spin::mutex::SpinMutex;
 use stage2::{
-    Attrs, CpuFeatures, Geometry, GeometryError, Granule, MapError, MapOpts, NoMaintenance,
-    PageTable, Regime, MAIR_EL2,
+    AddrRange, Attrs, CpuFeatures, Geometry, GeometryError, Granule, MapError, MapOpts,
+    NoMaintenance, Pa, PageTable, Regime, Va, MAIR_EL2,
 };
 use tock_registers::LocalRegisterCopy;
 
@@ -91,14 +91,15 @@ fn sctlr_on_bits() -> u64 {
         .value
 }
 
-type Table = PageTable<FrameAlloc, NoMaintenance>;
+type Table = PageTable<FrameAlloc, NoMaintenance, Va>;
 
 /// hyp's live EL2 table, once the MMU is on.
 /// Device ranges hyp maps for itself: the console UART, the GIC distributor, its
 /// redistributor regions and the virtio-mmio slots, each at most as many as `Platform` lists.
 const MAX_DEVICE_RANGES: usize = 2 + MAX_REDIST_REGIONS + MAX_VIRTIO_MMIO;
 
-static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance>>> = SpinMutex::new(None);
+static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance, Va>>> =
+    SpinMutex::new(None);
 
 /// Maps `range` (rounded out to the EL2 granule) as Device-nGnRE, read/write, execute-never,
 /// in hyp's live identity map, for devices the boot map did not include. Already-mapped device
@@ -114,7 +115,7 @@ pub fn map_device(range: PhysRange) -> Result<(), MmuError> {
     let e = align_up(range.end(), page).unwrap_or(u64::MAX);
     let mut a = s;
     while a < e {
-        match t.translate(a) {
+        match t.translate(Pa::new(a).identity_va()) {
             Some((_, attrs, _)) if attrs == Attrs::device() => {}
             Some(_) => {
                 return Err(MmuError::NotDevice {
@@ -129,12 +130,12 @@ pub fn map_device(range: PhysRange) -> Result<(), MmuError> {
 }
 
 /// Where `va` translates in hyp's live map: (PA, attributes, level), or `None`.
-pub fn translate(va: u64) -> Option<(u64, Attrs, u32)> {
+pub fn translate(va: Va) -> Option<(Pa, Attrs, u32)> {
     EL2_TABLE.lock().as_mut()?.translate(va)
 }
 
 fn map<M: stage2::Maintenance>(
-    t: &mut PageTable<FrameAlloc, M>,
+    t: &mut PageTable<FrameAlloc, M, Va>,
     what: &'static str,
     start: u64,
     end: u64,
@@ -143,7 +144,9 @@ fn map<M: stage2::Maintenance>(
     if end <= start {
         return Ok(());
     }
-    t.map(start..end, start, attrs, MapOpts::default())
+    // hyp's EL2 map is the identity: each physical range at the same virtual addresses.
+    let pas = AddrRange::new(Pa::new(start), Pa::new(end)).expect("invariant: end > start");
+    t.map(pas.identity_va(), pas.start(), attrs, MapOpts::default())
         .map_err(|err| MmuError::Map {
             what,
             range: PhysRange::new(start, end - start),
@@ -294,7 +297,7 @@ pub fn enable(
     unsafe {
         sysreg::set_mair_el2(MAIR_EL2);
         sysreg::set_tcr_el2(tcr);
-        sysreg::set_ttbr0_el2(ttbr);
+        sysreg::set_ttbr0_el2(ttbr.get());
         barrier::isb();
         tlb::flush_el2_local();
         sysreg::set_sctlr_el2(sctlr);
@@ -315,7 +318,7 @@ pub fn enable(
             geo.tg0()
         );
     }
-    smp::set_secondary_mmu(MAIR_EL2, tcr, ttbr, sctlr);
+    smp::set_secondary_mmu(MAIR_EL2, tcr, ttbr.get(), sctlr);
     Ok(MmuInfo {
         va_bits,
         levels: geo.levels(),

@@ -7,6 +7,7 @@ use el2::cmdline::TestSwitch;
 use el2::dt::Platform;
 use el2::smp;
 use log::info;
+use stage2::Pa;
 
 /// Runs what `hyp.test=` asked for (nothing for a normal boot).
 pub fn run(boot: &Boot) {
@@ -77,13 +78,13 @@ pub fn map_device_test(boot: &Boot) {
     let Some(rtc) = Platform::find_compatible_reg(blob, "arm,pl031") else {
         el2::fatal!("no arm,pl031 in the device tree");
     };
-    if mmu::translate(rtc.base).is_some() {
+    if mmu::translate(Pa::new(rtc.base).identity_va()).is_some() {
         el2::fatal!("{rtc} is already mapped before map_device");
     }
     if let Err(e) = mmu::map_device(rtc) {
         el2::fatal!("map_device {rtc}: {e}");
     }
-    let Some((pa, attrs, level)) = mmu::translate(rtc.base) else {
+    let Some((pa, attrs, level)) = mmu::translate(Pa::new(rtc.base).identity_va()) else {
         el2::fatal!("{rtc} not mapped after map_device");
     };
     let id = |off: u64| {

@@ -29,7 +29,7 @@ use smmu::{
     EventQueue, Refusal, SmmuFeatures, SmmuMirror, Ste,
 };
 use spin::mutex::SpinMutex;
-use stage2::{Geometry, Granule, TableAlloc};
+use stage2::{Geometry, Granule, Pa, TableAlloc};
 use tock_registers::LocalRegisterCopy;
 
 use crate::mem;
@@ -55,7 +55,7 @@ const CR2_RECINVSID_PTM: u32 = 0b110;
 
 /// Words of DMA-visible memory made of consecutive 4 KiB frames from hyp's allocator.
 struct Frames {
-    base: u64,
+    base: Pa,
     frames: usize,
 }
 
@@ -72,7 +72,8 @@ impl Frames {
             i / per < self.frames,
             "invariant: word {i} inside the frames"
         );
-        &fa.table(self.base + (i / per) as u64 * FRAME.size(), FRAME)[i % per]
+        let frame = self.base.wrapping_add((i / per) as u64 * FRAME.size());
+        &fa.table(frame, FRAME)[i % per]
     }
 }
 
@@ -306,14 +307,14 @@ impl Smmu {
             .value,
         );
         s.w32(offset::CR2, CR2_RECINVSID_PTM);
-        s.w64(offset::STRTAB_BASE, s.strtab.base);
+        s.w64(offset::STRTAB_BASE, s.strtab.base.get());
         s.w32(
             offset::STRTAB_BASE_CFG,
             (STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(sid_log2)).value,
         );
         s.w64(
             offset::CMDQ_BASE,
-            (QUEUE_BASE::ADDR.val(s.cmdq_mem.base >> 5)
+            (QUEUE_BASE::ADDR.val(s.cmdq_mem.base.get() >> 5)
                 + QUEUE_BASE::LOG2SIZE.val(cmdq_log2.into()))
             .value,
         );
@@ -321,7 +322,7 @@ impl Smmu {
         s.w32(offset::CMDQ_CONS, 0);
         s.w64(
             offset::EVENTQ_BASE,
-            (QUEUE_BASE::ADDR.val(s.evtq_mem.base >> 5)
+            (QUEUE_BASE::ADDR.val(s.evtq_mem.base.get() >> 5)
                 + QUEUE_BASE::LOG2SIZE.val(evtq_log2.into()))
             .value,
         );
@@ -404,7 +405,7 @@ impl Smmu {
         self.features
             .check(a.geometry, pa_bits)
             .map_err(AssignError::Refused)?;
-        if a.ram.end > 1 << pa_bits || a.root >= 1 << pa_bits {
+        if a.ram.end > 1 << pa_bits || a.root.get() >= 1 << pa_bits {
             return Err(AssignError::Refused(Refusal::OutputSize {
                 pa_bits: 64 - a.ram.end.leading_zeros(),
                 oas_bits: pa_bits,
@@ -467,7 +468,7 @@ pub struct Assignment<'a> {
     /// Its stage-2 geometry (the plan's, with the encoding the SMMU reads).
     pub geometry: &'a Geometry,
     /// Its stage-2 root table.
-    pub root: u64,
+    pub root: Pa,
     /// Its RAM, as host physical addresses.
     pub ram: Range<u64>,
     /// Its functions.

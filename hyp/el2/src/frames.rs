@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
-use stage2::{Granule, TableAlloc};
+use stage2::{Granule, Pa, TableAlloc};
 
 use crate::dt::PhysRange;
 use crate::memmap::PhysBump;
@@ -68,7 +68,10 @@ impl FrameAlloc {
         self.live_bytes
     }
 
-    fn check(&self, pa: u64, bytes: u64) -> *mut u64 {
+    /// The identity-mapped pointer to the table memory `pa..pa + bytes`, checked to lie in
+    /// our frame range.
+    fn check(&self, pa: Pa, bytes: u64) -> *mut u64 {
+        let pa = pa.get();
         let end = pa.checked_add(bytes);
         if !pa.is_multiple_of(8)
             || !self.bounds.contains(pa)
@@ -86,7 +89,7 @@ impl FrameAlloc {
 }
 
 impl TableAlloc for FrameAlloc {
-    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa> {
         let bytes = granule.size().checked_mul(count as u64)?;
         let pa = match self.free.iter().position(|&(_, b)| b == bytes) {
             Some(i) if self.free[i].0.is_multiple_of(bytes) => self.free.swap_remove(i).0,
@@ -95,6 +98,7 @@ impl TableAlloc for FrameAlloc {
                 Source::Pool(b) => b.alloc(bytes, bytes)?,
             },
         };
+        let pa = Pa::new(pa);
         let p = self.check(pa, bytes);
         // SAFETY: `pa..pa + bytes` came from the source (or our free list of its frames),
         // which `new`'s contract makes RAM, identity mapped, writable and ours alone.
@@ -103,13 +107,13 @@ impl TableAlloc for FrameAlloc {
         Some(pa)
     }
 
-    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
+    fn free(&mut self, pa: Pa, granule: Granule, count: usize) {
         let bytes = granule.size() * count as u64;
         self.live_bytes = self.live_bytes.saturating_sub(bytes);
-        self.free.push((pa, bytes));
+        self.free.push((pa.get(), bytes));
     }
 
-    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
+    fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64] {
         let p = self.check(pa, granule.size()).cast::<AtomicU64>();
         // SAFETY: `pa` is a table this allocator handed out (TableAlloc's contract, and
         // `check` keeps it inside our RAM and 8-byte aligned, as `AtomicU64` needs); it is
@@ -120,7 +124,7 @@ impl TableAlloc for FrameAlloc {
         unsafe { core::slice::from_raw_parts(p, granule.entries()) }
     }
 
-    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
+    fn fresh_table(&mut self, pa: Pa, granule: Granule) -> &mut [AtomicU64] {
         let p = self.check(pa, granule.size()).cast::<AtomicU64>();
         // SAFETY: as in `table`; the `&mut self` borrow makes this the only slice of it.
         // TableAlloc's contract: stage2 asks only for tables not yet published, which no
@@ -178,7 +182,10 @@ mod hw {
                 MaintOp::TlbiAlle2is => raw::alle2is(),
                 MaintOp::TlbiVaae1is { operand } => raw::vaae1is(operand),
                 MaintOp::TlbiVmalle1Current => raw::vmalle1is(),
-                MaintOp::CleanDcachePoc { pa, len } => cache::clean_invalidate_to_poc(pa, len),
+                MaintOp::CleanDcachePoc { pa, len } => {
+                    // hyp's EL2 map of RAM is the identity.
+                    cache::clean_invalidate_to_poc(pa.identity_va().get(), len)
+                }
                 MaintOp::InvalidateIcachePou { .. } => cache::invalidate_icache_all(),
             }
         }
@@ -217,7 +224,7 @@ mod tests {
         // SAFETY: `source` hands out pieces of the leaked arena `r` only.
         let mut a = unsafe { FrameAlloc::new(source, r) };
         let t = a.alloc(Granule::K16, 2).unwrap();
-        assert_eq!(t % 0x8000, 0);
+        assert!(t.is_aligned(0x8000u64));
         assert!(a
             .table(t, Granule::K16)
             .iter()
@@ -246,13 +253,14 @@ mod tests {
         let mut a = unsafe { FrameAlloc::pool(pool) };
         let root = a.alloc(Granule::K16, 2).unwrap();
         assert_eq!(
-            root, pool.base,
+            root.get(),
+            pool.base,
             "an aligned pool loses nothing to alignment"
         );
-        let t: Vec<u64> = (0..3).map(|_| a.alloc(Granule::K16, 1).unwrap()).collect();
+        let t: Vec<Pa> = (0..3).map(|_| a.alloc(Granule::K16, 1).unwrap()).collect();
         assert!(t
             .iter()
-            .all(|&f| pool.contains(f) && f + 0x4000 <= pool.end()));
+            .all(|&f| pool.contains(f.get()) && f.get() + 0x4000 <= pool.end()));
         // The budget is spent: the next table fails, and only here.
         assert!(a.alloc(Granule::K16, 1).is_none());
         a.free(t[1], Granule::K16, 1);
@@ -271,6 +279,6 @@ mod tests {
         let r = arena(0x10000);
         // SAFETY: `source` is never called by this test.
         let a = unsafe { FrameAlloc::new(source, r) };
-        let _ = a.table(r.end(), Granule::K4);
+        let _ = a.table(Pa::new(r.end()), Granule::K4);
     }
 }

@@ -116,7 +116,8 @@ mod tests {
     use alloc::vec::Vec;
     use core::cell::RefCell;
     use stage2::{
-        check_bbm, Attrs, CpuFeatures, Event, Geometry, Granule, MapOpts, PageTable, VecAlloc,
+        check_bbm, AddrRange, Attrs, CpuFeatures, Event, Geometry, Granule, Ipa, MapOpts, Pa,
+        PageTable, VecAlloc,
     };
 
     /// One log for the CPU-side events and the SMMU's commands, in program order.
@@ -219,7 +220,7 @@ mod tests {
             for later in &view[i + 1..] {
                 match *later {
                     Event::Op(MaintOp::TlbiIpas2e1is { operand, .. })
-                        if operand == stage2::tlbi_ipa_operand(input) =>
+                        if operand == stage2::tlbi_ipa_operand(stage2::Ipa::new(input)) =>
                     {
                         invalidated = true
                     }
@@ -258,18 +259,34 @@ mod tests {
         let block = pt.geometry().block_size(2).unwrap();
         let base = 4 * block;
         let ram = Attrs::ram();
-        pt.map(base..base + 2 * block, 0x8000_0000, ram, MapOpts::default())
-            .unwrap();
+        let r = |a: u64, b: u64| AddrRange::try_from(Ipa::new(a)..Ipa::new(b)).unwrap();
+        pt.map(
+            r(base, base + 2 * block),
+            Pa::new(0x8000_0000),
+            ram,
+            MapOpts::default(),
+        )
+        .unwrap();
         // A page inside the first block moves elsewhere: the block is split (BBM).
-        pt.map(base + p..base + 2 * p, 0x9000_0000, ram, MapOpts::PAGES)
+        pt.map(
+            r(base + p, base + 2 * p),
+            Pa::new(0x9000_0000),
+            ram,
+            MapOpts::PAGES,
+        )
+        .unwrap();
+        pt.protect(r(base, base + 8 * p), Attrs::ram().read_only())
             .unwrap();
-        pt.protect(base..base + 8 * p, Attrs::ram().read_only())
-            .unwrap();
-        pt.unmap(base + 3 * p..base + 5 * p).unwrap();
-        pt.unmap(base..base + 2 * block).unwrap();
-        pt.map(base..base + 16 * p, 0xa000_0000, ram, MapOpts::PAGES)
-            .unwrap();
-        pt.unmap(base..base + 16 * p).unwrap();
+        pt.unmap(r(base + 3 * p, base + 5 * p)).unwrap();
+        pt.unmap(r(base, base + 2 * block)).unwrap();
+        pt.map(
+            r(base, base + 16 * p),
+            Pa::new(0xa000_0000),
+            ram,
+            MapOpts::PAGES,
+        )
+        .unwrap();
+        pt.unmap(r(base, base + 16 * p)).unwrap();
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `VTCR_EL2` bits \[18:0\], so they are copied from [`Geometry::vtcr_el2`] — the value the CPU
 //! side loads — never computed a second way. Every other StreamID gets an abort STE.
 
-use stage2::Geometry;
+use stage2::{Geometry, Pa};
 
 /// The 64-byte entry as the SMMU reads it (little-endian 64-bit words).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,14 +59,14 @@ impl Ste {
     /// output size (the smaller of the CPU's `PARange` and the SMMU's `OAS`, already checked
     /// with [`crate::SmmuFeatures::check`]). `S2FWB` follows `geometry.fwb()`: the SMMU then
     /// reads the same attribute encoding the CPU does.
-    pub fn stage2(geometry: &Geometry, vmid: u16, root: u64, pa_bits: u32, vmid16: bool) -> Ste {
+    pub fn stage2(geometry: &Geometry, vmid: u16, root: Pa, pa_bits: u32, vmid16: bool) -> Ste {
         let vtcr = geometry.vtcr_el2(pa_bits, vmid16) & VTCR_BLOCK_MASK;
         let fwb = if geometry.fwb() { W1_S2FWB } else { 0 };
         Ste([
             W0_V | CONFIG_S2_ONLY << W0_CONFIG_SHIFT,
             W1_SHCFG_INCOMING | fwb,
             u64::from(vmid) & W2_S2VMID_MASK | vtcr << W2_VTCR_SHIFT | W2_S2AA64 | W2_S2R,
-            root & W3_S2TTB_MASK,
+            root.get() & W3_S2TTB_MASK,
             0,
             0,
             0,
@@ -121,7 +121,7 @@ mod tests {
 
     fn ste(g: Granule, ipa: u32, pa: u32) -> Ste {
         let geo = Geometry::stage2(g, ipa, &cpu(false)).unwrap();
-        Ste::stage2(&geo, 0x2a, 0x4123_4000, pa, true)
+        Ste::stage2(&geo, 0x2a, Pa::new(0x4123_4000), pa, true)
     }
 
     /// Golden words, computed by hand from IHI 0070 §5.2 and Arm ARM D19.2.175 (VTCR_EL2):
@@ -155,12 +155,12 @@ mod tests {
             for ipa in [32, 36, 40, 42, 44] {
                 for fwb in [false, true] {
                     let geo = Geometry::stage2(g, ipa, &cpu(fwb)).unwrap();
-                    let t = Ste::stage2(&geo, 7, 0x8000_0000, 44, false);
+                    let t = Ste::stage2(&geo, 7, Pa::new(0x8000_0000), 44, false);
                     assert_eq!(t.vtcr_block(), geo.vtcr_el2(44, false) & VTCR_BLOCK_MASK);
                     assert_eq!((t.valid(), t.config(), t.vmid()), (true, 0b110, 7));
                     assert_eq!(t.s2ttb(), 0x8000_0000);
                     assert_eq!(t.s2fwb(), fwb, "S2FWB must follow the tables' encoding");
-                    let plain = Ste::stage2(&geo.without_fwb(), 7, 0x8000_0000, 44, false);
+                    let plain = Ste::stage2(&geo.without_fwb(), 7, Pa::new(0x8000_0000), 44, false);
                     assert!(!plain.s2fwb());
                     // Never hardware flag updates, stalls or AF-fault suppression.
                     assert_eq!(t.0[2] & (W2_S2HD_HA | W2_S2S | W2_S2AFFD), 0);

@@ -34,7 +34,7 @@ use platform::virt::{
 };
 use spin::mutex::SpinMutex;
 use spin::Once;
-use stage2::{Attrs, MapOpts, PageTable, VmidAllocator};
+use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa, PageTable, VmidAllocator};
 use vdev::console::OutQueue;
 use vdev::idregs::{GuestIdRegs, IdPolicy};
 use vdev::pci::{ConfigSpace, PciView};
@@ -245,6 +245,7 @@ impl Vm {
         let mut window_leaves = 0;
         let mut bad = None;
         pt.for_each_leaf(|ipa, pa, size| {
+            let (ipa, pa) = (ipa.get(), pa.get());
             // Its PCI window: device memory at IPA = PA, where its BARs decode.
             if let Some(w) = &self.pci_window {
                 if ipa >= w.start && ipa.checked_add(size).is_some_and(|e| e <= w.end) {
@@ -565,7 +566,7 @@ fn create(
     let maint = crate::smmu::maintenance(vmid.get(), owns_devices);
     let mut pt =
         PageTable::with_vmid(geo, vmid.get(), frames, maint).map_err(VmFailure::Stage2Root)?;
-    let ram_ipa = vp.layout.ram.start;
+    let ram_ipa = vp.layout.ram.start().get();
     debug_assert_eq!(ram_ipa, RAM_BASE);
     let eager = vp.mapping == Mapping::Eager;
     if eager {
@@ -575,7 +576,9 @@ fn create(
             skip_cmo: true,
             pages_only: !boot.cmdline.stage2_blocks,
         };
-        pt.map(ram_ipa..ram_ipa + memory, pa, Attrs::ram(), opts)
+        AddrRange::from_start_len(Ipa::new(ram_ipa), memory)
+            .map_err(MapError::from)
+            .and_then(|ram| pt.map(ram, Pa::new(pa), Attrs::ram(), opts))
             .map_err(VmFailure::Stage2Map)?;
     }
     // Scrub: the VM's RAM starts as zeros, whatever hyp, firmware or an earlier user left
@@ -590,12 +593,12 @@ fn create(
     }
     // Load the images.
     for item in vp.load_items() {
-        let off = item.ipa.wrapping_sub(ram_ipa);
+        let off = item.ipa.get().wrapping_sub(ram_ipa);
         let len = item.data.len() as u64;
-        if item.ipa < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
+        if item.ipa.get() < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
             return Err(VmFailure::LoadOutside {
                 what: item.what,
-                ipa: item.ipa,
+                ipa: item.ipa.get(),
                 len,
             });
         }
@@ -718,8 +721,8 @@ fn create(
         ram_pa: pa,
         ram_size: memory,
         gicr_size,
-        entry: vp.layout.kernel.start,
-        dtb: vp.layout.dtb(),
+        entry: vp.layout.kernel.start().get(),
+        dtb: vp.layout.dtb().get(),
         idregs,
         s2: SpinMutex::new(pt),
         owns_devices,
@@ -728,7 +731,7 @@ fn create(
         pci_window: vp
             .pci_window
             .filter(|_| owns_devices)
-            .map(|w| w.start..w.start + w.size),
+            .map(|w| w.start().get()..w.end().get()),
         lazy_chunk,
         // Device-visible memory stays mapped while a device may use it: hyp.stress does not
         // touch a VM that owns devices.
@@ -769,7 +772,7 @@ fn create(
 /// at IPA = PA (the BARs, whose addresses `PciView` confines to the slice, decode there).
 fn pci_view(
     vp: &VmPlan<'_>,
-    window: guest_loader::layout::Region,
+    window: AddrRange<Ipa>,
     pt: &mut PageTable<FrameAlloc, VmMaintenance>,
 ) -> Result<(PciView, Vec<u32>), VmFailure> {
     let Some(mut ecam) = crate::pci::host() else {
@@ -802,9 +805,14 @@ fn pci_view(
         log::debug!("vm {}: pci {bdf}: memory BARs {bars:x?}", vp.name);
         functions.push((*bdf, bars));
     }
-    let range = window.start..window.start + window.size;
-    pt.map(range.clone(), window.start, Attrs::device(), MapOpts::PAGES)
-        .map_err(VmFailure::Stage2Map)?;
+    pt.map(
+        window,
+        window.start().identity_pa(),
+        Attrs::device(),
+        MapOpts::PAGES,
+    )
+    .map_err(VmFailure::Stage2Map)?;
+    let range = window.start().get()..window.end().get();
     Ok((PciView::new(&functions, range, &mut ecam), intx))
 }
 

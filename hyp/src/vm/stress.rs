@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use el2::arch::cache;
 use el2::frames::FrameAlloc;
 use spin::mutex::SpinMutex;
-use stage2::{Attrs, MapOpts, PageTable};
+use stage2::{AddrRange, Attrs, Ipa, MapOpts, Pa, PageTable};
 
 /// Pages changed per stress step.
 const PAGES_PER_STEP: usize = 4;
@@ -159,7 +159,10 @@ impl Stress {
             if st.pinned(idx) {
                 continue;
             }
-            let ipa = ram_ipa + idx * page;
+            let ipa = Ipa::new(ram_ipa + idx * page);
+            let Ok(ipas) = AddrRange::from_start_len(ipa, page) else {
+                continue;
+            };
             // Only pages mapped as pages of the VM's granule (not blocks): a block would be
             // split, which is the library's business but not this stress's.
             let Some((pa, attrs, level)) = pt.translate(ipa) else {
@@ -175,7 +178,7 @@ impl Stress {
             };
             match op {
                 Op::Unmap => {
-                    pt.unmap(ipa..ipa + page)
+                    pt.unmap(ipas)
                         .map_err(|e| alloc::format!("stress: unmap of IPA {ipa:#x}: {e}"))?;
                     self.unmapped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -183,10 +186,9 @@ impl Stress {
                     if !attrs.write {
                         continue;
                     }
-                    pt.protect(ipa..ipa + page, attrs.read_only())
-                        .map_err(|e| {
-                            alloc::format!("stress: write-protect of IPA {ipa:#x}: {e}")
-                        })?;
+                    pt.protect(ipas, attrs.read_only()).map_err(|e| {
+                        alloc::format!("stress: write-protect of IPA {ipa:#x}: {e}")
+                    })?;
                     self.protected.fetch_add(1, Ordering::Relaxed);
                 }
                 Op::Migrate => {
@@ -196,7 +198,7 @@ impl Stress {
                     // Break: after this returns, the entry is invalid and every CPU's TLB
                     // entries for the IPA in this VMID are gone (TLBI IPAS2E1IS + DSB ISH), so
                     // no vCPU can write the old frame while it is copied.
-                    if let Err(e) = pt.unmap(ipa..ipa + page) {
+                    if let Err(e) = pt.unmap(ipas) {
                         st.free.push(new);
                         return Err(alloc::format!(
                             "stress: unmap of IPA {ipa:#x} to migrate it: {e}"
@@ -205,13 +207,17 @@ impl Stress {
                     // Without FEAT_S2FWB the guest may have written the old frame through a
                     // non-cacheable stage-1 mapping (Arm ARM D8.6.6, combining stage-1 and
                     // stage-2 attributes): drop any stale lines before reading it cacheably.
-                    cache::clean_invalidate_to_poc(pa, page);
+                    cache::clean_invalidate_to_poc(pa.identity_va().get(), page);
                     // SAFETY: `pa` is the frame this IPA mapped (now unmapped, so no guest
                     // access races the copy: other vCPUs fault and wait for the s2 lock held
                     // by the caller), `new` a frame of the same size no mapping uses; both
                     // are identity-mapped host RAM and do not overlap.
                     unsafe {
-                        el2::arch::guest::copy_bulk(new as *mut u8, pa as *const u8, page as usize)
+                        el2::arch::guest::copy_bulk(
+                            new as *mut u8,
+                            pa.identity_va().get() as *const u8,
+                            page as usize,
+                        )
                     };
                     // The guest may map the page non-cacheable at stage 1 (without FWB): make
                     // the copy visible at the point of coherency, and drop instructions
@@ -222,14 +228,14 @@ impl Stress {
                         skip_cmo: true,
                         pages_only: true,
                     };
-                    pt.map(ipa..ipa + page, new, Attrs::ram(), opts)
+                    pt.map(ipas, Pa::new(new), Attrs::ram(), opts)
                         .map_err(|e| {
                             alloc::format!(
                                 "stress: map of IPA {ipa:#x} to migrated frame {new:#x}: {e}"
                             )
                         })?;
                     st.moved.insert(idx, new);
-                    st.free.push(pa);
+                    st.free.push(pa.get());
                     self.migrated.fetch_add(1, Ordering::Relaxed);
                 }
             }

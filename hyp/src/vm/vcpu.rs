@@ -17,7 +17,7 @@ use el2::exc::{self, SPSR_EL1H_MASKED};
 use el2::trap::{Kind, Source, Vector};
 use platform::esr::Esr;
 use platform::virt::{MAINTENANCE_INTID, UART_INTID};
-use stage2::{Attrs, MapOpts};
+use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
 use vdev::mmio::MmioError;
@@ -785,20 +785,21 @@ impl Vcpu {
                 let mut pt = vm.s2.lock();
                 let page = pt.geometry().page_size();
                 let start = ipa & !(page - 1);
-                match pt.translate(ipa) {
+                match pt.translate(Ipa::new(ipa)) {
                     // Unmapped meanwhile (a stress step): retry, which faults as translation.
                     None => return true,
                     // Another vCPU restored it meanwhile.
                     Some((_, attrs, _)) if attrs.write => return true,
                     Some((_, attrs, _)) => {
                         // Only hyp write-protects guest RAM; restore what the stress took.
-                        if let Err(e) = pt.protect(
-                            start..start + page,
-                            Attrs {
-                                write: true,
-                                ..attrs
-                            },
-                        ) {
+                        let write = Attrs {
+                            write: true,
+                            ..attrs
+                        };
+                        let r = AddrRange::from_start_len(Ipa::new(start), page)
+                            .map_err(MapError::from)
+                            .and_then(|page| pt.protect(page, write));
+                        if let Err(e) = r {
                             drop(pt);
                             vm.stop(
                                 VmState::Killed,
@@ -836,13 +837,17 @@ impl Vcpu {
             ..MapOpts::default()
         };
         // Another vCPU may have mapped it meanwhile (this vCPU needs it all the same).
-        if pt.translate(ipa).is_some() {
+        if pt.translate(Ipa::new(ipa)).is_some() {
             if let Some(st) = stress {
                 st.pin(self.id, self.regs.elr, start / chunk);
             }
             return true;
         }
-        match pt.map(vm.ram_ipa + start..vm.ram_ipa + end, pa, Attrs::ram(), opts) {
+        let ipas = AddrRange::new(Ipa::new(vm.ram_ipa + start), Ipa::new(vm.ram_ipa + end));
+        match ipas
+            .map_err(MapError::from)
+            .and_then(|ipas| pt.map(ipas, Pa::new(pa), Attrs::ram(), opts))
+        {
             Ok(()) => {
                 vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
                 if let Some(st) = stress {
@@ -855,7 +860,7 @@ impl Vcpu {
                 let budget = pt.allocator().live_bytes();
                 drop(pt);
                 let why = match e {
-                    stage2::MapError::NoMemory { .. } => format_args!(
+                    MapError::NoMemory { .. } => format_args!(
                         "stage-2 table budget exhausted ({budget} bytes in use) mapping IPA {ipa:#x}; raise stage2.table_memory"
                     ),
                     _ => format_args!("stage-2 map of IPA {ipa:#x} failed: {e}"),

@@ -19,6 +19,7 @@
 //! the compiler fill it with whatever stores it likes. The table becomes live with one
 //! `publish_entry` of its descriptor, which orders the fill before it.
 
+use crate::addr::Pa;
 use crate::attrs::{DESC_OA_MASK, DESC_TABLE, DESC_TYPE_MASK};
 use crate::{Geometry, Granule};
 use alloc::collections::BTreeMap;
@@ -31,77 +32,74 @@ pub trait TableAlloc {
     /// Allocates `count` contiguous tables of `granule` size, aligned to their total size
     /// (`count * granule.size()`, as concatenated stage-2 roots need) and zeroed. Returns the
     /// physical address of the first, or `None` when out of memory.
-    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64>;
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa>;
 
     /// Returns `count` tables at `pa` from an earlier `alloc(granule, count)`.
-    fn free(&mut self, pa: u64, granule: Granule, count: usize);
+    fn free(&mut self, pa: Pa, granule: Granule, count: usize);
 
     /// The descriptors of the table of `granule` size at `pa` (one table: `granule.entries()`
     /// entries), as walkers see them: only single-copy-atomic loads and stores are possible.
     /// Only called with addresses this allocator returned and not yet freed.
-    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64];
+    fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64];
 
     /// Exclusive access to the *fresh* table of `granule` size at `pa`: allocated and not yet
     /// published (no walker can reach it), for bulk initialisation through
     /// `AtomicU64::get_mut` (plain stores the compiler may merge). Never called for a live
     /// table: stage2 only calls it for tables it took from its reserve and has not published.
-    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64];
+    fn fresh_table(&mut self, pa: Pa, granule: Granule) -> &mut [AtomicU64];
 
     /// Reads the descriptor at `entry_pa` (inside a table of `granule` size): one 64-bit
     /// load (`Relaxed`: nothing else in memory is read on the strength of it without the
     /// table lock, and stage-2 hardware access-flag/dirty updates are off). The default goes
     /// through [`TableAlloc::table`]; implementations may read it directly.
     #[inline(always)]
-    fn read_entry(&self, entry_pa: u64, granule: Granule) -> u64 {
-        let mask = granule.size() - 1;
-        self.table(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize]
-            .load(Ordering::Relaxed)
+    fn read_entry(&self, entry_pa: Pa, granule: Granule) -> u64 {
+        let i = ((entry_pa.get() & (granule.size() - 1)) >> 3) as usize;
+        self.table(entry_pa.align_down(granule), granule)[i].load(Ordering::Relaxed)
     }
 
     /// Writes the descriptor at `entry_pa` of a live table with one single-copy-atomic 64-bit
     /// store (`Relaxed`: the `DSB`s of the break-before-make sequences order it against the
     /// TLB maintenance for the hardware; see the `table` module).
     #[inline(always)]
-    fn write_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
-        let mask = granule.size() - 1;
-        self.table(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize]
-            .store(value, Ordering::Relaxed);
+    fn write_entry(&mut self, entry_pa: Pa, granule: Granule, value: u64) {
+        let i = ((entry_pa.get() & (granule.size() - 1)) >> 3) as usize;
+        self.table(entry_pa.align_down(granule), granule)[i].store(value, Ordering::Relaxed);
     }
 
     /// Writes a table descriptor that publishes a fresh subtree: one single-copy-atomic
     /// 64-bit `Release` store, so every store that filled the subtree is ordered before it
     /// (KVM's `smp_store_release` of a new table PTE).
     #[inline(always)]
-    fn publish_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
-        let mask = granule.size() - 1;
-        self.table(entry_pa & !mask, granule)[((entry_pa & mask) >> 3) as usize]
-            .store(value, Ordering::Release);
+    fn publish_entry(&mut self, entry_pa: Pa, granule: Granule, value: u64) {
+        let i = ((entry_pa.get() & (granule.size() - 1)) >> 3) as usize;
+        self.table(entry_pa.align_down(granule), granule)[i].store(value, Ordering::Release);
     }
 }
 
 impl<T: TableAlloc + ?Sized> TableAlloc for &mut T {
-    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa> {
         (**self).alloc(granule, count)
     }
-    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
+    fn free(&mut self, pa: Pa, granule: Granule, count: usize) {
         (**self).free(pa, granule, count)
     }
-    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
+    fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64] {
         (**self).table(pa, granule)
     }
-    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
+    fn fresh_table(&mut self, pa: Pa, granule: Granule) -> &mut [AtomicU64] {
         (**self).fresh_table(pa, granule)
     }
     #[inline(always)]
-    fn read_entry(&self, entry_pa: u64, granule: Granule) -> u64 {
+    fn read_entry(&self, entry_pa: Pa, granule: Granule) -> u64 {
         (**self).read_entry(entry_pa, granule)
     }
     #[inline(always)]
-    fn write_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
+    fn write_entry(&mut self, entry_pa: Pa, granule: Granule, value: u64) {
         (**self).write_entry(entry_pa, granule, value)
     }
     #[inline(always)]
-    fn publish_entry(&mut self, entry_pa: u64, granule: Granule, value: u64) {
+    fn publish_entry(&mut self, entry_pa: Pa, granule: Granule, value: u64) {
         (**self).publish_entry(entry_pa, granule, value)
     }
 }
@@ -203,7 +201,7 @@ impl VecAlloc {
 }
 
 impl TableAlloc for VecAlloc {
-    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa> {
         if let Some(n) = self.fail_after {
             if n == 0 {
                 return None;
@@ -242,10 +240,11 @@ impl TableAlloc for VecAlloc {
         self.live_bytes += bytes;
         self.live_allocs += 1;
         self.allocs += 1;
-        Some(pa)
+        Some(Pa::new(pa))
     }
 
-    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
+    fn free(&mut self, pa: Pa, granule: Granule, count: usize) {
+        let pa = pa.get();
         let bytes = granule.size() * count as u64;
         let in_arena = pa >= VecAlloc::BASE
             && pa + bytes <= VecAlloc::BASE + self.arena.len() as u64 * 8
@@ -260,29 +259,29 @@ impl TableAlloc for VecAlloc {
         self.free.push((pa, bytes));
     }
 
-    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
-        let i = self.index(pa);
+    fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64] {
+        let i = self.index(pa.get());
         &self.arena[i..i + granule.entries()]
     }
 
-    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
-        let i = self.index(pa);
+    fn fresh_table(&mut self, pa: Pa, granule: Granule) -> &mut [AtomicU64] {
+        let i = self.index(pa.get());
         &mut self.arena[i..i + granule.entries()]
     }
 
     #[inline(always)]
-    fn read_entry(&self, entry_pa: u64, _granule: Granule) -> u64 {
-        self.arena[self.index(entry_pa)].load(Ordering::Relaxed)
+    fn read_entry(&self, entry_pa: Pa, _granule: Granule) -> u64 {
+        self.arena[self.index(entry_pa.get())].load(Ordering::Relaxed)
     }
 
     #[inline(always)]
-    fn write_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
-        self.arena[self.index(entry_pa)].store(value, Ordering::Relaxed);
+    fn write_entry(&mut self, entry_pa: Pa, _granule: Granule, value: u64) {
+        self.arena[self.index(entry_pa.get())].store(value, Ordering::Relaxed);
     }
 
     #[inline(always)]
-    fn publish_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
-        self.arena[self.index(entry_pa)].store(value, Ordering::Release);
+    fn publish_entry(&mut self, entry_pa: Pa, _granule: Granule, value: u64) {
+        self.arena[self.index(entry_pa.get())].store(value, Ordering::Release);
     }
 }
 
@@ -397,7 +396,7 @@ impl<A: TableAlloc> StoreAudit<A> {
         let g = self.geo.granule();
         let mut bad = Vec::new();
         for (&pa, (_, shadow)) in &self.live {
-            let now = self.inner.table(pa, g);
+            let now = self.inner.table(Pa::new(pa), g);
             if let Some(i) =
                 (0..shadow.len()).find(|&i| now[i].load(Ordering::Relaxed) != shadow[i])
             {
@@ -421,7 +420,7 @@ impl<A: TableAlloc> StoreAudit<A> {
         let g = self.geo.granule();
         let shadow: Vec<u64> = self
             .inner
-            .table(pa, g)
+            .table(Pa::new(pa), g)
             .iter()
             .map(|d| d.load(Ordering::Relaxed))
             .collect();
@@ -460,11 +459,11 @@ impl<A: TableAlloc> StoreAudit<A> {
         let g = self.geo.granule();
         let t = entry_pa & !(g.size() - 1);
         let i = ((entry_pa - t) / 8) as usize;
-        let now = self.inner.read_entry(entry_pa, g);
+        let now = self.inner.read_entry(Pa::new(entry_pa), g);
         if publish {
-            self.inner.publish_entry(entry_pa, g, value);
+            self.inner.publish_entry(Pa::new(entry_pa), g, value);
         } else {
-            self.inner.write_entry(entry_pa, g, value);
+            self.inner.write_entry(Pa::new(entry_pa), g, value);
         }
         let Some((level, shadow)) = self.live.get_mut(&t) else {
             // A fresh table written atomically: allowed (if unusual).
@@ -500,51 +499,55 @@ impl<A: TableAlloc> StoreAudit<A> {
 }
 
 impl<A: TableAlloc> TableAlloc for StoreAudit<A> {
-    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa> {
         let pa = self.inner.alloc(granule, count)?;
+        let raw = pa.get();
         if self.root.is_none() {
-            self.root = Some(pa);
+            self.root = Some(raw);
             let start = self.geo.start_level();
             for k in 0..count as u64 {
-                self.adopt(pa + k * granule.size(), start);
+                self.adopt(raw + k * granule.size(), start);
             }
         }
         Some(pa)
     }
 
-    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
-        if self.root == Some(pa) {
+    fn free(&mut self, pa: Pa, granule: Granule, count: usize) {
+        if self.root == Some(pa.get()) {
             // The whole table goes (destroy): nothing is live any more.
             self.root = None;
             self.live.clear();
         } else {
-            self.detach(pa);
+            self.detach(pa.get());
         }
         self.inner.free(pa, granule, count)
     }
 
-    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
+    fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64] {
         self.inner.table(pa, granule)
     }
 
-    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
-        if self.live.contains_key(&pa) {
-            self.violation(pa, "fresh_table (bulk, non-atomic access) of a live table");
+    fn fresh_table(&mut self, pa: Pa, granule: Granule) -> &mut [AtomicU64] {
+        if self.live.contains_key(&pa.get()) {
+            self.violation(
+                pa.get(),
+                "fresh_table (bulk, non-atomic access) of a live table",
+            );
         }
         self.verify();
         self.inner.fresh_table(pa, granule)
     }
 
-    fn read_entry(&self, entry_pa: u64, granule: Granule) -> u64 {
+    fn read_entry(&self, entry_pa: Pa, granule: Granule) -> u64 {
         self.inner.read_entry(entry_pa, granule)
     }
 
-    fn write_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
-        self.store(entry_pa, value, false);
+    fn write_entry(&mut self, entry_pa: Pa, _granule: Granule, value: u64) {
+        self.store(entry_pa.get(), value, false);
     }
 
-    fn publish_entry(&mut self, entry_pa: u64, _granule: Granule, value: u64) {
-        self.store(entry_pa, value, true);
+    fn publish_entry(&mut self, entry_pa: Pa, _granule: Granule, value: u64) {
+        self.store(entry_pa.get(), value, true);
     }
 }
 
@@ -559,7 +562,7 @@ mod tests {
         let p1 = a.alloc(Granule::K4, 1).unwrap();
         *a.fresh_table(p1, Granule::K4)[3].get_mut() = 7;
         let p16 = a.alloc(Granule::K4, 16).unwrap();
-        assert_eq!(p16 % (16 * 4096), 0);
+        assert!(p16.is_aligned(16 * 4096u64));
         assert_eq!(a.live_allocs(), 2);
         a.free(p1, Granule::K4, 1);
         let p2 = a.alloc(Granule::K4, 1).unwrap();
@@ -571,7 +574,7 @@ mod tests {
         a.free(p2, Granule::K4, 1);
         a.free(p16, Granule::K4, 16);
         assert_eq!((a.live_allocs(), a.live_bytes(), a.bad_frees), (0, 0, 0));
-        a.free(0x1234, Granule::K4, 1);
+        a.free(Pa::new(0x1234), Granule::K4, 1);
         assert_eq!(a.bad_frees, 1);
         a.fail_after(Some(1));
         assert!(a.alloc(Granule::K64, 1).is_some());
@@ -596,7 +599,7 @@ mod tests {
         let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
         let mut a = StoreAudit::new(VecAlloc::new(), geo);
         let root = a.alloc(Granule::K4, 2).unwrap();
-        (a, root)
+        (a, root.get())
     }
 
     #[test]
@@ -605,16 +608,16 @@ mod tests {
         let (mut a, root) = audit();
         assert_eq!(a.live_tables(), 2);
         // A fresh L2 table with a fresh L3 table below it, filled in bulk, then published.
-        let l2 = a.alloc(g, 1).unwrap();
-        let l3 = a.alloc(g, 1).unwrap();
-        for (k, e) in a.fresh_table(l3, g).iter_mut().enumerate() {
+        let l2 = a.alloc(g, 1).unwrap().get();
+        let l3 = a.alloc(g, 1).unwrap().get();
+        for (k, e) in a.fresh_table(Pa::new(l3), g).iter_mut().enumerate() {
             *e.get_mut() = (0x4000_0000 + (k as u64) * 4096) | 0x443;
         }
-        *a.fresh_table(l2, g)[5].get_mut() = l3 | 3;
-        a.publish_entry(root + 8, g, l2 | 3);
+        *a.fresh_table(Pa::new(l2), g)[5].get_mut() = l3 | 3;
+        a.publish_entry(Pa::new(root + 8), g, l2 | 3);
         assert_eq!(a.live_tables(), 4);
         // Atomic stores to live tables are logged; so is their kind.
-        a.write_entry(l3 + 16, g, 0);
+        a.write_entry(Pa::new(l3 + 16), g, 0);
         assert_eq!(
             a.take_stores(),
             [
@@ -631,13 +634,13 @@ mod tests {
             ]
         );
         // Break the L2 entry: both tables leave the live set and may be refilled in bulk.
-        a.write_entry(root + 8, g, 0);
+        a.write_entry(Pa::new(root + 8), g, 0);
         assert_eq!(a.live_tables(), 2);
-        a.fresh_table(l3, g)[0].get_mut();
+        a.fresh_table(Pa::new(l3), g)[0].get_mut();
         assert_eq!(a.check(), Ok(()));
-        a.free(l3, g, 1);
-        a.free(l2, g, 1);
-        a.free(root, g, 2);
+        a.free(Pa::new(l3), g, 1);
+        a.free(Pa::new(l2), g, 1);
+        a.free(Pa::new(root), g, 2);
         assert_eq!((a.live_tables(), a.inner().live_allocs()), (0, 0));
     }
 
@@ -646,32 +649,32 @@ mod tests {
         let g = Granule::K4;
         // Bulk (non-atomic) access to a live table.
         let (mut a, root) = audit();
-        *a.fresh_table(root, g)[1].get_mut() = 0x4000_0401;
+        *a.fresh_table(Pa::new(root), g)[1].get_mut() = 0x4000_0401;
         let e = a.check().unwrap_err();
         assert_eq!(e.pa, root);
         assert!(e.reason.contains("fresh_table"), "{e}");
         // A store through `table()` that bypassed write_entry: found by the next store to
         // the entry, and by `check`.
         let (mut a, root) = audit();
-        a.table(root, g)[3].store(0x4000_0401, Ordering::Relaxed);
+        a.table(Pa::new(root), g)[3].store(0x4000_0401, Ordering::Relaxed);
         assert_eq!(
             a.check().map_err(|e| e.pa),
             Err(root + 24),
             "bypass found by check"
         );
         let (mut a, root) = audit();
-        a.table(root, g)[3].store(0x4000_0401, Ordering::Relaxed);
-        a.write_entry(root + 24, g, 0);
+        a.table(Pa::new(root), g)[3].store(0x4000_0401, Ordering::Relaxed);
+        a.write_entry(Pa::new(root + 24), g, 0);
         assert_eq!(a.check().map_err(|e| e.pa), Err(root + 24));
         // A torn store: two stores where the walker meant one (the log shows both).
         let (mut a, root) = audit();
-        a.write_entry(root + 24, g, 0x4000_0000);
-        a.write_entry(root + 24, g, 0x4000_0401);
+        a.write_entry(Pa::new(root + 24), g, 0x4000_0000);
+        a.write_entry(Pa::new(root + 24), g, 0x4000_0401);
         assert_eq!(a.take_stores().len(), 2);
         // A table published with a Relaxed store.
         let (mut a, root) = audit();
-        let t = a.alloc(g, 1).unwrap();
-        a.write_entry(root, g, t | 3);
+        let t = a.alloc(g, 1).unwrap().get();
+        a.write_entry(Pa::new(root), g, t | 3);
         let e = a.check().unwrap_err();
         assert!(e.reason.contains("Release"), "{e}");
     }

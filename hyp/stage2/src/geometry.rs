@@ -8,6 +8,7 @@
 //! `1 << level_shift(L)` bytes where `level_shift(L) = page_shift + (3 - L) * bits_per_level`
 //! (Arm ARM D8.2, "Translation table walk").
 
+use crate::addr::{AddrRange, InputAddress, Ipa, Va};
 use crate::cpu::{CpuFeatures, GranuleRefusal};
 use crate::Granule;
 use aarch64_cpu::registers::{MAIR_EL2 as MAIR, TCR_EL1, TCR_EL2, VTCR_EL2};
@@ -295,8 +296,9 @@ impl Geometry {
     /// more (the frames the walker keeps in reserve between operations are an optimisation
     /// it does without when its allocator refuses them), so a VM whose table memory is this
     /// budget never runs out, and one with less can only exhaust its own.
-    pub fn table_budget(&self, range: core::ops::Range<u64>) -> u64 {
-        if range.end <= range.start {
+    pub fn table_budget<A: InputAddress>(&self, range: AddrRange<A>) -> u64 {
+        let range = range.raw();
+        if range.is_empty() {
             return self.root_bytes();
         }
         let last = range.end - 1;
@@ -479,14 +481,14 @@ impl PaSize {
 
 /// The operand of `TLBI IPAS2E1IS`/`IPAS2LE1IS`: IPA\[47:12\] in bits \[35:0\], whatever the
 /// granule (Arm ARM C5.5 "TLBI IPAS2E1IS": the field is always in 4K units; no TTL hint).
-pub const fn tlbi_ipa_operand(ipa: u64) -> u64 {
-    (ipa >> 12) & ((1 << 36) - 1)
+pub const fn tlbi_ipa_operand(ipa: Ipa) -> u64 {
+    (ipa.get() >> 12) & ((1 << 36) - 1)
 }
 
 /// The operand of `TLBI VAE2IS`/`VAAE1IS`: VA\[55:12\] in bits \[43:0\] (4K units for every
 /// granule), ASID field 0.
-pub const fn tlbi_va_operand(va: u64) -> u64 {
-    (va >> 12) & ((1 << 44) - 1)
+pub const fn tlbi_va_operand(va: Va) -> u64 {
+    (va.get() >> 12) & ((1 << 44) - 1)
 }
 
 /// MAIR attribute index of Device-nGnRE memory.
@@ -735,10 +737,10 @@ mod tests {
 
     #[test]
     fn tlbi_operand_is_4k_units_for_every_granule() {
-        assert_eq!(tlbi_ipa_operand(0x4000_0000), 0x4_0000);
-        assert_eq!(tlbi_ipa_operand(0x1_0000), 0x10); // a 64K page
-        assert_eq!(tlbi_ipa_operand(0x4000), 0x4); // a 16K page
-        assert_eq!(tlbi_ipa_operand((1 << 48) - 4096), (1 << 36) - 1);
-        assert_eq!(tlbi_va_operand(0xffff_f000), 0xf_ffff);
+        assert_eq!(tlbi_ipa_operand(Ipa::new(0x4000_0000)), 0x4_0000);
+        assert_eq!(tlbi_ipa_operand(Ipa::new(0x1_0000)), 0x10); // a 64K page
+        assert_eq!(tlbi_ipa_operand(Ipa::new(0x4000)), 0x4); // a 16K page
+        assert_eq!(tlbi_ipa_operand(Ipa::new((1 << 48) - 4096)), (1 << 36) - 1);
+        assert_eq!(tlbi_va_operand(Va::new(0xffff_f000)), 0xf_ffff);
     }
 }

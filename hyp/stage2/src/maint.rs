@@ -7,6 +7,7 @@
 //! the sequence, together with every descriptor store, so host tests can prove
 //! break-before-make ([`check_bbm`]).
 
+use crate::addr::Pa;
 use crate::attrs::DESC_VALID;
 use alloc::vec::Vec;
 use core::fmt;
@@ -63,8 +64,8 @@ pub enum MaintOp {
     /// Clean (and invalidate) data cache lines of `[pa, pa + len)` to the Point of Coherency
     /// (`DC CIVAC` per line, then `DSB`): guests start with caches off and must see the data.
     CleanDcachePoc {
-        /// First byte (physical address; hyp identity-maps RAM).
-        pa: u64,
+        /// First byte (hyp identity-maps RAM: [`Pa::identity_va`]).
+        pa: Pa,
         /// Length in bytes.
         len: u64,
     },
@@ -72,7 +73,7 @@ pub enum MaintOp {
     /// (`IC IALLUIS` or `IC IVAU` per line), before the memory is mapped executable.
     InvalidateIcachePou {
         /// First byte.
-        pa: u64,
+        pa: Pa,
         /// Length in bytes.
         len: u64,
     },
@@ -251,9 +252,11 @@ impl BbmChecker {
 
     fn covers(op: &MaintOp, input: u64) -> bool {
         match *op {
-            MaintOp::TlbiIpas2e1is { operand, .. } => operand == crate::tlbi_ipa_operand(input),
+            MaintOp::TlbiIpas2e1is { operand, .. } => {
+                operand == crate::tlbi_ipa_operand(crate::Ipa::new(input))
+            }
             MaintOp::TlbiVae2is { operand } | MaintOp::TlbiVaae1is { operand } => {
-                operand == crate::tlbi_va_operand(input)
+                operand == crate::tlbi_va_operand(crate::Va::new(input))
             }
             MaintOp::TlbiVmalls12e1is { .. }
             | MaintOp::TlbiAlle1is

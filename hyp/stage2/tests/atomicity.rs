@@ -2,6 +2,9 @@
 
 use stage2::*;
 
+mod common;
+use common::*;
+
 const GB: u64 = 1 << 30;
 
 /// Every descriptor of every reachable table, with its address.
@@ -9,7 +12,7 @@ fn dump<M: Maintenance>(pt: &mut PageTable<VecAlloc, M>) -> Vec<(u64, u64)> {
     let limit = pt.geometry().input_limit();
     let mut out = Vec::new();
     pt.walk::<MapError, _>(
-        0..limit,
+        rng(0..limit),
         WalkFlags::LEAF | WalkFlags::TABLE_PRE,
         &mut |_c: &mut Ctx<VecAlloc, M>, v: &mut Visit| {
             if v.old != 0 {
@@ -32,15 +35,15 @@ fn every_allocation_point_of_a_1gib_4k_map_leaves_tables_bit_identical() {
     let mut pt = PageTable::with_vmid(geo, 1, VecAlloc::new(), Recorder::default()).unwrap();
     // Existing mappings the failed map would touch: a block to split and some pages.
     pt.map(
-        GB + 0x20_0000..GB + 0x40_0000,
-        0x8000_0000,
+        rng(GB + 0x20_0000..GB + 0x40_0000),
+        Pa::new(0x8000_0000),
         Attrs::ram(),
         MapOpts::default(),
     )
     .unwrap();
     pt.map(
-        2 * GB - 0x3000..2 * GB + 0x1000,
-        0x9000_0000,
+        rng(2 * GB - 0x3000..2 * GB + 0x1000),
+        Pa::new(0x9000_0000),
         Attrs::data(),
         MapOpts::default(),
     )
@@ -52,19 +55,19 @@ fn every_allocation_point_of_a_1gib_4k_map_leaves_tables_bit_identical() {
     let range = GB + 0x1000..2 * GB + 0x1000;
 
     // Count the allocation points with a successful run on a copy of the same history.
-    let mut probe = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+    let mut probe = PageTable::<_, _>::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
     probe
         .map(
-            GB + 0x20_0000..GB + 0x40_0000,
-            0x8000_0000,
+            rng(GB + 0x20_0000..GB + 0x40_0000),
+            Pa::new(0x8000_0000),
             Attrs::ram(),
             MapOpts::default(),
         )
         .unwrap();
     probe
         .map(
-            2 * GB - 0x3000..2 * GB + 0x1000,
-            0x9000_0000,
+            rng(2 * GB - 0x3000..2 * GB + 0x1000),
+            Pa::new(0x9000_0000),
             Attrs::data(),
             MapOpts::default(),
         )
@@ -72,7 +75,12 @@ fn every_allocation_point_of_a_1gib_4k_map_leaves_tables_bit_identical() {
     probe.release_reserve();
     let allocs0 = probe.allocator().total_allocs();
     probe
-        .map(range.clone(), 0x1_0000_1000, Attrs::ram(), MapOpts::PAGES)
+        .map(
+            rng(range.clone()),
+            Pa::new(0x1_0000_1000),
+            Attrs::ram(),
+            MapOpts::PAGES,
+        )
         .unwrap();
     let points = probe.allocator().total_allocs() - allocs0;
     // 1 GiB of pages from GB + 4K: the L3 tables of the 512 2M slots of L1 entry 1 and one of
@@ -85,7 +93,12 @@ fn every_allocation_point_of_a_1gib_4k_map_leaves_tables_bit_identical() {
         // Inject a failure at allocation k.
         set_fail(&mut pt, Some(k));
         let e = pt
-            .map(range.clone(), 0x1_0000_1000, Attrs::ram(), MapOpts::PAGES)
+            .map(
+                rng(range.clone()),
+                Pa::new(0x1_0000_1000),
+                Attrs::ram(),
+                MapOpts::PAGES,
+            )
             .unwrap_err();
         assert!(matches!(e, MapError::NoMemory { .. }), "{e}");
         set_fail(&mut pt, None);
@@ -107,10 +120,21 @@ fn every_allocation_point_of_a_1gib_4k_map_leaves_tables_bit_identical() {
             .all(|e| !matches!(e, Event::Store { .. })));
     }
     // And with memory available it completes.
-    pt.map(range.clone(), 0x1_0000_1000, Attrs::ram(), MapOpts::PAGES)
-        .unwrap();
-    assert_eq!(pt.translate(GB + 0x1000).unwrap().0, 0x1_0000_1000);
-    assert_eq!(pt.translate(2 * GB).unwrap().0, 0x1_4000_0000);
+    pt.map(
+        rng(range.clone()),
+        Pa::new(0x1_0000_1000),
+        Attrs::ram(),
+        MapOpts::PAGES,
+    )
+    .unwrap();
+    assert_eq!(
+        pt.translate(at(GB + 0x1000)).map(raw_t).unwrap().0,
+        0x1_0000_1000
+    );
+    assert_eq!(
+        pt.translate(at(2 * GB)).map(raw_t).unwrap().0,
+        0x1_4000_0000
+    );
     let (a, _) = pt.destroy();
     assert_eq!((a.live_allocs(), a.bad_frees), (0, 0));
 }
@@ -122,24 +146,29 @@ fn set_fail(pt: &mut PageTable<VecAlloc, Recorder>, n: Option<u64>) {
 #[test]
 fn unmap_and_protect_that_must_split_fail_atomically() {
     let geo = s2(Granule::K16, 40);
-    let mut pt = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
-    pt.map(0..64 << 20, 0x4000_0000, Attrs::ram(), MapOpts::default())
-        .unwrap();
+    let mut pt = PageTable::<_, _>::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+    pt.map(
+        rng(0..64 << 20),
+        Pa::new(0x4000_0000),
+        Attrs::ram(),
+        MapOpts::default(),
+    )
+    .unwrap();
     pt.release_reserve();
     let before = dump(&mut pt);
     pt.allocator_mut().fail_after(Some(0));
     assert!(matches!(
-        pt.unmap(0x4000..0x8000),
+        pt.unmap(rng(0x4000..0x8000)),
         Err(MapError::NoMemory { .. })
     ));
     assert!(matches!(
-        pt.protect(0x4000..0x8000, Attrs::rodata()),
+        pt.protect(rng(0x4000..0x8000), Attrs::rodata()),
         Err(MapError::NoMemory { .. })
     ));
     assert_eq!(dump(&mut pt), before);
     pt.allocator_mut().fail_after(None);
-    pt.unmap(0x4000..0x8000).unwrap();
-    assert_eq!(pt.translate(0x4000), None);
+    pt.unmap(rng(0x4000..0x8000)).unwrap();
+    assert_eq!(pt.translate(at(0x4000)).map(raw_t), None);
     pt.destroy();
 }
 
@@ -152,12 +181,12 @@ fn create_map_destroy_loops_leak_nothing() {
         let g = Granule::ALL[i % 3];
         let bits = [36, 40, 44][(i / 3) % 3];
         let geo = s2(g, bits);
-        let mut pt = PageTable::new(geo, &mut alloc, Counter::default()).unwrap();
+        let mut pt = PageTable::<_, _>::new(geo, &mut alloc, Counter::default()).unwrap();
         let p = g.size();
         // 1 GiB at an offset that forces edge pages, plus a few holes.
         pt.map(
-            p..GB + p,
-            0x1_0000_0000 + p,
+            rng(p..GB + p),
+            Pa::new(0x1_0000_0000 + p),
             Attrs::ram(),
             MapOpts::default(),
         )
@@ -167,10 +196,10 @@ fn create_map_destroy_loops_leak_nothing() {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let at = (seed % (GB / p)) * p;
-            pt.unmap(at..at + p).unwrap();
+            pt.unmap(rng(at..at + p)).unwrap();
         }
         if i % 2 == 0 {
-            pt.unmap(0..GB + p).unwrap();
+            pt.unmap(rng(0..GB + p)).unwrap();
             assert_eq!(pt.tables(), geo.root_tables() as usize);
         }
         let (a, _) = pt.destroy();
@@ -195,9 +224,14 @@ fn pages_only_1gib_uses_the_minimum_table_memory() {
         (Granule::K64, 42, 2),
     ] {
         let geo = s2(g, bits);
-        let mut pt = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
-        pt.map(4 * GB..5 * GB, 8 * GB, Attrs::ram(), MapOpts::PAGES)
-            .unwrap();
+        let mut pt = PageTable::<_, _>::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+        pt.map(
+            rng(4 * GB..5 * GB),
+            Pa::new(8 * GB),
+            Attrs::ram(),
+            MapOpts::PAGES,
+        )
+        .unwrap();
         assert_eq!(
             pt.tables() - geo.root_tables() as usize,
             want_below_root,

@@ -5,6 +5,9 @@
 use proptest::prelude::*;
 use stage2::*;
 
+mod common;
+use common::*;
+
 const MB: u64 = 1 << 20;
 
 fn s2(g: Granule, bits: u32) -> Geometry {
@@ -37,13 +40,13 @@ fn a_full_page_map_uses_exactly_the_budget() {
         // RAM at 1 GiB, as hyp's VMs have it; an unaligned size crosses table boundaries.
         for size in [2 * MB, 64 * MB, 512 * MB + 6 * MB] {
             let ram = 0x4000_0000..0x4000_0000 + size;
-            let budget = geo.table_budget(ram.clone());
+            let budget = geo.table_budget(rng::<Ipa>(ram.clone()));
             let mut pt = table(geo, budget);
             let opts = MapOpts {
                 pages_only: true,
                 ..MapOpts::default()
             };
-            pt.map(ram.clone(), 0x8_0000_0000, Attrs::ram(), opts)
+            pt.map(rng(ram.clone()), Pa::new(0x8_0000_0000), Attrs::ram(), opts)
                 .unwrap_or_else(|e| panic!("{g:?} {bits} bits, {size:#x}: {e}"));
             assert_eq!(
                 pt.table_bytes(),
@@ -59,12 +62,17 @@ fn a_full_page_map_uses_exactly_the_budget() {
 fn a_smaller_budget_runs_out_with_an_error_not_a_panic() {
     let geo = s2(Granule::K4, 40);
     let ram = 0x4000_0000..0x4000_0000 + 64 * MB;
-    let budget = geo.table_budget(ram.clone());
+    let budget = geo.table_budget(rng::<Ipa>(ram.clone()));
     let mut pt = table(geo, budget - 8 * geo.table_bytes());
     let page = geo.page_size();
     let mut failed = None;
     for a in ram.clone().step_by(page as usize) {
-        if let Err(e) = pt.map(a..a + page, a, Attrs::ram(), MapOpts::default()) {
+        if let Err(e) = pt.map(
+            rng(a..a + page),
+            Pa::new(a),
+            Attrs::ram(),
+            MapOpts::default(),
+        ) {
             failed = Some((a, e));
             break;
         }
@@ -90,18 +98,18 @@ proptest! {
         // Start at 1 GiB minus a few pages so the range straddles upper-level tables.
         let start = 0x4000_0000 - 3 * page;
         let ram = start..start + pages * page;
-        let budget = geo.table_budget(ram.clone());
+        let budget = geo.table_budget(rng::<Ipa>(ram.clone()));
         let mut pt = table(geo, budget);
         for (r, kind) in ops {
             let a = ram.start + (r % pages) * page;
             let res = match kind {
-                0 => pt.unmap(a..a + page),
-                1 if pt.translate(a).is_some() => pt.protect(
-                    a..a + page,
+                0 => pt.unmap(rng(a..a + page)),
+                1 if pt.translate(at(a)).map(raw_t).is_some() => pt.protect(
+                    rng(a..a + page),
                     Attrs { write: false, ..Attrs::ram() },
                 ),
-                _ if pt.translate(a).is_none() => {
-                    pt.map(a..a + page, a, Attrs::ram(), MapOpts::default())
+                _ if pt.translate(at(a)).map(raw_t).is_none() => {
+                    pt.map(rng(a..a + page), Pa::new(a), Attrs::ram(), MapOpts::default())
                 }
                 _ => Ok(()),
             };

@@ -9,6 +9,9 @@ use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2};
 use proptest::prelude::*;
 use stage2::*;
 
+mod common;
+use common::*;
+
 type Peer = RootTable<Stage2, IdTranslation<S2>>;
 
 const IPA_BITS: u32 = 39; // aarch64-paging root level 1 covers 512 GiB
@@ -50,7 +53,7 @@ fn our_leaf(pt: &mut PageTable<VecAlloc, NoMaintenance>, addr: u64) -> Option<(u
     let page = addr & !0xfff;
     let mut found = None;
     pt.walk::<MapError, _>(
-        page..page + 0x1000,
+        rng(page..page + 0x1000),
         WalkFlags::LEAF,
         &mut |_c: &mut Ctx<VecAlloc, NoMaintenance>, v: &mut Visit| {
             if v.old & 1 != 0 {
@@ -112,7 +115,7 @@ fn run(ops: &[Op], probes_seed: u64) -> Compared {
     let cpu = CpuFeatures::profile("max").unwrap();
     let geo = Geometry::stage2(Granule::K4, IPA_BITS, &cpu).unwrap();
     assert_eq!((geo.start_level(), geo.root_tables()), (1, 1));
-    let mut ours = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+    let mut ours = PageTable::<_, _>::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
     let mut peer: Peer = RootTable::new(IdTranslation::new(), 1, Stage2);
     let base = 0x40_0000_0000u64; // 256 GiB: 1G-aligned
     let mut probes = Vec::new();
@@ -131,7 +134,7 @@ fn run(ops: &[Op], probes_seed: u64) -> Compared {
                     pages_only: pages,
                     skip_cmo: true,
                 };
-                ours.map(lo..hi, out, a, opts).unwrap();
+                ours.map(rng(lo..hi), Pa::new(out), a, opts).unwrap();
                 let c = if pages {
                     Constraints::NO_BLOCK_MAPPINGS
                 } else {
@@ -148,7 +151,7 @@ fn run(ops: &[Op], probes_seed: u64) -> Compared {
             }
             Op::Unmap { start, len } => {
                 let (lo, hi) = (base + start, (base + start + len).min(base + 3 * GB));
-                ours.unmap(lo..hi).unwrap();
+                ours.unmap(rng(lo..hi)).unwrap();
                 // The PA is ignored for invalid entries, but aarch64-paging 0.12.3 computes
                 // `pa - start % granularity` first (paging.rs:1070), which underflows for PA 0.
                 peer.map_range(
@@ -273,10 +276,15 @@ fn same_descriptors_for_fresh_maps() {
     // And check levels explicitly for the first three.
     let cpu = CpuFeatures::profile("max").unwrap();
     let geo = Geometry::stage2(Granule::K4, IPA_BITS, &cpu).unwrap();
-    let mut ours = PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+    let mut ours = PageTable::<_, _>::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
     let mut peer: Peer = RootTable::new(IdTranslation::new(), 1, Stage2);
-    ours.map(GB..2 * GB, 5 * GB, Attrs::ram(), MapOpts::default())
-        .unwrap();
+    ours.map(
+        rng(GB..2 * GB),
+        Pa::new(5 * GB),
+        Attrs::ram(),
+        MapOpts::default(),
+    )
+    .unwrap();
     peer.map_range(
         &MemoryRegion::new(GB as usize, 2 * GB as usize),
         PhysicalAddress(5 * GB as usize),

@@ -6,6 +6,9 @@
 
 use proptest::prelude::*;
 use stage2::*;
+
+mod common;
+use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug)]
@@ -129,20 +132,20 @@ impl Harness {
                     pages_only,
                     skip_cmo: false,
                 };
-                self.pt.map(lo..hi, out * p, a, opts).unwrap();
+                self.pt.map(rng(lo..hi), Pa::new(out * p), a, opts).unwrap();
                 for i in 0..pages {
                     self.model.insert(lo + i * p, ((out + i) * p, a));
                 }
             }
             Op::Unmap { .. } => {
-                self.pt.unmap(lo..hi).unwrap();
+                self.pt.unmap(rng(lo..hi)).unwrap();
                 for i in 0..pages {
                     self.model.remove(&(lo + i * p));
                 }
             }
             Op::Protect { attrs, .. } => {
                 let a = ATTRS[attrs as usize];
-                self.pt.protect(lo..hi, a).unwrap();
+                self.pt.protect(rng(lo..hi), a).unwrap();
                 for i in 0..pages {
                     if let Some(e) = self.model.get_mut(&(lo + i * p)) {
                         e.1 = a;
@@ -165,7 +168,7 @@ impl Harness {
             .model
             .get(&page)
             .map(|&(pa, a)| (pa + (addr - page), a));
-        let got = self.pt.translate(addr);
+        let got = self.pt.translate(at(addr)).map(raw_t);
         assert_eq!(got.map(|(pa, a, _)| (pa, a)), want, "translate({addr:#x})");
     }
 
@@ -175,7 +178,7 @@ impl Harness {
         let mut tlb = std::mem::take(&mut self.tlb);
         self.pt
             .walk::<MapError, _>(
-                self.base..self.base + span,
+                rng(self.base..self.base + span),
                 WalkFlags::LEAF,
                 &mut |c: &mut Ctx<Alloc, Recorder>, v: &mut Visit| {
                     if v.old & 1 != 0 {
@@ -317,7 +320,7 @@ impl Harness {
         let limit = self.pt.geometry().input_limit();
         self.pt
             .walk::<MapError, _>(
-                0..limit,
+                rng(0..limit),
                 WalkFlags::LEAF,
                 &mut |c: &mut Ctx<Alloc, Recorder>, v: &mut Visit| {
                     if v.old & 1 != 0 {
@@ -339,7 +342,7 @@ impl Harness {
     fn finish(mut self) {
         self.check_full();
         let limit = self.pt.geometry().input_limit();
-        self.pt.unmap(0..limit).unwrap();
+        self.pt.unmap(rng(0..limit)).unwrap();
         let roots = self.pt.geometry().root_tables() as usize;
         assert_eq!(self.pt.tables(), roots, "only the root remains");
         assert_eq!(self.pt.table_bytes(), self.pt.geometry().root_bytes());

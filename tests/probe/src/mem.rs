@@ -6,7 +6,7 @@ use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use linked_list_allocator::Heap;
-use stage2::{Granule, TableAlloc};
+use stage2::{Granule, Pa, TableAlloc};
 
 const HEAP_BYTES: usize = 256 << 10;
 /// Table frames: enough for RAM and the devices at 4K pages (a 64 MiB VM's RAM takes 32 L3
@@ -128,7 +128,7 @@ impl Frames {
 }
 
 impl TableAlloc for Frames {
-    fn alloc(&mut self, granule: Granule, count: usize) -> Option<u64> {
+    fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa> {
         let bytes = granule.size() * count as u64;
         let pa = match self.free.iter().position(|&(_, b)| b == bytes) {
             Some(i) => self.free.swap_remove(i).0,
@@ -146,19 +146,19 @@ impl TableAlloc for Frames {
                 d.store(0, Ordering::Relaxed);
             }
         }
-        Some(pa)
+        Some(Pa::new(pa))
     }
 
-    fn free(&mut self, pa: u64, granule: Granule, count: usize) {
-        self.free.push((pa, granule.size() * count as u64));
+    fn free(&mut self, pa: Pa, granule: Granule, count: usize) {
+        self.free.push((pa.get(), granule.size() * count as u64));
     }
 
-    fn table(&self, pa: u64, granule: Granule) -> &[AtomicU64] {
-        self.slice(pa, granule)
+    fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64] {
+        self.slice(pa.get(), granule)
     }
 
-    fn fresh_table(&mut self, pa: u64, granule: Granule) -> &mut [AtomicU64] {
-        let s = self.slice(pa, granule);
+    fn fresh_table(&mut self, pa: Pa, granule: Granule) -> &mut [AtomicU64] {
+        let s = self.slice(pa.get(), granule);
         // SAFETY: stage2 calls this only for a fresh table (allocated, not yet published):
         // nothing else refers to it, so this is the only reference for the borrow of `self`.
         unsafe { core::slice::from_raw_parts_mut(s.as_ptr().cast_mut(), s.len()) }

@@ -7,7 +7,8 @@ use crate::tests::{fail, pass, Env, Verdict};
 use crate::{arch, line};
 use core::sync::atomic::{AtomicU64, Ordering};
 use stage2::{
-    Attrs, CpuFeatures, Geometry, Granule, IdRegs, MapOpts, NoMaintenance, PageTable, Regime,
+    AddrRange, Attrs, CpuFeatures, Geometry, Granule, IdRegs, MapOpts, NoMaintenance, PageTable,
+    Regime, Va,
 };
 
 /// The emulated devices of the guest's platform (QEMU virt layout), mapped as Device memory:
@@ -44,7 +45,7 @@ pub struct Space {
     /// Its geometry.
     pub geo: Geometry,
     /// Its tables.
-    pub pt: PageTable<Frames, NoMaintenance>,
+    pub pt: PageTable<Frames, NoMaintenance, Va>,
 }
 
 /// The page size `arm64.pagesize=` names.
@@ -80,6 +81,12 @@ fn align_out(range: (u64, u64), page: u64) -> core::ops::Range<u64> {
     (range.0 & !(page - 1))..(range.0 + range.1 + page - 1) & !(page - 1)
 }
 
+/// The probe's addresses `r` as the input of its stage 1 (mapped to themselves: the probe's
+/// stage 1 is the identity), or a FAIL line for a backwards range.
+fn va_range(r: &core::ops::Range<u64>) -> Result<AddrRange<Va>, crate::tests::Line> {
+    AddrRange::new(Va::new(r.start), Va::new(r.end)).map_err(|e| line!("{e}"))
+}
+
 /// Builds the identity map (RAM normal RWX, the devices Device-nGnRE) at `granule` with
 /// `va_bits`-bit addresses and turns the MMU and caches on.
 pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<(), crate::tests::Line> {
@@ -95,15 +102,17 @@ pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<(), crate::te
         pages_only: true,
     };
     let ram = align_out(rt::ram(env.dtb), page);
-    pt.map(ram.clone(), ram.start, Attrs::ram(), opts)
+    let va = va_range(&ram)?;
+    pt.map(va, va.start().identity_pa(), Attrs::ram(), opts)
         .map_err(|e| line!("map RAM {ram:#x?}: {e}"))?;
     for dev in DEVICES {
         let r = align_out(dev, page);
-        pt.map(r.clone(), r.start, Attrs::device(), opts)
+        let va = va_range(&r)?;
+        pt.map(va, va.start().identity_pa(), Attrs::device(), opts)
             .map_err(|e| line!("map device {r:#x?}: {e}"))?;
     }
     let pa_bits = guest_pa_bits();
-    let regs = [stage2::MAIR_EL1, geo.tcr_el1(pa_bits), pt.root_pa()];
+    let regs = [stage2::MAIR_EL1, geo.tcr_el1(pa_bits), pt.root_pa().get()];
     // SAFETY: the tables identity-map all the probe touches (its image, RAM, the devices), so
     // every address stays valid across the switch; the caches were off, and the tables were
     // written with the MMU off (Device memory: they are in memory, not in a cache).
@@ -136,8 +145,9 @@ pub fn map_rest_as_device(env: &Env, ipa_bits: u32) -> Result<(), crate::tests::
     let mut from = 0;
     for r in taken.iter().chain(core::iter::once(&(limit..limit))) {
         if r.start > from {
+            let va = va_range(&(from..r.start))?;
             sp.pt
-                .map(from..r.start, from, Attrs::device(), opts)
+                .map(va, va.start().identity_pa(), Attrs::device(), opts)
                 .map_err(|e| line!("map {from:#x}..{:#x} as device: {e}", r.start))?;
         }
         from = from.max(r.end);
@@ -189,7 +199,7 @@ pub fn mmu(env: &Env) -> Verdict {
         0x0900_0010,
     ];
     for va in mapped {
-        let want = sp.pt.translate(va).map(|(pa, _, _)| pa);
+        let want = sp.pt.translate(Va::new(va)).map(|(pa, _, _)| pa.get());
         let got = at(va);
         if got != Some(va) || want != Some(va) {
             return fail(line!(

@@ -5,6 +5,7 @@
 use super::reserve::FreshTable;
 use super::walk::{Visit, WalkCache};
 use super::LAST_LEVEL;
+use crate::addr::Pa;
 use crate::attrs::{
     self, AttrError, Attrs, DESC_BLOCK, DESC_OA_MASK, DESC_PAGE, DESC_TABLE, DESC_TYPE_MASK,
 };
@@ -114,7 +115,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     /// Reads the descriptor at `entry_pa`.
     #[inline(always)]
     pub fn read(&self, entry_pa: u64) -> u64 {
-        self.alloc.read_entry(entry_pa, self.geo.granule())
+        self.alloc.read_entry(Pa::new(entry_pa), self.geo.granule())
     }
 
     /// Stores the leaf or invalid descriptor `new` into the visited descriptor (reported to
@@ -140,7 +141,8 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     #[inline(always)]
     pub(super) fn store_leaf(&mut self, entry_pa: u64, input: u64, level: u32, old: u64, new: u64) {
         self.maint.store(entry_pa, input, level, old, new);
-        self.alloc.write_entry(entry_pa, self.geo.granule(), new);
+        self.alloc
+            .write_entry(Pa::new(entry_pa), self.geo.granule(), new);
     }
 
     /// Publishes the fresh table `t` (its subtree filled) in the visited, invalid descriptor:
@@ -156,7 +158,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let start = self.start_of(v);
         self.maint.store(v.entry_pa, start, v.level, v.entry, new);
         self.alloc
-            .publish_entry(v.entry_pa, self.geo.granule(), new);
+            .publish_entry(Pa::new(v.entry_pa), self.geo.granule(), new);
         v.entry = new;
     }
 

@@ -3,6 +3,7 @@
 
 use super::walk::{Subtree, WalkFlags};
 use super::Ctx;
+use crate::addr::{Ipa, Pa, Va};
 use crate::frames::TableAlloc;
 use crate::geometry::{tlbi_ipa_operand, tlbi_va_operand, Regime};
 use crate::maint::{MaintOp, Maintenance};
@@ -19,13 +20,13 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         match self.geo.regime() {
             Regime::Stage2 => MaintOp::TlbiIpas2e1is {
                 vmid: self.vmid,
-                operand: tlbi_ipa_operand(input),
+                operand: tlbi_ipa_operand(Ipa::new(input)),
             },
             Regime::El2 => MaintOp::TlbiVae2is {
-                operand: tlbi_va_operand(input),
+                operand: tlbi_va_operand(Va::new(input)),
             },
             Regime::El1 => MaintOp::TlbiVaae1is {
-                operand: tlbi_va_operand(input),
+                operand: tlbi_va_operand(Va::new(input)),
             },
         }
     }
@@ -108,7 +109,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     /// Returns a table no walker can reach any more (and no TLB holds) to the allocator.
     pub(super) fn free_table(&mut self, pa: u64) {
         self.walk_cache.clear();
-        self.alloc.free(pa, self.geo.granule(), 1);
+        self.alloc.free(Pa::new(pa), self.geo.granule(), 1);
         self.tables -= 1;
     }
 

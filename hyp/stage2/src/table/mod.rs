@@ -61,6 +61,7 @@ pub use ctx::Ctx;
 pub use invalidate::MAX_TLBI_BY_ADDRESS;
 pub use walk::{Visit, VisitKind, WalkFlags};
 
+use crate::addr::{InputAddress, Ipa, Pa, RangeError};
 use crate::attrs::{self, AttrError, Attrs, DESC_VALID};
 use crate::frames::TableAlloc;
 use crate::geometry::{Geometry, Regime};
@@ -68,6 +69,7 @@ use crate::maint::Maintenance;
 use crate::Granule;
 use alloc::vec::Vec;
 use core::fmt;
+use core::marker::PhantomData;
 use core::ops::Range;
 
 /// The last level of every geometry: the level of pages.
@@ -76,12 +78,13 @@ const LAST_LEVEL: u32 = 3;
 /// Why a table operation failed. The tables are unchanged whenever an error is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapError {
-    /// The range ends before it starts.
-    RangeBackwards {
-        /// Start.
-        start: u64,
-        /// End.
-        end: u64,
+    /// The table's input address kind is not the one its geometry's regime translates (an
+    /// [`Ipa`] table with a stage-1 geometry, or a [`crate::Va`] table with a stage-2 one).
+    WrongInputKind {
+        /// The geometry's regime.
+        regime: Regime,
+        /// The table's input address kind.
+        kind: &'static str,
     },
     /// The range reaches beyond the geometry's input size.
     OutOfRange {
@@ -104,6 +107,9 @@ pub enum MapError {
     },
     /// The attributes cannot be expressed or are not allowed.
     Attrs(AttrError),
+    /// The caller's range could not be made (so that `?` can build one on the way to an
+    /// operation).
+    Range(RangeError),
     /// The table allocator ran out of memory.
     NoMemory {
         /// Tables the operation needed.
@@ -116,8 +122,8 @@ pub enum MapError {
 impl fmt::Display for MapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            MapError::RangeBackwards { start, end } => {
-                write!(f, "range {start:#018x}..{end:#018x} ends before it starts")
+            MapError::WrongInputKind { regime, kind } => {
+                write!(f, "{regime} tables do not translate {kind} addresses")
             }
             MapError::OutOfRange { end, limit } => write!(
                 f,
@@ -133,11 +139,18 @@ impl fmt::Display for MapError {
                 "output range ends at {end:#018x}, beyond the 48-bit output address limit"
             ),
             MapError::Attrs(e) => write!(f, "{e}"),
+            MapError::Range(e) => write!(f, "{e}"),
             MapError::NoMemory { needed, got } => write!(
                 f,
                 "out of table memory: needed {needed} tables, got {got}; tables unchanged"
             ),
         }
+    }
+}
+
+impl From<RangeError> for MapError {
+    fn from(e: RangeError) -> Self {
+        MapError::Range(e)
     }
 }
 
@@ -167,24 +180,73 @@ impl MapOpts {
 
 /// A translation table of any regime, with its own geometry.
 ///
+/// `I` is the kind of address it translates: [`Ipa`] (the default) for a VM's stage 2,
+/// [`crate::Va`] for an EL2 or EL1 stage 1; [`PageTable::new`] refuses a geometry of another
+/// regime. Every operation takes ranges of that kind and outputs [`Pa`]s, so an IPA range
+/// cannot be mapped into a stage-1 table, nor an IPA passed where a PA is meant:
+///
+/// ```compile_fail
+/// # use stage2::*;
+/// # let cpu = CpuFeatures::profile("max").unwrap();
+/// let geo = Geometry::new(Regime::El2, Granule::K4, 48, &cpu).unwrap();
+/// let mut el2: PageTable<VecAlloc, NoMaintenance, Va> =
+///     PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+/// let ipas = AddrRange::new(Ipa::new(0x4000_0000), Ipa::new(0x4000_1000)).unwrap();
+/// el2.map(ipas, Pa::new(0x4000_0000), Attrs::data(), MapOpts::default()); // an IPA range
+/// ```
+///
+/// ```compile_fail
+/// # use stage2::*;
+/// # let cpu = CpuFeatures::profile("max").unwrap();
+/// let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
+/// let mut s2: PageTable<VecAlloc, NoMaintenance> =
+///     PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+/// let ipas = AddrRange::new(Ipa::new(0x4000_0000), Ipa::new(0x4000_1000)).unwrap();
+/// s2.map(ipas, Ipa::new(0x8000_0000), Attrs::ram(), MapOpts::default()); // an IPA as the PA
+/// ```
+///
+/// The same calls with the right kinds compile and run:
+///
+/// ```
+/// # use stage2::*;
+/// # let cpu = CpuFeatures::profile("max").unwrap();
+/// let geo = Geometry::stage2(Granule::K4, 40, &cpu).unwrap();
+/// let mut s2: PageTable<VecAlloc, NoMaintenance> =
+///     PageTable::new(geo, VecAlloc::new(), NoMaintenance).unwrap();
+/// let ipas = AddrRange::new(Ipa::new(0x4000_0000), Ipa::new(0x4000_1000)).unwrap();
+/// s2.map(ipas, Pa::new(0x8000_0000), Attrs::ram(), MapOpts::default()).unwrap();
+/// let (pa, _, level) = s2.translate(Ipa::new(0x4000_0123)).unwrap();
+/// assert_eq!((pa, level), (Pa::new(0x8000_0123), 3));
+/// s2.destroy();
+/// ```
+///
 /// Not `Drop`: call [`PageTable::destroy`] to return every frame to the allocator.
 #[derive(Debug)]
-pub struct PageTable<A: TableAlloc, M: Maintenance> {
+pub struct PageTable<A: TableAlloc, M: Maintenance, I: InputAddress = Ipa> {
     root: u64,
     ctx: Ctx<A, M>,
+    input: PhantomData<I>,
 }
 
-impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
+impl<A: TableAlloc, M: Maintenance, I: InputAddress> PageTable<A, M, I> {
     /// Allocates an empty root (all concatenated root tables, contiguous and aligned to their
-    /// total size) for `geometry`.
+    /// total size) for `geometry`, whose regime must translate addresses of kind `I`.
     pub fn new(geometry: Geometry, mut alloc: A, maint: M) -> Result<Self, MapError> {
+        if !I::translated_by(geometry.regime()) {
+            return Err(MapError::WrongInputKind {
+                regime: geometry.regime(),
+                kind: I::KIND,
+            });
+        }
         let n = geometry.root_tables() as usize;
         let root = alloc
             .alloc(geometry.granule(), n)
-            .ok_or(MapError::NoMemory { needed: n, got: 0 })?;
+            .ok_or(MapError::NoMemory { needed: n, got: 0 })?
+            .get();
         Ok(PageTable {
             root,
             ctx: Ctx::new(geometry, alloc, maint, n),
+            input: PhantomData,
         })
     }
 
@@ -201,8 +263,8 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     }
 
     /// The physical address of the root (the first concatenated table).
-    pub fn root_pa(&self) -> u64 {
-        self.root
+    pub fn root_pa(&self) -> Pa {
+        Pa::new(self.root)
     }
 
     /// The VMID TLB maintenance uses (stage 2).
@@ -263,29 +325,30 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
 
     /// The same table with another maintenance sink, e.g. once hyp's EL2 tables become live
     /// (built with [`crate::NoMaintenance`] while the MMU is off).
-    pub fn with_maintenance<M2: Maintenance>(self, maint: M2) -> (PageTable<A, M2>, M) {
+    pub fn with_maintenance<M2: Maintenance>(self, maint: M2) -> (PageTable<A, M2, I>, M) {
         let (ctx, old) = self.ctx.with_maintenance(maint);
         (
             PageTable {
                 root: self.root,
                 ctx,
+                input: PhantomData,
             },
             old,
         )
     }
 
     /// Reads one descriptor by its physical address (for dumps and tests).
-    pub fn read_entry(&self, entry_pa: u64) -> u64 {
-        self.ctx.read(entry_pa)
+    pub fn read_entry(&self, entry_pa: Pa) -> u64 {
+        self.ctx.read(entry_pa.get())
     }
 
-    /// Checks a range an operation was asked for: forwards, inside the input space, aligned
-    /// to the granule.
+    /// Checks a range an operation was asked for (forwards, as every [`crate::AddrRange`] is):
+    /// inside the input space, aligned to the granule.
     #[inline(always)]
     fn check_range(&self, range: &Range<u64>) -> Result<(), MapError> {
         let mask = self.ctx.size(LAST_LEVEL) - 1;
         let limit = self.ctx.geo.input_limit();
-        if range.end < range.start || range.end > limit || (range.start | range.end) & mask != 0 {
+        if range.end > limit || (range.start | range.end) & mask != 0 {
             return Err(self.range_error(range));
         }
         Ok(())
@@ -295,12 +358,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     fn range_error(&self, range: &Range<u64>) -> MapError {
         let g = self.ctx.geo.granule();
         let limit = self.ctx.geo.input_limit();
-        if range.end < range.start {
-            MapError::RangeBackwards {
-                start: range.start,
-                end: range.end,
-            }
-        } else if range.end > limit {
+        if range.end > limit {
             MapError::OutOfRange {
                 end: range.end,
                 limit,
@@ -319,20 +377,21 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     }
 
     /// Translates one input address: (output address, attributes, level of the leaf).
-    pub fn translate(&mut self, addr: u64) -> Option<(u64, Attrs, u32)> {
+    pub fn translate(&mut self, addr: I) -> Option<(Pa, Attrs, u32)> {
+        let addr = addr.raw();
         let geo = self.ctx.geo;
         if addr >= geo.input_limit() {
             return None;
         }
         let page = addr & !(geo.page_size() - 1);
         let mut found = None;
-        let _: Result<(), MapError> = self.walk(
+        let _: Result<(), MapError> = self.walk_in(
             page..page + geo.page_size(),
             WalkFlags::LEAF,
             &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
                 if v.old & DESC_VALID != 0 {
                     let size = c.size(v.level);
-                    let oa = c.leaf_oa(v.old, v.level) + (addr & (size - 1));
+                    let oa = Pa::new(c.leaf_oa(v.old, v.level) + (addr & (size - 1)));
                     found = Some((oa, attrs::decode(c.geo.regime(), v.old), v.level));
                 }
                 Ok(())
@@ -344,15 +403,16 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     /// Calls `f(input, output, size)` for every valid leaf (block or page) of the whole
     /// input space, in address order: a visitor of the one walker (for audits: every leaf of a
     /// VM's stage 2 must lie in that VM's memory).
-    pub fn for_each_leaf(&mut self, mut f: impl FnMut(u64, u64, u64)) {
+    pub fn for_each_leaf(&mut self, mut f: impl FnMut(I, Pa, u64)) {
         let limit = self.ctx.geo.input_limit();
-        let _: Result<(), MapError> = self.walk(
+        let _: Result<(), MapError> = self.walk_in(
             0..limit,
             WalkFlags::LEAF,
             &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
                 if v.old & DESC_VALID != 0 {
                     let size = c.size(v.level);
-                    f(v.addr & !(size - 1), c.leaf_oa(v.old, v.level), size);
+                    let input = I::from_raw(v.addr & !(size - 1));
+                    f(input, Pa::new(c.leaf_oa(v.old, v.level)), size);
                 }
                 Ok(())
             },
@@ -365,7 +425,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         let limit = self.ctx.geo.input_limit();
         let mut tables = Vec::new();
         // Every table below the root, each after the tables below it.
-        let _: Result<(), MapError> = self.walk(
+        let _: Result<(), MapError> = self.walk_in(
             0..limit,
             WalkFlags::TABLE_POST,
             &mut |c: &mut Ctx<A, M>, v: &mut Visit| {
@@ -382,7 +442,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         self.release_reserve();
         let g = self.ctx.geo.granule();
         let n = self.ctx.geo.root_tables() as usize;
-        self.ctx.alloc.free(self.root, g, n);
+        self.ctx.alloc.free(Pa::new(self.root), g, n);
         self.ctx.tables -= n;
         (self.ctx.alloc, self.ctx.maint)
     }

@@ -4,11 +4,11 @@
 use super::reserve::{Op, RESERVE_KEEP};
 use super::walk::WalkFlags;
 use super::{Ctx, MapError, PageTable, Visit, LAST_LEVEL};
+use crate::addr::{AddrRange, InputAddress, Pa};
 use crate::attrs::{self, attrs_change_needs_bbm, Attrs, DESC_ATTR_MASK, DESC_VALID};
 use crate::frames::TableAlloc;
 use crate::geometry::Regime;
 use crate::maint::{MaintOp, Maintenance};
-use core::ops::Range;
 
 /// What protect writes: the attribute bits, and whether a leaf that becomes executable needs
 /// its I-cache invalidated first (stage 2 without `CTR_EL0.DIC`).
@@ -18,10 +18,11 @@ struct Protect {
     icache: bool,
 }
 
-impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
+impl<A: TableAlloc, M: Maintenance, I: InputAddress> PageTable<A, M, I> {
     /// Changes the attributes of every mapped page in `range` to `attrs` (e.g. write-protect
     /// for dirty tracking), splitting blocks the range cuts. Unmapped parts stay unmapped.
-    pub fn protect(&mut self, range: Range<u64>, attrs: Attrs) -> Result<(), MapError> {
+    pub fn protect(&mut self, range: AddrRange<I>, attrs: Attrs) -> Result<(), MapError> {
+        let range = range.raw();
         self.check_range(&range)?;
         let bits = self.ctx.encode(attrs)?;
         if range.is_empty() {
@@ -89,7 +90,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     ) {
         // Stage 2 only: the guest may now execute what it could not before.
         if p.icache && old & attrs::S2_XN != 0 {
-            let (pa, len) = (self.leaf_oa(old, level), self.size(level));
+            let (pa, len) = (Pa::new(self.leaf_oa(old, level)), self.size(level));
             self.op(MaintOp::InvalidateIcachePou { pa, len });
         }
         if attrs_change_needs_bbm(old, new) {

@@ -3,6 +3,7 @@
 
 use super::walk::{VisitKind, WalkFlags};
 use super::{Ctx, MapError, PageTable, Visit, LAST_LEVEL};
+use crate::addr::{InputAddress, Pa};
 use crate::attrs::{DESC_TABLE, DESC_VALID};
 use crate::frames::TableAlloc;
 use crate::maint::Maintenance;
@@ -56,7 +57,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     /// The descriptors of a fresh table, for bulk initialisation (`AtomicU64::get_mut`).
     #[inline(always)]
     pub(super) fn fresh(&mut self, t: &FreshTable) -> &mut [AtomicU64] {
-        self.alloc.fresh_table(t.0, self.geo.granule())
+        self.alloc.fresh_table(Pa::new(t.0), self.geo.granule())
     }
 
     /// Tables an operation needs below an entry at `level` that must become a table for
@@ -113,7 +114,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let g = self.geo.granule();
         while self.reserve.len() > keep {
             if let Some(t) = self.reserve.pop() {
-                self.alloc.free(t, g, 1);
+                self.alloc.free(Pa::new(t), g, 1);
             }
         }
     }
@@ -125,7 +126,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let g = self.geo.granule();
         while self.reserve.len() < need {
             match self.alloc.alloc(g, 1) {
-                Some(t) => self.reserve.push(t),
+                Some(t) => self.reserve.push(t.get()),
                 None => {
                     let got = self.reserve.len();
                     self.trim_reserve(have);
@@ -137,7 +138,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 }
 
-impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
+impl<A: TableAlloc, M: Maintenance, I: InputAddress> PageTable<A, M, I> {
     /// Ensures the reserve holds the tables an operation on `range` needs (prepare).
     #[inline(always)]
     pub(super) fn prepare(&mut self, range: &Range<u64>, op: Op) -> Result<(), MapError> {

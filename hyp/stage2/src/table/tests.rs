@@ -2,12 +2,28 @@
 
 use super::reserve::Op;
 use super::*;
+use crate::addr::{AddrRange, Address};
 use crate::attrs::DESC_OA_MASK;
 use crate::geometry::tlbi_ipa_operand;
 use crate::maint::MaintOp;
 use crate::maint::{check_bbm, Event, Recorder};
 use crate::{CpuFeatures, VecAlloc};
 use alloc::vec;
+
+/// The input range `r` of the table's kind.
+fn rng<A: Address>(r: core::ops::Range<u64>) -> AddrRange<A> {
+    AddrRange::new(A::from_raw(r.start), A::from_raw(r.end)).expect("a forwards range")
+}
+
+/// The input address `a` of the table's kind.
+fn at<A: Address>(a: u64) -> A {
+    A::from_raw(a)
+}
+
+/// A translation with its output address as a number.
+fn raw_t((pa, attrs, level): (Pa, Attrs, u32)) -> (u64, Attrs, u32) {
+    (pa.get(), attrs, level)
+}
 
 fn table(g: Granule) -> PageTable<VecAlloc, Recorder> {
     let cpu = CpuFeatures::profile("max").unwrap();
@@ -24,10 +40,16 @@ fn cmo(pt: &PageTable<VecAlloc, Recorder>, out: u64, len: u64) -> Vec<Event> {
     let geo = pt.geometry();
     let mut v = vec![];
     if !geo.fwb() {
-        v.push(Event::Op(MaintOp::CleanDcachePoc { pa: out, len }));
+        v.push(Event::Op(MaintOp::CleanDcachePoc {
+            pa: Pa::new(out),
+            len,
+        }));
     }
     if Attrs::ram().exec && !geo.dic() {
-        v.push(Event::Op(MaintOp::InvalidateIcachePou { pa: out, len }));
+        v.push(Event::Op(MaintOp::InvalidateIcachePou {
+            pa: Pa::new(out),
+            len,
+        }));
     }
     v
 }
@@ -38,7 +60,7 @@ fn tlbi(vmid: u16, input: u64) -> Vec<Event> {
         Event::Op(MaintOp::DsbIshSt),
         Event::Op(MaintOp::TlbiIpas2e1is {
             vmid,
-            operand: tlbi_ipa_operand(input),
+            operand: tlbi_ipa_operand(Ipa::new(input)),
         }),
         Event::Op(MaintOp::DsbIsh),
         Event::Op(MaintOp::TlbiVmalle1is { vmid }),
@@ -55,17 +77,26 @@ fn one_page_map_into_existing_tables_needs_no_allocation_and_stores_once() {
         let p = g.size();
         let base = 1u64 << 32;
         let ram = Attrs::ram();
-        pt.map(base..base + p, 1 << 33, ram, MapOpts::default())
-            .unwrap();
+        pt.map(
+            rng(base..base + p),
+            Pa::new(1 << 33),
+            ram,
+            MapOpts::default(),
+        )
+        .unwrap();
         let tables = pt.tables();
         // No allocation may succeed: the page must still map (its tables exist).
         pt.release_reserve();
         pt.allocator_mut().fail_after(Some(0));
         pt.maintenance_mut().events.clear();
         let (a, o) = (base + 5 * p, (1 << 33) + 9 * p);
-        pt.map(a..a + p, o, ram, MapOpts::default()).unwrap();
+        pt.map(rng(a..a + p), Pa::new(o), ram, MapOpts::default())
+            .unwrap();
         assert_eq!(pt.tables(), tables, "{g}");
-        assert_eq!(pt.translate(a).map(|t| (t.0, t.1, t.2)), Some((o, ram, 3)));
+        assert_eq!(
+            pt.translate(at(a)).map(raw_t).map(|t| (t.0, t.1, t.2)),
+            Some((o, ram, 3))
+        );
         let ev = pt.maintenance().events.clone();
         let mut want = cmo(&pt, o, p);
         let Some(Event::Store {
@@ -80,11 +111,11 @@ fn one_page_map_into_existing_tables_needs_no_allocation_and_stores_once() {
         // A page needing a new leaf table still fails, and changes nothing.
         let far = base + (1 << 30);
         assert!(matches!(
-            pt.map(far..far + p, o, ram, MapOpts::default()),
+            pt.map(rng(far..far + p), Pa::new(o), ram, MapOpts::default()),
             Err(MapError::NoMemory { got: 0, .. })
         ));
         assert_eq!(pt.tables(), tables, "{g}");
-        assert_eq!(pt.translate(far), None);
+        assert_eq!(pt.translate(at(far)).map(raw_t), None);
         pt.allocator_mut().fail_after(None);
         check_bbm(&pt.maintenance().events, oa_mask(g)).unwrap();
         let (alloc, _) = pt.destroy();
@@ -98,9 +129,10 @@ fn one_block_map_over_invalid_entry_is_one_store_and_over_a_valid_one_is_bbm() {
     let mut pt = table(g);
     let gib = 1u64 << 30;
     let ram = Attrs::ram();
-    pt.map(0..gib, 4 * gib, ram, MapOpts::default()).unwrap();
+    pt.map(rng(0..gib), Pa::new(4 * gib), ram, MapOpts::default())
+        .unwrap();
     pt.maintenance_mut().events.clear();
-    pt.map(gib..2 * gib, 5 * gib, ram, MapOpts::default())
+    pt.map(rng(gib..2 * gib), Pa::new(5 * gib), ram, MapOpts::default())
         .unwrap();
     let ev = pt.maintenance().events.clone();
     assert_eq!(ev.len(), cmo(&pt, 5 * gib, gib).len() + 1, "{ev:?}");
@@ -111,7 +143,7 @@ fn one_block_map_over_invalid_entry_is_one_store_and_over_a_valid_one_is_bbm() {
     ));
     // Another output for a valid block: break, invalidate, make (the general path).
     pt.maintenance_mut().events.clear();
-    pt.map(gib..2 * gib, 6 * gib, ram, MapOpts::default())
+    pt.map(rng(gib..2 * gib), Pa::new(6 * gib), ram, MapOpts::default())
         .unwrap();
     let ev = pt.maintenance().events.clone();
     let stores: Vec<_> = ev
@@ -123,15 +155,23 @@ fn one_block_map_over_invalid_entry_is_one_store_and_over_a_valid_one_is_bbm() {
         .collect();
     assert_eq!(stores, vec![(1, 0), (0, 1)], "{ev:?}");
     check_bbm(&ev, oa_mask(g)).unwrap();
-    assert_eq!(pt.translate(gib + 4096).map(|t| t.0), Some(6 * gib + 4096));
+    assert_eq!(
+        pt.translate(at(gib + 4096)).map(raw_t).map(|t| t.0),
+        Some(6 * gib + 4096)
+    );
     // A run of blocks in one table over invalid entries: the maintenance, then one store
     // per block in order, and no table.
     pt.release_reserve();
     let tables = pt.tables();
     let allocs = pt.allocator().total_allocs();
     pt.maintenance_mut().events.clear();
-    pt.map(4 * gib..8 * gib, 16 * gib, ram, MapOpts::default())
-        .unwrap();
+    pt.map(
+        rng(4 * gib..8 * gib),
+        Pa::new(16 * gib),
+        ram,
+        MapOpts::default(),
+    )
+    .unwrap();
     let ev = pt.maintenance().events.clone();
     let want = cmo(&pt, 16 * gib, 4 * gib);
     let n = want.len();
@@ -150,7 +190,7 @@ fn one_block_map_over_invalid_entry_is_one_store_and_over_a_valid_one_is_bbm() {
         (tables, allocs)
     );
     assert_eq!(
-        pt.translate(7 * gib + 4096).map(|t| t.0),
+        pt.translate(at(7 * gib + 4096)).map(raw_t).map(|t| t.0),
         Some(19 * gib + 4096)
     );
     pt.destroy();
@@ -164,12 +204,17 @@ fn one_page_unmap_invalidates_at_once_and_frees_the_tables_it_empties() {
         let p = g.size();
         let base = 1u64 << 32;
         let roots = pt.geometry().root_tables() as usize;
-        pt.map(base..base + 2 * p, 1 << 33, Attrs::ram(), MapOpts::PAGES)
-            .unwrap();
+        pt.map(
+            rng(base..base + 2 * p),
+            Pa::new(1 << 33),
+            Attrs::ram(),
+            MapOpts::PAGES,
+        )
+        .unwrap();
         let tables = pt.tables();
         assert!(tables > roots);
         pt.maintenance_mut().events.clear();
-        pt.unmap(base..base + p).unwrap();
+        pt.unmap(rng(base..base + p)).unwrap();
         let ev = pt.maintenance().events.clone();
         assert!(matches!(
             ev[0],
@@ -177,21 +222,21 @@ fn one_page_unmap_invalidates_at_once_and_frees_the_tables_it_empties() {
         ));
         assert_eq!(ev[1..], tlbi(3, base)[..], "{g}");
         assert_eq!(pt.tables(), tables, "{g}");
-        assert_eq!(pt.translate(base), None);
-        assert!(pt.translate(base + p).is_some());
+        assert_eq!(pt.translate(at(base)).map(raw_t), None);
+        assert!(pt.translate(at(base + p)).map(raw_t).is_some());
         // The last page: its leaf table (and every table above it) is freed.
         pt.maintenance_mut().events.clear();
-        pt.unmap(base + p..base + 2 * p).unwrap();
+        pt.unmap(rng(base + p..base + 2 * p)).unwrap();
         assert_eq!(pt.tables(), roots, "{g}");
         let ev = pt.maintenance().events.clone();
         assert!(ev.contains(&Event::Op(MaintOp::TlbiIpas2e1is {
             vmid: 3,
-            operand: tlbi_ipa_operand(base + p)
+            operand: tlbi_ipa_operand(Ipa::new(base + p))
         })));
         check_bbm(&ev, oa_mask(g)).unwrap();
         // Unmapping what is not mapped changes nothing.
         pt.maintenance_mut().events.clear();
-        pt.unmap(base..base + p).unwrap();
+        pt.unmap(rng(base..base + p)).unwrap();
         assert!(pt.maintenance().events.is_empty(), "{g}");
         let (alloc, _) = pt.destroy();
         assert_eq!((alloc.live_allocs(), alloc.bad_frees), (0, 0), "{g}");
@@ -240,7 +285,7 @@ fn prepare_count_per_level_equals_the_recursive_count() {
     for g in Granule::ALL {
         let cpu = CpuFeatures::profile("max").unwrap();
         let geo = Geometry::stage2(g, 48, &cpu).unwrap();
-        let pt = PageTable::new(geo, VecAlloc::new(), Recorder::default()).unwrap();
+        let pt = PageTable::<_, _>::new(geo, VecAlloc::new(), Recorder::default()).unwrap();
         let c = &pt.ctx;
         let p = g.size();
         let start = geo.start_level();

@@ -4,6 +4,7 @@
 use super::reserve::{Op, RESERVE_KEEP};
 use super::walk::{VisitKind, WalkFlags};
 use super::{Ctx, MapError, PageTable, Visit, LAST_LEVEL};
+use crate::addr::{AddrRange, InputAddress, Pa};
 use crate::attrs::DESC_VALID;
 use crate::frames::TableAlloc;
 use crate::maint::Maintenance;
@@ -22,10 +23,11 @@ enum Fast {
     Emptied(u64),
 }
 
-impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
+impl<A: TableAlloc, M: Maintenance, I: InputAddress> PageTable<A, M, I> {
     /// Unmaps `range`, splitting blocks the range cuts and freeing tables it empties.
     #[inline]
-    pub fn unmap(&mut self, range: Range<u64>) -> Result<(), MapError> {
+    pub fn unmap(&mut self, range: AddrRange<I>) -> Result<(), MapError> {
+        let range = range.raw();
         self.check_range(&range)?;
         if range.is_empty() {
             return Ok(());
@@ -156,7 +158,7 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
         let mask = (n - 1) as u64;
         let first = ((lo >> shift) & mask) as usize;
         let last = (((hi - 1) >> shift) & mask) as usize;
-        let table = self.alloc.table(t, self.geo.granule());
+        let table = self.alloc.table(Pa::new(t), self.geo.granule());
         let valid = |e: &AtomicU64| e.load(Ordering::Relaxed) & DESC_VALID != 0;
         let neighbours = [first.wrapping_sub(1), last + 1];
         if neighbours.iter().any(|&i| table.get(i).is_some_and(valid)) {

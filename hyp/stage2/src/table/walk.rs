@@ -11,6 +11,7 @@
 //! that cached descent followed by their own stores, without the iteration.
 
 use super::{Ctx, MapError, PageTable, LAST_LEVEL};
+use crate::addr::{AddrRange, InputAddress};
 use crate::frames::TableAlloc;
 use crate::maint::Maintenance;
 use core::ops::Range;
@@ -62,6 +63,10 @@ pub enum VisitKind {
 }
 
 /// One visited descriptor.
+///
+/// Its addresses are numbers: `addr` and `end` are input addresses of the table's kind
+/// ([`crate::Ipa`] or [`crate::Va`]), `entry_pa` a physical one. The walker works on numbers;
+/// [`PageTable::walk`] takes a typed range.
 #[derive(Clone, Copy, Debug)]
 pub struct Visit {
     /// The first input address of the walked range inside this entry.
@@ -359,8 +364,8 @@ impl<A: TableAlloc, M: Maintenance> Ctx<A, M> {
     }
 }
 
-impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
-    /// Walks `range` (clamped to nothing beyond the input limit), calling `visitor` for the
+impl<A: TableAlloc, M: Maintenance, I: InputAddress> PageTable<A, M, I> {
+    /// Walks `range` (which must lie inside the input limit), calling `visitor` for the
     /// visits `flags` asks for. A leaf visitor may turn an entry into a table (the walker then
     /// descends into it unless `skip_children` is set); a `TablePre` visitor may turn a table
     /// into a leaf (the walker then does not descend). Root iteration covers every
@@ -368,7 +373,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
     #[inline(always)]
     pub fn walk<E, F>(
         &mut self,
-        range: Range<u64>,
+        range: AddrRange<I>,
         flags: WalkFlags,
         visitor: &mut F,
     ) -> Result<(), E>
@@ -376,13 +381,7 @@ impl<A: TableAlloc, M: Maintenance> PageTable<A, M> {
         E: From<MapError>,
         F: FnMut(&mut Ctx<A, M>, &mut Visit) -> Result<(), E>,
     {
-        if range.end < range.start {
-            return Err(MapError::RangeBackwards {
-                start: range.start,
-                end: range.end,
-            }
-            .into());
-        }
+        let range = range.raw();
         let limit = self.ctx.geo.input_limit();
         if range.end > limit {
             return Err(MapError::OutOfRange {
