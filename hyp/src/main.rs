@@ -6,8 +6,9 @@
 //! 2. Secondary CPUs: PSCI CPU_ON for every other CPU of the device tree; they wait for work.
 //! 3. Test switches (`hyp.test=`, `selftest`).
 //! 4. `run_system` (`vm`): the physical GIC, the secondaries into hyp's WFI idle loop, the boot
-//!    bundle from its virtio-blk disk (`virtio`), the plan (`guest-loader`), the VMs, and one
-//!    vCPU thread per physical CPU until every VM has exited.
+//!    bundle the loader put in RAM as the initrd (`/chosen` `linux,initrd-start`), the plan
+//!    (`guest-loader`), the VMs, and one vCPU thread per physical CPU until every VM has
+//!    exited.
 //! 5. Power off with the success marker, or the failure marker on any fatal error.
 //!
 //! hyp is built only for `aarch64-unknown-none`; on any other target this is a stub `main`
@@ -40,8 +41,6 @@ mod mem;
 mod mmu;
 #[cfg(hyp_bare)]
 mod selftest;
-#[cfg(hyp_bare)]
-mod virtio;
 #[cfg(hyp_bare)]
 mod vm;
 

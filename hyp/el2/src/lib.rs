@@ -26,6 +26,7 @@ pub mod memmap;
 pub mod mmio;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod psci;
+pub mod scrub;
 pub mod smp;
 pub mod spectre;
 pub mod trap;
