@@ -185,7 +185,6 @@ pub fn segments(chunk: Range<u64>, images: &[(u64, u64)]) -> Vec<Segment> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
-    use std::sync::Arc;
 
     /// Plays `segments` into a byte array: images' bytes are their index + 1, zeros 0.
     fn paint(chunk: Range<u64>, images: &[(u64, u64)]) -> Vec<u8> {
@@ -298,36 +297,46 @@ mod tests {
         assert_eq!(c.claim(), None);
     }
 
-    /// CPUs racing for chunks through both paths: every chunk is filled exactly once, and a
-    /// CPU that `ensure` returned to always sees its chunks filled.
+    /// CPUs racing for chunks through both paths, started together: every chunk is filled
+    /// exactly once, and a CPU that `ensure` returned to always sees its chunk filled.
     #[test]
     fn racing_cpus_fill_every_chunk_exactly_once() {
-        let n = 64;
-        let c = Arc::new(Chunks::new(n as u64 * CHUNK));
-        let fills: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let (c, fills) = (c.clone(), fills.clone());
-                std::thread::spawn(move || {
-                    for k in 0..n {
-                        let i = if t % 2 == 0 { k } else { n - 1 - k };
-                        if t < 2 {
+        for _ in 0..20 {
+            race(4096);
+        }
+    }
+
+    fn race(n: usize) {
+        let c = Chunks::new(n as u64 * CHUNK);
+        let fills: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (c, fills, start) = (&c, &fills, &start);
+                s.spawn(move || {
+                    start.wait();
+                    if t < 2 {
+                        for k in 0..n {
+                            let i = if t == 0 { k } else { n - 1 - k };
                             c.ensure(c.range(i), |r| {
                                 fills[(r.start / CHUNK) as usize].fetch_add(1, Ordering::Relaxed);
                             });
                             assert_eq!(fills[i].load(Ordering::Relaxed), 1);
-                        } else if let Some(j) = c.claim() {
+                        }
+                    } else {
+                        while let Some(j) = c.claim() {
                             fills[j].fetch_add(1, Ordering::Relaxed);
                             c.finish(j);
                         }
                     }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert!(fills.iter().all(|f| f.load(Ordering::Relaxed) == 1));
+                });
+            }
+        });
+        let twice = fills
+            .iter()
+            .filter(|f| f.load(Ordering::Relaxed) != 1)
+            .count();
+        assert_eq!(twice, 0, "chunks not filled exactly once");
         assert!(c.all_ready());
     }
 }
