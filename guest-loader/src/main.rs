@@ -45,7 +45,7 @@ mod cli {
     /// hyp's guest loader: checks a system config, writes a VM's device tree, packs the bundle.
     ///
     /// CONFIG is a TOML system config (README, "Configs"); paths in it are relative to its
-    /// directory. The bundle is what hyp reads from its virtio disk.
+    /// directory. The bundle is what QEMU loads for hyp as its initrd (-initrd).
     #[derive(Parser)]
     #[command(name = "guest-loader", version, arg_required_else_help = true)]
     #[command(

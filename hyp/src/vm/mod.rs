@@ -204,7 +204,7 @@ impl Vm {
             return;
         }
         if let Some(r) = reason {
-            // Guest misbehaviour: warn, not error (style.md rule 10).
+            // Guest misbehaviour: warn, not error (it is not hyp's failure).
             warn!("vm {}: killed: {r}", self.name);
         }
         for (v, &p) in self.pcpus.iter().enumerate() {
@@ -216,7 +216,7 @@ impl Vm {
 
     /// A warning about this guest's misbehaviour: the first [`WARN_BUDGET`] of each VM are
     /// printed, then one line saying the rest are counted (a guest cannot flood hyp's console
-    /// or silence another VM's warnings). Guest misbehaviour is `warn!` (style.md rule 10).
+    /// or silence another VM's warnings). Guest misbehaviour is `warn!`, not `error!`: it is not hyp's failure.
     pub fn warn_limited(&self, args: core::fmt::Arguments<'_>) {
         let n = self.warned.fetch_add(1, Ordering::Relaxed);
         if n < WARN_BUDGET {
