@@ -560,12 +560,6 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
         ms()
     );
     drop(plan);
-    // CPUs that run no vCPU fill the VMs' RAM meanwhile (their idle loop's `fill_idle`).
-    for cpu in 1..smp::online() {
-        if !vms.iter().any(|vm| vm.pcpus.contains(&cpu)) {
-            gic::kick(cpu);
-        }
-    }
 
     // Start every vCPU on its CPU; the one pinned to CPU 0 (this one) runs last, here.
     let mut mine = None;
@@ -594,6 +588,13 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
                 );
                 vm.live.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+    }
+    // CPUs that run no vCPU fill the VMs' RAM meanwhile (their idle loop's `fill_idle`); woken
+    // once the vCPUs are on their way, so filling does not delay their start.
+    for cpu in 1..smp::online() {
+        if !vms.iter().any(|vm| vm.pcpus.contains(&cpu)) {
+            gic::kick(cpu);
         }
     }
     if let Some((vm, v)) = mine {
