@@ -991,7 +991,8 @@ mod tests {
     const MAX_SMP4: &[u8] = include_bytes!("../testdata/qemu-virt-max-smp4.dtb");
     const EL1_SMP2: &[u8] = include_bytes!("../testdata/qemu-virt-el1-smp2.dtb");
     /// QEMU 10.0 `-M virt,virtualization=on,gic-version=3 -cpu max -smp 4 -m 2G -kernel
-    /// hyp.bin -initrd <4096 bytes> -append hyp.granule=4k`, dumped with `dumpdtb=`.
+    /// hyp.bin -initrd <4096 bytes> -append hyp.granule=4k`, dumped with `dumpdtb=` (padding
+    /// dropped by a `dtc` round trip).
     const MAX_INITRD: &[u8] = include_bytes!("../testdata/qemu-virt-max-initrd.dtb");
 
     #[test]
