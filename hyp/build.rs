@@ -1,12 +1,11 @@
-//! Links hyp with its linker script (Image header first, W^X section alignment) and sets
-//! `cfg(hyp_bare)` for the bare-metal aarch64 target.
+//! Links hyp with its linker script (Image header first, W^X section alignment) when building
+//! for the bare-metal target (`all(target_arch = "aarch64", target_os = "none")`, as the
+//! crates' `cfg`s spell it).
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let target = std::env::var("TARGET").unwrap_or_default();
-    // `hyp_bare`: building the real hypervisor (aarch64, no OS); anything else gets a stub.
-    println!("cargo::rustc-check-cfg=cfg(hyp_bare)");
-    if target.starts_with("aarch64-") && target.ends_with("-none") {
-        println!("cargo:rustc-cfg=hyp_bare");
+    let cfg = |k: &str| std::env::var(k).unwrap_or_default();
+    // The target's cfg values, which cargo passes to build scripts.
+    if cfg("CARGO_CFG_TARGET_ARCH") == "aarch64" && cfg("CARGO_CFG_TARGET_OS") == "none" {
         println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
     }
     println!("cargo:rerun-if-changed=linker.ld");

@@ -1,5 +1,6 @@
 //! The boot bundle: one file holding a system config and every file it references, which `run`
-//! writes to a virtio-blk disk and hyp reads into memory and parses with [`Bundle::parse`].
+//! hands QEMU as the initrd (`-initrd`: QEMU loads it into RAM and names it in the device tree)
+//! and hyp parses in place with [`Bundle::parse`].
 //!
 //! # Format (version 1)
 //!
@@ -434,7 +435,7 @@ mod tests {
     use alloc::vec;
 
     #[test]
-    fn round_trip() {
+    fn a_written_bundle_parses_back_to_its_config_and_files() {
         let a = write_cpio(&[("system.toml", b"x = 1\n"), ("files/k", &[1, 2, 3, 4, 5])]);
         assert_eq!(a.len() % 512, 0);
         let b = Bundle::parse(&a).unwrap();
@@ -456,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_bundles() {
+    fn corrupt_bundles_are_refused_with_what_is_wrong() {
         let good = write_cpio(&[("system.toml", b"abc")]);
         let mut bad = good.clone();
         bad[0] = b'1';

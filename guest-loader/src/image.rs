@@ -387,7 +387,8 @@ pub fn crc32(data: &[u8]) -> u32 {
     !c
 }
 
-/// Test and fuzz helpers: synthesized Image files.
+/// Test and fuzz helpers: synthesized Image files (the `synth` feature).
+#[cfg(any(test, feature = "synth"))]
 pub mod synth {
     use super::*;
     use alloc::vec;

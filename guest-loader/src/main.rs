@@ -12,20 +12,20 @@
 //! uses (the `cli` feature, on by default; hyp depends on the library without it). On
 //! `aarch64-unknown-none` this file builds to an empty stub so that the whole package builds
 //! for hyp's target.
-#![cfg_attr(target_os = "none", no_std, no_main)]
+#![cfg_attr(all(target_arch = "aarch64", target_os = "none"), no_std, no_main)]
 
-#[cfg(target_os = "none")]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-#[cfg(not(target_os = "none"))]
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
 fn main() {
     std::process::exit(cli::main());
 }
 
-#[cfg(not(target_os = "none"))]
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
 mod cli {
     use clap::{Args, Parser, Subcommand};
     use guest_loader::bundle::make_bundle;
@@ -47,7 +47,7 @@ mod cli {
     /// hyp's guest loader: checks a system config, writes a VM's device tree, packs the bundle.
     ///
     /// CONFIG is a TOML system config (README, "Configs"); paths in it are relative to its
-    /// directory. The bundle is what hyp reads from its virtio disk.
+    /// directory. The bundle is what QEMU loads for hyp as its initrd (-initrd).
     #[derive(Parser)]
     #[command(name = "guest-loader", version, arg_required_else_help = true)]
     #[command(

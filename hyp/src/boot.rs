@@ -23,6 +23,9 @@ pub struct Boot {
     pub platform: Platform<'static>,
     /// Where the device tree blob is (left in place, never handed out).
     pub dtb: PhysRange,
+    /// The boot bundle the loader put in RAM as the initrd (QEMU: `-initrd`), left in place
+    /// and never handed out; `None` when there is none.
+    pub bundle: Option<&'static [u8]>,
     /// hyp's command line.
     pub cmdline: Cmdline,
     /// The CPU features every granule decision uses (ID registers + `hyp.hide-granules=`),
@@ -154,13 +157,25 @@ pub fn early(dtb: usize) -> Boot {
         );
     }
     let dtb_range = PhysRange::new(dtb as u64, platform.dtb_size as u64);
-    let mut reserved = [PhysRange::default(); 2 + MAX_RESERVED_RANGES];
+    let bundle = platform.initrd.filter(|r| r.size > 0);
+    if let Some(b) = bundle {
+        if !platform
+            .memory
+            .as_slice()
+            .iter()
+            .any(|m| m.contains(b.base) && b.end() <= m.end())
+        {
+            el2::fatal!("the boot bundle (initrd) {b} is not inside RAM");
+        }
+    }
+    let mut reserved = [PhysRange::default(); 3 + MAX_RESERVED_RANGES];
     reserved[0] = PhysRange::new(
         layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
         layout.end - layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
     );
     reserved[1] = dtb_range;
-    for (slot, r) in reserved[2..].iter_mut().zip(platform.reserved.as_slice()) {
+    reserved[2] = bundle.unwrap_or_default();
+    for (slot, r) in reserved[3..].iter_mut().zip(platform.reserved.as_slice()) {
         *slot = *r;
     }
     let Some(free) = largest_free(platform.memory.as_slice(), &reserved) else {
@@ -202,10 +217,15 @@ pub fn early(dtb: usize) -> Boot {
         mmu.levels
     );
     let workarounds = spectre(&cmdline);
+    // SAFETY: the range is RAM (checked above) that no allocator hands out (reserved above),
+    // identity mapped by mmu::enable as RAM; nothing writes it: hyp only reads the bundle.
+    let bundle = bundle
+        .map(|b| unsafe { core::slice::from_raw_parts(b.base as *const u8, b.size as usize) });
 
     Boot {
         platform,
         dtb: dtb_range,
+        bundle,
         cmdline,
         cpu,
         el2_granule: choice.granule,

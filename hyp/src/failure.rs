@@ -3,7 +3,6 @@
 
 use crate::gic::GicError;
 use crate::smmu::AssignError;
-use crate::virtio::DiskError;
 use alloc::string::String;
 use core::fmt;
 use el2::dt::PhysRange;
@@ -19,8 +18,6 @@ use vdev::vgic::VgicError;
 pub enum Fatal {
     /// The physical GIC could not be set up.
     Gic(GicError),
-    /// The boot bundle's disk could not be read.
-    BundleDisk(DiskError),
     /// The boot bundle does not parse.
     BundleCorrupt(BundleError),
     /// The bundle's system config does not fit this machine.
@@ -81,6 +78,13 @@ pub enum VmFailure {
         /// Its length.
         len: u64,
     },
+    /// Two images of the load plan overlap.
+    LoadOverlap {
+        /// `kernel`, `initrd` or `dtb`.
+        what: &'static str,
+        /// The one it overlaps.
+        other: &'static str,
+    },
     /// The vGIC refused its shape.
     Vgic(VgicError),
     /// PSCI refused its shape.
@@ -120,7 +124,6 @@ pub struct Detail<'a>(&'a Fatal);
 impl fmt::Display for Detail<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Fatal::BundleDisk(e) => write!(f, "hyp: {e}"),
             Fatal::BundleCorrupt(e) => write!(f, "hyp: boot bundle: {e}"),
             Fatal::PlanRefused(e) => write!(f, "{e}"),
             Fatal::Vm { vm, why } => match why {
@@ -162,6 +165,9 @@ impl fmt::Display for Detail<'_> {
                     f,
                     "vm {vm}: {what} at IPA {ipa:#x} (+{len:#x}) is outside the VM's RAM"
                 ),
+                VmFailure::LoadOverlap { what, other } => {
+                    write!(f, "vm {vm}: {what} overlaps {other} in the VM's RAM")
+                }
                 VmFailure::Vgic(e) => write!(f, "vm {vm}: {e}"),
                 VmFailure::Psci(e) => write!(f, "vm {vm}: {e}"),
                 VmFailure::Cpus { start, end, online } => write!(
@@ -183,7 +189,6 @@ impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Fatal::Gic(e) => return write!(f, "{e}"),
-            Fatal::BundleDisk(_) => "cannot read the boot bundle disk",
             Fatal::BundleCorrupt(_) => {
                 "the boot bundle is corrupt: rebuild it with `guest-loader bundle`"
             }
@@ -202,7 +207,9 @@ impl fmt::Display for Fatal {
                 | VmFailure::IntxPin(..) => "cannot give a VM its PCI devices",
                 VmFailure::Stage2Root(_) => "cannot allocate stage-2 tables",
                 VmFailure::Stage2Map(_) => "cannot build the VM's stage-2 tables",
-                VmFailure::LoadOutside { .. } => "the load plan does not fit the VM's RAM",
+                VmFailure::LoadOutside { .. } | VmFailure::LoadOverlap { .. } => {
+                    "the load plan does not fit the VM's RAM"
+                }
                 VmFailure::Vgic(_) => "cannot build the VM's GIC",
                 VmFailure::Psci(_) => "cannot build the VM's PSCI",
                 VmFailure::Cpus { .. } => "not enough CPUs online for the VMs' vCPUs",

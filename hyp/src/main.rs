@@ -6,17 +6,19 @@
 //! 2. Secondary CPUs: PSCI CPU_ON for every other CPU of the device tree; they wait for work.
 //! 3. Test switches (`hyp.test=`, `selftest`).
 //! 4. `run_system` (`vm`): the physical GIC, the secondaries into hyp's WFI idle loop, the boot
-//!    bundle from its virtio-blk disk (`virtio`), the plan (`guest-loader`), the VMs, and one
-//!    vCPU thread per physical CPU until every VM has exited.
+//!    bundle the loader put in RAM as the initrd (`/chosen` `linux,initrd-start`), the plan
+//!    (`guest-loader`), the VMs, and one vCPU thread per physical CPU until every VM has
+//!    exited.
 //! 5. Power off with the success marker, or the failure marker on any fatal error.
 //!
 //! hyp is built only for `aarch64-unknown-none`; on any other target this is a stub `main`
 //! that says so, so `cargo clippy --workspace` and `cargo doc` work on the host.
-//! (`hyp_bare` is set by build.rs for aarch64 bare-metal targets.)
-#![cfg_attr(hyp_bare, no_std)]
-#![cfg_attr(hyp_bare, no_main)]
+//! (The bare-metal build is `cfg(all(target_arch = "aarch64", target_os = "none"))`, spelled
+//! the same way in every crate.)
+#![cfg_attr(all(target_arch = "aarch64", target_os = "none"), no_std)]
+#![cfg_attr(all(target_arch = "aarch64", target_os = "none"), no_main)]
 
-#[cfg(not(hyp_bare))]
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
 fn main() {
     eprintln!(
         "hyp runs only on bare-metal arm64: cargo build -p hyp --release --target \
@@ -25,49 +27,47 @@ fn main() {
     std::process::exit(2);
 }
 
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 extern crate alloc;
 
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod boot;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod failure;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod gic;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod mem;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod mmu;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod pci;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod selftest;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod smmu;
-#[cfg(hyp_bare)]
-mod virtio;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod vm;
 
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 use el2::fatal;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 use el2::heap::LockedHeap;
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 use log::info;
 
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     el2::fatal::panic(info)
 }
 
 /// What a run of the system ended with.
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// There was nothing to run (no bundle, or a system with no VMs).
@@ -78,13 +78,13 @@ pub enum Verdict {
 
 /// Loads the system from the boot bundle and runs it until every VM has exited
 /// (`vm::run_system`).
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 fn run_system(boot: &boot::Boot) -> Result<Verdict, failure::Fatal> {
     vm::run_system(boot)
 }
 
 /// Rust entry of the boot CPU (from `el2::arch` entry.S): x0 = device tree address.
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[no_mangle]
 extern "C" fn el2_primary_main(dtb: usize) -> ! {
     let boot = boot::early(dtb);
@@ -114,7 +114,7 @@ extern "C" fn el2_primary_main(dtb: usize) -> ! {
 
 /// Rust entry when the loader entered hyp at EL1 or EL3 (from entry.S): says so and powers
 /// off.
-#[cfg(hyp_bare)]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[no_mangle]
 extern "C" fn el2_wrong_el(dtb: usize, el: u64) -> ! {
     boot::wrong_el(dtb, el)

@@ -4,7 +4,7 @@
 //! - RAM: normal write-back, read/write, never executable, except hyp's image:
 //!   text RX, rodata RO, data/bss RW+XN, each CPU's two stacks RW+XN above unmapped 64 KiB
 //!   guards.
-//! - Devices from the device tree (UART, GIC distributor and redistributors, virtio-mmio):
+//! - Devices from the device tree (UART, GIC distributor and redistributors):
 //!   Device-nGnRE, RW+XN, rounded out to the granule.
 //! - SCTLR_EL2.WXN on top, so no writable page is ever executable.
 
@@ -12,7 +12,7 @@ use crate::mem;
 use aarch64_cpu::registers::{SCTLR_EL2, TCR_EL2};
 use core::fmt;
 use el2::arch::{self, barrier, cache, sysreg, tlb};
-use el2::dt::{PhysRange, Platform, MAX_REDIST_REGIONS, MAX_VIRTIO_MMIO};
+use el2::dt::{PhysRange, Platform, MAX_REDIST_REGIONS};
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::memmap::align_up;
 use el2::smp;
@@ -94,9 +94,9 @@ fn sctlr_on_bits() -> u64 {
 type Table = PageTable<FrameAlloc, NoMaintenance, Va>;
 
 /// hyp's live EL2 table, once the MMU is on.
-/// Device ranges hyp maps for itself: the console UART, the GIC distributor, its
-/// redistributor regions and the virtio-mmio slots, each at most as many as `Platform` lists.
-const MAX_DEVICE_RANGES: usize = 2 + MAX_REDIST_REGIONS + MAX_VIRTIO_MMIO;
+/// Device ranges hyp maps for itself: the console UART, the GIC distributor and its
+/// redistributor regions, each at most as many as `Platform` lists.
+const MAX_DEVICE_RANGES: usize = 2 + MAX_REDIST_REGIONS;
 
 static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance, Va>>> =
     SpinMutex::new(None);
@@ -245,9 +245,6 @@ pub fn enable(
         for r in g.redists.as_slice() {
             add(*r);
         }
-    }
-    for v in p.virtio_mmio.as_slice() {
-        add(v.regs);
     }
     let devs = &mut devs[..n];
     devs.sort_unstable_by_key(|r| r.base);

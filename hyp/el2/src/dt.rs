@@ -9,7 +9,7 @@
 //!
 //! The tree is parsed before hyp has a heap, so what hyp keeps lives in fixed-size [`List`]s.
 //! None of them drops an entry silently: a tree with more RAM ranges, reserved ranges,
-//! redistributor regions or virtio-mmio slots than hyp keeps is refused with
+//! or redistributor regions than hyp keeps is refused with
 //! [`DtError::TooMany`], naming the node and the limit, because a dropped reserved range would
 //! become VM RAM. The one exception is `/cpus`: hyp runs on the first [`MAX_CPUS`] CPUs and
 //! counts the others in [`Platform::cpus_not_listed`] (boot warns; CPUs hyp does not start
@@ -35,8 +35,6 @@ pub const MAX_MEMORY_RANGES: usize = 16;
 pub const MAX_RESERVED_RANGES: usize = 32;
 /// The most GICv3 redistributor regions (`#redistributor-regions`).
 pub const MAX_REDIST_REGIONS: usize = 8;
-/// The most virtio-mmio slots (QEMU's virt machine has 32).
-pub const MAX_VIRTIO_MMIO: usize = 32;
 
 /// A physical address range `[base, base + size)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,15 +148,6 @@ pub struct GicV3 {
     pub redists: List<PhysRange, MAX_REDIST_REGIONS>,
 }
 
-/// A virtio-mmio slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VirtioMmio {
-    /// Its registers.
-    pub regs: PhysRange,
-    /// Its interrupt ID (GIC INTID).
-    pub intid: u32,
-}
-
 /// One CPU of `/cpus`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuNode {
@@ -181,8 +170,9 @@ pub struct Platform<'a> {
     pub uart: Option<Pl011>,
     /// The first GICv3, if any.
     pub gic: Option<GicV3>,
-    /// The virtio-mmio slots, in address order as the tree lists them.
-    pub virtio_mmio: List<VirtioMmio, MAX_VIRTIO_MMIO>,
+    /// The initrd the loader put in RAM (`/chosen` `linux,initrd-start` and
+    /// `linux,initrd-end`, as for Linux): hyp's boot bundle (QEMU: `-initrd`).
+    pub initrd: Option<PhysRange>,
     /// How to call PSCI, if there is a `/psci` node.
     pub psci: Option<PsciMethod>,
     /// The first [`MAX_CPUS`] CPUs, in tree order (the first is normally the boot CPU).
@@ -324,6 +314,13 @@ pub enum DtError {
         /// The length of `reg` in bytes.
         len: usize,
     },
+    /// `/chosen` `linux,initrd-start`/`linux,initrd-end` that do not describe a range: a
+    /// value that is not one or two 32-bit cells, one of the two without the other, or an end
+    /// before the start.
+    BadInitrd {
+        /// What is wrong.
+        why: &'static str,
+    },
     /// A GICv3 whose `reg` has fewer redistributor regions than `#redistributor-regions`.
     MissingRedists {
         /// The GIC node.
@@ -379,6 +376,10 @@ impl fmt::Display for DtError {
                  #address-cells = {address_cells} and #size-cells = {size_cells} (hyp takes 1 \
                  or 2 address cells, 0 to 2 size cells, whole entries)"
             ),
+            DtError::BadInitrd { why } => write!(
+                f,
+                "device tree node /chosen: linux,initrd-start/linux,initrd-end: {why}"
+            ),
             DtError::MissingRedists {
                 node,
                 declared,
@@ -424,6 +425,31 @@ pub fn dtb_total_size(header: &[u8]) -> Result<usize, DtError> {
 /// A big-endian value of 0, 1 or 2 cells (at most 8 bytes: callers check the cell counts).
 fn be_cells(b: &[u8]) -> u64 {
     b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x))
+}
+
+/// `/chosen`'s initrd range: `linux,initrd-start` up to `linux,initrd-end` (exclusive), each
+/// one or two 32-bit cells (Linux's `drivers/of/fdt.c` reads either width); `None` when
+/// neither is there.
+fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<PhysRange>, DtError> {
+    let cell = |name| -> Result<Option<u64>, DtError> {
+        match chosen.property(name) {
+            None => Ok(None),
+            Some(p) if p.value.len() == 4 || p.value.len() == 8 => Ok(Some(be_cells(p.value))),
+            Some(_) => Err(DtError::BadInitrd {
+                why: "a value is not one or two 32-bit cells",
+            }),
+        }
+    };
+    match (cell("linux,initrd-start")?, cell("linux,initrd-end")?) {
+        (None, None) => Ok(None),
+        (Some(start), Some(end)) if end >= start => Ok(Some(PhysRange::new(start, end - start))),
+        (Some(_), Some(_)) => Err(DtError::BadInitrd {
+            why: "the end is before the start",
+        }),
+        _ => Err(DtError::BadInitrd {
+            why: "one of the two is missing",
+        }),
+    }
 }
 
 /// The value of a property that must be exactly one 32-bit cell (`#address-cells` and the
@@ -828,7 +854,6 @@ impl<'a> Platform<'a> {
         let mut memory: List<PhysRange, MAX_MEMORY_RANGES> = List::default();
         let mut reserved: List<PhysRange, MAX_RESERVED_RANGES> = List::default();
         let mut gic = None;
-        let mut virtio_mmio: List<VirtioMmio, MAX_VIRTIO_MMIO> = List::default();
         let mut cpus: List<CpuNode, MAX_CPUS> = List::default();
         let mut cpus_not_listed = 0;
 
@@ -899,24 +924,18 @@ impl<'a> Platform<'a> {
                     gic = Some(GicV3 { dist, redists });
                 }
             }
-            if is_compatible(node, "virtio,mmio") {
-                if let (Some(regs), Some(intid)) = (v.first_reg()?, gic_intid(node)) {
-                    virtio_mmio
-                        .push(VirtioMmio { regs, intid })
-                        .map_err(|f| too_many("virtio-mmio slots", f))?;
-                }
-            }
             Ok(())
         })?;
         if memory.is_empty() {
             return Err(DtError::NoMemory);
         }
 
-        let bootargs = fdt
-            .find_node("/")
-            .and_then(|r| root_child(r, "chosen"))
-            .and_then(|c| prop_str(c, "bootargs"))
-            .unwrap_or("");
+        let chosen = fdt.find_node("/").and_then(|r| root_child(r, "chosen"));
+        let bootargs = chosen.and_then(|c| prop_str(c, "bootargs")).unwrap_or("");
+        let initrd = match chosen {
+            Some(c) => initrd(c)?,
+            None => None,
+        };
 
         Ok(Platform {
             dtb_size,
@@ -924,7 +943,7 @@ impl<'a> Platform<'a> {
             reserved,
             uart: console(&fdt)?,
             gic,
-            virtio_mmio,
+            initrd,
             psci: psci(&fdt),
             cpus,
             cpus_not_listed,
@@ -971,6 +990,10 @@ mod tests {
 
     const MAX_SMP4: &[u8] = include_bytes!("../testdata/qemu-virt-max-smp4.dtb");
     const EL1_SMP2: &[u8] = include_bytes!("../testdata/qemu-virt-el1-smp2.dtb");
+    /// QEMU 10.0 `-M virt,virtualization=on,gic-version=3 -cpu max -smp 4 -m 2G -kernel
+    /// hyp.bin -initrd <4096 bytes> -append hyp.granule=4k`, dumped with `dumpdtb=` (padding
+    /// dropped by a `dtc` round trip).
+    const MAX_INITRD: &[u8] = include_bytes!("../testdata/qemu-virt-max-initrd.dtb");
 
     #[test]
     fn qemu_virt_max_smp4() {
@@ -994,16 +1017,7 @@ mod tests {
             gic.redists.as_slice(),
             &[PhysRange::new(0x080a_0000, 0xf6_0000)]
         );
-        assert_eq!(p.virtio_mmio.len(), 32);
-        let mut slots: Vec<_> = p.virtio_mmio.as_slice().to_vec();
-        slots.sort_by_key(|s| s.regs.base);
-        for (n, s) in slots.iter().enumerate() {
-            assert_eq!(
-                s.regs,
-                PhysRange::new(0x0a00_0000 + n as u64 * 0x200, 0x200)
-            );
-            assert_eq!(s.intid, 32 + 16 + n as u32);
-        }
+        assert_eq!(p.initrd, None);
         assert_eq!(p.psci, Some(PsciMethod::Smc));
         let mpidrs: Vec<u64> = p.cpus.as_slice().iter().map(|c| c.mpidr).collect();
         assert_eq!(mpidrs, [0, 1, 2, 3]);
@@ -1167,8 +1181,8 @@ mod tests {
         memory_nodes: usize,
         /// GICv3 redistributor regions: (declared, present).
         redists: Option<(u32, usize)>,
-        /// virtio-mmio slots.
-        virtio: usize,
+        /// `/chosen`'s `linux,initrd-start` and `linux,initrd-end` (raw values).
+        initrd: (Option<Vec<u8>>, Option<Vec<u8>>),
         /// CPUs.
         cpus: usize,
         /// The root's properties replacing `#address-cells = 2`, `#size-cells = 2`.
@@ -1220,6 +1234,12 @@ mod tests {
         }
         let chosen = w.begin_node("chosen").unwrap();
         w.property_string("stdout-path", "/pl011@9000000").unwrap();
+        if let Some(v) = &s.initrd.0 {
+            w.property("linux,initrd-start", v).unwrap();
+        }
+        if let Some(v) = &s.initrd.1 {
+            w.property("linux,initrd-end", v).unwrap();
+        }
         w.end_node(chosen).unwrap();
         if s.gone == Some("/") {
             let g = w.begin_node("gone").unwrap();
@@ -1282,17 +1302,6 @@ mod tests {
             regs.extend((0..present as u64).map(|i| (0x10_0000 * (i + 1), 0x2_0000)));
             w.property_array_u64("reg", &reg64(&regs)).unwrap();
             w.end_node(gic).unwrap();
-        }
-        for i in 0..s.virtio as u64 {
-            let base = 0xa00_0000 + i * 0x200;
-            let n = w
-                .begin_node(&alloc::format!("virtio_mmio@{base:x}"))
-                .unwrap();
-            w.property_string("compatible", "virtio,mmio").unwrap();
-            w.property_array_u64("reg", &[base, 0x200]).unwrap();
-            w.property_array_u32("interrupts", &[0, 16 + i as u32, 1])
-                .unwrap();
-            w.end_node(n).unwrap();
         }
         let cpus = w.begin_node("cpus").unwrap();
         w.property_u32("#address-cells", 1).unwrap();
@@ -1498,27 +1507,70 @@ mod tests {
         assert!(e.to_string().contains("/intc@8000000"), "{e}");
     }
 
+    /// The boot bundle QEMU's `-initrd` loads: `/chosen` says where, in one or two cells each.
     #[test]
-    fn virtio_slots_beyond_the_limit_refuse() {
-        let p = parse(synth(&Synth {
-            virtio: MAX_VIRTIO_MMIO,
-            cpus: 1,
-            ..Synth::default()
-        }))
-        .unwrap();
-        assert_eq!(p.virtio_mmio.len(), MAX_VIRTIO_MMIO);
-        let e = parse(synth(&Synth {
-            virtio: MAX_VIRTIO_MMIO + 1,
-            cpus: 1,
-            ..Synth::default()
-        }))
-        .unwrap_err();
-        let (node, what, limit) = too_many(e);
+    fn initrd_range_from_chosen_in_one_or_two_cells() {
+        let p = Platform::parse(MAX_INITRD).unwrap();
+        assert_eq!(p.initrd, Some(PhysRange::new(0x4800_0000, 0x1000)));
+        assert_eq!(p.bootargs, "hyp.granule=4k");
+        let cells = |start: u64, end: u64, two: bool| {
+            let v = |x: u64| {
+                if two {
+                    x.to_be_bytes().to_vec()
+                } else {
+                    (x as u32).to_be_bytes().to_vec()
+                }
+            };
+            parse(synth(&Synth {
+                initrd: (Some(v(start)), Some(v(end))),
+                cpus: 1,
+                ..Synth::default()
+            }))
+        };
+        let r = PhysRange::new(0x4800_0000, 0x20_0000);
         assert_eq!(
-            node,
-            alloc::format!("/virtio_mmio@{:x}", 0xa00_0000 + MAX_VIRTIO_MMIO * 0x200)
+            cells(0x4800_0000, 0x4820_0000, true).unwrap().initrd,
+            Some(r)
         );
-        assert_eq!((what, limit), ("virtio-mmio slots", MAX_VIRTIO_MMIO));
+        assert_eq!(
+            cells(0x4800_0000, 0x4820_0000, false).unwrap().initrd,
+            Some(r)
+        );
+        let empty = cells(0x4800_0000, 0x4800_0000, true)
+            .unwrap()
+            .initrd
+            .unwrap();
+        assert_eq!(empty.size, 0);
+        let no_initrd = parse(synth(&Synth {
+            cpus: 1,
+            ..Synth::default()
+        }));
+        assert_eq!(no_initrd.unwrap().initrd, None);
+    }
+
+    #[test]
+    fn initrd_that_is_not_a_range_refuses() {
+        let why = |start: Option<Vec<u8>>, end: Option<Vec<u8>>| match parse(synth(&Synth {
+            initrd: (start, end),
+            cpus: 1,
+            ..Synth::default()
+        })) {
+            Err(DtError::BadInitrd { why }) => why,
+            other => panic!("{other:?}"),
+        };
+        let v = |x: u64| Some(x.to_be_bytes().to_vec());
+        assert_eq!(
+            why(v(0x4900_0000), v(0x4800_0000)),
+            "the end is before the start"
+        );
+        assert_eq!(why(v(0x4800_0000), None), "one of the two is missing");
+        assert_eq!(why(None, v(0x4800_0000)), "one of the two is missing");
+        assert_eq!(
+            why(Some(alloc::vec![0; 3]), v(0x4800_0000)),
+            "a value is not one or two 32-bit cells"
+        );
+        let e = DtError::BadInitrd { why: "x" };
+        assert!(e.to_string().contains("/chosen"), "{e}");
     }
 
     /// CPUs are the one list that neither grows nor refuses: hyp runs on the first
@@ -1733,7 +1785,7 @@ mod tests {
     fn console_for_refusals_and_paths() {
         // A refused tree still yields its console and PSCI method for the report.
         let t = synth(&Synth {
-            virtio: MAX_VIRTIO_MMIO + 1,
+            initrd: (Some(alloc::vec![0; 8]), None),
             cpus: 1,
             ..Synth::default()
         });
@@ -1761,7 +1813,6 @@ mod tests {
     fn nops_of_a_deleted_root_child_are_skipped() {
         let base = Synth {
             reserved: alloc::vec![carveouts(0x5000_0000, 1)],
-            virtio: 2,
             cpus: 2,
             ..Synth::default()
         };
@@ -1774,7 +1825,6 @@ mod tests {
         assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
         assert_eq!(p.bootargs, "");
         assert_eq!(p.reserved.len(), 1);
-        assert_eq!(p.virtio_mmio.len(), 2);
         assert_eq!(p.cpus.len(), 2);
         let t = nop_out(synth(&Synth {
             reserved: alloc::vec![carveouts(0x5000_0000, 1)],
@@ -1805,7 +1855,7 @@ mod tests {
         assert_eq!(p.memory.len(), 2);
         assert_eq!(p.reserved.len(), 3);
         assert_eq!(p.gic.unwrap().redists.len(), 2);
-        assert_eq!((p.virtio_mmio.len(), p.cpus.len()), (1, 2));
+        assert_eq!(p.cpus.len(), 2);
         assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
         assert_eq!(p.psci, Some(PsciMethod::Hvc));
     }

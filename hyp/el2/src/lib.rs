@@ -1,6 +1,7 @@
 //! hyp's EL2 layer: boot entry, exception vectors and reports, system registers, the console,
 //! PSCI, secondary CPUs, the heap and frame allocators, and the pure helpers they need
-//! (device tree, command line, granule choice, exception reports and injection), which are
+//! (device tree, command line, granule choice, exception reports and injection, guest RAM's
+//! fill state), which are
 //! tested on the host. `ESR_EL2` decoding is `platform::esr`, shared with `vdev`.
 //!
 //! Everything that executes an arm64 instruction lives in `arch` and is compiled only for
@@ -26,6 +27,7 @@ pub mod memmap;
 pub mod mmio;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod psci;
+pub mod scrub;
 pub mod smp;
 pub mod spectre;
 pub mod trap;

@@ -145,42 +145,14 @@ pub fn write_report(
     Ok(())
 }
 
-/// A handler for exceptions from lower ELs (the VM run loop installs one).
-pub type LowerElHandler = fn(&mut TrapFrame, Vector);
-
+/// Called by `arch/vectors.S` with the saved frame and the vector entry number. Guests'
+/// exceptions never come here (`arch::guest` takes them through its own vectors while a vCPU
+/// runs), so every exception that does is unexpected: reported, then hyp powers off.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-mod runtime {
-    use super::*;
-    use core::sync::atomic::{AtomicUsize, Ordering};
-
-    static LOWER_EL_HANDLER: AtomicUsize = AtomicUsize::new(0);
-
-    /// Installs the handler for exceptions from EL1/EL0 (guests). Until one is installed,
-    /// they are reported as unexpected and hyp powers off.
-    pub fn set_lower_el_handler(h: LowerElHandler) {
-        LOWER_EL_HANDLER.store(h as usize, Ordering::Release);
-    }
-
-    /// Called by `arch/vectors.S` with the saved frame and the vector entry number.
-    #[no_mangle]
-    extern "C" fn el2_trap(frame: &mut TrapFrame, index: u64) {
-        let vector = Vector::from_index(index);
-        if vector.from_lower_el() {
-            let h = LOWER_EL_HANDLER.load(Ordering::Acquire);
-            if h != 0 {
-                // SAFETY: the only non-zero values stored are `LowerElHandler` fn pointers
-                // (set_lower_el_handler), and fn pointers round-trip through usize.
-                let h: LowerElHandler = unsafe { core::mem::transmute::<usize, LowerElHandler>(h) };
-                h(frame, vector);
-                return;
-            }
-        }
-        crate::fatal::unexpected_exception(vector, frame)
-    }
+#[no_mangle]
+extern "C" fn el2_trap(frame: &mut TrapFrame, index: u64) {
+    crate::fatal::unexpected_exception(Vector::from_index(index), frame)
 }
-
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use runtime::set_lower_el_handler;
 
 #[cfg(test)]
 mod tests {

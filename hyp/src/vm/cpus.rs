@@ -14,16 +14,17 @@ use el2::smp::{self, Work};
 /// The CPU runs [`idle_loop`] (its GIC interface is up, so the kick SGI wakes it).
 static READY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-/// Moves `cpu` (a secondary) into [`idle_loop`]; returns false if it is offline or busy.
-pub fn take_over(cpu: usize) -> bool {
-    if cpu == 0 || cpu >= MAX_CPUS {
-        return false;
-    }
-    if !smp::post(cpu, idle_loop, cpu as u64) {
-        return false;
-    }
-    // Wait until it is listening, so the first kick is not lost.
-    smp::wait_for_answer(|| READY[cpu].load(Ordering::Acquire))
+/// Moves every secondary CPU in `cpus` into [`idle_loop`], all at once, and returns the ones
+/// that did not get there (offline or busy).
+pub fn take_over(cpus: core::ops::Range<usize>) -> impl Iterator<Item = usize> {
+    let posted: [bool; MAX_CPUS] = core::array::from_fn(|cpu| {
+        cpu != 0 && cpus.contains(&cpu) && smp::post(cpu, idle_loop, cpu as u64)
+    });
+    // Wait until each is listening, so the first kick is not lost.
+    cpus.filter(move |&cpu| {
+        !(posted.get(cpu).copied().unwrap_or(false)
+            && smp::wait_for_answer(|| READY[cpu].load(Ordering::Acquire)))
+    })
 }
 
 /// Posts `f(arg)` to `cpu` (taken over with [`take_over`]) and kicks it. Returns false if
@@ -48,6 +49,10 @@ fn idle_loop(cpu: u64) {
     loop {
         if let Some((work, arg)) = mailbox.take() {
             work(arg);
+            continue;
+        }
+        // Nothing to run: fill VM RAM that is not filled yet (`vm::fill_idle`).
+        if super::fill_idle() {
             continue;
         }
         vsys::wfi();

@@ -2,10 +2,20 @@
 //! run until every VM has exited.
 //!
 //! A VM's lifetime: [`create`] (RAM from host memory, aligned to the largest stage-2 block that
-//! fits; a VMID; stage-2 tables with the VM's own geometry, mapped eagerly or on first fault;
-//! kernel, initrd and DTB copied in and cleaned to the point of coherency) → its vCPU threads
-//! start on their CPUs (`vcpu::thread`) → a PSCI SYSTEM_OFF / SYSTEM_RESET, or a kill, stops
-//! every vCPU → the last vCPU out prints `vm <name>: exited (...)`.
+//! fits; a VMID; stage-2 tables with the VM's own geometry) → its vCPU threads start on their
+//! CPUs (`vcpu::thread`) → a PSCI SYSTEM_OFF / SYSTEM_RESET, or a kill, stops every vCPU → the
+//! last vCPU out prints `vm <name>: exited (...)`.
+//!
+//! **RAM contents.** A VM's RAM is filled chunk by chunk (`el2::scrub`, 2 MiB chunks): each
+//! chunk gets the bytes of the VM's images (kernel, initrd, device tree) that fall in it and
+//! zeros everywhere else, once, before stage 2 maps any of it. Nothing is filled before the
+//! first vCPU starts except the chunks of images that are not in the boot bundle (the device
+//! tree, a gzip kernel's inflated bytes); the others are filled on the VM's first stage-2
+//! fault in them ([`Vm::prepare`]) or by a CPU with nothing else to do ([`fill_idle`]). An
+//! eager VM's chunk is mapped by whoever filled it, before the chunk is marked ready; a lazy
+//! VM maps pages on faults as before, after the fill. So a guest never reads a byte hyp did not
+//! write for it (XSA-245), and no path that maps guest RAM (faults, `hyp.stress`'s
+//! migrations, which only move mapped pages) can expose an unfilled chunk.
 
 pub mod cpus;
 pub mod output;
@@ -17,14 +27,16 @@ pub mod vcpu;
 use crate::boot::Boot;
 use crate::failure::{Fatal, VmFailure};
 use crate::smmu::VmMaintenance;
-use crate::{gic, mem, virtio, Verdict};
+use crate::{gic, mem, Verdict};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use el2::arch::{cache, vsys};
 use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
+use el2::scrub::{segments, Chunks, Segment, CHUNK};
 use el2::smp;
 use guest_loader::config::Mapping;
 use guest_loader::{Bundle, Host, VmPlan};
@@ -147,6 +159,19 @@ pub struct Vm {
     pub intx: Vec<u32>,
     /// Map-on-fault (lazy) stage 2: the chunk mapped per fault; `None` when eager.
     pub lazy_chunk: Option<u64>,
+    /// `hyp.stage2=blocks`: map with the largest blocks alignment allows.
+    blocks: bool,
+    /// What [`Vm::prepare`] fills (and, eager, maps) at once: the lazy chunk, or the eager
+    /// map's unit ([`CHUNK`], or a larger block with `hyp.stage2=blocks`).
+    fill_unit: u64,
+    /// Which chunks of RAM are filled (`el2::scrub`).
+    chunks: Chunks,
+    /// The images not filled at creation, each borrowed from the boot bundle: (offset in RAM,
+    /// bytes), sorted by offset, not overlapping.
+    images: Vec<(u64, &'static [u8])>,
+    /// Clean filled RAM to the point of coherency: the CPU lacks FEAT_S2FWB (the guest starts
+    /// with its caches off) or `CTR_EL0.IDC` (instruction fetch needs the data cleaned).
+    clean_fills: bool,
     /// `hyp.stress=N`: the stage-2 stress state; `None` when off.
     pub stress: Option<stress::Stress>,
     /// Devices and PSCI.
@@ -198,7 +223,7 @@ impl Vm {
             return;
         }
         if let Some(r) = reason {
-            // Guest misbehaviour: warn, not error (style.md rule 10).
+            // Guest misbehaviour: warn, not error (it is not hyp's failure).
             warn!("vm {}: killed: {r}", self.name);
         }
         for (v, &p) in self.pcpus.iter().enumerate() {
@@ -210,7 +235,7 @@ impl Vm {
 
     /// A warning about this guest's misbehaviour: the first [`WARN_BUDGET`] of each VM are
     /// printed, then one line saying the rest are counted (a guest cannot flood hyp's console
-    /// or silence another VM's warnings). Guest misbehaviour is `warn!` (style.md rule 10).
+    /// or silence another VM's warnings). Guest misbehaviour is `warn!`, not `error!`: it is not hyp's failure.
     pub fn warn_limited(&self, args: core::fmt::Arguments<'_>) {
         let n = self.warned.fetch_add(1, Ordering::Relaxed);
         if n < WARN_BUDGET {
@@ -274,6 +299,79 @@ impl Vm {
                 window_leaves,
             }),
             Some(b) => Err(b),
+        }
+    }
+
+    /// Makes the RAM around offset `off` (the fill unit holding it) ready to map: fills its
+    /// chunks that are not filled yet; an eager VM's are then mapped. Returns whether some of
+    /// it had never been filled (so never mapped) when this call looked.
+    pub fn prepare(&self, off: u64) -> bool {
+        let unit = self.fill_unit;
+        let start = off & !(unit - 1);
+        let range = start..(start + unit).min(self.ram_size);
+        let eager = self.lazy_chunk.is_none();
+        if eager && unit == CHUNK {
+            // Mapped before the chunk is marked ready, by the CPU that filled it.
+            self.chunks.ensure(range, |r| {
+                self.fill(r.clone());
+                self.map_ram(r);
+            })
+        } else {
+            let fresh = self.chunks.ensure(range.clone(), |r| self.fill(r));
+            if fresh && eager {
+                self.map_ram(range);
+            }
+            fresh
+        }
+    }
+
+    /// Writes the initial contents of RAM offsets `r` (a whole chunk): the images' bytes in
+    /// it, zeros around them.
+    fn fill(&self, r: Range<u64>) {
+        let spans: Vec<(u64, u64)> = self
+            .images
+            .iter()
+            .map(|(o, d)| (*o, d.len() as u64))
+            .collect();
+        fill_ram(self.ram_pa, r.clone(), &spans, |i| self.images[i].1);
+        self.after_fill(r);
+    }
+
+    /// Cache maintenance after filling RAM offsets `r`, before the chunk is marked ready.
+    fn after_fill(&self, r: Range<u64>) {
+        if self.clean_fills {
+            // The guest may read with its caches off (no FWB), or fetch instructions that
+            // must see the data (no IDC): clean to the point of coherency (DSB ISH included).
+            cache::clean_to_poc(self.ram_pa + r.start, r.end - r.start);
+        } else {
+            el2::arch::barrier::dsb_ish();
+        }
+        // Nothing stale from these frames' previous use may be fetched as the guest's code.
+        cache::invalidate_icache_all();
+    }
+
+    /// Maps RAM offsets `r` (filled) at stage 2, unless it is mapped already (a block another
+    /// CPU mapped first); a failure stops the VM.
+    fn map_ram(&self, r: Range<u64>) {
+        let ipa = self.ram_ipa + r.start;
+        let mut pt = self.s2.lock();
+        if pt.translate(Ipa::new(ipa)).is_some() {
+            return;
+        }
+        let opts = MapOpts {
+            skip_cmo: true,
+            pages_only: !self.blocks,
+        };
+        let mapped = AddrRange::from_start_len(Ipa::new(ipa), r.end - r.start)
+            .map_err(MapError::from)
+            .and_then(|range| pt.map(range, Pa::new(self.ram_pa + r.start), Attrs::ram(), opts));
+        if let Err(e) = mapped {
+            drop(pt);
+            self.stop(
+                VmState::Killed,
+                usize::MAX,
+                Some(format_args!("stage-2 map of IPA {ipa:#x} failed: {e}")),
+            );
         }
     }
 
@@ -370,6 +468,73 @@ pub fn vms() -> &'static [&'static Vm] {
     VMS.get().map(|v| v.as_slice()).unwrap_or(&[])
 }
 
+/// Fills one chunk of some VM's RAM that is not filled yet (and maps it if the VM is eager),
+/// for a CPU with nothing else to do. Returns whether there was one.
+pub fn fill_idle() -> bool {
+    for vm in vms() {
+        if vm.stopped() {
+            continue;
+        }
+        let Some(i) = vm.chunks.claim() else {
+            continue;
+        };
+        let r = vm.chunks.range(i);
+        vm.fill(r.clone());
+        let eager = vm.lazy_chunk.is_none();
+        if eager && vm.fill_unit == CHUNK {
+            vm.map_ram(r.clone());
+        }
+        vm.chunks.finish(i);
+        if eager && vm.fill_unit > CHUNK {
+            let start = r.start & !(vm.fill_unit - 1);
+            let unit = start..(start + vm.fill_unit).min(vm.ram_size);
+            if vm.chunks.ready(unit.clone()) {
+                vm.map_ram(unit);
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// Writes the initial contents of RAM offsets `r` of RAM at host `ram_pa`: `image(i)`'s bytes
+/// where `spans[i]` (offset, length) says, zeros elsewhere (`el2::scrub::segments`).
+fn fill_ram<'a>(
+    ram_pa: u64,
+    r: Range<u64>,
+    spans: &[(u64, u64)],
+    image: impl Fn(usize) -> &'a [u8],
+) {
+    for seg in segments(r, spans) {
+        match seg {
+            Segment::Zero(z) => {
+                // SAFETY: the offsets lie in the VM's RAM (chunks never pass its end), host
+                // RAM identity mapped for hyp and claimed by this CPU alone until the chunk
+                // is marked ready (no mapping of it exists yet).
+                unsafe {
+                    el2::arch::guest::zero_bulk(
+                        (ram_pa + z.start) as *mut u8,
+                        (z.end - z.start) as usize,
+                    )
+                }
+            }
+            Segment::Image {
+                image: i,
+                dst,
+                from,
+            } => {
+                let len = (dst.end - dst.start) as usize;
+                let src = &image(i)[from as usize..from as usize + len];
+                // SAFETY: as above for the destination; the source is the boot bundle or a
+                // heap buffer, never guest RAM.
+                unsafe {
+                    el2::arch::guest::copy_bulk((ram_pa + dst.start) as *mut u8, src.as_ptr(), len)
+                };
+            }
+        }
+    }
+}
+
 /// Milliseconds since the counter started (QEMU: since the machine started).
 fn ms() -> u64 {
     let (c, f) = el2::arch::sysreg::counter();
@@ -387,35 +552,21 @@ const HOST_RESERVE: u64 = 64 << 20;
 /// Loads the system from the boot bundle and runs it until every VM has exited.
 pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     let t_start = ms();
-    let slots: Vec<(u64, u64)> = boot
-        .platform
-        .virtio_mmio
-        .as_slice()
-        .iter()
-        .map(|v| (v.regs.base, v.regs.size))
-        .collect();
-    // The GIC, and the secondary CPUs into hyp's WFI-based idle loop, before the (long) read
-    // of the bundle.
+    // The GIC, and the secondary CPUs into hyp's WFI-based idle loop.
     // SAFETY: `boot::early` mapped every device region of `boot.platform` Device-nGnRE in hyp's
     // identity map for good (mmu::enable), and hyp drives the GIC alone.
     let gic_ok =
         unsafe { gic::init_distributor(&boot.platform, true) }.and_then(|_| gic::init_cpu());
     if gic_ok.is_ok() {
-        for cpu in 1..smp::online() {
-            if !cpus::take_over(cpu) {
-                warn!("hyp: cpu {cpu} did not come to hyp's idle loop: it runs no vCPU");
-            }
+        for cpu in cpus::take_over(1..smp::online()) {
+            warn!("hyp: cpu {cpu} did not come to hyp's idle loop: it runs no vCPU");
         }
     }
-    // SAFETY: the slots are the host device tree's virtio-mmio frames, which `boot::early`
-    // mapped Device-nGnRE (mmu::enable) and nothing else drives; `mem::alloc_phys` hands out
-    // identity-mapped RAM once and never takes it back.
-    let data = match unsafe { virtio::read_bundle_disk(&slots, mem::alloc_phys) } {
-        Ok(d) => d,
-        Err(virtio::DiskError::NoDisk) => return Ok(Verdict::NoVms),
-        Err(e) => return Err(Fatal::BundleDisk(e)),
+    // The boot bundle is where the loader put it (the initrd); without one there is nothing
+    // to run.
+    let Some(data) = boot.bundle else {
+        return Ok(Verdict::NoVms);
     };
-    let t_read = ms();
     let bundle = Bundle::parse(data).map_err(Fatal::BundleCorrupt)?;
     let host = Host {
         smmu: crate::smmu::features(),
@@ -438,7 +589,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     let mut vmids = VmidAllocator::for_cpu(&boot.cpu);
     let mut vms = Vec::new();
     for vp in &plan.vms {
-        let vm = create(boot, vp, &mut vmids).map_err(|why| Fatal::Vm {
+        let vm = create(boot, data, vp, &mut vmids).map_err(|why| Fatal::Vm {
             vm: vp.name.clone(),
             why,
         })?;
@@ -456,7 +607,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     }
     let vms: &'static [&'static Vm] = VMS.call_once(|| vms).as_slice();
     log::debug!(
-        "hyp: times since boot: hyp up {t_start} ms, bundle read {t_read} ms, planned {t_plan} ms, VMs built {} ms",
+        "hyp: times since boot: hyp up {t_start} ms, planned {t_plan} ms, VMs built {} ms",
         ms()
     );
     drop(plan);
@@ -464,6 +615,12 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
     // Start every vCPU on its CPU; the one pinned to CPU 0 (this one) runs last, here.
     let mut mine = None;
     for vm in vms {
+        info!(
+            "vm {}: starting vCPU 0 at IPA {:#x} ({} vCPUs)",
+            vm.name,
+            vm.entry,
+            vm.pcpus.len()
+        );
         for (v, &p) in vm.pcpus.iter().enumerate() {
             if p == 0 {
                 mine = Some((*vm, v));
@@ -484,6 +641,13 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
             }
         }
     }
+    // CPUs that run no vCPU fill the VMs' RAM meanwhile (their idle loop's `fill_idle`); woken
+    // once the vCPUs are on their way, so filling does not delay their start.
+    for cpu in 1..smp::online() {
+        if !vms.iter().any(|vm| vm.pcpus.contains(&cpu)) {
+            gic::kick(cpu);
+        }
+    }
     if let Some((vm, v)) = mine {
         vcpu::thread(vm, v);
     }
@@ -493,7 +657,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
         if let Err(e) = crate::smmu::poll() {
             el2::fatal!("{e}")
         }
-        if output::pump_one() {
+        if output::pump_one() || fill_idle() {
             continue;
         }
         vsys::wfi();
@@ -516,6 +680,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
 /// Builds one VM from its plan.
 fn create(
     boot: &Boot,
+    bundle: &'static [u8],
     vp: &VmPlan<'_>,
     vmids: &mut VmidAllocator,
 ) -> Result<&'static Vm, VmFailure> {
@@ -569,29 +734,11 @@ fn create(
     let ram_ipa = vp.layout.ram.start().get();
     debug_assert_eq!(ram_ipa, RAM_BASE);
     let eager = vp.mapping == Mapping::Eager;
-    if eager {
-        // Caches: QEMU's virt RAM is coherent and hyp cleans what it loads (below), so the
-        // whole-range clean to PoC of `map` is skipped (MapOpts::skip_cmo).
-        let opts = MapOpts {
-            skip_cmo: true,
-            pages_only: !boot.cmdline.stage2_blocks,
-        };
-        AddrRange::from_start_len(Ipa::new(ram_ipa), memory)
-            .map_err(MapError::from)
-            .and_then(|ram| pt.map(ram, Pa::new(pa), Attrs::ram(), opts))
-            .map_err(VmFailure::Stage2Map)?;
-    }
-    // Scrub: the VM's RAM starts as zeros, whatever hyp, firmware or an earlier user left
-    // there (XSA-245: data must not leak into a VM through its RAM). Without FEAT_S2FWB the
-    // guest starts with its caches off and reads memory, so the zeros are cleaned to PoC;
-    // with it, stage 2 makes the guest's view cacheable and coherent with hyp's.
-    // SAFETY: [pa, pa + memory) is this VM's RAM (just allocated, identity mapped, normal
-    // memory); no vCPU runs yet.
-    unsafe { el2::arch::guest::zero_bulk(pa as *mut u8, memory as usize) };
-    if !geo.fwb() {
-        cache::clean_to_poc(pa, memory);
-    }
-    // Load the images.
+    let blocks = boot.cmdline.stage2_blocks;
+    // The images, checked against RAM and each other. Those in the boot bundle (borrowed from
+    // it: it stays in place for good) are filled into RAM on demand; the others (the device
+    // tree, a gzip kernel's inflated bytes) now, below.
+    let mut items: Vec<(u64, &'static str, &[u8])> = Vec::new();
     for item in vp.load_items() {
         let off = item.ipa.get().wrapping_sub(ram_ipa);
         let len = item.data.len() as u64;
@@ -602,14 +749,97 @@ fn create(
                 len,
             });
         }
-        let dst = pa + off;
-        // SAFETY: [dst, dst + len) lies in the VM's RAM (checked above), identity-mapped RAM
-        // that this VM owns and no vCPU runs yet; the source is a separate heap buffer.
-        unsafe { el2::arch::guest::copy_bulk(dst as *mut u8, item.data.as_ptr(), len as usize) };
-        // The guest starts with its MMU and caches off (booting.rst): its view is memory.
-        cache::clean_to_poc(dst, len);
+        items.push((off, item.what, item.data));
     }
-    // The kernel's BSS (image_size beyond the file) is among the scrubbed zeros.
+    items.sort_by_key(|i| i.0);
+    for w in items.windows(2) {
+        if w[0].0 + w[0].2.len() as u64 > w[1].0 {
+            return Err(VmFailure::LoadOverlap {
+                what: w[1].1,
+                other: w[0].1,
+            });
+        }
+    }
+    let in_bundle = |d: &[u8]| -> Option<&'static [u8]> {
+        let at = (d.as_ptr() as usize).checked_sub(bundle.as_ptr() as usize)?;
+        bundle
+            .get(at..at + d.len())
+            .filter(|b| b.as_ptr() == d.as_ptr())
+    };
+    let images: Vec<(u64, &'static [u8])> = items
+        .iter()
+        .filter_map(|&(off, _, d)| Some((off, in_bundle(d)?)))
+        .collect();
+    // What a fault fills and (eager) maps at once: a lazy VM's chunk; for an eager VM one fill
+    // chunk, or with blocks the largest block the RAM's alignment allows.
+    let lazy_chunk = if eager {
+        None
+    } else {
+        // Map per fault one page of the VM's stage-2 granule, or with `hyp.stage2=blocks` the
+        // largest block up to 32 MiB that the RAM's alignment allows.
+        let mut chunk = geo.page_size();
+        if blocks {
+            for level in geo.start_level()..=3 {
+                if let Some(b) = geo.block_size(level) {
+                    if b <= memory && b <= align && b > chunk && b <= (32 << 20) {
+                        chunk = b;
+                    }
+                }
+            }
+        }
+        Some(chunk)
+    };
+    let fill_unit = match lazy_chunk {
+        Some(c) => c,
+        None if blocks => align.max(CHUNK),
+        None => CHUNK,
+    };
+    let chunks = Chunks::new(memory);
+    // Clean what hyp writes for the guest to the point of coherency unless stage 2 makes the
+    // guest's view cacheable (FEAT_S2FWB) and instruction fetch coherent with data
+    // (CTR_EL0.IDC: no clean to the point of unification needed, Arm ARM D7.5.9).
+    let clean_fills = !geo.fwb() || !boot.cpu.idc();
+    // Fill now the chunks (whole fill units) of the images that are not in the bundle; for a
+    // VM that owns devices, all of its RAM: a device may DMA to any of it from its first
+    // instruction on, and DMA never faults a chunk in.
+    let spans: Vec<(u64, u64)> = items.iter().map(|i| (i.0, i.2.len() as u64)).collect();
+    let mut now: Vec<(u64, u64)> = items
+        .iter()
+        .filter(|&&(_, _, d)| in_bundle(d).is_none() && !d.is_empty())
+        .map(|&(off, _, d)| {
+            let start = off & !(fill_unit - 1);
+            let end = (off + d.len() as u64).div_ceil(fill_unit) * fill_unit;
+            (start, end.min(memory))
+        })
+        .collect();
+    if owns_devices {
+        now = (0..memory)
+            .step_by(fill_unit as usize)
+            .map(|s| (s, (s + fill_unit).min(memory)))
+            .collect();
+    }
+    for (start, end) in now {
+        chunks.ensure(start..end, |r| {
+            fill_ram(pa, r.clone(), &spans, |i| items[i].2);
+            if clean_fills {
+                cache::clean_to_poc(pa + r.start, r.end - r.start);
+            }
+        });
+        if eager {
+            let opts = MapOpts {
+                skip_cmo: true,
+                pages_only: !blocks,
+            };
+            let ipa = ram_ipa + start;
+            if pt.translate(Ipa::new(ipa)).is_none() {
+                AddrRange::from_start_len(Ipa::new(ipa), end - start)
+                    .map_err(MapError::from)
+                    .and_then(|r| pt.map(r, Pa::new(pa + start), Attrs::ram(), opts))
+                    .map_err(VmFailure::Stage2Map)?;
+            }
+        }
+    }
+    el2::arch::barrier::dsb_ish();
     cache::invalidate_icache_all();
     // Its devices' DMA goes through the same stage 2, now that it maps all of its RAM.
     if owns_devices {
@@ -678,29 +908,12 @@ fn create(
         n,
         pcpus,
         if eager { "eager" } else { "lazy" },
-        if boot.cmdline.stage2_blocks {
+        if blocks {
             "blocks"
         } else {
             "pages"
         }
     );
-    let lazy_chunk = if eager {
-        None
-    } else {
-        // Map per fault one page of the VM's stage-2 granule, or with `hyp.stage2=blocks` the
-        // largest block up to 32 MiB that the RAM's alignment allows.
-        let mut chunk = geo.page_size();
-        if boot.cmdline.stage2_blocks {
-            for level in geo.start_level()..=3 {
-                if let Some(b) = geo.block_size(level) {
-                    if b <= memory && b <= align && b > chunk && b <= (32 << 20) {
-                        chunk = b;
-                    }
-                }
-            }
-        }
-        Some(chunk)
-    };
     let mut starts = Vec::with_capacity(n);
     starts.resize(n, None);
     let vm = Box::leak(Box::new(Vm {
@@ -733,6 +946,11 @@ fn create(
             .filter(|_| owns_devices)
             .map(|w| w.start().get()..w.end().get()),
         lazy_chunk,
+        blocks,
+        fill_unit,
+        chunks,
+        images,
+        clean_fills,
         // Device-visible memory stays mapped while a device may use it: hyp.stress does not
         // touch a VM that owns devices.
         stress: (boot.cmdline.stress != 0 && !owns_devices).then(|| {

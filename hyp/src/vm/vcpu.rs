@@ -285,7 +285,7 @@ impl Vcpu {
                     return Some(s);
                 }
             }
-            if super::output::pump_one() {
+            if super::output::pump_one() || super::fill_idle() {
                 continue;
             }
             vsys::wfi();
@@ -571,7 +571,7 @@ impl Vcpu {
                 return;
             }
             // An idle CPU writes queued console output, a line at a time, until none is left.
-            if super::output::pump_one() {
+            if super::output::pump_one() || super::fill_idle() {
                 continue;
             }
             match deadline {
@@ -818,13 +818,21 @@ impl Vcpu {
             }
             _ => return false,
         }
+        // RAM is filled (zeros and the VM's images) before it is first mapped; an eager VM's
+        // is mapped by the fill (`Vm::prepare`).
+        let fresh = vm.prepare(off);
         let mut pt = vm.s2.lock();
         // Under stress, one page of the VM's granule (migrated pages are recorded per page);
         // else the lazy chunk.
         let (chunk, pa_of) = match (stress, vm.lazy_chunk) {
             (Some(_), _) => (pt.geometry().page_size(), true),
             (None, Some(c)) => (c, false),
-            (None, None) => return false,
+            (None, None) => {
+                if fresh {
+                    vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
+                }
+                return true;
+            }
         };
         let start = off & !(chunk - 1);
         let end = (start + chunk).min(vm.ram_size);

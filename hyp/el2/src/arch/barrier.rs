@@ -16,13 +16,6 @@ pub fn dsb_ishst() {
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) }
 }
 
-/// `DSB SY`: completes earlier memory accesses system-wide.
-#[inline(always)]
-pub fn dsb_sy() {
-    // SAFETY: a barrier changes no register or memory state visible to Rust.
-    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) }
-}
-
 /// `DSB NSH`: completes earlier accesses and maintenance on this CPU.
 #[inline(always)]
 pub fn dsb_nsh() {

@@ -9,11 +9,6 @@ pub fn dcache_line() -> u64 {
     4 << ((sysreg::ctr_el0() >> 16) & 0xf)
 }
 
-/// The smallest I-cache line size in bytes, from `CTR_EL0.IminLine`.
-pub fn icache_line() -> u64 {
-    4 << (sysreg::ctr_el0() & 0xf)
-}
-
 /// Cleans `[start, start + len)` to the point of coherency (`DC CVAC` per line, `DSB ISH`),
 /// so that an observer with caches off (a secondary CPU before its MMU is on, a guest with
 /// its MMU off) sees the data.
