@@ -14,10 +14,13 @@ use crate::{arch, line};
 const VIRTIO_VENDOR: u32 = 0x1af4;
 /// A modern (virtio 1.x) block device: 0x1040 + device type 2.
 const VIRTIO_BLK: u32 = 0x1042;
+/// A modern virtio network card: 0x1040 + device type 1.
+const VIRTIO_NET: u32 = 0x1041;
 
 /// virtio PCI capability types (virtio 1.2 §4.1.4).
 const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
+const CAP_DEVICE: u8 = 4;
 
 /// Common configuration offsets (virtio 1.2 §4.1.4.3).
 mod common {
@@ -110,27 +113,9 @@ fn find_cap(ecam: u64, kind: u8) -> Option<(u32, u64, u32)> {
     None
 }
 
-/// `dma-outside`: drives the assigned disk at slot `probe.slot` (1): first a read of sector 0
-/// into its own RAM (must work: DMA through the SMMU into RAM), then the same read aimed at
-/// each address of `probe.targets` outside its RAM (the SMMU must fault it: the case checks
-/// hyp's event line and the other VM's data).
-pub fn outside(env: &Env) -> Verdict {
-    let Some((ecam_base, window)) = pci_node(env.dtb) else {
-        return fail(line!("no pci-host-ecam-generic node with a memory window"));
-    };
-    let slot = env.args.num("probe.slot", 1);
-    let ecam = ecam_base + (slot << 15);
-    let id = ecam_read(ecam, 0);
-    if id & 0xffff != VIRTIO_VENDOR || id >> 16 != VIRTIO_BLK {
-        return fail(line!("00:{slot:02x}.0 is {id:#x}, not a modern virtio-blk"));
-    }
-    let (Some((cbar, coff, _)), Some((nbar, noff, mult))) =
-        (find_cap(ecam, CAP_COMMON), find_cap(ecam, CAP_NOTIFY))
-    else {
-        return fail(line!("no virtio common or notify capability"));
-    };
-    // Place every memory BAR in the window, naturally aligned (hyp turns memory decoding on
-    // only once all of them hold addresses inside it).
+/// Places every memory BAR of the function at `ecam` in `window`, naturally aligned (hyp turns
+/// memory decoding on only once all of them hold addresses inside it); their addresses by BAR.
+fn place_bars(ecam: u64, window: u64) -> [u64; 6] {
     let mut bar_at = [0u64; 6];
     let mut next = window;
     let mut i = 0;
@@ -153,6 +138,68 @@ pub fn outside(env: &Env) -> Verdict {
         next += size;
         i += if wide { 2 } else { 1 };
     }
+    bar_at
+}
+
+/// `pci-net`: the VM's PCI view of its assigned virtio-net-pci (slot `probe.slot`, 1): found
+/// by its IDs, its BARs placed in the window, its device configuration (the MAC address) read
+/// through them; every other slot of the bus reads as absent.
+pub fn net(env: &Env) -> Verdict {
+    let Some((ecam_base, window)) = pci_node(env.dtb) else {
+        return fail(line!("no pci-host-ecam-generic node with a memory window"));
+    };
+    let slot = env.args.num("probe.slot", 1);
+    let ecam = ecam_base + (slot << 15);
+    let id = ecam_read(ecam, 0);
+    if id & 0xffff != VIRTIO_VENDOR || id >> 16 != VIRTIO_NET {
+        return fail(line!("00:{slot:02x}.0 is {id:#x}, not a modern virtio-net"));
+    }
+    let others = (0..32u64)
+        .filter(|&s| s != slot)
+        .filter(|&s| ecam_read(ecam_base + (s << 15), 0) != u32::MAX)
+        .count();
+    if others != 0 {
+        return fail(line!("{others} other slots show a function"));
+    }
+    let Some((dbar, doff, _)) = find_cap(ecam, CAP_DEVICE) else {
+        return fail(line!("no virtio device-configuration capability"));
+    };
+    let bar_at = place_bars(ecam, window);
+    ecam_write(ecam, 4, 0x2); // memory decoding
+    if ecam_read(ecam, 4) & 0x2 == 0 {
+        return fail(line!(
+            "memory decoding refused with every BAR in the window"
+        ));
+    }
+    let cfg = bar_at[dbar as usize] + doff;
+    let mac: [u8; 6] = core::array::from_fn(|i| mmio(cfg + i as u64, 1, false, 0) as u8);
+    ecam_write(ecam, 4, 0);
+    pass(line!(
+        "virtio-net at 00:{slot:02x}.0, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, 31 other slots absent",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    ))
+}
+
+/// `dma-outside`: drives the assigned disk at slot `probe.slot` (1): first a read of sector 0
+/// into its own RAM (must work: DMA through the SMMU into RAM), then the same read aimed at
+/// each address of `probe.targets` outside its RAM (the SMMU must fault it: the case checks
+/// hyp's event line and the other VM's data).
+pub fn outside(env: &Env) -> Verdict {
+    let Some((ecam_base, window)) = pci_node(env.dtb) else {
+        return fail(line!("no pci-host-ecam-generic node with a memory window"));
+    };
+    let slot = env.args.num("probe.slot", 1);
+    let ecam = ecam_base + (slot << 15);
+    let id = ecam_read(ecam, 0);
+    if id & 0xffff != VIRTIO_VENDOR || id >> 16 != VIRTIO_BLK {
+        return fail(line!("00:{slot:02x}.0 is {id:#x}, not a modern virtio-blk"));
+    }
+    let (Some((cbar, coff, _)), Some((nbar, noff, mult))) =
+        (find_cap(ecam, CAP_COMMON), find_cap(ecam, CAP_NOTIFY))
+    else {
+        return fail(line!("no virtio common or notify capability"));
+    };
+    let bar_at = place_bars(ecam, window);
     ecam_write(ecam, 4, 0x6); // memory decoding, bus mastering
     let cfg = bar_at[cbar as usize] + coff;
     let set_status = |s: u32| mmio(cfg + common::DEVICE_STATUS, 1, true, u64::from(s));

@@ -31,6 +31,7 @@
 //! | `pmu-overflow` | a counter overflow raises INTID 23 through the vGIC, level-sensitive | |
 //! | `pmu-reset` | 2 vCPUs (MMU on, as `memory`): vCPU 1 restarted (CPU_ON) finds every PMU register it had set zeroed | |
 //! | `dma-outside` | drives its assigned virtio-blk-pci disk (slot `probe.slot`): a read into its own RAM completes by DMA; the same read aimed at `probe.targets` (`+`-separated IPAs outside its RAM) never does | `probe.slot` (1), `probe.targets` (0x1000000000) |
+//! | `pci-net` | its assigned virtio-net-pci (slot `probe.slot`) is found by its IDs, its BARs placed in the PCI window and its MAC read through them; every other slot reads as absent | `probe.slot` (1) |
 //! | `smccc` | prints the SMCCC_ARCH_FEATURES answers for the three Spectre workarounds (the test asserts them per CPU model) | |
 
 use crate::rt::{self, Args};
@@ -130,6 +131,7 @@ const TESTS: &[(&str, Test)] = &[
     ("pmu-overflow", pmu::overflow),
     ("pmu-reset", pmu::reset),
     ("dma-outside", dma::outside),
+    ("pci-net", dma::net),
 ];
 
 /// The probe's Rust entry (vCPU 0, from `arch`'s boot code).
