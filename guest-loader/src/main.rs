@@ -169,9 +169,9 @@ mod cli {
         files: BTreeMap<String, Vec<u8>>,
     }
 
-    /// Reads and parses CONFIG and reads the files it names (relative to its directory); an
-    /// error is the exit status, its message printed.
-    fn load(config: &Path) -> Result<Loaded, i32> {
+    /// Reads and parses CONFIG: its name for messages, its text and the config; an error is
+    /// the exit status, its message printed.
+    fn read_config(config: &Path) -> Result<(String, String, SystemConfig), i32> {
         let name = config.display().to_string();
         let text = std::fs::read_to_string(config).map_err(|e| {
             eprintln!("guest-loader: cannot read {name}: {e}");
@@ -181,6 +181,13 @@ mod cli {
             eprintln!("{e}");
             REFUSED
         })?;
+        Ok((name, text, cfg))
+    }
+
+    /// Reads and parses CONFIG and reads the files it names (relative to its directory); an
+    /// error is the exit status, its message printed.
+    fn load(config: &Path) -> Result<Loaded, i32> {
+        let (name, text, cfg) = read_config(config)?;
         let dir = config.parent().unwrap_or(Path::new(""));
         let mut files = BTreeMap::new();
         for p in cfg.referenced_files() {
@@ -348,15 +355,7 @@ mod cli {
 
     fn qemu_args(config: &Path) -> Result<(), i32> {
         // Only the config is read (not the kernels it names): `run` calls this on every boot.
-        let name = config.display().to_string();
-        let text = std::fs::read_to_string(config).map_err(|e| {
-            eprintln!("guest-loader: cannot read {name}: {e}");
-            USAGE
-        })?;
-        let cfg = parse_config(&name, &text).map_err(|e| {
-            eprintln!("{e}");
-            REFUSED
-        })?;
+        let (_, _, cfg) = read_config(config)?;
         let dir = config.parent().unwrap_or(Path::new(""));
         let devices: Vec<_> = cfg.vms.iter().flat_map(|vm| vm.pci.iter()).collect();
         if devices.is_empty() {

@@ -217,6 +217,18 @@ impl PciView {
         self.functions.iter_mut().find(|f| f.bdf == bdf)
     }
 
+    /// Where an access of `size` at `offset` goes: the function, its 32-bit register and the
+    /// access's bit shift inside it (configuration space takes 8-, 16- and 32-bit accesses,
+    /// naturally aligned).
+    fn place(offset: u64, size: AccessSize) -> Result<(Bdf, u16, u32), MmioError> {
+        check_aligned(offset, size)?;
+        if size == AccessSize::B8 {
+            return Err(MmioError::BadSize { offset, size });
+        }
+        let a = EcamAddr::decode(offset);
+        Ok((a.bdf, a.reg & !3, 8 * u32::from(a.reg & 3)))
+    }
+
     /// A guest read at `offset` in the ECAM window.
     pub fn read(
         &mut self,
@@ -224,14 +236,8 @@ impl PciView {
         offset: u64,
         size: AccessSize,
     ) -> Result<u64, MmioError> {
-        check_aligned(offset, size)?;
-        if size == AccessSize::B8 {
-            return Err(MmioError::BadSize { offset, size });
-        }
-        let a = EcamAddr::decode(offset);
-        let reg = a.reg & !3;
-        let shift = 8 * u32::from(a.reg & 3);
-        let Some(f) = self.find(a.bdf) else {
+        let (bdf, reg, shift) = Self::place(offset, size)?;
+        let Some(f) = self.find(bdf) else {
             return Ok(size.mask());
         };
         let word = match reg {
@@ -251,17 +257,11 @@ impl PciView {
         size: AccessSize,
         value: u64,
     ) -> Result<Effect, MmioError> {
-        check_aligned(offset, size)?;
-        if size == AccessSize::B8 {
-            return Err(MmioError::BadSize { offset, size });
-        }
-        let a = EcamAddr::decode(offset);
-        let reg = a.reg & !3;
-        let shift = 8 * u32::from(a.reg & 3);
+        let (bdf, reg, shift) = Self::place(offset, size)?;
         let mask = (size.mask() as u32) << shift;
         let bits = ((value as u32) << shift) & mask;
         let window = self.window.clone();
-        let Some(f) = self.find(a.bdf) else {
+        let Some(f) = self.find(bdf) else {
             return Ok(Effect::None);
         };
         Ok(match reg {
