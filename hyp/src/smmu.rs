@@ -448,6 +448,17 @@ impl Smmu {
         if mine.is_empty() {
             return Ok(());
         }
+        for o in self
+            .owners
+            .iter()
+            .filter(|o| o.vm == vm && o.events > EVENTS_SHOWN)
+        {
+            warn!(
+                "vm {vm}: {} smmu events in all from {}",
+                o.events,
+                platform::pci::Bdf::from_rid(o.sid)
+            );
+        }
         for &sid in &mine {
             self.write_ste(sid as usize, Ste::abort());
             self.push(Command::CfgiSte { sid })?;

@@ -530,7 +530,7 @@ mod tests {
         (v >> shift) & 0xf
     }
 
-    /// `-cpu max` on QEMU 10.0.2 (measured, see qemu-facts.md).
+    /// `-cpu max` on QEMU 10.0.2 (the values hyp read there).
     const MAX_MMFR0: u64 = 0x2100_0323_1020_1126;
 
     fn policy(granules: &[Granule], ipa_bits: u32) -> IdPolicy {
