@@ -516,15 +516,15 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
     }
 
     /// For a VM that owns PCI functions: the SMMU exists, the mapping is eager, and an explicit
-    /// stage-2 granule is one the SMMU walks. Errors are recorded; false if any.
-    fn check_pci(&mut self, vm: &VmConfig) -> bool {
+    /// stage-2 granule is one the SMMU walks. Errors are recorded.
+    fn check_pci(&mut self, vm: &VmConfig) {
         if vm.pci.is_empty() {
-            return true;
+            return;
         }
         let at = vm.pos.pci.first().copied().unwrap_or(vm.pos.table);
         if self.host.smmu.is_none() {
             self.err(vm, at, "pci", ErrorKind::PciNoSmmu);
-            return false;
+            return;
         }
         if vm.stage2.mapping == Mapping::Lazy {
             self.err(
@@ -533,7 +533,7 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                 "stage2.mapping",
                 ErrorKind::PciLazy,
             );
-            return false;
+            return;
         }
         if let Stage2Granule::Fixed(g) = vm.stage2.granule {
             if let Some(r) = self.smmu_refusal(vm, g) {
@@ -543,10 +543,8 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
                     "stage2.granule",
                     ErrorKind::Smmu(r),
                 );
-                return false;
             }
         }
-        true
     }
 
     /// The VM's stage-2 table budget (see [`VmPlan::table_budget`]); `None` after an error.
