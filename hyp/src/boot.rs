@@ -264,8 +264,17 @@ fn spectre(cmdline: &Cmdline) -> Workarounds {
     }
 }
 
-/// Starts every other CPU of the device tree and prints `hyp: <n> cpus online`.
-pub fn start_secondaries(boot: &Boot) {
+/// The secondary CPUs [`power_on_secondaries`] started, for [`await_secondaries`].
+pub struct Secondaries {
+    /// The MPIDR of each CPU powered on, by logical index.
+    started: [Option<u64>; el2::dt::MAX_CPUS],
+    idle_loop: bool,
+}
+
+/// Powers on every other CPU of the device tree (PSCI CPU_ON) without waiting for them, so
+/// they come up while the boot CPU reads the bundle. With `idle_loop` (the GIC is up) each
+/// first enters hyp's idle loop (`vm::cpus`); otherwise it waits in el2's mailbox loop.
+pub fn power_on_secondaries(boot: &Boot, idle_loop: bool) -> Secondaries {
     let (list, skipped) =
         smp::assign_indices(sysreg::mpidr_affinity(), boot.platform.cpus.as_slice());
     let not_started = skipped + boot.platform.cpus_not_listed;
@@ -275,12 +284,34 @@ pub fn start_secondaries(boot: &Boot) {
             el2::dt::MAX_CPUS
         );
     }
+    let mut started = [None; el2::dt::MAX_CPUS];
     for &(index, mpidr) in list.as_slice() {
-        if let Err(e) = smp::start_cpu(index, mpidr) {
+        if idle_loop && !crate::vm::cpus::post_idle_loop(index) {
+            warn!("hyp: cpu {index} (mpidr {mpidr:#x}) not started: its mailbox is taken");
+            continue;
+        }
+        match smp::power_on(index, mpidr) {
+            Ok(()) => started[index] = Some(mpidr),
+            Err(e) => warn!("hyp: cpu {index} (mpidr {mpidr:#x}) not started: {e}"),
+        }
+    }
+    Secondaries { started, idle_loop }
+}
+
+/// Waits for the CPUs [`power_on_secondaries`] started and prints `hyp: <n> cpus online`;
+/// then, if they were sent to hyp's idle loop, for each to listen there.
+pub fn await_secondaries(s: Secondaries) {
+    for (index, mpidr) in (0..).zip(s.started).filter_map(|(i, m)| Some((i, m?))) {
+        if let Err(e) = smp::wait_online(index) {
             warn!("hyp: cpu {index} (mpidr {mpidr:#x}) not started: {e}");
         }
     }
     info!("hyp: {} cpus online", smp::online());
+    if s.idle_loop {
+        for cpu in crate::vm::cpus::await_idle_loop(1..smp::online()) {
+            warn!("hyp: cpu {cpu} did not come to hyp's idle loop: it runs no vCPU");
+        }
+    }
 }
 
 /// Takes over the SMMUv3 the host device tree describes (`arm,smmu-v3`), if any: maps its

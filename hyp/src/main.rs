@@ -3,12 +3,14 @@
 //! Boot flow (primary CPU, from `el2::arch` entry.S with the MMU off):
 //! 1. `boot::early`: device tree, console, command line, CPU features, EL2 granule, memory
 //!    (heap and the physical allocator), EL2 page tables and MMU, exception vectors.
-//! 2. Secondary CPUs: PSCI CPU_ON for every other CPU of the device tree; they wait for work.
-//! 3. Test switches (`hyp.test=`, `selftest`).
-//! 4. `run_system` (`vm`): the physical GIC, the secondaries into hyp's WFI idle loop, the boot
-//!    bundle the loader put in RAM as the initrd (`/chosen` `linux,initrd-start`), the plan
-//!    (`guest-loader`), the VMs, and one vCPU thread per physical CPU until every VM has
-//!    exited.
+//! 2. The physical GIC (`vm::init_gic`), then PSCI CPU_ON for every other CPU of the device
+//!    tree, each going straight into hyp's WFI idle loop (`vm::cpus`); while they come up, the
+//!    boot bundle the loader put in RAM as the initrd (`/chosen` `linux,initrd-start`) and its
+//!    config are read (`vm::read_bundle`). Then hyp waits for the secondaries.
+//! 3. The SMMU and PCI functions (`boot::take_over_devices`), test switches (`hyp.test=`,
+//!    `selftest`).
+//! 4. `vm::run_system`: the plan (`guest-loader`), the VMs, and one vCPU thread per physical
+//!    CPU until every VM has exited.
 //! 5. Power off with the success marker, or the failure marker on any fatal error.
 //!
 //! hyp is built only for `aarch64-unknown-none`; on any other target this is a stub `main`
@@ -76,24 +78,22 @@ pub enum Verdict {
     Ok,
 }
 
-/// Loads the system from the boot bundle and runs it until every VM has exited
-/// (`vm::run_system`).
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-fn run_system(boot: &boot::Boot) -> Result<Verdict, failure::Fatal> {
-    vm::run_system(boot)
-}
-
 /// Rust entry of the boot CPU (from `el2::arch` entry.S): x0 = device tree address.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[no_mangle]
 extern "C" fn el2_primary_main(dtb: usize) -> ! {
     let boot = boot::early(dtb);
-    boot::start_secondaries(&boot);
+    // Under QEMU TCG first running any code costs its translation, so the boot CPU reads the
+    // bundle while the secondaries come up (into hyp's idle loop when the GIC is there).
+    let gic = vm::init_gic(&boot);
+    let secondaries = boot::power_on_secondaries(&boot, gic.is_ok());
+    let bundle = vm::read_bundle(&boot);
+    boot::await_secondaries(secondaries);
     boot::take_over_devices(&boot);
 
     selftest::run(&boot);
 
-    let result = run_system(&boot);
+    let result = vm::run_system(&boot, gic, bundle);
     if let Err(e) = smmu::poll() {
         el2::fatal!("{e}")
     }

@@ -114,7 +114,8 @@ pub fn smp_work_test() {
     }
     let n = smp::online();
     for cpu in 1..n {
-        if !smp::post(cpu, work, cpu as u64) {
+        // The secondaries wait in hyp's idle loop (`vm::cpus`), woken by its kick SGI.
+        if !crate::vm::cpus::dispatch(cpu, work, cpu as u64) {
             el2::fatal!("cpu {cpu} refused work");
         }
     }

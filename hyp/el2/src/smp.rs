@@ -2,7 +2,7 @@
 //! then they wait for work on their [`Mailbox`], the one way to hand a CPU something to run.
 
 use crate::dt::{CpuNode, MAX_CPUS};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
 
 /// Work for a CPU: a function and its argument.
@@ -61,7 +61,8 @@ pub fn mailbox(cpu: usize) -> Option<&'static Mailbox> {
 #[no_mangle]
 pub static SECONDARY_BOOT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// Which logical CPUs are online (index 0, the boot CPU, from the start).
+static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// Assigns logical CPU indices: the boot CPU is 0, then the device tree's other CPUs in tree
 /// order. Returns the (index, MPIDR) pairs of the secondaries, skipping any beyond
@@ -84,9 +85,15 @@ pub fn assign_indices(
     (out, skipped)
 }
 
-/// How many CPUs are online (the boot CPU counts).
+/// How many CPUs are online from index 0 on without a gap (the boot CPU counts): hyp uses
+/// CPUs `0..online()`; a CPU that came online after one that did not is left unused.
 pub fn online() -> usize {
-    ONLINE.load(Ordering::Acquire)
+    online_prefix(|i| i == 0 || ONLINE[i].load(Ordering::Acquire))
+}
+
+/// The length of the run of online CPUs starting at index 0.
+fn online_prefix(is_online: impl Fn(usize) -> bool) -> usize {
+    (0..MAX_CPUS).take_while(|&i| is_online(i)).count()
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -164,14 +171,18 @@ mod runtime {
         }
     }
 
-    /// Starts one CPU with PSCI CPU_ON and waits (up to 1 s) until it is online.
-    pub fn start_cpu(index: usize, mpidr: u64) -> Result<(), StartError> {
+    /// Starts CPU `index` (`mpidr`) with PSCI CPU_ON and returns without waiting for it:
+    /// [`wait_online`] does. Work already in its mailbox is the first thing it runs.
+    pub fn power_on(index: usize, mpidr: u64) -> Result<(), StartError> {
         MPIDR[index].store(mpidr, Ordering::Release);
         cache::clean_to_poc(MPIDR.as_ptr() as u64, core::mem::size_of_val(&MPIDR) as u64);
-        let before = online();
         crate::psci::cpu_on(mpidr, arch::secondary_entry_point(), index as u64)
-            .map_err(StartError::Psci)?;
-        if wait_for_answer(|| online() != before) {
+            .map_err(StartError::Psci)
+    }
+
+    /// Waits (up to [`ANSWER_TIMEOUT_MS`]) until CPU `index`, powered on, is online.
+    pub fn wait_online(index: usize) -> Result<(), StartError> {
+        if index < MAX_CPUS && wait_for_answer(|| ONLINE[index].load(Ordering::Acquire)) {
             Ok(())
         } else {
             Err(StartError::Timeout)
@@ -196,7 +207,7 @@ mod runtime {
         // The boot CPU's Spectre decision (exit-path vectors, SSBS, firmware SSBD), before
         // this CPU can run a guest.
         arch::spectre::install_this_cpu();
-        ONLINE.fetch_add(1, Ordering::AcqRel);
+        ONLINE[index.min(MAX_CPUS - 1)].store(true, Ordering::Release);
         barrier::sev();
         log::debug!(
             "hyp: cpu {index} (mpidr {:#x}) online",
@@ -214,8 +225,8 @@ mod runtime {
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub use runtime::{
-    current_cpu, init_boot_cpu, mpidr_of, post, set_secondary_mmu, start_cpu, wait_for_answer,
-    StartError, ANSWER_TIMEOUT_MS,
+    current_cpu, init_boot_cpu, mpidr_of, post, power_on, set_secondary_mmu, wait_for_answer,
+    wait_online, StartError, ANSWER_TIMEOUT_MS,
 };
 
 #[cfg(test)]
@@ -257,6 +268,14 @@ mod tests {
         assert_eq!(mb.take().map(|(_, a)| a), Some(9));
         assert!(mailbox(MAX_CPUS - 1).is_some());
         assert!(mailbox(MAX_CPUS).is_none());
+    }
+
+    #[test]
+    fn online_counts_only_the_run_from_the_boot_cpu() {
+        assert_eq!(online_prefix(|i| i < 4), 4);
+        // CPU 2 never came online: CPU 3 is not used, so 0..online() has no gap.
+        assert_eq!(online_prefix(|i| i != 2 && i < 4), 2);
+        assert_eq!(online_prefix(|_| true), MAX_CPUS);
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! hyp's idle loop for the secondary CPUs once VMs are about to run.
+//! hyp's idle loop for the secondary CPUs, from the moment they are powered on.
 //!
-//! Until then a secondary waits for its `el2::smp` mailbox in `WFE`, which QEMU TCG does not
-//! halt on: an idle CPU would spin and take host time from the vCPUs. So `run_system` posts
-//! every secondary [`idle_loop`], which never returns: it sets up the CPU's GIC interface and
-//! waits in `WFI` for hyp's kick SGI, taking what [`dispatch`] posts from the same mailbox.
+//! A secondary waiting for its `el2::smp` mailbox in `WFE` would spin under QEMU TCG, which
+//! does not halt on `WFE`, taking host time from the boot CPU and the vCPUs. So boot leaves
+//! [`idle_loop`] in every secondary's mailbox before powering it on: it never returns, sets
+//! up the CPU's GIC interface and waits in `WFI` for hyp's kick SGI, taking what [`dispatch`]
+//! posts from the same mailbox.
 
 use crate::gic;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -14,21 +15,22 @@ use el2::smp::{self, Work};
 /// The CPU runs [`idle_loop`] (its GIC interface is up, so the kick SGI wakes it).
 static READY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-/// Moves every secondary CPU in `cpus` into [`idle_loop`], all at once, and returns the ones
-/// that did not get there (offline or busy).
-pub fn take_over(cpus: core::ops::Range<usize>) -> impl Iterator<Item = usize> {
-    let posted: [bool; MAX_CPUS] = core::array::from_fn(|cpu| {
-        cpu != 0 && cpus.contains(&cpu) && smp::post(cpu, idle_loop, cpu as u64)
-    });
-    // Wait until each is listening, so the first kick is not lost.
-    cpus.filter(move |&cpu| {
-        !(posted.get(cpu).copied().unwrap_or(false)
-            && smp::wait_for_answer(|| READY[cpu].load(Ordering::Acquire)))
-    })
+/// Leaves [`idle_loop`] in secondary CPU `cpu`'s mailbox, to be the first thing it runs once
+/// powered on (`boot::power_on_secondaries`), so it never spins in el2's `WFE` loop. The GIC
+/// must be initialised ([`gic::init_distributor`]) first. Returns false if the mailbox is
+/// taken.
+pub fn post_idle_loop(cpu: usize) -> bool {
+    cpu != 0 && smp::mailbox(cpu).is_some_and(|mb| mb.put(idle_loop, cpu as u64))
 }
 
-/// Posts `f(arg)` to `cpu` (taken over with [`take_over`]) and kicks it. Returns false if
-/// the CPU is not taken over or still has work waiting.
+/// Waits for every CPU in `cpus` that was given [`post_idle_loop`] to be listening in it, so
+/// the first kick is not lost; returns the ones that did not get there.
+pub fn await_idle_loop(cpus: core::ops::Range<usize>) -> impl Iterator<Item = usize> {
+    cpus.filter(|&cpu| !smp::wait_for_answer(|| READY[cpu].load(Ordering::Acquire)))
+}
+
+/// Posts `f(arg)` to `cpu` (listening in [`idle_loop`]) and kicks it. Returns false if the
+/// CPU is not in its idle loop or still has work waiting.
 pub fn dispatch(cpu: usize, f: Work, arg: u64) -> bool {
     if !READY.get(cpu).is_some_and(|r| r.load(Ordering::Acquire)) || !smp::post(cpu, f, arg) {
         return false;

@@ -18,6 +18,8 @@
 //! migrations, which only move mapped pages) can expose an unfilled chunk.
 
 pub mod cpus;
+mod system;
+pub use system::{init_gic, read_bundle, run_system};
 pub mod output;
 pub mod pmu;
 pub mod ppi;
@@ -25,9 +27,9 @@ pub mod stress;
 pub mod vcpu;
 
 use crate::boot::Boot;
-use crate::failure::{Fatal, VmFailure};
+use crate::failure::VmFailure;
 use crate::smmu::VmMaintenance;
-use crate::{gic, mem, Verdict};
+use crate::{gic, mem};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -39,7 +41,7 @@ use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::scrub::{segments, Chunks, Segment, CHUNK};
 use el2::smp;
 use guest_loader::config::Mapping;
-use guest_loader::{Bundle, Host, VmPlan};
+use guest_loader::VmPlan;
 use log::{error, info, warn};
 use platform::virt::{
     GICD_BASE, GICD_SIZE, GICR_BASE, PCI_ECAM_BASE, PCI_ECAM_SIZE, RAM_BASE, UART_BASE, UART_SIZE,
@@ -548,134 +550,6 @@ const WARN_BUDGET: u64 = 20;
 /// alignment of each VM's RAM to its largest stage-2 block, and `hyp.stress`'s spare frames.
 /// Each VM's stage-2 tables are not among them: the plan reserves them with the VM.
 const HOST_RESERVE: u64 = 64 << 20;
-
-/// Loads the system from the boot bundle and runs it until every VM has exited.
-pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
-    let t_start = ms();
-    // The GIC, and the secondary CPUs into hyp's WFI-based idle loop.
-    // SAFETY: `boot::early` mapped every device region of `boot.platform` Device-nGnRE in hyp's
-    // identity map for good (mmu::enable), and hyp drives the GIC alone.
-    let gic_ok =
-        unsafe { gic::init_distributor(&boot.platform, true) }.and_then(|_| gic::init_cpu());
-    if gic_ok.is_ok() {
-        for cpu in cpus::take_over(1..smp::online()) {
-            warn!("hyp: cpu {cpu} did not come to hyp's idle loop: it runs no vCPU");
-        }
-    }
-    // The boot bundle is where the loader put it (the initrd); without one there is nothing
-    // to run.
-    let Some(data) = boot.bundle else {
-        return Ok(Verdict::NoVms);
-    };
-    let bundle = Bundle::parse(data).map_err(Fatal::BundleCorrupt)?;
-    let host = Host {
-        smmu: crate::smmu::features(),
-        cpu: boot.cpu,
-        cpus: smp::online() as u32,
-        guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
-    };
-    let plan = bundle.plan(&host).map_err(Fatal::PlanRefused)?;
-    let t_plan = ms();
-    if plan.vms.is_empty() {
-        return Ok(Verdict::NoVms);
-    }
-    gic_ok.map_err(Fatal::Gic)?;
-    log::debug!(
-        "hyp: {} VMs; hyp's own granule {}",
-        plan.vms.len(),
-        boot.el2_granule
-    );
-
-    let mut vmids = VmidAllocator::for_cpu(&boot.cpu);
-    let mut vms = Vec::new();
-    for vp in &plan.vms {
-        let vm = create(boot, data, vp, &mut vmids).map_err(|why| Fatal::Vm {
-            vm: vp.name.clone(),
-            why,
-        })?;
-        vms.push(vm);
-    }
-    // Every VM's stage 2 as built maps only its own RAM (printed at exit, after everything
-    // the guest and hyp.stress did to it; a failure here stops hyp before any guest runs).
-    for vm in &vms {
-        if let Err((ipa, pa)) = vm.audit_stage2() {
-            return Err(Fatal::Vm {
-                vm: vm.name.clone(),
-                why: VmFailure::Audit { ipa, pa },
-            });
-        }
-    }
-    let vms: &'static [&'static Vm] = VMS.call_once(|| vms).as_slice();
-    log::debug!(
-        "hyp: times since boot: hyp up {t_start} ms, planned {t_plan} ms, VMs built {} ms",
-        ms()
-    );
-    drop(plan);
-
-    // Start every vCPU on its CPU; the one pinned to CPU 0 (this one) runs last, here.
-    let mut mine = None;
-    for vm in vms {
-        info!(
-            "vm {}: starting vCPU 0 at IPA {:#x} ({} vCPUs)",
-            vm.name,
-            vm.entry,
-            vm.pcpus.len()
-        );
-        for (v, &p) in vm.pcpus.iter().enumerate() {
-            if p == 0 {
-                mine = Some((*vm, v));
-                continue;
-            }
-            let arg = Box::leak(Box::new(vcpu::Start { vm, vcpu: v })) as *mut vcpu::Start;
-            if !cpus::dispatch(p, vcpu::thread_entry, arg as u64) {
-                error!(
-                    "vm {}: cpu {p} is busy or offline: vCPU {v} cannot start",
-                    vm.name
-                );
-                vm.stop(
-                    VmState::Killed,
-                    usize::MAX,
-                    Some(format_args!("cpu {p} unavailable")),
-                );
-                vm.live.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-    // CPUs that run no vCPU fill the VMs' RAM meanwhile (their idle loop's `fill_idle`); woken
-    // once the vCPUs are on their way, so filling does not delay their start.
-    for cpu in 1..smp::online() {
-        if !vms.iter().any(|vm| vm.pcpus.contains(&cpu)) {
-            gic::kick(cpu);
-        }
-    }
-    if let Some((vm, v)) = mine {
-        vcpu::thread(vm, v);
-    }
-    // Wait for every VM; CPU 0 keeps writing queued output and taking the host console's
-    // input meanwhile.
-    while !vms.iter().all(|vm| vm.done.load(Ordering::Acquire)) {
-        if let Err(e) = crate::smmu::poll() {
-            el2::fatal!("{e}")
-        }
-        if output::pump_one() || fill_idle() {
-            continue;
-        }
-        vsys::wfi();
-        while let Some(iar) = gic::ack() {
-            vcpu::host_irq(iar);
-            gic::eoi(iar);
-        }
-    }
-    output::drain_all();
-    if vms.iter().any(|vm| vm.audit_failed.load(Ordering::Acquire)) {
-        return Err(Fatal::AuditAtExit);
-    }
-    if vms.iter().all(|vm| vm.state() == VmState::Off) {
-        Ok(Verdict::Ok)
-    } else {
-        Err(Fatal::NotClean)
-    }
-}
 
 /// Builds one VM from its plan.
 fn create(
