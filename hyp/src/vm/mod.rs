@@ -18,6 +18,7 @@
 //! migrations, which only move mapped pages) can expose an unfilled chunk.
 
 pub mod cpus;
+mod create;
 mod system;
 pub use system::{init_gic, read_bundle, run_system};
 pub mod output;
@@ -26,36 +27,29 @@ pub mod ppi;
 pub mod stress;
 pub mod vcpu;
 
-use crate::boot::Boot;
-use crate::failure::VmFailure;
+use crate::gic;
 use crate::smmu::VmMaintenance;
-use crate::{gic, mem};
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use el2::arch::{cache, vsys};
-use el2::dt::PhysRange;
-use el2::frames::{FrameAlloc, HwMaintenance};
+use el2::arch::cache;
+use el2::frames::FrameAlloc;
 use el2::scrub::{segments, Chunks, Segment, CHUNK};
-use el2::smp;
-use guest_loader::config::Mapping;
-use guest_loader::VmPlan;
 use log::{error, info, warn};
 use platform::virt::{
-    GICD_BASE, GICD_SIZE, GICR_BASE, PCI_ECAM_BASE, PCI_ECAM_SIZE, RAM_BASE, UART_BASE, UART_SIZE,
+    GICD_BASE, GICD_SIZE, GICR_BASE, PCI_ECAM_BASE, PCI_ECAM_SIZE, UART_BASE, UART_SIZE,
 };
 use spin::mutex::SpinMutex;
 use spin::Once;
-use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa, PageTable, VmidAllocator};
+use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa, PageTable};
 use vdev::console::OutQueue;
-use vdev::idregs::{GuestIdRegs, IdPolicy};
-use vdev::pci::{ConfigSpace, PciView};
+use vdev::idregs::GuestIdRegs;
+use vdev::pci::PciView;
 use vdev::pl011::Pl011;
 use vdev::psci::Psci;
 use vdev::traps::HostFeatures;
-use vdev::vgic::{Vgic, VgicConfig};
+use vdev::vgic::Vgic;
 
 /// Why a VM stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,21 +373,38 @@ impl Vm {
 
     fn finish(&self) {
         if self.owns_devices {
-            // Devices stop first (bus mastering off), their events are reported while their
-            // streams are still this VM's, then the streams are taken back.
-            if let (Some(view), Some(mut ecam)) = (&self.pci, crate::pci::host()) {
-                view.lock().quiesce(&mut ecam);
-            }
-            if let Err(e) = crate::smmu::poll() {
-                el2::fatal!("{e}")
-            }
-            crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
+            self.release_devices();
         }
         {
             let mut d = self.dev.lock();
             d.uart.flush(&mut |line: &str| output::queue(self, line));
         }
         output::drain(self);
+        self.report_audit();
+        self.report_counts();
+        match self.state() {
+            VmState::Off => info!("vm {}: exited (system off)", self.name),
+            VmState::Reset => info!("vm {}: exited (system reset)", self.name),
+            VmState::Killed | VmState::Running => info!("vm {}: exited (killed)", self.name),
+        }
+        self.done.store(true, Ordering::Release);
+        gic::kick(0);
+    }
+
+    /// Stops the VM's devices first (bus mastering off), reports their events while their
+    /// streams are still this VM's, then takes the streams back.
+    fn release_devices(&self) {
+        if let (Some(view), Some(mut ecam)) = (&self.pci, crate::pci::host()) {
+            view.lock().quiesce(&mut ecam);
+        }
+        if let Err(e) = crate::smmu::poll() {
+            el2::fatal!("{e}")
+        }
+        crate::smmu::release(&self.name, (self.vttbr >> 48) as u16);
+    }
+
+    /// Prints the stage-2 audit at exit; a leaf outside the VM's RAM marks the run failed.
+    fn report_audit(&self) {
         match self.audit_stage2() {
             Ok(Audit {
                 leaves,
@@ -414,6 +425,11 @@ impl Vm {
                 self.audit_failed.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Prints the VM's exit counts, its stress line, and what it had trapped, dropped or was
+    /// warned about.
+    fn report_counts(&self) {
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let freq = el2::arch::sysreg::counter().1;
@@ -453,13 +469,6 @@ impl Vm {
         if warned > WARN_BUDGET {
             info!("vm {}: {warned} warnings in all", self.name);
         }
-        match self.state() {
-            VmState::Off => info!("vm {}: exited (system off)", self.name),
-            VmState::Reset => info!("vm {}: exited (system reset)", self.name),
-            VmState::Killed | VmState::Running => info!("vm {}: exited (killed)", self.name),
-        }
-        self.done.store(true, Ordering::Release);
-        gic::kick(0);
     }
 }
 
@@ -550,363 +559,6 @@ const WARN_BUDGET: u64 = 20;
 /// alignment of each VM's RAM to its largest stage-2 block, and `hyp.stress`'s spare frames.
 /// Each VM's stage-2 tables are not among them: the plan reserves them with the VM.
 const HOST_RESERVE: u64 = 64 << 20;
-
-/// Builds one VM from its plan.
-fn create(
-    boot: &Boot,
-    bundle: &'static [u8],
-    vp: &VmPlan<'_>,
-    vmids: &mut VmidAllocator,
-) -> Result<&'static Vm, VmFailure> {
-    let geo = vp.geometry;
-    let memory = vp.memory;
-    // Align guest RAM to the largest stage-2 block that fits, so that stage 2 can use blocks
-    // (`hyp.stage2=blocks`; by default it maps pages, see el2::cmdline).
-    let mut align = geo.page_size();
-    for level in geo.start_level()..=2 {
-        if let Some(b) = geo.block_size(level) {
-            if b <= memory && b > align {
-                align = b;
-            }
-        }
-    }
-    // The VM's stage-2 tables come from their own pool, the plan's budget for them: a VM can
-    // exhaust only its own table memory. Aligned to the concatenated root (the first and
-    // largest allocation), so no byte of it is lost to alignment; taken before the RAM,
-    // whose alignment to a large block could otherwise leave no room behind it.
-    let budget = vp.table_budget;
-    let Some(pool) = mem::alloc_phys(budget, geo.root_bytes()) else {
-        return Err(VmFailure::TableBudget {
-            budget,
-            free: mem::remaining(),
-        });
-    };
-    // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
-    let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
-    let Some(pa) = mem::alloc_phys(memory, align) else {
-        return Err(VmFailure::Ram {
-            memory,
-            align,
-            free: mem::remaining(),
-        });
-    };
-    // On a VMID rollover the allocator itself invalidates every VMID's TLB entries
-    // (TLBI ALLE1IS, DSB ISH) before returning.
-    let grant = vmids.alloc(&mut HwMaintenance).map_err(VmFailure::Vmid)?;
-    if grant.flushed {
-        log::debug!(
-            "vm {}: VMID rollover: every VMID's TLB entries invalidated",
-            vp.name
-        );
-    }
-    let vmid16 = vmids.bits() == 16;
-    let vmid = grant.vmid;
-    let owns_devices = !vp.pci.is_empty();
-    let maint = crate::smmu::maintenance(vmid.get(), owns_devices);
-    let mut pt =
-        PageTable::with_vmid(geo, vmid.get(), frames, maint).map_err(VmFailure::Stage2Root)?;
-    let ram_ipa = vp.layout.ram.start().get();
-    debug_assert_eq!(ram_ipa, RAM_BASE);
-    let eager = vp.mapping == Mapping::Eager;
-    let blocks = boot.cmdline.stage2_blocks;
-    // The images, checked against RAM and each other. Those in the boot bundle (borrowed from
-    // it: it stays in place for good) are filled into RAM on demand; the others (the device
-    // tree, a gzip kernel's inflated bytes) now, below.
-    let mut items: Vec<(u64, &'static str, &[u8])> = Vec::new();
-    for item in vp.load_items() {
-        let off = item.ipa.get().wrapping_sub(ram_ipa);
-        let len = item.data.len() as u64;
-        if item.ipa.get() < ram_ipa || off.checked_add(len).is_none_or(|e| e > memory) {
-            return Err(VmFailure::LoadOutside {
-                what: item.what,
-                ipa: item.ipa.get(),
-                len,
-            });
-        }
-        items.push((off, item.what, item.data));
-    }
-    items.sort_by_key(|i| i.0);
-    for w in items.windows(2) {
-        if w[0].0 + w[0].2.len() as u64 > w[1].0 {
-            return Err(VmFailure::LoadOverlap {
-                what: w[1].1,
-                other: w[0].1,
-            });
-        }
-    }
-    let in_bundle = |d: &[u8]| -> Option<&'static [u8]> {
-        let at = (d.as_ptr() as usize).checked_sub(bundle.as_ptr() as usize)?;
-        bundle
-            .get(at..at + d.len())
-            .filter(|b| b.as_ptr() == d.as_ptr())
-    };
-    let images: Vec<(u64, &'static [u8])> = items
-        .iter()
-        .filter_map(|&(off, _, d)| Some((off, in_bundle(d)?)))
-        .collect();
-    // What a fault fills and (eager) maps at once: a lazy VM's chunk; for an eager VM one fill
-    // chunk, or with blocks the largest block the RAM's alignment allows.
-    let lazy_chunk = if eager {
-        None
-    } else {
-        // Map per fault one page of the VM's stage-2 granule, or with `hyp.stage2=blocks` the
-        // largest block up to 32 MiB that the RAM's alignment allows.
-        let mut chunk = geo.page_size();
-        if blocks {
-            for level in geo.start_level()..=3 {
-                if let Some(b) = geo.block_size(level) {
-                    if b <= memory && b <= align && b > chunk && b <= (32 << 20) {
-                        chunk = b;
-                    }
-                }
-            }
-        }
-        Some(chunk)
-    };
-    let fill_unit = match lazy_chunk {
-        Some(c) => c,
-        None if blocks => align.max(CHUNK),
-        None => CHUNK,
-    };
-    let chunks = Chunks::new(memory);
-    // Clean what hyp writes for the guest to the point of coherency unless stage 2 makes the
-    // guest's view cacheable (FEAT_S2FWB) and instruction fetch coherent with data
-    // (CTR_EL0.IDC: no clean to the point of unification needed, Arm ARM D7.5.9).
-    let clean_fills = !geo.fwb() || !boot.cpu.idc();
-    // Fill now the chunks (whole fill units) of the images that are not in the bundle; for a
-    // VM that owns devices, all of its RAM: a device may DMA to any of it from its first
-    // instruction on, and DMA never faults a chunk in.
-    let spans: Vec<(u64, u64)> = items.iter().map(|i| (i.0, i.2.len() as u64)).collect();
-    let mut now: Vec<(u64, u64)> = items
-        .iter()
-        .filter(|&&(_, _, d)| in_bundle(d).is_none() && !d.is_empty())
-        .map(|&(off, _, d)| {
-            let start = off & !(fill_unit - 1);
-            let end = (off + d.len() as u64).div_ceil(fill_unit) * fill_unit;
-            (start, end.min(memory))
-        })
-        .collect();
-    if owns_devices {
-        now = (0..memory)
-            .step_by(fill_unit as usize)
-            .map(|s| (s, (s + fill_unit).min(memory)))
-            .collect();
-    }
-    for (start, end) in now {
-        chunks.ensure(start..end, |r| {
-            fill_ram(pa, r.clone(), &spans, |i| items[i].2);
-            if clean_fills {
-                cache::clean_to_poc(pa + r.start, r.end - r.start);
-            }
-        });
-        if eager {
-            let opts = MapOpts {
-                skip_cmo: true,
-                pages_only: !blocks,
-            };
-            let ipa = ram_ipa + start;
-            if pt.translate(Ipa::new(ipa)).is_none() {
-                AddrRange::from_start_len(Ipa::new(ipa), end - start)
-                    .map_err(MapError::from)
-                    .and_then(|r| pt.map(r, Pa::new(pa + start), Attrs::ram(), opts))
-                    .map_err(VmFailure::Stage2Map)?;
-            }
-        }
-    }
-    el2::arch::barrier::dsb_ish();
-    cache::invalidate_icache_all();
-    // Its devices' DMA goes through the same stage 2, now that it maps all of its RAM.
-    if owns_devices {
-        crate::smmu::assign(&crate::smmu::Assignment {
-            vm: &vp.name,
-            vmid: vmid.get(),
-            geometry: &geo,
-            root: pt.root_pa(),
-            ram: pa..pa + memory,
-            devices: &vp.pci,
-        })
-        .map_err(VmFailure::Devices)?;
-        for (bdf, d) in &vp.pci {
-            info!(
-                "vm {}: pci {bdf} (stream {:#x}) {}: DMA through its {} stage 2, VMID {}",
-                vp.name,
-                bdf.rid(),
-                d.model,
-                geo.granule().label(),
-                vmid.get()
-            );
-        }
-    }
-    let (pci, intx) = match vp.pci_window {
-        Some(w) if owns_devices => {
-            let (view, intx) = pci_view(vp, w, &mut pt)?;
-            (Some(SpinMutex::new(view)), intx)
-        }
-        _ => (None, Vec::new()),
-    };
-
-    let n = vp.vcpus as usize;
-    let vgic = Vgic::new(VgicConfig {
-        n_vcpus: n,
-        n_spis: 32,
-    })
-    .map_err(VmFailure::Vgic)?;
-    let ram = ram_ipa..ram_ipa + memory;
-    let ram_range = core::slice::from_ref(&ram);
-    let psci = Psci::new(n, ram_range, boot.workarounds).map_err(VmFailure::Psci)?;
-    let policy = IdPolicy {
-        granules: vp.advertised_granules,
-        ipa_bits: vp.ipa_bits,
-    };
-    let idregs = GuestIdRegs::new(&policy, |r| vsys::id_reg(r.crm(), r.op2()));
-    let gicr_size = vgic.redist_size();
-    let pcpus: Vec<usize> = (vp.cpus.start..vp.cpus.end).map(|c| c as usize).collect();
-    if pcpus.len() != n || pcpus.iter().any(|&c| smp::mpidr_of(c).is_none()) {
-        return Err(VmFailure::Cpus {
-            start: vp.cpus.start,
-            end: vp.cpus.end,
-            online: smp::online(),
-        });
-    }
-    let vtcr = geo.vtcr_el2(boot.cpu.pa_bits(), vmid16);
-    let vttbr = pt.vttbr();
-    info!("{}", vp.stage2_line());
-    info!("{}", vp.page_size_line());
-    if vp.decision.fell_back() {
-        warn!("vm {}: {}", vp.name, vp.decision.refusals());
-    }
-    log::debug!(
-        "vm {}: RAM IPA {ram_ipa:#x}+{memory:#x} at PA {pa:#x}, VMID {}, VTCR_EL2 {vtcr:#x}, {} vCPUs on CPUs {:?}, {} mapping with {}",
-        vp.name,
-        vmid.get(),
-        n,
-        pcpus,
-        if eager { "eager" } else { "lazy" },
-        if blocks {
-            "blocks"
-        } else {
-            "pages"
-        }
-    );
-    let mut starts = Vec::with_capacity(n);
-    starts.resize(n, None);
-    let vm = Box::leak(Box::new(Vm {
-        name: vp.name.clone(),
-        pcpus,
-        vttbr,
-        vtcr,
-        fwb: geo.fwb(),
-        host: HostFeatures {
-            pfr0: vsys::id_reg(4, 0),
-            pfr1: vsys::id_reg(4, 1),
-            dfr0: vsys::id_reg(5, 0),
-            mmfr0: vsys::id_reg(7, 0),
-            mmfr1: vsys::id_reg(7, 1),
-        },
-        cntvoff: vsys::cntpct_el0(),
-        ram_ipa,
-        ram_pa: pa,
-        ram_size: memory,
-        gicr_size,
-        entry: vp.layout.kernel.start().get(),
-        dtb: vp.layout.dtb().get(),
-        idregs,
-        s2: SpinMutex::new(pt),
-        owns_devices,
-        pci,
-        intx,
-        pci_window: vp
-            .pci_window
-            .filter(|_| owns_devices)
-            .map(|w| w.start().get()..w.end().get()),
-        lazy_chunk,
-        blocks,
-        fill_unit,
-        chunks,
-        images,
-        clean_fills,
-        // Device-visible memory stays mapped while a device may use it: hyp.stress does not
-        // touch a VM that owns devices.
-        stress: (boot.cmdline.stress != 0 && !owns_devices).then(|| {
-            stress::Stress::new(
-                boot.cmdline.stress,
-                vsys::cntpct_el0() ^ u64::from(vmid.get()),
-                n,
-            )
-        }),
-        dev: SpinMutex::new(Devices {
-            vgic,
-            psci,
-            uart: {
-                let mut u = Pl011::new(&vp.name);
-                // Linux's earlycon writes before enabling the UART (firmware normally has).
-                u.set_transmit_when_disabled(true);
-                u
-            },
-            starts,
-            rx_backlog: Vec::new(),
-            intx: vdev::ppi::Forwarder::default(),
-        }),
-        out: SpinMutex::new(OutQueue::new(&vp.name, vdev::console::QUEUE_BYTES)),
-        out_pending: AtomicBool::new(false),
-        warned: AtomicU64::new(0),
-        audit_failed: AtomicBool::new(false),
-        state: AtomicU8::new(VmState::Running as u8),
-        live: AtomicUsize::new(n),
-        done: AtomicBool::new(false),
-        stats: Stats::default(),
-    }));
-    Ok(vm)
-}
-
-/// A VM's PCI view: its functions' memory BARs measured on the devices (which start
-/// quiesced), and its slice of the PCI memory window mapped into its stage 2 as device memory
-/// at IPA = PA (the BARs, whose addresses `PciView` confines to the slice, decode there).
-fn pci_view(
-    vp: &VmPlan<'_>,
-    window: AddrRange<Ipa>,
-    pt: &mut PageTable<FrameAlloc, VmMaintenance>,
-) -> Result<(PciView, Vec<u32>), VmFailure> {
-    let Some(mut ecam) = crate::pci::host() else {
-        return Err(VmFailure::NoPciBus);
-    };
-    let mut functions = Vec::with_capacity(vp.pci.len());
-    let mut intx = Vec::new();
-    for (bdf, _) in &vp.pci {
-        // A slot without a function reads all ones (PCI spec): QEMU did not attach one.
-        if ecam.read32(*bdf, 0) == u32::MAX {
-            return Err(VmFailure::NoFunction(*bdf));
-        }
-        // Interrupt Pin (config offset 0x3d): 1..=4 for INTA..INTD, 0 for none.
-        let pin = (ecam.read32(*bdf, 0x3c) >> 8) & 0xff;
-        // The plan gave each VM the INTA lines of its slots; another pin could be another
-        // VM's line.
-        if pin > 1 {
-            return Err(VmFailure::IntxPin(*bdf, pin));
-        }
-        if pin == 1 {
-            let id = platform::virt::spi_intid(platform::virt::pci_intx_spi(
-                u32::from(bdf.device),
-                pin - 1,
-            ));
-            if !intx.contains(&id) {
-                intx.push(id);
-            }
-        }
-        let bars = vdev::pci::measure_bars(&mut ecam, *bdf);
-        log::debug!("vm {}: pci {bdf}: memory BARs {bars:x?}", vp.name);
-        functions.push((*bdf, bars));
-    }
-    pt.map(
-        window,
-        window.start().identity_pa(),
-        Attrs::device(),
-        MapOpts::PAGES,
-    )
-    .map_err(VmFailure::Stage2Map)?;
-    let range = window.start().get()..window.end().get();
-    Ok((PciView::new(&functions, range, &mut ecam), intx))
-}
 
 /// What [`Vm::audit_stage2`] counted: leaves mapping the VM's RAM, and leaves mapping its PCI
 /// window.

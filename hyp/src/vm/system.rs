@@ -4,8 +4,9 @@
 //! ([`read_bundle`]), then ([`run_system`]) the plan, the VMs, their vCPUs, and the wait for
 //! every VM to exit.
 
+use super::create::create;
 use super::output;
-use super::{cpus, create, fill_idle, ms, vcpu, Vm, VmState, HOST_RESERVE, VMS};
+use super::{cpus, fill_idle, ms, vcpu, Vm, VmState, HOST_RESERVE, VMS};
 use crate::boot::Boot;
 use crate::failure::{Fatal, VmFailure};
 use crate::gic::{self, GicError};
