@@ -709,7 +709,8 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         (kernel, initrd)
     }
 
-    /// The stage-2 geometry of `granule`, in the attribute encoding every walker of it reads.
+    /// The VM's stage-2 geometry for `granule`, in the attribute encoding of every walker that
+    /// reads it (hyp's MMU and, for a VM that owns PCI functions, the SMMU).
     fn geometry(&mut self, vm: &VmConfig, granule: Granule) -> Option<Geometry> {
         match self.stage2_for(vm, granule) {
             // A stage 2 the SMMU shares is written in the attribute encoding it reads: the
@@ -719,7 +720,8 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             }
             Ok(g) => Some(g),
             Err(e) => {
-                // Checked above for both forms; kept as an error, never a panic.
+                // Checked by check_stage2 (a fixed granule) and decide (page_size); kept as an
+                // error, never a panic.
                 let kind = ErrorKind::Geometry {
                     granule,
                     ipa_bits: vm.stage2.ipa_bits,
@@ -798,6 +800,7 @@ struct Taken {
     intx: Vec<(u32, String)>,
 }
 
+// The system: hyp's granule, then each VM on what the earlier ones left.
 impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
     /// hyp's own granule: a granule the CPU lacks falls back to `auto`, with the reason.
     /// `None` (error recorded) when the CPU has none at stage 1.
@@ -899,8 +902,8 @@ fn advertised_granules(cpu: &CpuFeatures, requested: PageSize, page_size: Granul
     }
 }
 
-/// A VM's PCI functions with their places on the root bus, the first at place `first`
-/// (functions past the last slot are refused before this).
+/// A VM's PCI functions with their places on the root bus, the first at place `first` (the
+/// config check refuses functions past the bus's last slot).
 fn place_pci(devices: &[PciDevice], first: usize) -> Vec<(Bdf, PciDevice)> {
     devices
         .iter()
