@@ -1566,41 +1566,166 @@ mapping = "lazy"
             chosen: None,
         };
         alloc::vec![
-            (Toml { message: "bad\n".into() }, "bad"),
-            (BadValue { value: "8k".into(), expected: "\"4k\" or \"auto\"" }, "\"8k\" is not valid; write \"4k\" or \"auto\""),
-            (BadName { name: "A".into() }, "\"A\" is not a valid name; use 1 to 32 characters from a-z, 0-9 and -, e.g. \"web-1\""),
-            (DuplicateName { name: "a".into(), first_line: 3 }, "\"a\" is already the name of the VM at line 3; give each VM its own name"),
-            (BadSize(SizeError::Empty), "the size is empty; write a number with an optional K, M or G suffix, e.g. \"512M\""),
-            (ZeroMemory, "a VM needs memory; write a size such as \"512M\""),
-            (MemoryNotAligned { memory: 3 << 20 }, "3145728 bytes is not a multiple of 2M; round it, e.g. \"4M\""),
-            (MemoryBeyondIpa { memory: 4 << 30, ipa_bits: 32 }, "4G of RAM from 0x40000000 does not fit in a 32-bit IPA space (at most 3G); use less memory or raise stage2.ipa_bits"),
-            (ZeroVcpus { value: -1 }, "-1 vCPUs: a VM needs at least one; write vcpus = 1 or more"),
-            (TooManyVcpusForGic { value: 999 }, "999 vCPUs: at most 123 fit the GICv3 redistributor window; use fewer"),
-            (IpaBitsRange { value: 53 }, "53 is outside 32..=52; write e.g. ipa_bits = 40"),
-            (DuplicateFallback { granule: Granule::K4 }, "\"4k\" is listed twice; list each page size once"),
-            (EmptyPath, "the path is empty; name a file relative to the config"),
-            (TooManyVcpus { asked: 4, free: 2, host: 4 }, "4 vCPUs asked but only 2 of the 4 physical CPUs are left (vCPUs are pinned one to one); lower vcpus or run with more CPUs (--smp)"),
-            (OutOfMemory { asked: 1 << 30, tables: 8 << 10, free: 512 << 20, host: 2 << 30 }, "1G asked (plus 8K of stage-2 tables) but only 512M of the 2G of guest RAM is left; lower memory or give the machine more RAM (--mem)"),
-            (TableMemoryEager { asked: 4 << 10, needed: 24 << 10 }, "4K is less than the 24K of stage-2 tables that eager mapping of this VM's RAM takes; remove table_memory or use mapping = \"lazy\""),
-            (TableMemoryTooSmall { asked: 4 << 10, min: 16 << 10 }, "4K cannot hold the root tables and one table per level (16K); write at least table_memory = \"16K\""),
-            (IpaBeyondPaRange { ipa_bits: 48, pa_bits: 44, parange: 4 }, "48 bits is beyond the CPU's physical address size: ID_AA64MMFR0_EL1.PARange = 0b0100 (44 bits); use ipa_bits = 44 or less"),
-            (MissingFile { path: "k".into() }, "file \"k\" not found; paths are relative to the config file"),
-            (EmptyFile { path: "k".into() }, "file \"k\" is empty"),
-            (Image(ImageError::BigEndian), "the Image header's flags bit 0 says big-endian; hyp runs little-endian kernels only"),
-            (Cmdline(CmdlineError::NotPrintable { offset: 2, ch: '\u{e9}' }), "character 'é' at byte 2 is not printable ASCII; the kernel command line takes printable ASCII only"),
-            (Stage2Granule(refusal), "16K granule not supported at stage 2: hidden by hyp.hide-granules; choose a granule the CPU supports at stage 2 or \"page_size\""),
-            (Geometry { granule: Granule::K64, ipa_bits: 32, reason: "why".into() }, "no stage-2 tables for 64K with a 32-bit IPA: why"),
-            (NoPageSize(decision), "no usable page size: no candidate; add a fallback the kernel and CPU support (e.g. fallback = [\"4k\"]) or use another kernel or CPU"),
-            (NoHypGranule, "the CPU supports no translation granule at stage 1 (or all are hidden)"),
-            (Layout(LayoutError::RamOverflow { memory: 1 << 20 }), "1M of RAM from 0x40000000 overflows the address space; use less memory"),
-            (Dtb(DtbError::TooLarge { size: 3 << 20 }), "the guest device tree is 3145728 bytes, more than the 2M the boot protocol allows; shorten cmdline"),
-            (PciNeedsFile { model: blk }, "virtio-blk-pci is backed by a file; add file = \"disk.img\" (relative to the config)"),
-            (PciTakesNoFile { model: net, key: "readonly" }, "virtio-net-pci takes no backing file; remove readonly"),
-            (TooManyPciDevices, "more than 31 PCI devices in the system: the root bus has slots 1 to 31 for them; assign fewer"),
-            (PciNoSmmu, "the host has no SMMUv3 to confine the device's DMA; run QEMU with -M virt,iommu=smmuv3 (./run adds it when a config assigns devices)"),
-            (PciIntxShared { bdf, spi: 5, other: "b".into() }, "00:02.0's INTx is wired to SPI 5, which a device of vm \"b\" already uses: the root bus has four INTx lines, each given to one VM (no MSI without a virtual ITS), and a VM's devices take one line per slot; give the devices to fewer VMs"),
-            (PciLazy, "a VM that owns PCI devices keeps all its RAM mapped (devices may DMA to any of it at any time); use mapping = \"eager\""),
-            (Smmu(smmu::Refusal::NoStage2), "the SMMU has no stage 2 (SMMU_IDR0.S2P = 0); pick a stage-2 granule the SMMU walks, or stage2.granule = \"page_size\" with a fallback"),
+            (
+                Toml { message: "bad\n".into() },
+                "bad",
+            ),
+            (
+                BadValue { value: "8k".into(), expected: "\"4k\" or \"auto\"" },
+                "\"8k\" is not valid; write \"4k\" or \"auto\"",
+            ),
+            (
+                BadName { name: "A".into() },
+                "\"A\" is not a valid name; use 1 to 32 characters from a-z, 0-9 and -, e.g. \
+                 \"web-1\"",
+            ),
+            (
+                DuplicateName { name: "a".into(), first_line: 3 },
+                "\"a\" is already the name of the VM at line 3; give each VM its own name",
+            ),
+            (
+                BadSize(SizeError::Empty),
+                "the size is empty; write a number with an optional K, M or G suffix, e.g. \
+                 \"512M\"",
+            ),
+            (
+                ZeroMemory,
+                "a VM needs memory; write a size such as \"512M\"",
+            ),
+            (
+                MemoryNotAligned { memory: 3 << 20 },
+                "3145728 bytes is not a multiple of 2M; round it, e.g. \"4M\"",
+            ),
+            (
+                MemoryBeyondIpa { memory: 4 << 30, ipa_bits: 32 },
+                "4G of RAM from 0x40000000 does not fit in a 32-bit IPA space (at most 3G); use \
+                 less memory or raise stage2.ipa_bits",
+            ),
+            (
+                ZeroVcpus { value: -1 },
+                "-1 vCPUs: a VM needs at least one; write vcpus = 1 or more",
+            ),
+            (
+                TooManyVcpusForGic { value: 999 },
+                "999 vCPUs: at most 123 fit the GICv3 redistributor window; use fewer",
+            ),
+            (
+                IpaBitsRange { value: 53 },
+                "53 is outside 32..=52; write e.g. ipa_bits = 40",
+            ),
+            (
+                DuplicateFallback { granule: Granule::K4 },
+                "\"4k\" is listed twice; list each page size once",
+            ),
+            (
+                EmptyPath,
+                "the path is empty; name a file relative to the config",
+            ),
+            (
+                TooManyVcpus { asked: 4, free: 2, host: 4 },
+                "4 vCPUs asked but only 2 of the 4 physical CPUs are left (vCPUs are pinned one to \
+                 one); lower vcpus or run with more CPUs (--smp)",
+            ),
+            (
+                OutOfMemory { asked: 1 << 30, tables: 8 << 10, free: 512 << 20, host: 2 << 30 },
+                "1G asked (plus 8K of stage-2 tables) but only 512M of the 2G of guest RAM is \
+                 left; lower memory or give the machine more RAM (--mem)",
+            ),
+            (
+                TableMemoryEager { asked: 4 << 10, needed: 24 << 10 },
+                "4K is less than the 24K of stage-2 tables that eager mapping of this VM's RAM \
+                 takes; remove table_memory or use mapping = \"lazy\"",
+            ),
+            (
+                TableMemoryTooSmall { asked: 4 << 10, min: 16 << 10 },
+                "4K cannot hold the root tables and one table per level (16K); write at least \
+                 table_memory = \"16K\"",
+            ),
+            (
+                IpaBeyondPaRange { ipa_bits: 48, pa_bits: 44, parange: 4 },
+                "48 bits is beyond the CPU's physical address size: ID_AA64MMFR0_EL1.PARange = \
+                 0b0100 (44 bits); use ipa_bits = 44 or less",
+            ),
+            (
+                MissingFile { path: "k".into() },
+                "file \"k\" not found; paths are relative to the config file",
+            ),
+            (
+                EmptyFile { path: "k".into() },
+                "file \"k\" is empty",
+            ),
+            (
+                Image(ImageError::BigEndian),
+                "the Image header's flags bit 0 says big-endian; hyp runs little-endian kernels \
+                 only",
+            ),
+            (
+                Cmdline(CmdlineError::NotPrintable { offset: 2, ch: '\u{e9}' }),
+                "character 'é' at byte 2 is not printable ASCII; the kernel command line takes \
+                 printable ASCII only",
+            ),
+            (
+                Stage2Granule(refusal),
+                "16K granule not supported at stage 2: hidden by hyp.hide-granules; choose a \
+                 granule the CPU supports at stage 2 or \"page_size\"",
+            ),
+            (
+                Geometry { granule: Granule::K64, ipa_bits: 32, reason: "why".into() },
+                "no stage-2 tables for 64K with a 32-bit IPA: why",
+            ),
+            (
+                NoPageSize(decision),
+                "no usable page size: no candidate; add a fallback the kernel and CPU support \
+                 (e.g. fallback = [\"4k\"]) or use another kernel or CPU",
+            ),
+            (
+                NoHypGranule,
+                "the CPU supports no translation granule at stage 1 (or all are hidden)",
+            ),
+            (
+                Layout(LayoutError::RamOverflow { memory: 1 << 20 }),
+                "1M of RAM from 0x40000000 overflows the address space; use less memory",
+            ),
+            (
+                Dtb(DtbError::TooLarge { size: 3 << 20 }),
+                "the guest device tree is 3145728 bytes, more than the 2M the boot protocol \
+                 allows; shorten cmdline",
+            ),
+            (
+                PciNeedsFile { model: blk },
+                "virtio-blk-pci is backed by a file; add file = \"disk.img\" (relative to the \
+                 config)",
+            ),
+            (
+                PciTakesNoFile { model: net, key: "readonly" },
+                "virtio-net-pci takes no backing file; remove readonly",
+            ),
+            (
+                TooManyPciDevices,
+                "more than 31 PCI devices in the system: the root bus has slots 1 to 31 for them; \
+                 assign fewer",
+            ),
+            (
+                PciNoSmmu,
+                "the host has no SMMUv3 to confine the device's DMA; run QEMU with -M \
+                 virt,iommu=smmuv3 (./run adds it when a config assigns devices)",
+            ),
+            (
+                PciIntxShared { bdf, spi: 5, other: "b".into() },
+                "00:02.0's INTx is wired to SPI 5, which a device of vm \"b\" already uses: the \
+                 root bus has four INTx lines, each given to one VM (no MSI without a virtual \
+                 ITS), and a VM's devices take one line per slot; give the devices to fewer VMs",
+            ),
+            (
+                PciLazy,
+                "a VM that owns PCI devices keeps all its RAM mapped (devices may DMA to any of it \
+                 at any time); use mapping = \"eager\"",
+            ),
+            (
+                Smmu(smmu::Refusal::NoStage2),
+                "the SMMU has no stage 2 (SMMU_IDR0.S2P = 0); pick a stage-2 granule the SMMU \
+                 walks, or stage2.granule = \"page_size\" with a fallback",
+            ),
         ]
     }
 
