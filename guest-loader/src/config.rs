@@ -409,8 +409,8 @@ pub enum ErrorKind {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ErrorKind::*;
-        // One family per stage of the check that finds it; the match stays exhaustive so a new
-        // variant must be given a family (and its message) here.
+        // One method per family of errors. This match stays exhaustive: a new variant must be
+        // given a family here, and a message there (the message test lists every variant).
         match self {
             Toml { .. }
             | BadValue { .. }
