@@ -174,82 +174,111 @@ fn valid_name(name: &str) -> bool {
             .all(|c| !c.is_empty() && c != ".." && c != ".")
 }
 
+/// One archive entry as stored.
+struct Entry<'a> {
+    /// Where its header starts.
+    offset: usize,
+    /// `c_mode`: the file type and permissions.
+    mode: u32,
+    /// The name as written (without its NUL).
+    name: &'a str,
+    /// The file's bytes.
+    data: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
+    /// Reads the entry at `offset`: the header, the name, the data. Returns it and where the
+    /// next entry starts.
+    fn read(archive: &'a [u8], offset: usize) -> Result<(Entry<'a>, usize), BundleError> {
+        let truncated = || BundleError::Truncated { offset };
+        let header = archive
+            .get(offset..offset.checked_add(HEADER_LEN).ok_or_else(truncated)?)
+            .ok_or_else(truncated)?;
+        if &header[..6] != MAGIC {
+            return Err(BundleError::BadMagic { offset });
+        }
+        let mut fields = [0u32; 13];
+        for (i, f) in fields.iter_mut().enumerate() {
+            *f = hex_field(header, i).ok_or(BundleError::BadField {
+                offset,
+                field: FIELDS[i],
+            })?;
+        }
+        let (mode, filesize, namesize) = (fields[1], fields[6] as usize, fields[11] as usize);
+        if namesize == 0 || namesize > MAX_NAME + 1 {
+            return Err(BundleError::BadName { offset });
+        }
+        let name_start = offset + HEADER_LEN;
+        let name = archive
+            .get(name_start..name_start + namesize)
+            .ok_or_else(truncated)?;
+        let name = entry_name(name).ok_or(BundleError::BadName { offset })?;
+        let data_start = pad4(name_start + namesize).ok_or_else(truncated)?;
+        let data_end = data_start.checked_add(filesize).ok_or_else(truncated)?;
+        let data = archive.get(data_start..data_end).ok_or_else(truncated)?;
+        let next = pad4(data_end).ok_or_else(truncated)?;
+        let entry = Entry {
+            offset,
+            mode,
+            name,
+            data,
+        };
+        Ok((entry, next))
+    }
+
+    /// The name a regular file is found by (a leading `./` dropped); `None` for a directory
+    /// (and `.`), which is skipped.
+    fn file_name(&self) -> Result<Option<&'a str>, BundleError> {
+        let name = self.name.strip_prefix("./").unwrap_or(self.name);
+        if name == "." {
+            return Ok(None);
+        }
+        if !valid_name(name) {
+            return Err(BundleError::BadName {
+                offset: self.offset,
+            });
+        }
+        match self.mode & S_IFMT {
+            S_IFDIR => Ok(None),
+            S_IFREG => Ok(Some(name)),
+            _ => Err(BundleError::UnsupportedType {
+                name: name.into(),
+                mode: self.mode,
+            }),
+        }
+    }
+}
+
+/// A stored name: `namesize` bytes ending in the only NUL, UTF-8 before it.
+fn entry_name(stored: &[u8]) -> Option<&str> {
+    let (last, name) = stored.split_last()?;
+    if *last != 0 || name.contains(&0) {
+        return None;
+    }
+    core::str::from_utf8(name).ok()
+}
+
 impl<'a> Bundle<'a> {
     /// Parses a bundle.
     pub fn parse(data: &'a [u8]) -> Result<Bundle<'a>, BundleError> {
         let mut at = 0usize;
         let mut files: Vec<(&'a str, &'a [u8])> = Vec::new();
         loop {
-            let offset = at;
-            let header = data
-                .get(
-                    at..at
-                        .checked_add(HEADER_LEN)
-                        .ok_or(BundleError::Truncated { offset })?,
-                )
-                .ok_or(BundleError::Truncated { offset })?;
-            if &header[..6] != MAGIC {
-                return Err(BundleError::BadMagic { offset });
-            }
-            let mut fields = [0u32; 13];
-            for (i, f) in fields.iter_mut().enumerate() {
-                *f = hex_field(header, i).ok_or(BundleError::BadField {
-                    offset,
-                    field: FIELDS[i],
-                })?;
-            }
-            let (mode, filesize, namesize) = (fields[1], fields[6] as usize, fields[11] as usize);
-            if namesize == 0 || namesize > MAX_NAME + 1 {
-                return Err(BundleError::BadName { offset });
-            }
-            let name_start = at + HEADER_LEN;
-            let name_bytes = data
-                .get(name_start..name_start + namesize)
-                .ok_or(BundleError::Truncated { offset })?;
-            let (last, name_bytes) = name_bytes
-                .split_last()
-                .ok_or(BundleError::BadName { offset })?;
-            if *last != 0 || name_bytes.contains(&0) {
-                return Err(BundleError::BadName { offset });
-            }
-            let name =
-                core::str::from_utf8(name_bytes).map_err(|_| BundleError::BadName { offset })?;
-            let data_start =
-                pad4(name_start + namesize).ok_or(BundleError::Truncated { offset })?;
-            let data_end = data_start
-                .checked_add(filesize)
-                .ok_or(BundleError::Truncated { offset })?;
-            let body = data
-                .get(data_start..data_end)
-                .ok_or(BundleError::Truncated { offset })?;
-            at = pad4(data_end).ok_or(BundleError::Truncated { offset })?;
-            if name == TRAILER {
+            let (entry, next) = Entry::read(data, at)?;
+            at = next;
+            if entry.name == TRAILER {
                 break;
             }
-            let name = name.strip_prefix("./").unwrap_or(name);
-            if name == "." {
+            let Some(name) = entry.file_name()? else {
                 continue;
-            }
-            if !valid_name(name) {
-                return Err(BundleError::BadName { offset });
-            }
-            match mode & S_IFMT {
-                S_IFDIR => continue,
-                S_IFREG => {}
-                _ => {
-                    return Err(BundleError::UnsupportedType {
-                        name: name.into(),
-                        mode,
-                    })
-                }
-            }
+            };
             if files.iter().any(|(n, _)| *n == name) {
                 return Err(BundleError::Duplicate { name: name.into() });
             }
             if files.len() == MAX_ENTRIES {
                 return Err(BundleError::TooManyEntries);
             }
-            files.push((name, body));
+            files.push((name, entry.data));
         }
         let config = files
             .iter()
@@ -517,6 +546,16 @@ mod tests {
             Bundle::parse(&[]),
             Err(BundleError::Truncated { offset: 0 })
         );
+    }
+
+    #[test]
+    fn a_stored_name_ends_in_its_only_nul() {
+        assert_eq!(entry_name(b"files/k\0"), Some("files/k"));
+        assert_eq!(entry_name(b"\0"), Some(""));
+        assert_eq!(entry_name(b""), None);
+        assert_eq!(entry_name(b"files/k"), None);
+        assert_eq!(entry_name(b"fil\0es\0"), None);
+        assert_eq!(entry_name(b"\xff\0"), None);
     }
 
     #[test]

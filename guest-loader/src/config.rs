@@ -409,6 +409,55 @@ pub enum ErrorKind {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ErrorKind::*;
+        // One method per family of errors. This match stays exhaustive: a new variant must be
+        // given a family here, and a message there (the message test lists every variant).
+        match self {
+            Toml { .. }
+            | BadValue { .. }
+            | BadName { .. }
+            | DuplicateName { .. }
+            | DuplicateFallback { .. }
+            | EmptyPath => self.fmt_value(f),
+            BadSize(_)
+            | ZeroMemory
+            | MemoryNotAligned { .. }
+            | MemoryBeyondIpa { .. }
+            | ZeroVcpus { .. }
+            | TooManyVcpusForGic { .. }
+            | IpaBitsRange { .. } => self.fmt_quantity(f),
+            TooManyVcpus { .. }
+            | OutOfMemory { .. }
+            | TableMemoryEager { .. }
+            | TableMemoryTooSmall { .. } => self.fmt_capacity(f),
+            IpaBeyondPaRange { .. }
+            | Stage2Granule(_)
+            | Geometry { .. }
+            | NoPageSize(_)
+            | NoHypGranule => self.fmt_cpu(f),
+            MissingFile { .. } | EmptyFile { .. } | Image(_) | Cmdline(_) | Layout(_) | Dtb(_) => {
+                self.fmt_guest(f)
+            }
+            PciNeedsFile { .. }
+            | PciTakesNoFile { .. }
+            | TooManyPciDevices
+            | PciNoSmmu
+            | PciIntxShared { .. }
+            | PciLazy
+            | Smmu(_) => self.fmt_pci(f),
+        }
+    }
+}
+
+impl ErrorKind {
+    /// A variant that [`fmt::Display`] routed to the wrong family: shown as data rather than
+    /// lost (the message test covers every variant, so this is never reached).
+    fn fmt_misrouted(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+
+    /// A value as written: its syntax, its set, its uniqueness.
+    fn fmt_value(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
         match self {
             Toml { message } => f.write_str(message.trim_end()),
             BadValue { value, expected } => {
@@ -424,7 +473,21 @@ impl fmt::Display for ErrorKind {
                 "\"{name}\" is already the name of the VM at line {first_line}; give each VM \
                  its own name"
             ),
-            BadSize(e) => e.fmt(f),
+            DuplicateFallback { granule } => write!(
+                f,
+                "\"{}\" is listed twice; list each page size once",
+                granule.name()
+            ),
+            EmptyPath => f.write_str("the path is empty; name a file relative to the config"),
+            _ => self.fmt_misrouted(f),
+        }
+    }
+
+    /// A size or count outside what any machine accepts (`memory`, `vcpus`, `ipa_bits`).
+    fn fmt_quantity(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
+            BadSize(e) => fmt::Display::fmt(e, f),
             ZeroMemory => f.write_str("a VM needs memory; write a size such as \"512M\""),
             MemoryNotAligned { memory } => write!(
                 f,
@@ -458,12 +521,14 @@ impl fmt::Display for ErrorKind {
                 f,
                 "{value} is outside {MIN_IPA_BITS}..={MAX_IPA_BITS}; write e.g. ipa_bits = 40"
             ),
-            DuplicateFallback { granule } => write!(
-                f,
-                "\"{}\" is listed twice; list each page size once",
-                granule.name()
-            ),
-            EmptyPath => f.write_str("the path is empty; name a file relative to the config"),
+            _ => self.fmt_misrouted(f),
+        }
+    }
+
+    /// More than the host has left: physical CPUs, guest RAM, stage-2 table memory.
+    fn fmt_capacity(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
             TooManyVcpus { asked, free, host } => write!(
                 f,
                 "{asked} vCPUs asked but only {free} of the {host} physical CPUs are left \
@@ -498,6 +563,14 @@ impl fmt::Display for ErrorKind {
                 format_size(*min),
                 format_size(*min)
             ),
+            _ => self.fmt_misrouted(f),
+        }
+    }
+
+    /// What the CPU cannot do: its PA size, its granules at stage 1 and 2.
+    fn fmt_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
             IpaBeyondPaRange {
                 ipa_bits,
                 pa_bits,
@@ -508,13 +581,6 @@ impl fmt::Display for ErrorKind {
                  ID_AA64MMFR0_EL1.PARange = {parange:#06b} ({pa_bits} bits); use ipa_bits = \
                  {pa_bits} or less"
             ),
-            MissingFile { path } => write!(
-                f,
-                "file \"{path}\" not found; paths are relative to the config file"
-            ),
-            EmptyFile { path } => write!(f, "file \"{path}\" is empty"),
-            Image(e) => e.fmt(f),
-            Cmdline(e) => e.fmt(f),
             Stage2Granule(e) => write!(
                 f,
                 "{e}; choose a granule the CPU supports at stage 2 or \"page_size\""
@@ -536,8 +602,32 @@ impl fmt::Display for ErrorKind {
             NoHypGranule => f.write_str(
                 "the CPU supports no translation granule at stage 1 (or all are hidden)",
             ),
-            Layout(e) => e.fmt(f),
-            Dtb(e) => e.fmt(f),
+            _ => self.fmt_misrouted(f),
+        }
+    }
+
+    /// The guest's files and what is built from them: kernel, initrd, command line, layout,
+    /// device tree.
+    fn fmt_guest(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
+            MissingFile { path } => write!(
+                f,
+                "file \"{path}\" not found; paths are relative to the config file"
+            ),
+            EmptyFile { path } => write!(f, "file \"{path}\" is empty"),
+            Image(e) => fmt::Display::fmt(e, f),
+            Cmdline(e) => fmt::Display::fmt(e, f),
+            Layout(e) => fmt::Display::fmt(e, f),
+            Dtb(e) => fmt::Display::fmt(e, f),
+            _ => self.fmt_misrouted(f),
+        }
+    }
+
+    /// `[[vm.pci]]`: the entries, the root bus, the SMMU.
+    fn fmt_pci(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
             PciNeedsFile { model } => write!(
                 f,
                 "{model} is backed by a file; add file = \"disk.img\" (relative to the config)"
@@ -570,6 +660,7 @@ impl fmt::Display for ErrorKind {
                 "more than {MAX_PCI_DEVICES} PCI devices in the system: the root bus has slots \
                  1 to 31 for them; assign fewer"
             ),
+            _ => self.fmt_misrouted(f),
         }
     }
 }
@@ -890,246 +981,34 @@ pub fn parse_config(file: &str, text: &str) -> Result<SystemConfig, Errors> {
     }
 }
 
+/// One `[[vm]]` table, read key by key by a [`VmReader`]; `None` when any key is in error
+/// (each error is in `cx`).
 fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Option<VmConfig> {
     let before = cx.errors.len();
-    let table_span = raw.span();
+    let table = cx.pos(raw.span());
     let raw = raw.into_inner();
     let name = raw.name.get_ref().clone();
-    let vm = Some(name.as_str());
-    let mut pos = VmPos {
-        table: cx.pos(table_span.clone()),
-        name: cx.pos(raw.name.span()),
-        ..VmPos::default()
+    let mut r = VmReader {
+        pos: VmPos {
+            table,
+            name: cx.pos(raw.name.span()),
+            ..VmPos::default()
+        },
+        cx,
+        vm: Some(&name),
     };
-    if !valid_name(&name) {
-        cx.err(
-            raw.name.span(),
-            vm,
-            "name",
-            ErrorKind::BadName { name: name.clone() },
-        );
-    } else if let Some(first) = earlier.iter().find(|v| v.name == name) {
-        cx.err(
-            raw.name.span(),
-            vm,
-            "name",
-            ErrorKind::DuplicateName {
-                name: name.clone(),
-                first_line: first.pos.name.line,
-            },
-        );
-    }
-
-    // vcpus
-    let mut vcpus = 1;
-    pos.vcpus = pos.table;
-    if let Some(v) = &raw.vcpus {
-        pos.vcpus = cx.pos(v.span());
-        let n = *v.get_ref();
-        if n < 1 {
-            cx.err(v.span(), vm, "vcpus", ErrorKind::ZeroVcpus { value: n });
-        } else if n > i64::from(MAX_VCPUS) {
-            cx.err(
-                v.span(),
-                vm,
-                "vcpus",
-                ErrorKind::TooManyVcpusForGic { value: n },
-            );
-        } else {
-            vcpus = n as u32;
-        }
-    }
-
+    r.name(&raw.name, earlier);
+    let vcpus = r.vcpus(raw.vcpus.as_ref());
     // stage2 first: memory is checked against ipa_bits.
-    let mut stage2 = Stage2Config {
-        granule: Stage2Granule::PageSize,
-        ipa_bits: DEFAULT_IPA_BITS,
-        mapping: Mapping::Eager,
-        table_memory: None,
-    };
-    pos.stage2_granule = pos.table;
-    pos.ipa_bits = pos.table;
-    pos.table_memory = pos.table;
-    let mut ipa_ok = true;
-    if let Some(s2) = &raw.stage2 {
-        let s2r = s2.get_ref();
-        pos.stage2_granule = cx.pos(s2.span());
-        pos.ipa_bits = cx.pos(s2.span());
-        if let Some(g) = &s2r.granule {
-            pos.stage2_granule = cx.pos(g.span());
-            match g.get_ref().as_str() {
-                "page_size" => {}
-                s => match granule_of(s) {
-                    Some(x) => stage2.granule = Stage2Granule::Fixed(x),
-                    None => cx.err(
-                        g.span(),
-                        vm,
-                        "stage2.granule",
-                        ErrorKind::BadValue {
-                            value: s.into(),
-                            expected: "\"4k\", \"16k\", \"64k\" or \"page_size\"",
-                        },
-                    ),
-                },
-            }
-        }
-        if let Some(b) = &s2r.ipa_bits {
-            pos.ipa_bits = cx.pos(b.span());
-            let n = *b.get_ref();
-            if (i64::from(MIN_IPA_BITS)..=i64::from(MAX_IPA_BITS)).contains(&n) {
-                stage2.ipa_bits = n as u32;
-            } else {
-                ipa_ok = false;
-                cx.err(
-                    b.span(),
-                    vm,
-                    "stage2.ipa_bits",
-                    ErrorKind::IpaBitsRange { value: n },
-                );
-            }
-        }
-        if let Some(m) = &s2r.mapping {
-            match m.get_ref().as_str() {
-                "eager" => stage2.mapping = Mapping::Eager,
-                "lazy" => stage2.mapping = Mapping::Lazy,
-                s => cx.err(
-                    m.span(),
-                    vm,
-                    "stage2.mapping",
-                    ErrorKind::BadValue {
-                        value: s.into(),
-                        expected: "\"eager\" or \"lazy\"",
-                    },
-                ),
-            }
-        }
-        if let Some(t) = &s2r.table_memory {
-            pos.table_memory = cx.pos(t.span());
-            let parsed = match t.get_ref() {
-                RawSize::Int(v) if *v < 0 => Err(SizeError::Negative { value: *v }),
-                RawSize::Int(v) => Ok(*v as u64),
-                RawSize::Str(s) => parse_size(s),
-            };
-            match parsed {
-                Ok(b) => stage2.table_memory = Some(b),
-                Err(e) => cx.err(t.span(), vm, "stage2.table_memory", ErrorKind::BadSize(e)),
-            }
-        }
-    }
-
-    // memory
-    pos.memory = cx.pos(raw.memory.span());
-    let mspan = raw.memory.span();
-    let parsed = match raw.memory.get_ref() {
-        RawSize::Int(v) if *v < 0 => Err(SizeError::Negative { value: *v }),
-        RawSize::Int(v) => Ok(*v as u64),
-        RawSize::Str(s) => parse_size(s),
-    };
-    let mut memory = 0;
-    match parsed {
-        Err(e) => cx.err(mspan, vm, "memory", ErrorKind::BadSize(e)),
-        Ok(0) => cx.err(mspan, vm, "memory", ErrorKind::ZeroMemory),
-        Ok(m) if m % MEMORY_ALIGN != 0 => cx.err(
-            mspan,
-            vm,
-            "memory",
-            ErrorKind::MemoryNotAligned { memory: m },
-        ),
-        Ok(m) => {
-            let fits = RAM_BASE
-                .checked_add(m)
-                .is_some_and(|end| end <= 1u64 << stage2.ipa_bits);
-            if !fits && ipa_ok {
-                cx.err(
-                    mspan,
-                    vm,
-                    "memory",
-                    ErrorKind::MemoryBeyondIpa {
-                        memory: m,
-                        ipa_bits: stage2.ipa_bits,
-                    },
-                );
-            }
-            memory = m;
-        }
-    }
-
-    // files
-    pos.kernel = cx.pos(raw.kernel.span());
-    pos.kernel_span = raw.kernel.span();
-    if raw.kernel.get_ref().trim().is_empty() {
-        cx.err(raw.kernel.span(), vm, "kernel", ErrorKind::EmptyPath);
-    }
-    let mut initrd = None;
-    if let Some(i) = &raw.initrd {
-        pos.initrd = cx.pos(i.span());
-        pos.initrd_span = Some(i.span());
-        if i.get_ref().trim().is_empty() {
-            cx.err(i.span(), vm, "initrd", ErrorKind::EmptyPath);
-        }
-        initrd = Some(i.get_ref().clone());
-    }
-
-    // cmdline
-    let mut cmdline = String::new();
-    pos.cmdline = pos.table;
-    if let Some(c) = &raw.cmdline {
-        pos.cmdline = cx.pos(c.span());
-        if let Err(e) = crate::cmdline::check_chars(c.get_ref()) {
-            cx.err(c.span(), vm, "cmdline", ErrorKind::Cmdline(e));
-        }
-        cmdline = c.get_ref().clone();
-    }
-
-    // page_size and fallback
-    let mut page_size = PageSize::Kernel;
-    pos.page_size = pos.table;
-    if let Some(p) = &raw.page_size {
-        pos.page_size = cx.pos(p.span());
-        match p.get_ref().as_str() {
-            "kernel" => {}
-            s => match granule_of(s) {
-                Some(g) => page_size = PageSize::Fixed(g),
-                None => cx.err(
-                    p.span(),
-                    vm,
-                    "page_size",
-                    ErrorKind::BadValue {
-                        value: s.into(),
-                        expected: "\"4k\", \"16k\", \"64k\" or \"kernel\"",
-                    },
-                ),
-            },
-        }
-    }
-    let mut fallback = Vec::new();
-    pos.fallback = pos.page_size;
-    if let Some(list) = &raw.fallback {
-        pos.fallback = cx.pos(list.span());
-        for item in list.get_ref() {
-            match granule_of(item.get_ref()) {
-                Some(g) if fallback.contains(&g) => cx.err(
-                    item.span(),
-                    vm,
-                    "fallback",
-                    ErrorKind::DuplicateFallback { granule: g },
-                ),
-                Some(g) => fallback.push(g),
-                None => cx.err(
-                    item.span(),
-                    vm,
-                    "fallback",
-                    ErrorKind::BadValue {
-                        value: item.get_ref().clone(),
-                        expected: "a list of \"4k\", \"16k\", \"64k\", e.g. [\"4k\"]",
-                    },
-                ),
-            }
-        }
-    }
-
-    let pci = pci_devices(cx, raw.pci.as_deref().unwrap_or_default(), vm, &mut pos);
-
+    let (stage2, ipa_ok) = r.stage2(raw.stage2.as_ref());
+    let memory = r.memory(&raw.memory, stage2.ipa_bits, ipa_ok);
+    r.kernel(&raw.kernel);
+    let initrd = r.initrd(raw.initrd.as_ref());
+    let cmdline = r.cmdline(raw.cmdline.as_ref());
+    let page_size = r.page_size(raw.page_size.as_ref());
+    let fallback = r.fallback(raw.fallback.as_ref());
+    let pci = r.pci(raw.pci.as_deref().unwrap_or_default());
+    let pos = r.pos;
     if cx.errors.len() != before {
         return None;
     }
@@ -1148,66 +1027,314 @@ fn vm_config(cx: &mut Ctx<'_>, raw: Spanned<RawVm>, earlier: &[VmConfig]) -> Opt
     })
 }
 
-/// `[[vm.pci]]`: each entry's model, and its file exactly when the model is backed by one.
-fn pci_devices(
-    cx: &mut Ctx<'_>,
-    raw: &[Spanned<RawPci>],
-    vm: Option<&str>,
-    pos: &mut VmPos,
-) -> Vec<PciDevice> {
-    let mut out = Vec::new();
-    for entry in raw {
-        let r = entry.get_ref();
-        let at = r.file.as_ref().map_or(entry.span(), |f| f.span());
-        pos.pci.push(cx.pos(at));
-        let Some(model) = PciModel::from_name(r.device.get_ref()) else {
-            cx.err(
-                r.device.span(),
-                vm,
-                "pci.device",
-                ErrorKind::BadValue {
+/// A size as written: a number of bytes, or a string with an optional K/M/G/T suffix.
+fn read_size(raw: &RawSize) -> Result<u64, SizeError> {
+    match raw {
+        RawSize::Int(v) if *v < 0 => Err(SizeError::Negative { value: *v }),
+        RawSize::Int(v) => Ok(*v as u64),
+        RawSize::Str(s) => parse_size(s),
+    }
+}
+
+/// Reads the keys of one `[[vm]]` table in a fixed order (the order its errors are listed
+/// in), recording where each was written (the table itself for an absent key) and each error
+/// with the VM's name. A key in error reads as its default.
+struct VmReader<'c, 't, 'n> {
+    cx: &'c mut Ctx<'t>,
+    vm: Option<&'n str>,
+    pos: VmPos,
+}
+
+impl VmReader<'_, '_, '_> {
+    fn at(&self, span: Range<usize>) -> Pos {
+        self.cx.pos(span)
+    }
+
+    fn err(&mut self, span: Range<usize>, key: &str, kind: ErrorKind) {
+        self.cx.err(span, self.vm, key, kind);
+    }
+
+    /// `name`: `[a-z0-9-]{1,32}`, and no earlier VM's.
+    fn name(&mut self, name: &Spanned<String>, earlier: &[VmConfig]) {
+        let n = name.get_ref();
+        if !valid_name(n) {
+            self.err(name.span(), "name", ErrorKind::BadName { name: n.clone() });
+        } else if let Some(first) = earlier.iter().find(|v| v.name == *n) {
+            let kind = ErrorKind::DuplicateName {
+                name: n.clone(),
+                first_line: first.pos.name.line,
+            };
+            self.err(name.span(), "name", kind);
+        }
+    }
+
+    /// `vcpus`: 1 (the default) to [`MAX_VCPUS`].
+    fn vcpus(&mut self, raw: Option<&Spanned<i64>>) -> u32 {
+        self.pos.vcpus = self.pos.table;
+        let Some(v) = raw else {
+            return 1;
+        };
+        self.pos.vcpus = self.at(v.span());
+        let n = *v.get_ref();
+        if n < 1 {
+            self.err(v.span(), "vcpus", ErrorKind::ZeroVcpus { value: n });
+        } else if n > i64::from(MAX_VCPUS) {
+            self.err(
+                v.span(),
+                "vcpus",
+                ErrorKind::TooManyVcpusForGic { value: n },
+            );
+        } else {
+            return n as u32;
+        }
+        1
+    }
+
+    /// `[vm.stage2]`, and whether its `ipa_bits` is valid (memory is checked against it only
+    /// then).
+    fn stage2(&mut self, raw: Option<&Spanned<RawStage2>>) -> (Stage2Config, bool) {
+        let mut stage2 = Stage2Config {
+            granule: Stage2Granule::PageSize,
+            ipa_bits: DEFAULT_IPA_BITS,
+            mapping: Mapping::Eager,
+            table_memory: None,
+        };
+        self.pos.stage2_granule = self.pos.table;
+        self.pos.ipa_bits = self.pos.table;
+        self.pos.table_memory = self.pos.table;
+        let Some(s2) = raw else {
+            return (stage2, true);
+        };
+        let s2r = s2.get_ref();
+        self.pos.stage2_granule = self.at(s2.span());
+        self.pos.ipa_bits = self.at(s2.span());
+        if let Some(g) = &s2r.granule {
+            self.pos.stage2_granule = self.at(g.span());
+            stage2.granule = self.stage2_granule(g).unwrap_or(stage2.granule);
+        }
+        let mut ipa_ok = true;
+        if let Some(b) = &s2r.ipa_bits {
+            self.pos.ipa_bits = self.at(b.span());
+            match self.ipa_bits(b) {
+                Some(n) => stage2.ipa_bits = n,
+                None => ipa_ok = false,
+            }
+        }
+        if let Some(m) = &s2r.mapping {
+            stage2.mapping = self.mapping(m).unwrap_or(stage2.mapping);
+        }
+        if let Some(t) = &s2r.table_memory {
+            self.pos.table_memory = self.at(t.span());
+            match read_size(t.get_ref()) {
+                Ok(b) => stage2.table_memory = Some(b),
+                Err(e) => self.err(t.span(), "stage2.table_memory", ErrorKind::BadSize(e)),
+            }
+        }
+        (stage2, ipa_ok)
+    }
+
+    /// `stage2.granule`: a granule or `"page_size"`.
+    fn stage2_granule(&mut self, g: &Spanned<String>) -> Option<Stage2Granule> {
+        match g.get_ref().as_str() {
+            "page_size" => Some(Stage2Granule::PageSize),
+            s => {
+                let x = granule_of(s).map(Stage2Granule::Fixed);
+                if x.is_none() {
+                    let kind = ErrorKind::BadValue {
+                        value: s.into(),
+                        expected: "\"4k\", \"16k\", \"64k\" or \"page_size\"",
+                    };
+                    self.err(g.span(), "stage2.granule", kind);
+                }
+                x
+            }
+        }
+    }
+
+    /// `stage2.ipa_bits`: [`MIN_IPA_BITS`] to [`MAX_IPA_BITS`].
+    fn ipa_bits(&mut self, b: &Spanned<i64>) -> Option<u32> {
+        let n = *b.get_ref();
+        if (i64::from(MIN_IPA_BITS)..=i64::from(MAX_IPA_BITS)).contains(&n) {
+            return Some(n as u32);
+        }
+        self.err(
+            b.span(),
+            "stage2.ipa_bits",
+            ErrorKind::IpaBitsRange { value: n },
+        );
+        None
+    }
+
+    /// `stage2.mapping`: `"eager"` or `"lazy"`.
+    fn mapping(&mut self, m: &Spanned<String>) -> Option<Mapping> {
+        match m.get_ref().as_str() {
+            "eager" => Some(Mapping::Eager),
+            "lazy" => Some(Mapping::Lazy),
+            s => {
+                let kind = ErrorKind::BadValue {
+                    value: s.into(),
+                    expected: "\"eager\" or \"lazy\"",
+                };
+                self.err(m.span(), "stage2.mapping", kind);
+                None
+            }
+        }
+    }
+
+    /// `memory`: a size, not 0, a multiple of 2 MiB, and inside the IPA space when `ipa_bits`
+    /// is valid. 0 after an error.
+    fn memory(&mut self, raw: &Spanned<RawSize>, ipa_bits: u32, ipa_ok: bool) -> u64 {
+        self.pos.memory = self.at(raw.span());
+        let span = raw.span();
+        let kind = match read_size(raw.get_ref()) {
+            Err(e) => ErrorKind::BadSize(e),
+            Ok(0) => ErrorKind::ZeroMemory,
+            Ok(m) if m % MEMORY_ALIGN != 0 => ErrorKind::MemoryNotAligned { memory: m },
+            Ok(m) => {
+                let fits = RAM_BASE
+                    .checked_add(m)
+                    .is_some_and(|end| end <= 1u64 << ipa_bits);
+                if !fits && ipa_ok {
+                    let kind = ErrorKind::MemoryBeyondIpa {
+                        memory: m,
+                        ipa_bits,
+                    };
+                    self.err(span, "memory", kind);
+                }
+                return m;
+            }
+        };
+        self.err(span, "memory", kind);
+        0
+    }
+
+    /// `kernel`: a path that is not empty (the plan reads the file).
+    fn kernel(&mut self, k: &Spanned<String>) {
+        self.pos.kernel = self.at(k.span());
+        self.pos.kernel_span = k.span();
+        if k.get_ref().trim().is_empty() {
+            self.err(k.span(), "kernel", ErrorKind::EmptyPath);
+        }
+    }
+
+    /// `initrd`: absent, or a path that is not empty.
+    fn initrd(&mut self, raw: Option<&Spanned<String>>) -> Option<String> {
+        let i = raw?;
+        self.pos.initrd = self.at(i.span());
+        self.pos.initrd_span = Some(i.span());
+        if i.get_ref().trim().is_empty() {
+            self.err(i.span(), "initrd", ErrorKind::EmptyPath);
+        }
+        Some(i.get_ref().clone())
+    }
+
+    /// `cmdline`: characters Linux takes (empty when absent).
+    fn cmdline(&mut self, raw: Option<&Spanned<String>>) -> String {
+        self.pos.cmdline = self.pos.table;
+        let Some(c) = raw else {
+            return String::new();
+        };
+        self.pos.cmdline = self.at(c.span());
+        if let Err(e) = crate::cmdline::check_chars(c.get_ref()) {
+            self.err(c.span(), "cmdline", ErrorKind::Cmdline(e));
+        }
+        c.get_ref().clone()
+    }
+
+    /// `page_size`: a granule or `"kernel"` (the default).
+    fn page_size(&mut self, raw: Option<&Spanned<String>>) -> PageSize {
+        self.pos.page_size = self.pos.table;
+        let Some(p) = raw else {
+            return PageSize::Kernel;
+        };
+        self.pos.page_size = self.at(p.span());
+        match p.get_ref().as_str() {
+            "kernel" => PageSize::Kernel,
+            s => match granule_of(s) {
+                Some(g) => PageSize::Fixed(g),
+                None => {
+                    let kind = ErrorKind::BadValue {
+                        value: s.into(),
+                        expected: "\"4k\", \"16k\", \"64k\" or \"kernel\"",
+                    };
+                    self.err(p.span(), "page_size", kind);
+                    PageSize::Kernel
+                }
+            },
+        }
+    }
+
+    /// `fallback`: granules, each listed once (placed at `page_size` when absent).
+    fn fallback(&mut self, raw: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<Granule> {
+        let mut fallback = Vec::new();
+        self.pos.fallback = self.pos.page_size;
+        let Some(list) = raw else {
+            return fallback;
+        };
+        self.pos.fallback = self.at(list.span());
+        for item in list.get_ref() {
+            match granule_of(item.get_ref()) {
+                Some(g) if fallback.contains(&g) => {
+                    let kind = ErrorKind::DuplicateFallback { granule: g };
+                    self.err(item.span(), "fallback", kind);
+                }
+                Some(g) => fallback.push(g),
+                None => {
+                    let kind = ErrorKind::BadValue {
+                        value: item.get_ref().clone(),
+                        expected: "a list of \"4k\", \"16k\", \"64k\", e.g. [\"4k\"]",
+                    };
+                    self.err(item.span(), "fallback", kind);
+                }
+            }
+        }
+        fallback
+    }
+
+    /// `[[vm.pci]]`: each entry's model, and its file exactly when the model is backed by one.
+    fn pci(&mut self, raw: &[Spanned<RawPci>]) -> Vec<PciDevice> {
+        let mut out = Vec::new();
+        for entry in raw {
+            let r = entry.get_ref();
+            let at = r.file.as_ref().map_or(entry.span(), |f| f.span());
+            let at = self.at(at);
+            self.pos.pci.push(at);
+            let Some(model) = PciModel::from_name(r.device.get_ref()) else {
+                let kind = ErrorKind::BadValue {
                     value: r.device.get_ref().clone(),
                     expected: "\"virtio-blk-pci\" or \"virtio-net-pci\"",
-                },
-            );
-            continue;
-        };
-        match (&r.file, model.needs_file()) {
-            (None, true) => cx.err(
-                entry.span(),
-                vm,
-                "pci.file",
-                ErrorKind::PciNeedsFile { model },
-            ),
-            (Some(f), false) => cx.err(
-                f.span(),
-                vm,
-                "pci.file",
-                ErrorKind::PciTakesNoFile { model, key: "file" },
-            ),
-            (Some(f), true) if f.get_ref().trim().is_empty() => {
-                cx.err(f.span(), vm, "pci.file", ErrorKind::EmptyPath)
+                };
+                self.err(r.device.span(), "pci.device", kind);
+                continue;
+            };
+            match (&r.file, model.needs_file()) {
+                (None, true) => {
+                    self.err(entry.span(), "pci.file", ErrorKind::PciNeedsFile { model })
+                }
+                (Some(f), false) => {
+                    let kind = ErrorKind::PciTakesNoFile { model, key: "file" };
+                    self.err(f.span(), "pci.file", kind);
+                }
+                (Some(f), true) if f.get_ref().trim().is_empty() => {
+                    self.err(f.span(), "pci.file", ErrorKind::EmptyPath)
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        if let (Some(ro), false) = (&r.readonly, model.needs_file()) {
-            cx.err(
-                ro.span(),
-                vm,
-                "pci.readonly",
-                ErrorKind::PciTakesNoFile {
+            if let (Some(ro), false) = (&r.readonly, model.needs_file()) {
+                let kind = ErrorKind::PciTakesNoFile {
                     model,
                     key: "readonly",
-                },
-            );
+                };
+                self.err(ro.span(), "pci.readonly", kind);
+            }
+            out.push(PciDevice {
+                model,
+                file: r.file.as_ref().map(|f| f.get_ref().clone()),
+                readonly: r.readonly.as_ref().is_some_and(|r| *r.get_ref()),
+            });
         }
-        out.push(PciDevice {
-            model,
-            file: r.file.as_ref().map(|f| f.get_ref().clone()),
-            readonly: r.readonly.as_ref().is_some_and(|r| *r.get_ref()),
-        });
+        out
     }
-    out
 }
 
 #[cfg(test)]
@@ -1352,6 +1479,261 @@ mapping = "lazy"
         assert_eq!(e.0[0].key.as_deref(), Some("stage2.ipa"), "{e}");
         assert_eq!(e.0[0].vm.as_deref(), Some("a"), "{e}");
         assert_eq!(e.0[0].pos, Some(Pos { line: 6, column: 1 }));
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_suffixed_strings() {
+        assert_eq!(read_size(&RawSize::Int(4096)), Ok(4096));
+        assert_eq!(read_size(&RawSize::Int(0)), Ok(0));
+        assert_eq!(
+            read_size(&RawSize::Int(-1)),
+            Err(SizeError::Negative { value: -1 })
+        );
+        assert_eq!(read_size(&RawSize::Str("2M".into())), Ok(2 << 20));
+        assert!(read_size(&RawSize::Str("2Q".into())).is_err());
+        // Both keys that take a size read it the same way.
+        let text = "[[vm]]\nname = \"a\"\nmemory = -2\nkernel = \"k\"\n\
+                    [vm.stage2]\nmapping = \"lazy\"\ntable_memory = -3\n";
+        let e = parse_config("s.toml", text).unwrap_err();
+        let kinds: Vec<_> = e.0.iter().map(|e| (e.key.as_deref(), &e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (
+                    Some("stage2.table_memory"),
+                    &ErrorKind::BadSize(SizeError::Negative { value: -3 })
+                ),
+                (
+                    Some("memory"),
+                    &ErrorKind::BadSize(SizeError::Negative { value: -2 })
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn absent_keys_are_placed_at_their_table() {
+        let text = "\n[[vm]]\nname = \"a\"\nmemory = \"64M\"\nkernel = \"k\"\npage_size = \"4k\"\n";
+        let v = &parse_config("p.toml", text).unwrap().vms[0];
+        let table = Pos { line: 2, column: 1 };
+        assert_eq!(v.pos.table, table);
+        for (key, pos) in [
+            ("vcpus", v.pos.vcpus),
+            ("cmdline", v.pos.cmdline),
+            ("stage2.granule", v.pos.stage2_granule),
+            ("stage2.ipa_bits", v.pos.ipa_bits),
+            ("stage2.table_memory", v.pos.table_memory),
+        ] {
+            assert_eq!(pos, table, "{key}");
+        }
+        // An absent fallback is placed at page_size.
+        assert_eq!(
+            v.pos.page_size,
+            Pos {
+                line: 6,
+                column: 13
+            }
+        );
+        assert_eq!(v.pos.fallback, v.pos.page_size);
+        assert_eq!(v.pos.initrd_span, None);
+    }
+
+    /// One value of every [`ErrorKind`] and its message, byte for byte.
+    fn every_kind() -> Vec<(ErrorKind, &'static str)> {
+        use crate::cmdline::CmdlineError;
+        use crate::fdt::DtbError;
+        use crate::image::ImageError;
+        use crate::layout::LayoutError;
+        use crate::pci::Bdf;
+        use crate::plan::Decision;
+        use stage2::{GranuleRefusal, Stage};
+        use ErrorKind::*;
+        let bdf = Bdf {
+            bus: 0,
+            device: 2,
+            function: 0,
+        };
+        let blk = PciModel::from_name("virtio-blk-pci").unwrap();
+        let net = PciModel::from_name("virtio-net-pci").unwrap();
+        let refusal = GranuleRefusal::Hidden {
+            granule: Granule::K16,
+            stage: Stage::Two,
+        };
+        let decision = Decision {
+            requested: PageSize::Kernel,
+            header: None,
+            refused: Vec::new(),
+            chosen: None,
+        };
+        alloc::vec![
+            (
+                Toml { message: "bad\n".into() },
+                "bad",
+            ),
+            (
+                BadValue { value: "8k".into(), expected: "\"4k\" or \"auto\"" },
+                "\"8k\" is not valid; write \"4k\" or \"auto\"",
+            ),
+            (
+                BadName { name: "A".into() },
+                "\"A\" is not a valid name; use 1 to 32 characters from a-z, 0-9 and -, e.g. \
+                 \"web-1\"",
+            ),
+            (
+                DuplicateName { name: "a".into(), first_line: 3 },
+                "\"a\" is already the name of the VM at line 3; give each VM its own name",
+            ),
+            (
+                BadSize(SizeError::Empty),
+                "the size is empty; write a number with an optional K, M or G suffix, e.g. \
+                 \"512M\"",
+            ),
+            (
+                ZeroMemory,
+                "a VM needs memory; write a size such as \"512M\"",
+            ),
+            (
+                MemoryNotAligned { memory: 3 << 20 },
+                "3145728 bytes is not a multiple of 2M; round it, e.g. \"4M\"",
+            ),
+            (
+                MemoryBeyondIpa { memory: 4 << 30, ipa_bits: 32 },
+                "4G of RAM from 0x40000000 does not fit in a 32-bit IPA space (at most 3G); use \
+                 less memory or raise stage2.ipa_bits",
+            ),
+            (
+                ZeroVcpus { value: -1 },
+                "-1 vCPUs: a VM needs at least one; write vcpus = 1 or more",
+            ),
+            (
+                TooManyVcpusForGic { value: 999 },
+                "999 vCPUs: at most 123 fit the GICv3 redistributor window; use fewer",
+            ),
+            (
+                IpaBitsRange { value: 53 },
+                "53 is outside 32..=52; write e.g. ipa_bits = 40",
+            ),
+            (
+                DuplicateFallback { granule: Granule::K4 },
+                "\"4k\" is listed twice; list each page size once",
+            ),
+            (
+                EmptyPath,
+                "the path is empty; name a file relative to the config",
+            ),
+            (
+                TooManyVcpus { asked: 4, free: 2, host: 4 },
+                "4 vCPUs asked but only 2 of the 4 physical CPUs are left (vCPUs are pinned one to \
+                 one); lower vcpus or run with more CPUs (--smp)",
+            ),
+            (
+                OutOfMemory { asked: 1 << 30, tables: 8 << 10, free: 512 << 20, host: 2 << 30 },
+                "1G asked (plus 8K of stage-2 tables) but only 512M of the 2G of guest RAM is \
+                 left; lower memory or give the machine more RAM (--mem)",
+            ),
+            (
+                TableMemoryEager { asked: 4 << 10, needed: 24 << 10 },
+                "4K is less than the 24K of stage-2 tables that eager mapping of this VM's RAM \
+                 takes; remove table_memory or use mapping = \"lazy\"",
+            ),
+            (
+                TableMemoryTooSmall { asked: 4 << 10, min: 16 << 10 },
+                "4K cannot hold the root tables and one table per level (16K); write at least \
+                 table_memory = \"16K\"",
+            ),
+            (
+                IpaBeyondPaRange { ipa_bits: 48, pa_bits: 44, parange: 4 },
+                "48 bits is beyond the CPU's physical address size: ID_AA64MMFR0_EL1.PARange = \
+                 0b0100 (44 bits); use ipa_bits = 44 or less",
+            ),
+            (
+                MissingFile { path: "k".into() },
+                "file \"k\" not found; paths are relative to the config file",
+            ),
+            (
+                EmptyFile { path: "k".into() },
+                "file \"k\" is empty",
+            ),
+            (
+                Image(ImageError::BigEndian),
+                "the Image header's flags bit 0 says big-endian; hyp runs little-endian kernels \
+                 only",
+            ),
+            (
+                Cmdline(CmdlineError::NotPrintable { offset: 2, ch: '\u{e9}' }),
+                "character 'é' at byte 2 is not printable ASCII; the kernel command line takes \
+                 printable ASCII only",
+            ),
+            (
+                Stage2Granule(refusal),
+                "16K granule not supported at stage 2: hidden by hyp.hide-granules; choose a \
+                 granule the CPU supports at stage 2 or \"page_size\"",
+            ),
+            (
+                Geometry { granule: Granule::K64, ipa_bits: 32, reason: "why".into() },
+                "no stage-2 tables for 64K with a 32-bit IPA: why",
+            ),
+            (
+                NoPageSize(decision),
+                "no usable page size: no candidate; add a fallback the kernel and CPU support \
+                 (e.g. fallback = [\"4k\"]) or use another kernel or CPU",
+            ),
+            (
+                NoHypGranule,
+                "the CPU supports no translation granule at stage 1 (or all are hidden)",
+            ),
+            (
+                Layout(LayoutError::RamOverflow { memory: 1 << 20 }),
+                "1M of RAM from 0x40000000 overflows the address space; use less memory",
+            ),
+            (
+                Dtb(DtbError::TooLarge { size: 3 << 20 }),
+                "the guest device tree is 3145728 bytes, more than the 2M the boot protocol \
+                 allows; shorten cmdline",
+            ),
+            (
+                PciNeedsFile { model: blk },
+                "virtio-blk-pci is backed by a file; add file = \"disk.img\" (relative to the \
+                 config)",
+            ),
+            (
+                PciTakesNoFile { model: net, key: "readonly" },
+                "virtio-net-pci takes no backing file; remove readonly",
+            ),
+            (
+                TooManyPciDevices,
+                "more than 31 PCI devices in the system: the root bus has slots 1 to 31 for them; \
+                 assign fewer",
+            ),
+            (
+                PciNoSmmu,
+                "the host has no SMMUv3 to confine the device's DMA; run QEMU with -M \
+                 virt,iommu=smmuv3 (./run adds it when a config assigns devices)",
+            ),
+            (
+                PciIntxShared { bdf, spi: 5, other: "b".into() },
+                "00:02.0's INTx is wired to SPI 5, which a device of vm \"b\" already uses: the \
+                 root bus has four INTx lines, each given to one VM (no MSI without a virtual \
+                 ITS), and a VM's devices take one line per slot; give the devices to fewer VMs",
+            ),
+            (
+                PciLazy,
+                "a VM that owns PCI devices keeps all its RAM mapped (devices may DMA to any of it \
+                 at any time); use mapping = \"eager\"",
+            ),
+            (
+                Smmu(smmu::Refusal::NoStage2),
+                "the SMMU has no stage 2 (SMMU_IDR0.S2P = 0); pick a stage-2 granule the SMMU \
+                 walks, or stage2.granule = \"page_size\" with a fallback",
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_error_kind_has_its_message() {
+        for (kind, want) in every_kind() {
+            assert_eq!(kind.to_string(), want, "{kind:?}");
+        }
     }
 
     #[test]

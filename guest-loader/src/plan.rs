@@ -9,7 +9,7 @@ use crate::config::{
     Stage2Granule, SystemConfig, VmConfig,
 };
 use crate::fdt::{guest_dtb, DtbInput};
-use crate::image::{load_kernel, ImageHeader, MAX_IMAGE_SIZE};
+use crate::image::{load_kernel, ImageHeader, Kernel, MAX_IMAGE_SIZE};
 use crate::layout::{place, Layout, LayoutRequest, RAM_BASE};
 use crate::pci::{self, Bdf, PciDevice};
 use crate::size::format_size;
@@ -331,78 +331,89 @@ impl SystemPlan<'_> {
             s.push_str("system: no VMs\n");
         }
         for vm in &self.vms {
-            let n = &vm.name;
-            let _ = writeln!(
-                s,
-                "vm {n}: {} vCPU{} on cpus {}..={}, memory {}",
-                vm.vcpus,
-                if vm.vcpus == 1 { "" } else { "s" },
-                vm.cpus.start,
-                vm.cpus.end - 1,
-                format_size(vm.memory)
-            );
-            let _ = writeln!(s, "{}", vm.page_size_line());
-            let _ = writeln!(s, "vm {n}: page size decision: {}", vm.decision);
-            let _ = writeln!(s, "{}", vm.stage2_line());
-            let _ = writeln!(
-                s,
-                "vm {n}: stage-2 VTCR_EL2 TG0 {:#04b}, SL0 {}, T0SZ {}; mapping {}",
-                vm.geometry.tg0(),
-                vm.geometry.sl0(),
-                vm.geometry.t0sz(),
-                vm.mapping
-            );
-            let _ = writeln!(
-                s,
-                "vm {n}: device tree /hypervisor: hyp,stage2-granule = <{:#x}>, hyp,ipa-bits = <{}>",
-                vm.stage2_granule.size(),
-                vm.ipa_bits
-            );
-            let _ = writeln!(
-                s,
-                "vm {n}: stage-2 table budget {} ({} bytes, reserved beside its RAM)",
-                format_size(vm.table_budget),
-                vm.table_budget
-            );
-            let h = &vm.kernel_header;
-            let _ = writeln!(
-                s,
-                "vm {n}: kernel {} ({}{} bytes, text_offset {:#x}, image_size {:#x}, flags {:#x})",
-                vm.layout.kernel,
-                if vm.kernel_gzip { "gzip, " } else { "" },
-                vm.kernel.len(),
-                h.text_offset,
-                h.image_size,
-                h.flags
-            );
-            if let Some(r) = vm.layout.initrd {
-                let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.len());
-            }
-            let _ = writeln!(
-                s,
-                "vm {n}: dtb {:#x} ({} bytes), ram {}",
-                vm.layout.dtb(),
-                vm.dtb.len(),
-                vm.layout.ram
-            );
-            let _ = writeln!(s, "vm {n}: cmdline \"{}\"", vm.cmdline);
-            for (bdf, d) in &vm.pci {
-                let _ = write!(s, "vm {n}: pci {bdf} (stream {:#x}) {}", bdf.rid(), d.model);
-                if let Some(f) = &d.file {
-                    let _ = write!(
-                        s,
-                        " \"{f}\" ({})",
-                        if d.readonly {
-                            "read-only"
-                        } else {
-                            "read-write"
-                        }
-                    );
-                }
-                s.push('\n');
-            }
+            vm.report_translation(&mut s);
+            vm.report_contents(&mut s);
         }
         s
+    }
+}
+
+impl VmPlan<'_> {
+    /// The report's lines on the VM's CPUs, memory, page size and stage 2.
+    fn report_translation(&self, s: &mut String) {
+        let n = &self.name;
+        let _ = writeln!(
+            s,
+            "vm {n}: {} vCPU{} on cpus {}..={}, memory {}",
+            self.vcpus,
+            if self.vcpus == 1 { "" } else { "s" },
+            self.cpus.start,
+            self.cpus.end - 1,
+            format_size(self.memory)
+        );
+        let _ = writeln!(s, "{}", self.page_size_line());
+        let _ = writeln!(s, "vm {n}: page size decision: {}", self.decision);
+        let _ = writeln!(s, "{}", self.stage2_line());
+        let _ = writeln!(
+            s,
+            "vm {n}: stage-2 VTCR_EL2 TG0 {:#04b}, SL0 {}, T0SZ {}; mapping {}",
+            self.geometry.tg0(),
+            self.geometry.sl0(),
+            self.geometry.t0sz(),
+            self.mapping
+        );
+        let _ = writeln!(
+            s,
+            "vm {n}: device tree /hypervisor: hyp,stage2-granule = <{:#x}>, hyp,ipa-bits = <{}>",
+            self.stage2_granule.size(),
+            self.ipa_bits
+        );
+        let _ = writeln!(
+            s,
+            "vm {n}: stage-2 table budget {} ({} bytes, reserved beside its RAM)",
+            format_size(self.table_budget),
+            self.table_budget
+        );
+    }
+
+    /// The report's lines on what the VM boots with: kernel, initrd, device tree, command
+    /// line, PCI functions.
+    fn report_contents(&self, s: &mut String) {
+        let n = &self.name;
+        let h = &self.kernel_header;
+        let _ = writeln!(
+            s,
+            "vm {n}: kernel {} ({}{} bytes, text_offset {:#x}, image_size {:#x}, flags {:#x})",
+            self.layout.kernel,
+            if self.kernel_gzip { "gzip, " } else { "" },
+            self.kernel.len(),
+            h.text_offset,
+            h.image_size,
+            h.flags
+        );
+        if let Some(r) = self.layout.initrd {
+            let _ = writeln!(s, "vm {n}: initrd {r} ({} bytes)", r.len());
+        }
+        let _ = writeln!(
+            s,
+            "vm {n}: dtb {:#x} ({} bytes), ram {}",
+            self.layout.dtb(),
+            self.dtb.len(),
+            self.layout.ram
+        );
+        let _ = writeln!(s, "vm {n}: cmdline \"{}\"", self.cmdline);
+        for (bdf, d) in &self.pci {
+            let _ = write!(s, "vm {n}: pci {bdf} (stream {:#x}) {}", bdf.rid(), d.model);
+            if let Some(f) = &d.file {
+                let access = if d.readonly {
+                    "read-only"
+                } else {
+                    "read-write"
+                };
+                let _ = write!(s, " \"{f}\" ({access})");
+            }
+            s.push('\n');
+        }
     }
 }
 
@@ -581,6 +592,8 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         None
     }
 
+    /// Resolves one VM: checks what needs the CPU and the files, chooses its page size and
+    /// stage 2, and builds its command line, layout and device tree. `None` after an error.
     fn vm(
         &mut self,
         vm: &VmConfig,
@@ -589,43 +602,97 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
         pci_window: Option<AddrRange<Ipa>>,
     ) -> Option<VmPlan<'a>> {
         let before = self.errors.len();
+        self.check_stage2(vm);
+        self.check_pci(vm);
+        let (kernel, initrd) = self.load_files(vm);
+        if self.errors.len() != before {
+            return None;
+        }
+        let kernel = kernel?;
+        let decision = self.decide(vm, &kernel.header);
+        let Some((page_size, _)) = decision.chosen else {
+            let kind = ErrorKind::NoPageSize(decision);
+            self.err(vm, vm.pos.page_size, "page_size", kind);
+            return None;
+        };
+        let stage2_granule = match vm.stage2.granule {
+            Stage2Granule::Fixed(g) => g,
+            Stage2Granule::PageSize => page_size,
+        };
+        let geometry = self.geometry(vm, stage2_granule)?;
+        let table_budget = self.table_budget(vm, &geometry, pci_window)?;
+        let cmdline = match cmdline::build(&vm.cmdline, page_size) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(vm, vm.pos.cmdline, "cmdline", ErrorKind::Cmdline(e));
+                return None;
+            }
+        };
+        let layout = self.layout(vm, &kernel, initrd)?;
+        let dtb = self.dtb(vm, &layout, &cmdline, stage2_granule, pci_window)?;
+        Some(VmPlan {
+            name: vm.name.clone(),
+            vcpus: vm.vcpus,
+            cpus,
+            memory: vm.memory,
+            page_size,
+            advertised_granules: advertised_granules(&self.host.cpu, vm.page_size, page_size),
+            decision,
+            stage2_granule,
+            ipa_bits: vm.stage2.ipa_bits,
+            geometry,
+            mapping: vm.stage2.mapping,
+            table_budget,
+            cmdline,
+            layout,
+            kernel_header: kernel.header,
+            kernel_gzip: kernel.gzip,
+            kernel: kernel.data,
+            initrd,
+            dtb,
+            pci: place_pci(&vm.pci, first_pci),
+            pci_window,
+        })
+    }
+
+    /// `stage2.ipa_bits` against the CPU's PARange, and an explicit `stage2.granule` (which
+    /// has no fallback) against the CPU's stage 2. Errors are recorded.
+    fn check_stage2(&mut self, vm: &VmConfig) {
         let cpu = self.host.cpu;
         let ipa = vm.stage2.ipa_bits;
-        // IPA size against PARange.
         if ipa > cpu.pa_bits() {
-            self.err(
+            let kind = ErrorKind::IpaBeyondPaRange {
+                ipa_bits: ipa,
+                pa_bits: cpu.pa_bits(),
+                parange: cpu.pa_range(),
+            };
+            self.err(vm, vm.pos.ipa_bits, "stage2.ipa_bits", kind);
+            return;
+        }
+        let Stage2Granule::Fixed(g) = vm.stage2.granule else {
+            return;
+        };
+        match self.stage2_for(vm, g) {
+            Ok(_) => {}
+            Err(GeometryError::Granule(r)) => self.err(
                 vm,
-                vm.pos.ipa_bits,
-                "stage2.ipa_bits",
-                ErrorKind::IpaBeyondPaRange {
+                vm.pos.stage2_granule,
+                "stage2.granule",
+                ErrorKind::Stage2Granule(r),
+            ),
+            Err(e) => {
+                let kind = ErrorKind::Geometry {
+                    granule: g,
                     ipa_bits: ipa,
-                    pa_bits: cpu.pa_bits(),
-                    parange: cpu.pa_range(),
-                },
-            );
-        } else if let Stage2Granule::Fixed(g) = vm.stage2.granule {
-            // An explicit stage-2 granule has no fallback.
-            match self.stage2_for(vm, g) {
-                Ok(_) => {}
-                Err(GeometryError::Granule(r)) => self.err(
-                    vm,
-                    vm.pos.stage2_granule,
-                    "stage2.granule",
-                    ErrorKind::Stage2Granule(r),
-                ),
-                Err(e) => self.err(
-                    vm,
-                    vm.pos.ipa_bits,
-                    "stage2.ipa_bits",
-                    ErrorKind::Geometry {
-                        granule: g,
-                        ipa_bits: ipa,
-                        reason: e.to_string(),
-                    },
-                ),
+                    reason: e.to_string(),
+                };
+                self.err(vm, vm.pos.ipa_bits, "stage2.ipa_bits", kind);
             }
         }
-        self.check_pci(vm);
+    }
+
+    /// Reads the kernel (inflated, its header decoded) and the initrd. Errors are recorded.
+    fn load_files(&mut self, vm: &VmConfig) -> (Option<Kernel<'a>>, Option<&'a [u8]>) {
         let kernel_file = self.read(vm, &vm.kernel, vm.pos.kernel, "kernel");
         let initrd = match &vm.initrd {
             Some(p) => self.read(vm, p, vm.pos.initrd, "initrd"),
@@ -639,119 +706,210 @@ impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
             }
             None => None,
         };
-        if self.errors.len() != before {
-            return None;
-        }
-        let kernel = kernel?;
-        let decision = self.decide(vm, &kernel.header);
-        let Some((page_size, _)) = decision.chosen else {
-            self.err(
-                vm,
-                vm.pos.page_size,
-                "page_size",
-                ErrorKind::NoPageSize(decision),
-            );
-            return None;
-        };
-        let stage2_granule = match vm.stage2.granule {
-            Stage2Granule::Fixed(g) => g,
-            Stage2Granule::PageSize => page_size,
-        };
-        let geometry = match self.stage2_for(vm, stage2_granule) {
+        (kernel, initrd)
+    }
+
+    /// The VM's stage-2 geometry for `granule`, in the attribute encoding of every walker that
+    /// reads it (hyp's MMU and, for a VM that owns PCI functions, the SMMU).
+    fn geometry(&mut self, vm: &VmConfig, granule: Granule) -> Option<Geometry> {
+        match self.stage2_for(vm, granule) {
             // A stage 2 the SMMU shares is written in the attribute encoding it reads: the
             // FEAT_S2FWB one only if it has STE.S2FWB (SMMU_IDR3.FWB).
             Ok(g) if !vm.pci.is_empty() && !self.host.smmu.is_some_and(|s| s.fwb) => {
-                g.without_fwb()
+                Some(g.without_fwb())
             }
-            Ok(g) => g,
+            Ok(g) => Some(g),
             Err(e) => {
-                // Checked above for both forms; kept as an error, never a panic.
-                self.err(
-                    vm,
-                    vm.pos.stage2_granule,
-                    "stage2.granule",
-                    ErrorKind::Geometry {
-                        granule: stage2_granule,
-                        ipa_bits: ipa,
-                        reason: e.to_string(),
-                    },
-                );
-                return None;
+                // Checked by check_stage2 (a fixed granule) and decide (page_size); kept as an
+                // error, never a panic.
+                let kind = ErrorKind::Geometry {
+                    granule,
+                    ipa_bits: vm.stage2.ipa_bits,
+                    reason: e.to_string(),
+                };
+                self.err(vm, vm.pos.stage2_granule, "stage2.granule", kind);
+                None
             }
-        };
-        let table_budget = self.table_budget(vm, &geometry, pci_window)?;
-        let cmdline = match cmdline::build(&vm.cmdline, page_size) {
-            Ok(c) => c,
-            Err(e) => {
-                self.err(vm, vm.pos.cmdline, "cmdline", ErrorKind::Cmdline(e));
-                return None;
-            }
-        };
-        let layout = match place(&LayoutRequest {
+        }
+    }
+
+    /// Where the kernel, initrd and device tree go in the VM's RAM.
+    fn layout(
+        &mut self,
+        vm: &VmConfig,
+        kernel: &Kernel<'_>,
+        initrd: Option<&[u8]>,
+    ) -> Option<Layout> {
+        let request = LayoutRequest {
             memory: vm.memory,
             text_offset: kernel.header.text_offset,
             image_size: kernel.header.image_size,
             file_size: kernel.data.len() as u64,
             initrd_size: initrd.map(|i| i.len() as u64),
-        }) {
-            Ok(l) => l,
+        };
+        match place(&request) {
+            Ok(l) => Some(l),
             Err(e) => {
                 self.err(vm, vm.pos.memory, "memory", ErrorKind::Layout(e));
-                return None;
+                None
             }
-        };
-        let dtb = match guest_dtb(&DtbInput {
+        }
+    }
+
+    /// The VM's device tree.
+    fn dtb(
+        &mut self,
+        vm: &VmConfig,
+        layout: &Layout,
+        cmdline: &str,
+        stage2_granule: Granule,
+        pci_window: Option<AddrRange<Ipa>>,
+    ) -> Option<Vec<u8>> {
+        let input = DtbInput {
             vcpus: vm.vcpus,
             ram: layout.ram,
-            cmdline: &cmdline,
+            cmdline,
             initrd: layout.initrd,
             stage2_granule,
-            ipa_bits: ipa,
+            ipa_bits: vm.stage2.ipa_bits,
             pci_window,
             pmu: platform::pmu::guest_pmu_version(self.host.cpu.dfr0()).is_some(),
-        }) {
-            Ok(d) => d,
+        };
+        match guest_dtb(&input) {
+            Ok(d) => Some(d),
             Err(e) => {
                 self.err(vm, vm.pos.cmdline, "cmdline", ErrorKind::Dtb(e));
-                return None;
+                None
             }
-        };
-        let advertised_granules = match vm.page_size {
-            PageSize::Fixed(_) => page_size.bit(),
-            PageSize::Kernel => Granule::ALL
-                .into_iter()
-                .filter(|&g| cpu.stage1(g).is_ok())
-                .fold(0, |m, g| m | g.bit()),
-        };
-        Some(VmPlan {
-            name: vm.name.clone(),
-            vcpus: vm.vcpus,
-            cpus,
-            memory: vm.memory,
-            page_size,
-            advertised_granules,
-            decision,
-            stage2_granule,
-            ipa_bits: ipa,
-            geometry,
-            mapping: vm.stage2.mapping,
-            table_budget,
-            cmdline,
-            layout,
-            kernel_header: kernel.header,
-            kernel_gzip: kernel.gzip,
-            kernel: kernel.data,
-            initrd,
-            dtb,
-            pci: vm
-                .pci
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| Some((pci::place(first_pci + i)?, d.clone())))
-                .collect(),
-            pci_window,
-        })
+        }
     }
+}
+
+/// What the VMs resolved so far took from the host (VMs are placed in config order).
+#[derive(Default)]
+struct Taken {
+    /// Physical CPUs (vCPUs are pinned one to one).
+    cpus: u32,
+    /// Guest RAM, with each VM's stage-2 table budget.
+    ram: u64,
+    /// PCI functions (their places on the root bus, in order).
+    pci: usize,
+    /// Slices of the PCI memory window.
+    windows: u64,
+    /// Which VM owns each legacy INTx line (SPI) of the root bus.
+    intx: Vec<(u32, String)>,
+}
+
+// The system: hyp's granule, then each VM on what the earlier ones left.
+impl<'c, 'a, F: FileSource + ?Sized> Resolver<'c, 'a, F> {
+    /// hyp's own granule: a granule the CPU lacks falls back to `auto`, with the reason.
+    /// `None` (error recorded) when the CPU has none at stage 1.
+    fn hyp_granule(&mut self) -> (Option<Granule>, Option<GranuleRefusal>) {
+        let cpu = &self.host.cpu;
+        let auto = cpu.auto(Stage::One);
+        let (granule, refused) = match self.cfg.granule {
+            GranuleChoice::Fixed(g) => match cpu.stage1(g) {
+                Ok(()) => (Some(g), None),
+                Err(e) => (auto, Some(e)),
+            },
+            GranuleChoice::Auto => (auto, None),
+        };
+        if granule.is_none() {
+            self.errors.push(ConfigError {
+                file: self.cfg.file.clone(),
+                pos: Some(self.cfg.granule_pos),
+                vm: None,
+                key: Some("hypervisor.granule".into()),
+                kind: ErrorKind::NoHypGranule,
+            });
+        }
+        (granule, refused)
+    }
+
+    /// Resolves `vm` on what the earlier VMs left of the host: its physical CPUs, its PCI
+    /// slots, INTx lines and window, then its RAM and stage-2 tables. Records what it takes
+    /// even when it is refused, so that later VMs are checked as if it ran.
+    fn vm_on_host(&mut self, vm: &VmConfig, taken: &mut Taken) -> Option<VmPlan<'a>> {
+        let host = self.host;
+        let free_cpus = host.cpus.saturating_sub(taken.cpus);
+        if vm.vcpus > free_cpus {
+            let kind = ErrorKind::TooManyVcpus {
+                asked: vm.vcpus,
+                free: free_cpus,
+                host: host.cpus,
+            };
+            self.err(vm, vm.pos.vcpus, "vcpus", kind);
+        }
+        let free_ram = host.guest_ram.saturating_sub(taken.ram);
+        let cpus = taken.cpus..taken.cpus.saturating_add(vm.vcpus);
+        taken.cpus = taken.cpus.saturating_add(vm.vcpus);
+        let pci_window = self.pci_window(vm, taken);
+        let plan = self.vm(vm, cpus, taken.pci, pci_window);
+        taken.pci += vm.pci.len();
+        // RAM and the VM's stage-2 tables are both carved from host RAM.
+        let tables = plan.as_ref().map_or(0, |p| p.table_budget);
+        let needed = vm.memory.saturating_add(tables);
+        if needed > free_ram {
+            let kind = ErrorKind::OutOfMemory {
+                asked: vm.memory,
+                tables,
+                free: free_ram,
+                host: host.guest_ram,
+            };
+            self.err(vm, vm.pos.memory, "memory", kind);
+        }
+        taken.ram = taken.ram.saturating_add(needed);
+        plan
+    }
+
+    /// For a VM that owns PCI functions: its slice of the PCI memory window, and the INTx
+    /// line of each function's slot, which no other VM may share. Errors are recorded.
+    fn pci_window(&mut self, vm: &VmConfig, taken: &mut Taken) -> Option<AddrRange<Ipa>> {
+        if vm.pci.is_empty() {
+            return None;
+        }
+        let (start, size) = pci_mmio_slice(taken.windows);
+        taken.windows += 1;
+        for i in 0..vm.pci.len() {
+            let Some(bdf) = pci::place(taken.pci + i) else {
+                break;
+            };
+            let spi = pci_intx_spi(u32::from(bdf.device), 0);
+            match taken.intx.iter().find(|(s, _)| *s == spi) {
+                Some((_, other)) if *other != vm.name => {
+                    let other = other.clone();
+                    let at = vm.pos.pci.get(i).copied().unwrap_or(vm.pos.table);
+                    self.err(vm, at, "pci", ErrorKind::PciIntxShared { bdf, spi, other });
+                }
+                Some(_) => {}
+                None => taken.intx.push((spi, vm.name.clone())),
+            }
+        }
+        AddrRange::from_start_len(Ipa::new(start), size).ok()
+    }
+}
+
+/// The stage-1 granules a VM's `ID_AA64MMFR0_EL1` advertises (a mask of [`Granule::bit`]):
+/// the chosen page size when the config names one, every granule the CPU has at stage 1 when
+/// `page_size = "kernel"`.
+fn advertised_granules(cpu: &CpuFeatures, requested: PageSize, page_size: Granule) -> u8 {
+    match requested {
+        PageSize::Fixed(_) => page_size.bit(),
+        PageSize::Kernel => Granule::ALL
+            .into_iter()
+            .filter(|&g| cpu.stage1(g).is_ok())
+            .fold(0, |m, g| m | g.bit()),
+    }
+}
+
+/// A VM's PCI functions with their places on the root bus, the first at place `first` (the
+/// config check refuses functions past the bus's last slot).
+fn place_pci(devices: &[PciDevice], first: usize) -> Vec<(Bdf, PciDevice)> {
+    devices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some((pci::place(first + i)?, d.clone())))
+        .collect()
 }
 
 /// Resolves a parsed config against the host and the files.
@@ -766,91 +924,11 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         host,
         errors: Vec::new(),
     };
-    // hyp's granule: a granule the CPU lacks falls back to auto, with the reason.
-    let auto = host.cpu.auto(Stage::One);
-    let (granule, refused) = match cfg.granule {
-        GranuleChoice::Fixed(g) => match host.cpu.stage1(g) {
-            Ok(()) => (Some(g), None),
-            Err(e) => (auto, Some(e)),
-        },
-        GranuleChoice::Auto => (auto, None),
-    };
-    if granule.is_none() {
-        r.errors.push(ConfigError {
-            file: cfg.file.clone(),
-            pos: Some(cfg.granule_pos),
-            vm: None,
-            key: Some("hypervisor.granule".into()),
-            kind: ErrorKind::NoHypGranule,
-        });
-    }
+    let (granule, refused) = r.hyp_granule();
+    let mut taken = Taken::default();
     let mut vms = Vec::new();
-    let (mut used_cpus, mut used_ram, mut used_pci) = (0u32, 0u64, 0usize);
-    // Which VM owns each legacy INTx line (SPI) of the root bus.
-    let mut intx: Vec<(u32, String)> = Vec::new();
-    let mut windows = 0u64;
     for vm in &cfg.vms {
-        let free_cpus = host.cpus.saturating_sub(used_cpus);
-        if vm.vcpus > free_cpus {
-            r.err(
-                vm,
-                vm.pos.vcpus,
-                "vcpus",
-                ErrorKind::TooManyVcpus {
-                    asked: vm.vcpus,
-                    free: free_cpus,
-                    host: host.cpus,
-                },
-            );
-        }
-        let free_ram = host.guest_ram.saturating_sub(used_ram);
-        let cpus = used_cpus..used_cpus.saturating_add(vm.vcpus);
-        used_cpus = used_cpus.saturating_add(vm.vcpus);
-        let mut pci_window = None;
-        if !vm.pci.is_empty() {
-            let (start, size) = pci_mmio_slice(windows);
-            windows += 1;
-            pci_window = AddrRange::from_start_len(Ipa::new(start), size).ok();
-            for i in 0..vm.pci.len() {
-                let Some(bdf) = pci::place(used_pci + i) else {
-                    break;
-                };
-                let spi = pci_intx_spi(u32::from(bdf.device), 0);
-                match intx.iter().find(|(s, _)| *s == spi) {
-                    Some((_, other)) if *other != vm.name => {
-                        let other = other.clone();
-                        r.err(
-                            vm,
-                            vm.pos.pci.get(i).copied().unwrap_or(vm.pos.table),
-                            "pci",
-                            ErrorKind::PciIntxShared { bdf, spi, other },
-                        );
-                    }
-                    Some(_) => {}
-                    None => intx.push((spi, vm.name.clone())),
-                }
-            }
-        }
-        let plan = r.vm(vm, cpus, used_pci, pci_window);
-        used_pci += vm.pci.len();
-        // RAM and the VM's stage-2 tables are both carved from host RAM.
-        let tables = plan.as_ref().map_or(0, |p| p.table_budget);
-        let needed = vm.memory.saturating_add(tables);
-        if needed > free_ram {
-            r.err(
-                vm,
-                vm.pos.memory,
-                "memory",
-                ErrorKind::OutOfMemory {
-                    asked: vm.memory,
-                    tables,
-                    free: free_ram,
-                    host: host.guest_ram,
-                },
-            );
-        }
-        used_ram = used_ram.saturating_add(needed);
-        if let Some(p) = plan {
+        if let Some(p) = r.vm_on_host(vm, &mut taken) {
             vms.push(p);
         }
     }
@@ -866,7 +944,6 @@ pub fn plan_system<'a, F: FileSource + ?Sized>(
         _ => Err(Errors(r.errors)),
     }
 }
-
 /// Parses `text` (named `file` in errors) and resolves it.
 pub fn plan_text<'a, F: FileSource + ?Sized>(
     file: &str,
@@ -876,4 +953,51 @@ pub fn plan_text<'a, F: FileSource + ?Sized>(
 ) -> Result<SystemPlan<'a>, Errors> {
     let cfg = parse_config(file, text)?;
     plan_system(&cfg, files, host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::PciModel;
+
+    #[test]
+    fn advertised_granules_follow_the_choice_or_the_cpu() {
+        let max = CpuFeatures::profile("max").unwrap();
+        let no16 = max.hide(Granule::K16.bit());
+        // A named page size advertises the one chosen (here a fallback), not the one asked.
+        let fixed = PageSize::Fixed(Granule::K16);
+        assert_eq!(
+            advertised_granules(&max, fixed, Granule::K4),
+            Granule::K4.bit()
+        );
+        // "kernel" advertises every granule the CPU has at stage 1, hidden ones excepted.
+        let all = Granule::K4.bit() | Granule::K16.bit() | Granule::K64.bit();
+        assert_eq!(
+            advertised_granules(&max, PageSize::Kernel, Granule::K4),
+            all
+        );
+        assert_eq!(
+            advertised_granules(&no16, PageSize::Kernel, Granule::K64),
+            Granule::K4.bit() | Granule::K64.bit()
+        );
+    }
+
+    #[test]
+    fn pci_functions_are_placed_from_the_first_free_slot() {
+        let disk = PciDevice {
+            model: PciModel::VirtioBlk,
+            file: Some("d.img".into()),
+            readonly: true,
+        };
+        let net = PciDevice {
+            model: PciModel::VirtioNet,
+            file: None,
+            readonly: false,
+        };
+        let placed = place_pci(&[disk.clone(), net.clone()], 2);
+        let slots: Vec<_> = placed.iter().map(|(b, d)| (b.to_string(), d)).collect();
+        assert_eq!(slots, [("00:03.0".into(), &disk), ("00:04.0".into(), &net)]);
+        // Past the root bus's last slot nothing is placed (the config check refuses it).
+        assert!(place_pci(&[net], crate::pci::MAX_PCI_DEVICES).is_empty());
+    }
 }
