@@ -48,7 +48,7 @@ fn share(vcpu: usize, n: usize) -> AddrRange<Pa> {
     rt::between(Pa::new(start), Pa::new(end))
 }
 
-fn check_page(t: &Tally, page: AddrRange<Pa>, round: u64) {
+fn check(t: &Tally, page: AddrRange<Pa>, round: u64) {
     for a in page.step_by(8).map(Pa::get) {
         // SAFETY: this vCPU's share of the free RAM, identity mapped, 8-aligned.
         let got = unsafe { (a as *const u64).read_volatile() };
@@ -62,9 +62,9 @@ fn check_page(t: &Tally, page: AddrRange<Pa>, round: u64) {
     t.verified.fetch_add(page.len(), Ordering::Relaxed);
 }
 
-fn fill_page(page: AddrRange<Pa>, round: u64) {
+fn fill(page: AddrRange<Pa>, round: u64) {
     for a in page.step_by(8).map(Pa::get) {
-        // SAFETY: as in `check_page`.
+        // SAFETY: as in `check`.
         unsafe { (a as *mut u64).write_volatile(pattern(a, round)) };
     }
 }
@@ -78,8 +78,8 @@ fn worker(vcpu: usize, n: usize) {
     let pages = share.len() / page;
     for round in 0..ROUNDS {
         if round < 2 {
-            fill_page(share, round);
-            check_page(t, share, round);
+            fill(share, round);
+            check(t, share, round);
         } else {
             // Random page order: a random start and a random step coprime with the page count
             // visit every page once, scattered; the check walks another order.
@@ -88,12 +88,12 @@ fn worker(vcpu: usize, n: usize) {
             let first = rng.below(pages.max(1));
             for i in 0..pages {
                 let p = (first + i * step) % pages;
-                fill_page(rt::span(start + p * page, page), round);
+                fill(rt::span(start + p * page, page), round);
             }
             let first = rng.below(pages.max(1));
             for i in 0..pages {
                 let p = (first + i * step) % pages;
-                check_page(t, rt::span(start + p * page, page), round);
+                check(t, rt::span(start + p * page, page), round);
             }
         }
     }
