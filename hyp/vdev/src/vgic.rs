@@ -336,6 +336,7 @@ struct Candidates {
 }
 
 impl Candidates {
+    /// Room for `n` (at most [`MAX_LRS`]); none offered yet.
     fn new(n: usize) -> Candidates {
         let none = Candidate {
             class: u8::MAX,
