@@ -298,6 +298,126 @@ const PA_RANGES: [(u64, u32); 7] = [
     (6, 52),
 ];
 
+/// The AArch32 ID registers (CRm = 1..=3, used only by AArch32 EL0 tasks): passed through,
+/// minus what is hidden in AArch64 too; the unallocated encodings (CRm 3, op2 3 and 7) read
+/// as zero.
+fn aarch32(crm: u8, op2: u8, host: u64) -> u64 {
+    match (crm, op2) {
+        (1, 0) => clear(host, &[ID_PFR0::RAS, ID_PFR0::AMU]),
+        (1, 1) => clear(
+            host,
+            &[
+                ID_PFR1::Security,
+                ID_PFR1::Virtualization,
+                ID_PFR1::Sec_frac,
+                ID_PFR1::Virt_frac,
+            ],
+        ),
+        (1, 2) => clear(
+            host,
+            &[
+                ID_DFR0::CopTrc,
+                ID_DFR0::MMapTrc,
+                ID_DFR0::PerfMon,
+                ID_DFR0::TraceFilt,
+            ],
+        ),
+        // ID_AFR0 (IMPLEMENTATION DEFINED).
+        (1, 3) => 0,
+        (1, 4..=7) | (2, 0..=7) | (3, 0..=2) | (3, 6) => host,
+        // ID_PFR2: RAS_frac hidden.
+        (3, 4) => keep(host, &[ID_PFR2::CSV3, ID_PFR2::SSBS]),
+        // ID_DFR1: MTPMU, HPMN0 (PMU).
+        (3, 5) => 0,
+        _ => 0,
+    }
+}
+
+/// `ID_AA64PFR<op2>_EL1` and the other CRm = 4 registers.
+fn pfr(op2: u8, host: u64) -> u64 {
+    match op2 {
+        0 => {
+            // EL0 and EL1 AArch64 only (EL0 = 1: hyp emulates trapped instructions
+            // without AArch32 condition codes or IT state; a vCPU found in AArch32 EL0 gets
+            // the illegal exception return a CPU without it makes, `exit::aarch32_el0`);
+            // EL2 absent; EL3 at most AArch64 (the SMC conduit traps
+            // with HCR_EL2.TSC); GIC system registers at most v3.0; RAS, SVE, SEL2, MPAM,
+            // AMU, RME hidden.
+            let mut v = keep(
+                host,
+                &[PFR0::FP, PFR0::AdvSIMD, PFR0::DIT, PFR0::CSV2, PFR0::CSV3],
+            );
+            v = set(v, PFR0::EL0, 1);
+            v = set(v, PFR0::EL1, 1);
+            v = set(v, PFR0::EL3, PFR0::EL3.read(host).min(1));
+            set(v, PFR0::GIC, PFR0::GIC.read(host).min(1))
+        }
+        1 => keep(host, &[PFR1::BT, PFR1::SSBS, PFR1::CSV2_frac]),
+        // PFR2 (MTE extensions, FPMR), ZFR0 (SVE), SMFR0 (SME), FPFR0 (FP8): hidden.
+        _ => 0,
+    }
+}
+
+/// `ID_AA64DFR<op2>_EL1` and the other CRm = 5 registers: SPE, TRBE, BRBE, trace hidden; the
+/// PMU as the guest gets it; `ID_AA64DFR1_EL1`, `ID_AA64DFR2_EL1` and the auxiliary
+/// registers read as zero.
+fn dfr(op2: u8, host: u64) -> u64 {
+    if op2 != 0 {
+        return 0;
+    }
+    let v = keep(
+        host,
+        &[
+            DFR0::DebugVer,
+            DFR0::BRPs,
+            DFR0::WRPs,
+            DFR0::CTX_CMPs,
+            DFR0::DoubleLock,
+        ],
+    );
+    let pmu = platform::pmu::guest_pmu_version(host).unwrap_or(0);
+    set(v, DFR0::PMUVer, u64::from(pmu))
+}
+
+/// `ID_AA64ISAR<op2>_EL1` (CRm = 6).
+fn isar(op2: u8, host: u64) -> u64 {
+    match op2 {
+        0 => clear(host, &[ISAR0::RES0, ISAR0::TME]),
+        // Pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
+        1 => keep(
+            host,
+            &[
+                ISAR1::DPB,
+                ISAR1::JSCVT,
+                ISAR1::FCMA,
+                ISAR1::LRCPC,
+                ISAR1::FRINTTS,
+                ISAR1::SB,
+                ISAR1::SPECRES,
+                ISAR1::BF16,
+                ISAR1::DGH,
+                ISAR1::I8MM,
+            ],
+        ),
+        // MOPS, PAC3, 128-bit system registers hidden. WFxT kept: a trapped WFIT sleeps
+        // until its deadline (HCR_EL2.TWI; the run loop waits with WFIT itself), WFET is
+        // not trapped.
+        2 => keep(
+            host,
+            &[
+                ISAR2::WFxT,
+                ISAR2::RPRES,
+                ISAR2::BC,
+                ISAR2::CLRBHB,
+                ISAR2::RPRFM,
+                ISAR2::CSSC,
+            ],
+        ),
+        // ISAR3 and the unallocated encodings.
+        _ => 0,
+    }
+}
+
 /// What a VM may see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdPolicy {
@@ -329,106 +449,22 @@ impl IdPolicy {
         if !is_trapped(reg) {
             return None;
         }
-        Some(match (reg.crm(), reg.op2()) {
-            // ---- AArch32 (used only by AArch32 EL0 tasks): pass through, minus what is
-            // hidden in AArch64 too.
-            (1, 0) => clear(host, &[ID_PFR0::RAS, ID_PFR0::AMU]),
-            (1, 1) => clear(
-                host,
-                &[
-                    ID_PFR1::Security,
-                    ID_PFR1::Virtualization,
-                    ID_PFR1::Sec_frac,
-                    ID_PFR1::Virt_frac,
-                ],
-            ),
-            (1, 2) => clear(
-                host,
-                &[
-                    ID_DFR0::CopTrc,
-                    ID_DFR0::MMapTrc,
-                    ID_DFR0::PerfMon,
-                    ID_DFR0::TraceFilt,
-                ],
-            ),
-            // ID_AFR0 (IMPLEMENTATION DEFINED).
-            (1, 3) => 0,
-            (1, 4..=7) | (2, 0..=7) | (3, 0..=2) | (3, 6) => host,
-            // ID_PFR2: RAS_frac hidden.
-            (3, 4) => keep(host, &[ID_PFR2::CSV3, ID_PFR2::SSBS]),
-            // ID_DFR1: MTPMU, HPMN0 (PMU).
-            (3, 5) => 0,
+        let op2 = reg.op2();
+        Some(match reg.crm() {
+            1..=3 => aarch32(reg.crm(), op2, host),
+            4 => pfr(op2, host),
+            5 => dfr(op2, host),
+            6 => isar(op2, host),
+            7 => self.mmfr(op2, host),
+            _ => 0,
+        })
+    }
 
-            // ---- AArch64.
-            (4, 0) => {
-                // EL0 and EL1 AArch64 only (EL0 = 1: hyp emulates trapped instructions
-                // without AArch32 condition codes or IT state; a vCPU found in AArch32 EL0 gets
-                // the illegal exception return a CPU without it makes, `exit::aarch32_el0`);
-                // EL2 absent; EL3 at most AArch64 (the SMC conduit traps
-                // with HCR_EL2.TSC); GIC system registers at most v3.0; RAS, SVE, SEL2, MPAM,
-                // AMU, RME hidden.
-                let mut v = keep(
-                    host,
-                    &[PFR0::FP, PFR0::AdvSIMD, PFR0::DIT, PFR0::CSV2, PFR0::CSV3],
-                );
-                v = set(v, PFR0::EL0, 1);
-                v = set(v, PFR0::EL1, 1);
-                v = set(v, PFR0::EL3, PFR0::EL3.read(host).min(1));
-                set(v, PFR0::GIC, PFR0::GIC.read(host).min(1))
-            }
-            (4, 1) => keep(host, &[PFR1::BT, PFR1::SSBS, PFR1::CSV2_frac]),
-            // PFR2 (MTE extensions, FPMR), ZFR0 (SVE), SMFR0 (SME), FPFR0 (FP8): hidden.
-            (4, _) => 0,
-            // SPE, TRBE, BRBE, trace hidden; the PMU as the guest gets it.
-            (5, 0) => {
-                let v = keep(
-                    host,
-                    &[
-                        DFR0::DebugVer,
-                        DFR0::BRPs,
-                        DFR0::WRPs,
-                        DFR0::CTX_CMPs,
-                        DFR0::DoubleLock,
-                    ],
-                );
-                let pmu = platform::pmu::guest_pmu_version(host).unwrap_or(0);
-                set(v, DFR0::PMUVer, u64::from(pmu))
-            }
-            (5, _) => 0,
-            (6, 0) => clear(host, &[ISAR0::RES0, ISAR0::TME]),
-            // Pointer authentication (APA, API, GPA, GPI), XS and LS64 hidden.
-            (6, 1) => keep(
-                host,
-                &[
-                    ISAR1::DPB,
-                    ISAR1::JSCVT,
-                    ISAR1::FCMA,
-                    ISAR1::LRCPC,
-                    ISAR1::FRINTTS,
-                    ISAR1::SB,
-                    ISAR1::SPECRES,
-                    ISAR1::BF16,
-                    ISAR1::DGH,
-                    ISAR1::I8MM,
-                ],
-            ),
-            // MOPS, PAC3, 128-bit system registers hidden. WFxT kept: a trapped WFIT sleeps
-            // until its deadline (HCR_EL2.TWI; the run loop waits with WFIT itself), WFET is
-            // not trapped.
-            (6, 2) => keep(
-                host,
-                &[
-                    ISAR2::WFxT,
-                    ISAR2::RPRES,
-                    ISAR2::BC,
-                    ISAR2::CLRBHB,
-                    ISAR2::RPRFM,
-                    ISAR2::CSSC,
-                ],
-            ),
-            (6, _) => 0,
-            (7, 0) => self.mmfr0(host),
-            (7, 1) => keep(
+    /// `ID_AA64MMFR<op2>_EL1` (CRm = 7).
+    fn mmfr(&self, op2: u8, host: u64) -> u64 {
+        match op2 {
+            0 => self.mmfr0(host),
+            1 => keep(
                 host,
                 &[
                     MMFR1::HAFDBS,
@@ -441,7 +477,7 @@ impl IdPolicy {
                     MMFR1::ECBHB,
                 ],
             ),
-            (7, 2) => keep(
+            2 => keep(
                 host,
                 &[
                     MMFR2::CnP,
@@ -454,8 +490,9 @@ impl IdPolicy {
                     MMFR2::E0PD,
                 ],
             ),
+            // MMFR3 (S1PIE, S1POE, TCR2, SCTLR2, ...), MMFR4 and the unallocated encodings.
             _ => 0,
-        })
+        }
     }
 
     fn mmfr0(&self, host: u64) -> u64 {

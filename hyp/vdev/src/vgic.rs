@@ -290,6 +290,102 @@ fn lr_state(lr: u64) -> u64 {
     LocalRegisterCopy::<u64, LR::Register>::new(lr).read(LR::State)
 }
 
+/// An `ICH_LR<n>_EL2` value (IHI 0069, `ICH_LR<n>_EL2`): virtual interrupt `intid` in
+/// `state` (`ST_PENDING`/`ST_ACTIVE`), `Group` 1 or 0, `priority`, `HW` = 0 (no physical
+/// interrupt to deactivate).
+fn lr_value(intid: u32, state: u64, group1: bool, priority: u8) -> u64 {
+    let group: FieldValue<u64, LR::Register> = if group1 {
+        LR::Group::SET
+    } else {
+        LR::Group::CLEAR
+    };
+    (LR::State.val(state)
+        + group
+        + LR::Priority.val(priority as u64)
+        + LR::vINTID.val(intid as u64))
+    .value
+}
+
+/// An interrupt that may go into a list register, ordered as [`Vgic::flush_lrs`] chooses:
+/// active ones first (`class` 0, then 1 for pending only), then by priority (lower value
+/// first), then by INTID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    class: u8,
+    priority: u8,
+    intid: u32,
+}
+
+impl Candidate {
+    fn of(irq: &Irq, intid: u32) -> Candidate {
+        Candidate {
+            class: u8::from(!irq.active),
+            priority: irq.priority,
+            intid,
+        }
+    }
+}
+
+/// The best `n` (at most [`MAX_LRS`]) of the candidates offered, in order, kept by insertion
+/// as they come (no allocation), and how many were offered.
+#[derive(Clone, Copy, Debug)]
+struct Candidates {
+    best: [Candidate; MAX_LRS],
+    n: usize,
+    offered: usize,
+}
+
+impl Candidates {
+    /// Room for `n` (at most [`MAX_LRS`]); none offered yet.
+    fn new(n: usize) -> Candidates {
+        let none = Candidate {
+            class: u8::MAX,
+            priority: 0,
+            intid: 0,
+        };
+        Candidates {
+            best: [none; MAX_LRS],
+            n: n.min(MAX_LRS),
+            offered: 0,
+        }
+    }
+
+    /// Considers `c`: it goes in at its place if it beats the worst kept (which drops out
+    /// when all `n` places are taken).
+    fn offer(&mut self, c: Candidate) {
+        self.offered += 1;
+        let n = self.n;
+        if n == 0 {
+            return;
+        }
+        let filled = (self.offered - 1).min(n);
+        if filled == n && c >= self.best[n - 1] {
+            return;
+        }
+        let mut pos = filled.min(n - 1);
+        while pos > 0 && c < self.best[pos - 1] {
+            self.best[pos] = self.best[pos - 1];
+            pos -= 1;
+        }
+        self.best[pos] = c;
+    }
+
+    /// How many places are taken.
+    fn used(&self) -> usize {
+        self.offered.min(self.n)
+    }
+
+    /// The kept candidates, best first.
+    fn chosen(&self) -> &[Candidate] {
+        &self.best[..self.used()]
+    }
+
+    /// More were offered than there are places.
+    fn underflow(&self) -> bool {
+        self.offered > self.n
+    }
+}
+
 impl Vgic {
     /// A GIC in its reset state: everything disabled, group 0, priority 0; SGIs edge-triggered,
     /// PPIs and SPIs level-triggered; SPIs routed to vCPU 0; redistributors asleep.
@@ -510,15 +606,11 @@ impl Vgic {
     /// listed is taken back as it was, as [`Vgic::flush_lrs`] does). Call after
     /// [`Vgic::sync_lrs`].
     pub fn reset_vcpu(&mut self, vcpu: usize) {
-        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+        if vcpu >= self.cpus.len() {
             return;
-        };
-        let stale = core::mem::replace(&mut cpu.lrs, [None; MAX_LRS]);
-        for s in stale.into_iter().flatten() {
-            self.fold(vcpu, s, s.state);
         }
-        let cpu = &mut self.cpus[vcpu];
-        for (i, irq) in cpu.banked.iter_mut().enumerate() {
+        self.take_back_listed(vcpu);
+        for (i, irq) in self.cpus[vcpu].banked.iter_mut().enumerate() {
             *irq = Irq {
                 edge: i < 16,
                 ..Irq::default()
@@ -567,8 +659,8 @@ impl Vgic {
     /// Entries use `HW` = 0, `Group` from `IGROUPR`, the 8-bit priority, vINTID = INTID.
     pub fn flush_lrs(&mut self, vcpu: usize, lrs: &mut [u64], n_lrs: usize) -> LrFlush {
         let n = n_lrs.min(lrs.len()).min(MAX_LRS);
+        lrs[..n].fill(0);
         if vcpu >= self.cpus.len() {
-            lrs[..n].fill(0);
             return LrFlush {
                 used: 0,
                 underflow: false,
@@ -576,33 +668,38 @@ impl Vgic {
         }
         // Entries not synced since the last flush are taken back unchanged (the guest did
         // not run with them).
-        let stale = core::mem::replace(&mut self.cpus[vcpu].lrs, [None; MAX_LRS]);
+        self.take_back_listed(vcpu);
+        let chosen = self.candidates(vcpu, n);
+        for (i, c) in chosen.chosen().iter().enumerate() {
+            let (shadow, lr) = self.list(vcpu, c.intid);
+            lrs[i] = lr;
+            self.cpus[vcpu].lrs[i] = Some(shadow);
+        }
+        LrFlush {
+            used: chosen.used(),
+            underflow: chosen.underflow(),
+        }
+    }
+
+    /// Folds the entries of `vcpu`'s last flush back into the model as they were written, and
+    /// forgets them.
+    fn take_back_listed(&mut self, vcpu: usize) {
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return;
+        };
+        let stale = core::mem::replace(&mut cpu.lrs, [None; MAX_LRS]);
         for s in stale.into_iter().flatten() {
             self.fold(vcpu, s, s.state);
         }
+    }
 
-        // The best `n` candidates by (class, priority, intid); class 0 = active.
-        let mut best: [(u8, u8, u32); MAX_LRS] = [(u8::MAX, 0, 0); MAX_LRS];
-        let mut count = 0usize;
-        let mut consider = |key: (u8, u8, u32)| {
-            count += 1;
-            if n == 0 {
-                return;
-            }
-            let filled = (count - 1).min(n);
-            if filled == n && key >= best[n - 1] {
-                return;
-            }
-            let mut pos = filled.min(n - 1);
-            while pos > 0 && key < best[pos - 1] {
-                best[pos] = best[pos - 1];
-                pos -= 1;
-            }
-            best[pos] = key;
-        };
+    /// The interrupts that may go into `vcpu`'s `n` list registers: its SGIs and PPIs, and the
+    /// SPIs routed to it that no other vCPU has listed, when active or deliverable.
+    fn candidates(&self, vcpu: usize, n: usize) -> Candidates {
+        let mut best = Candidates::new(n);
         for (intid, irq) in self.cpus[vcpu].banked.iter().enumerate() {
             if irq.active || self.deliverable(irq) {
-                consider((u8::from(!irq.active), irq.priority, intid as u32));
+                best.offer(Candidate::of(irq, intid as u32));
             }
         }
         for (n_spi, irq) in self.spis.iter().enumerate() {
@@ -611,58 +708,44 @@ impl Vgic {
                 continue;
             }
             if (irq.active || self.deliverable(irq)) && self.spi_target(intid) == Some(vcpu) {
-                consider((u8::from(!irq.active), irq.priority, intid));
+                best.offer(Candidate::of(irq, intid));
             }
         }
+        best
+    }
 
-        let used = count.min(n);
-        for (i, lr) in lrs.iter_mut().take(n).enumerate() {
-            *lr = 0;
-            if i >= used {
-                continue;
-            }
-            let intid = best[i].2;
-            let deliver = {
-                let irq = self.irq(vcpu, intid).expect("invariant: candidate exists");
-                self.deliverable(irq)
-            };
-            let irq = self
-                .irq_mut(vcpu, intid)
-                .expect("invariant: candidate exists");
-            let mut state = 0;
-            let mut latch_taken = false;
-            if deliver {
-                state |= ST_PENDING;
-                latch_taken = irq.latch;
-                irq.latch = false;
-            }
-            if irq.active {
-                state |= ST_ACTIVE;
-            }
-            irq.listed = Some(vcpu as u8);
-            irq.lr_pending = state & ST_PENDING != 0;
-            irq.sw_pending = false;
-            irq.sw_active = false;
-            let group: FieldValue<u64, LR::Register> = if irq.group1 {
-                LR::Group::SET
-            } else {
-                LR::Group::CLEAR
-            };
-            *lr = (LR::State.val(state)
-                + group
-                + LR::Priority.val(irq.priority as u64)
-                + LR::vINTID.val(intid as u64))
-            .value;
-            self.cpus[vcpu].lrs[i] = Some(Shadow {
-                intid,
-                state,
-                latch_taken,
-            });
+    /// Moves `intid` into one of `vcpu`'s list registers: pending if deliverable (its latch
+    /// moves along), active if active. Returns the shadow to keep and the `ICH_LR<n>_EL2`
+    /// value.
+    fn list(&mut self, vcpu: usize, intid: u32) -> (Shadow, u64) {
+        let deliver = {
+            let irq = self.irq(vcpu, intid).expect("invariant: candidate exists");
+            self.deliverable(irq)
+        };
+        let irq = self
+            .irq_mut(vcpu, intid)
+            .expect("invariant: candidate exists");
+        let mut state = 0;
+        let mut latch_taken = false;
+        if deliver {
+            state |= ST_PENDING;
+            latch_taken = irq.latch;
+            irq.latch = false;
         }
-        LrFlush {
-            used,
-            underflow: count > n,
+        if irq.active {
+            state |= ST_ACTIVE;
         }
+        irq.listed = Some(vcpu as u8);
+        irq.lr_pending = state & ST_PENDING != 0;
+        irq.sw_pending = false;
+        irq.sw_active = false;
+        let lr = lr_value(intid, state, irq.group1, irq.priority);
+        let shadow = Shadow {
+            intid,
+            state,
+            latch_taken,
+        };
+        (shadow, lr)
     }
 
     // ---------------------------------------------------------------- distributor
@@ -1751,6 +1834,56 @@ mod tests {
             assert!(f.used <= N_LRS);
             g.sync_lrs(v, &lrs);
         }
+    }
+
+    /// The list-register choice on its own: for random offers (distinct INTIDs, as the vGIC
+    /// makes them) and every `n`, exactly the `n` smallest come out, in order, and the
+    /// underflow flag says whether any was left out.
+    #[test]
+    fn candidates_keep_the_best_n_in_order() {
+        let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move |n: u64| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s % n
+        };
+        for _ in 0..if cfg!(miri) { 20 } else { 500 } {
+            let offered: Vec<Candidate> = (0..rnd(40) as u32)
+                .map(|intid| Candidate {
+                    class: rnd(2) as u8,
+                    // Few priorities: ties are broken by INTID.
+                    priority: (rnd(4) as u8) << 3,
+                    intid: intid * 7 % 41,
+                })
+                .collect();
+            let mut sorted = offered.clone();
+            sorted.sort();
+            for n in 0..=MAX_LRS + 1 {
+                let mut c = Candidates::new(n);
+                for &o in &offered {
+                    c.offer(o);
+                }
+                let places = n.min(MAX_LRS);
+                let want = &sorted[..offered.len().min(places)];
+                assert_eq!(c.chosen(), want, "n = {n}, offered {offered:?}");
+                assert_eq!(c.used(), want.len());
+                assert_eq!(c.underflow(), offered.len() > places);
+            }
+        }
+    }
+
+    /// `ICH_LR<n>_EL2` fields where IHI 0069 puts them: vINTID \[31:0\], pINTID
+    /// \[44:32\] (0: HW = 0), Priority \[55:48\], Group \[60\], HW \[61\], State \[63:62\].
+    #[test]
+    fn list_register_encoding() {
+        let lr = lr_value(1019, ST_PENDING | ST_ACTIVE, true, 0xa8);
+        assert_eq!(lr, 3 << 62 | 1 << 60 | 0xa8 << 48 | 1019);
+        assert_eq!(lr_state(lr), ST_PENDING | ST_ACTIVE);
+        let lr = lr_value(27, ST_PENDING, false, 0xf8);
+        assert_eq!(lr, 1 << 62 | 0xf8 << 48 | 27);
+        assert_eq!(lr_state(lr), ST_PENDING);
+        assert_eq!(lr_value(0, 0, false, 0), 0);
     }
 
     /// A randomized model check: random injections, enables and guest behaviour on 2 vCPUs

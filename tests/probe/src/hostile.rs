@@ -5,6 +5,7 @@ use crate::rt::{self, ec, expect, fid, Rng, NOT_SUPPORTED, UART};
 use crate::tests::{fail, pass, Env, Verdict};
 use crate::{arch, line, say};
 use core::arch::asm;
+use stage2::{AddrRange, Pa};
 
 /// Writes `bytes` straight to the UART's data register, without polling its flags (hyp's
 /// virtual UART never fills): one exit per byte, as fast as a guest can flood.
@@ -45,16 +46,15 @@ fn pattern(addr: u64, seed: u64) -> u64 {
 /// (timing each one: the guest time from its first byte to its newline), waits
 /// `probe.gap_us` between lines, then checks every word of the pattern.
 pub fn victim(env: &Env) -> Verdict {
-    let (start, end) = rt::free_ram(env.dtb);
-    let len = env.args.num("probe.mem", 4 << 20).min(end - start) & !7;
+    let free = rt::free_ram(env.dtb);
+    let len = env.args.num("probe.mem", 4 << 20).min(free.len()) & !7;
+    let data = rt::span(free.start().get(), len);
     let lines = env.args.num("probe.lines", 100);
     let gap = env.args.num("probe.gap_us", 20_000);
     let seed = arch::counter() | 1;
-    let mut a = start;
-    while a < start + len {
+    for a in data.step_by(8).map(Pa::get) {
         // SAFETY: the probe's free RAM (after its image, before the DTB block), 8-aligned.
         unsafe { (a as *mut u64).write_volatile(pattern(a, seed)) };
-        a += 8;
     }
     let mut longest = 0;
     for i in 0..lines {
@@ -63,8 +63,7 @@ pub fn victim(env: &Env) -> Verdict {
         longest = longest.max(rt::micros(t0, arch::counter()));
         rt::delay_us(gap);
     }
-    let mut a = start;
-    while a < start + len {
+    for a in data.step_by(8).map(Pa::get) {
         // SAFETY: as above.
         let got = unsafe { (a as *const u64).read_volatile() };
         let want = pattern(a, seed);
@@ -73,7 +72,6 @@ pub fn victim(env: &Env) -> Verdict {
                 "data at {a:#x}: expected {want:#018x}, found {got:#018x}"
             ));
         }
-        a += 8;
     }
     pass(line!(
         "lines {lines}, longest line {longest} us, data {len} bytes intact"
@@ -82,17 +80,15 @@ pub fn victim(env: &Env) -> Verdict {
 
 /// `ram-zero`: the free RAM reads as zero before the probe writes it (hyp scrubs VM RAM).
 pub fn ram_zero(env: &Env) -> Verdict {
-    let (start, end) = rt::free_ram(env.dtb);
-    let mut a = start;
-    while a < end {
+    let free = rt::free_ram(env.dtb);
+    for a in free.step_by(8).map(Pa::get) {
         // SAFETY: the probe's free RAM, 8-aligned, never written before this test.
         let v = unsafe { (a as *const u64).read_volatile() };
         if v != 0 {
             return fail(line!("RAM at {a:#x} holds {v:#018x} before any write"));
         }
-        a += 8;
     }
-    pass(line!("{} bytes of RAM read as zero", end - start))
+    pass(line!("{} bytes of RAM read as zero", free.len()))
 }
 
 /// One hidden or emulated feature and what the guest must see.
@@ -427,11 +423,13 @@ pub fn hvc(env: &Env) -> Verdict {
 
 /// The emulated devices of a 1-vCPU VM (QEMU virt layout): GICD, the one GICR frame pair,
 /// the PL011.
-const DEVICES: [(&str, u64, u64); 3] = [
-    ("GICD", 0x0800_0000, 0x1_0000),
-    ("GICR", 0x080a_0000, 0x2_0000),
-    ("UART", 0x0900_0000, 0x1000),
-];
+fn devices() -> [(&'static str, AddrRange<Pa>); 3] {
+    [
+        ("GICD", rt::span(0x0800_0000, 0x1_0000)),
+        ("GICR", rt::span(0x080a_0000, 0x2_0000)),
+        ("UART", rt::span(UART, 0x1000)),
+    ]
+}
 
 /// `hostile-mmio`: `probe.accesses` random reads and writes of every size at random offsets
 /// of every emulated device, plus accesses hyp cannot decode (LDP) and just past each device.
@@ -439,14 +437,16 @@ pub fn mmio(env: &Env) -> Verdict {
     let n = env.args.num("probe.accesses", 20_000);
     let mut rng = Rng::new(env.args.num("probe.seed", arch::counter()));
     let before = rt::taken(ec::DABT_CUR);
+    let devices = devices();
     for _ in 0..n {
-        let (_, base, size) = DEVICES[rng.below(3) as usize];
+        let (_, dev) = devices[rng.below(3) as usize];
+        let base = dev.start().get();
         let width = 1u32 << rng.below(4);
-        let off = rng.below(size) & !(u64::from(width) - 1);
+        let off = rng.below(dev.len()) & !(u64::from(width) - 1);
         let write = rng.next() & 1 == 1;
         let value = rng.next();
         // Never the UART's control register: the probe's own console must stay on.
-        if base == 0x0900_0000 && off & !3 == 0x30 {
+        if base == UART && off & !3 == 0x30 {
             continue;
         }
         // SAFETY: an emulated device's MMIO (or an abort the handler skips).
@@ -460,8 +460,9 @@ pub fn mmio(env: &Env) -> Verdict {
         }
     }
     let mut undecodable = 0;
-    for (name, base, size) in DEVICES {
-        for addr in [base, base + size, base + size + 0x1000] {
+    for (name, dev) in devices {
+        let (start, end) = (dev.start().get(), dev.end().get());
+        for addr in [start, end, end + 0x1000] {
             // SAFETY: an LDP hyp cannot emulate, or an address past the device: an abort.
             let o = expect(|| unsafe {
                 arch::ldp(addr);
@@ -482,15 +483,12 @@ pub fn mmio(env: &Env) -> Verdict {
 
 /// `hostile-touch`: writes one word in every `probe.stride` bytes of its free RAM.
 pub fn touch(env: &Env) -> Verdict {
-    let (start, end) = rt::free_ram(env.dtb);
     let stride = env.args.num("probe.stride", 4096).max(8) & !7;
-    let mut a = start;
     let mut n = 0u64;
-    while a < end {
+    for a in rt::free_ram(env.dtb).step_by(stride).map(Pa::get) {
         // SAFETY: the probe's free RAM.
         unsafe { (a as *mut u64).write_volatile(a) };
         n += 1;
-        a += stride;
     }
     pass(line!("touched {n} words {stride} bytes apart"))
 }

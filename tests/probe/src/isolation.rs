@@ -6,6 +6,7 @@
 use crate::rt::{self, expect, Outcome};
 use crate::tests::{fail, pass, Env, Verdict};
 use crate::{line, mmu, platform};
+use stage2::{AddrRange, Pa};
 
 /// How far around each edge every granule is probed.
 const EDGE: u64 = 64 << 20;
@@ -14,24 +15,21 @@ const SWEEP: u64 = 2 << 20;
 
 /// RAM and the emulated devices: what may answer with data.
 struct Map {
-    regions: [(u64, u64); 4],
+    /// RAM, the GIC's distributor and redistributors (empty at 0 when the device tree does
+    /// not name them), the PL011.
+    regions: [AddrRange<Pa>; 4],
 }
 
 impl Map {
     fn new(dtb: usize) -> Map {
-        let (base, size) = rt::ram(dtb);
-        let mut regions = [
-            (base, base + size),
-            (0, 0),
-            (0, 0),
-            (0x0900_0000, 0x0900_1000),
-        ];
+        let none = AddrRange::empty(Pa::ZERO);
+        let mut regions = [rt::ram(dtb), none, none, rt::span(rt::UART, 0x1000)];
         // SAFETY: hyp passes the VM's device tree in x0.
         if let Ok(fdt) = unsafe { fdt::Fdt::from_ptr(dtb as *const u8) } {
             if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
                 for (i, r) in gic.reg().into_iter().flatten().take(2).enumerate() {
-                    let s = r.starting_address as u64;
-                    regions[1 + i] = (s, s + r.size.unwrap_or(0) as u64);
+                    regions[1 + i] =
+                        rt::span(r.starting_address as u64, r.size.unwrap_or(0) as u64);
                 }
             }
         }
@@ -39,7 +37,7 @@ impl Map {
     }
 
     fn answers(&self, a: u64) -> bool {
-        self.regions.iter().any(|&(s, e)| (s..e).contains(&a))
+        self.regions.iter().any(|r| r.contains(Pa::new(a)))
     }
 }
 
@@ -125,8 +123,8 @@ pub fn isolation(env: &Env) -> Verdict {
     }
     // Every stage-2 granule within 64 MiB of each edge of RAM and of each device.
     let mut edges = 0;
-    for &(s, e) in &map.regions {
-        for edge in [s, e] {
+    for r in &map.regions {
+        for edge in [r.start().get(), r.end().get()] {
             let from = edge.saturating_sub(EDGE);
             let to = (edge + EDGE).min(limit);
             let mut a = from & !(granule - 1);
@@ -169,18 +167,15 @@ pub const SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
 /// `secret`: fills all of its free RAM with [`SECRET`] and keeps running for `probe.hold_ms`
 /// (default 3000) so that other VMs probe while it is resident; they must never see it.
 pub fn secret(env: &Env) -> Verdict {
-    let (start, end) = rt::free_ram(env.dtb);
-    let mut a = start;
-    while a < end {
+    let free = rt::free_ram(env.dtb);
+    for a in free.step_by(8).map(Pa::get) {
         // SAFETY: the probe's free RAM, 8-aligned.
         unsafe { (a as *mut u64).write_volatile(SECRET ^ (a & 0xff)) };
-        a += 8;
     }
     rt::delay_us(env.args.num("probe.hold_ms", 3000) * 1000);
     // Still all there: nothing else (another VM, a device's DMA) wrote into it meanwhile.
     let (mut changed, mut first) = (0u64, 0u64);
-    let mut a = start;
-    while a < end {
+    for a in free.step_by(8).map(Pa::get) {
         // SAFETY: as above.
         if unsafe { (a as *const u64).read_volatile() } != SECRET ^ (a & 0xff) {
             if changed == 0 {
@@ -188,12 +183,11 @@ pub fn secret(env: &Env) -> Verdict {
             }
             changed += 1;
         }
-        a += 8;
     }
     if changed > 0 {
         return fail(line!(
             "{changed} words of its secret changed while held, the first at {first:#x}"
         ));
     }
-    pass(line!("{} bytes of secret held", end - start))
+    pass(line!("{} bytes of secret held", free.len()))
 }

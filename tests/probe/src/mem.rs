@@ -1,12 +1,13 @@
 //! The probe's memory: a small heap (`stage2` allocates its walk state) and the frames of its
 //! own stage-1 tables, both inside its image (BSS), so the rest of RAM stays free for tests.
 
+use crate::rt;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use linked_list_allocator::Heap;
-use stage2::{Granule, Pa, TableAlloc};
+use stage2::{AddrRange, Granule, Pa, TableAlloc};
 
 const HEAP_BYTES: usize = 256 << 10;
 /// Table frames: enough for RAM and the devices at 4K pages (a 64 MiB VM's RAM takes 32 L3
@@ -97,7 +98,8 @@ static HEAP: ProbeHeap = ProbeHeap {
 pub struct Frames {
     next: u64,
     end: u64,
-    free: alloc::vec::Vec<(u64, u64)>,
+    /// Freed runs of frames, reused for a request of the same size.
+    free: alloc::vec::Vec<AddrRange<Pa>>,
 }
 
 static POOL_TAKEN: AtomicBool = AtomicBool::new(false);
@@ -130,8 +132,8 @@ impl Frames {
 impl TableAlloc for Frames {
     fn alloc(&mut self, granule: Granule, count: usize) -> Option<Pa> {
         let bytes = granule.size() * count as u64;
-        let pa = match self.free.iter().position(|&(_, b)| b == bytes) {
-            Some(i) => self.free.swap_remove(i).0,
+        let pa = match self.free.iter().position(|r| r.len() == bytes) {
+            Some(i) => self.free.swap_remove(i).start().get(),
             None => {
                 let pa = self.next.checked_add(bytes - 1)? & !(bytes - 1);
                 if pa + bytes > self.end {
@@ -150,7 +152,9 @@ impl TableAlloc for Frames {
     }
 
     fn free(&mut self, pa: Pa, granule: Granule, count: usize) {
-        self.free.push((pa.get(), granule.size() * count as u64));
+        // Frames the pool handed out: they end below its end.
+        self.free
+            .push(rt::span(pa.get(), granule.size() * count as u64));
     }
 
     fn table(&self, pa: Pa, granule: Granule) -> &[AtomicU64] {

@@ -5,6 +5,7 @@ use crate::rt::{self, Rng};
 use crate::tests::{fail, pass, Env, Verdict};
 use crate::{line, mmu, say, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
+use stage2::{AddrRange, Pa};
 
 /// Rounds: two sequential, two in random page order.
 const ROUNDS: u64 = 4;
@@ -24,7 +25,7 @@ static TALLY: [Tally; smp::MAX_VCPUS] = [const {
     }
 }; smp::MAX_VCPUS];
 
-/// The free RAM, set before the vCPUs start.
+/// The free RAM in whole pages, as its start and end: set before the vCPUs start.
 static RANGE: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 /// The page size the random order moves by.
 static PAGE: AtomicU64 = AtomicU64::new(4096);
@@ -33,8 +34,8 @@ fn pattern(addr: u64, round: u64) -> u64 {
     (addr.rotate_left(17) ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
 }
 
-/// One vCPU's share: `[start, end)` of the free RAM split in `n` page-aligned slices.
-fn share(vcpu: usize, n: usize) -> (u64, u64) {
+/// One vCPU's share: the free RAM split in `n` page-aligned slices.
+fn share(vcpu: usize, n: usize) -> AddrRange<Pa> {
     let (s, e) = (
         RANGE[0].load(Ordering::Acquire),
         RANGE[1].load(Ordering::Acquire),
@@ -44,12 +45,11 @@ fn share(vcpu: usize, n: usize) -> (u64, u64) {
     let per = pages / n as u64;
     let start = s + per * vcpu as u64 * page;
     let end = if vcpu + 1 == n { e } else { start + per * page };
-    (start, end)
+    rt::between(Pa::new(start), Pa::new(end))
 }
 
-fn check_page(t: &Tally, base: u64, len: u64, round: u64) {
-    let mut a = base;
-    while a < base + len {
+fn check(t: &Tally, page: AddrRange<Pa>, round: u64) {
+    for a in page.step_by(8).map(Pa::get) {
         // SAFETY: this vCPU's share of the free RAM, identity mapped, 8-aligned.
         let got = unsafe { (a as *const u64).read_volatile() };
         let want = pattern(a, round);
@@ -58,30 +58,28 @@ fn check_page(t: &Tally, base: u64, len: u64, round: u64) {
             t.first[1].store(want, Ordering::Relaxed);
             t.first[2].store(got, Ordering::Relaxed);
         }
-        a += 8;
     }
-    t.verified.fetch_add(len, Ordering::Relaxed);
+    t.verified.fetch_add(page.len(), Ordering::Relaxed);
 }
 
-fn fill_page(base: u64, len: u64, round: u64) {
-    let mut a = base;
-    while a < base + len {
-        // SAFETY: as in `check_page`.
+fn fill(page: AddrRange<Pa>, round: u64) {
+    for a in page.step_by(8).map(Pa::get) {
+        // SAFETY: as in `check`.
         unsafe { (a as *mut u64).write_volatile(pattern(a, round)) };
-        a += 8;
     }
 }
 
 /// What every vCPU runs.
 fn worker(vcpu: usize, n: usize) {
     let t = &TALLY[vcpu];
-    let (start, end) = share(vcpu, n);
+    let share = share(vcpu, n);
+    let start = share.start().get();
     let page = PAGE.load(Ordering::Acquire);
-    let pages = (end - start) / page;
+    let pages = share.len() / page;
     for round in 0..ROUNDS {
         if round < 2 {
-            fill_page(start, end - start, round);
-            check_page(t, start, end - start, round);
+            fill(share, round);
+            check(t, share, round);
         } else {
             // Random page order: a random start and a random step coprime with the page count
             // visit every page once, scattered; the check walks another order.
@@ -90,12 +88,12 @@ fn worker(vcpu: usize, n: usize) {
             let first = rng.below(pages.max(1));
             for i in 0..pages {
                 let p = (first + i * step) % pages;
-                fill_page(start + p * page, page, round);
+                fill(rt::span(start + p * page, page), round);
             }
             let first = rng.below(pages.max(1));
             for i in 0..pages {
                 let p = (first + i * step) % pages;
-                check_page(t, start + p * page, page, round);
+                check(t, rt::span(start + p * page, page), round);
             }
         }
     }
@@ -133,11 +131,12 @@ pub fn memory(env: &Env) -> Verdict {
         }
     }
     let page = mmu::page_size(env).map_or(4096, |g| g.size());
-    let (start, end) = rt::free_ram(env.dtb);
-    let start = (start + page - 1) & !(page - 1);
-    let end = end & !(page - 1);
-    RANGE[0].store(start, Ordering::Release);
-    RANGE[1].store(end, Ordering::Release);
+    let free = rt::free_ram(env.dtb);
+    let start = (free.start().get() + page - 1) & !(page - 1);
+    let end = free.end().get() & !(page - 1);
+    let pages = rt::between(Pa::new(start), Pa::new(end));
+    RANGE[0].store(pages.start().get(), Ordering::Release);
+    RANGE[1].store(pages.end().get(), Ordering::Release);
     PAGE.store(page, Ordering::Release);
     for t in &TALLY {
         t.verified.store(0, Ordering::Relaxed);
@@ -170,7 +169,7 @@ pub fn memory(env: &Env) -> Verdict {
     }
     pass(line!(
         "{n} vCPUs, {} MiB of RAM x {ROUNDS} rounds (2 sequential, 2 random), {verified} bytes verified, 0 mismatches, {} MB/s",
-        (end - start) >> 20,
+        pages.len() >> 20,
         verified / us
     ))
 }
@@ -184,21 +183,19 @@ pub fn faults(env: &Env) -> Verdict {
     let Some(s2) = crate::platform::stage2_granule(env.dtb) else {
         return fail(line!("no /hypervisor hyp,stage2-granule"));
     };
-    let (base, _) = rt::ram(env.dtb);
-    let (free0, free1) = rt::free_ram(env.dtb);
-    let (bss_end, stacks) = rt::image_layout();
     let vcpus = smp::started().max(1) as u64;
-    let dtb_size = rt::dtb_size(env.dtb);
+    let stacks = rt::stacks_start().get();
     let regions = [
-        (base, bss_end),
-        (stacks, stacks + vcpus * smp::STACK_BYTES),
-        (free0, free1),
-        (env.dtb as u64, env.dtb as u64 + dtb_size),
+        rt::between(rt::ram(env.dtb).start(), rt::bss_end()),
+        rt::span(stacks, vcpus * smp::STACK_BYTES),
+        rt::free_ram(env.dtb),
+        rt::span(env.dtb as u64, rt::dtb_size(env.dtb)),
     ];
     // Touch every granule of every region (reads: the tables are all there is to fault in).
     let t0 = crate::arch::counter();
     let mut sum = 0u64;
-    for &(s, e) in &regions {
+    for r in &regions {
+        let (s, e) = (r.start().get(), r.end().get());
         let mut a = s & !(s2 - 1);
         while a < e {
             // SAFETY: inside the probe's RAM (image, stacks, free RAM, DTB), identity mapped.
@@ -210,10 +207,11 @@ pub fn faults(env: &Env) -> Verdict {
     // granule at their edges.
     let mut count = 0u64;
     let mut last = None;
-    for &(s, e) in &regions {
-        if e <= s {
+    for r in &regions {
+        if r.is_empty() {
             continue;
         }
+        let (s, e) = (r.start().get(), r.end().get());
         let (first, end) = (s / s2, (e - 1) / s2);
         let first = match last {
             Some(l) if l >= first => l + 1,

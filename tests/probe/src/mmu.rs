@@ -7,17 +7,19 @@ use crate::tests::{fail, pass, Env, Verdict};
 use crate::{arch, line};
 use core::sync::atomic::{AtomicU64, Ordering};
 use stage2::{
-    AddrRange, Attrs, CpuFeatures, Geometry, Granule, IdRegs, MapOpts, NoMaintenance, PageTable,
-    Regime, Va,
+    AddrRange, Attrs, CpuFeatures, Geometry, Granule, IdRegs, MapOpts, NoMaintenance, Pa,
+    PageTable, Regime, Va,
 };
 
 /// The emulated devices of the guest's platform (QEMU virt layout), mapped as Device memory:
 /// GICD, the redistributors (room for 8 vCPUs), the PL011.
-const DEVICES: [(u64, u64); 3] = [
-    (0x0800_0000, 0x1_0000),
-    (0x080a_0000, 8 * 0x2_0000),
-    (0x0900_0000, 0x1000),
-];
+fn devices() -> [AddrRange<Pa>; 3] {
+    [
+        rt::span(0x0800_0000, 0x1_0000),
+        rt::span(0x080a_0000, 8 * 0x2_0000),
+        rt::span(rt::UART, 0x1000),
+    ]
+}
 
 /// MAIR_EL1, TCR_EL1 and TTBR0_EL1 of the probe's stage 1 once [`enable`] ran (0: not yet),
 /// for the secondary vCPUs.
@@ -77,14 +79,15 @@ pub fn guest_pa_bits() -> u32 {
         .unwrap_or(32)
 }
 
-fn align_out(range: (u64, u64), page: u64) -> core::ops::Range<u64> {
-    (range.0 & !(page - 1))..(range.0 + range.1 + page - 1) & !(page - 1)
-}
-
-/// The probe's addresses `r` as the input of its stage 1 (mapped to themselves: the probe's
-/// stage 1 is the identity), or a FAIL line for a backwards range.
-fn va_range(r: &core::ops::Range<u64>) -> Result<AddrRange<Va>, crate::tests::Line> {
-    AddrRange::new(Va::new(r.start), Va::new(r.end)).map_err(|e| line!("{e}"))
+/// The pages holding `r`, as the input of the probe's stage 1 (mapped to themselves: the
+/// probe's stage 1 is the identity), or a FAIL line if they go past the last address.
+fn identity_pages(r: AddrRange<Pa>, page: u64) -> Result<AddrRange<Va>, crate::tests::Line> {
+    let end = r
+        .end()
+        .align_up(page)
+        .ok_or_else(|| line!("{r} ends in the last page"))?;
+    let pages = AddrRange::new(r.start().align_down(page), end).map_err(|e| line!("{e}"))?;
+    Ok(pages.identity_va())
 }
 
 /// Builds the identity map (RAM normal RWX, the devices Device-nGnRE) at `granule` with
@@ -101,15 +104,13 @@ pub fn enable(env: &Env, granule: Granule, va_bits: u32) -> Result<(), crate::te
         skip_cmo: true,
         pages_only: true,
     };
-    let ram = align_out(rt::ram(env.dtb), page);
-    let va = va_range(&ram)?;
-    pt.map(va, va.start().identity_pa(), Attrs::ram(), opts)
-        .map_err(|e| line!("map RAM {ram:#x?}: {e}"))?;
-    for dev in DEVICES {
-        let r = align_out(dev, page);
-        let va = va_range(&r)?;
+    let ram = identity_pages(rt::ram(env.dtb), page)?;
+    pt.map(ram, ram.start().identity_pa(), Attrs::ram(), opts)
+        .map_err(|e| line!("map RAM {ram}: {e}"))?;
+    for dev in devices() {
+        let va = identity_pages(dev, page)?;
         pt.map(va, va.start().identity_pa(), Attrs::device(), opts)
-            .map_err(|e| line!("map device {r:#x?}: {e}"))?;
+            .map_err(|e| line!("map device {va}: {e}"))?;
     }
     let pa_bits = guest_pa_bits();
     let regs = [stage2::MAIR_EL1, geo.tcr_el1(pa_bits), pt.root_pa().get()];
@@ -132,25 +133,26 @@ pub fn map_rest_as_device(env: &Env, ipa_bits: u32) -> Result<(), crate::tests::
     let mut guard = SPACE.lock();
     let sp = guard.as_mut().ok_or_else(|| line!("the MMU is off"))?;
     let page = sp.geo.page_size();
-    let limit = (1u64 << ipa_bits).min(sp.geo.input_limit());
-    let mut taken: [core::ops::Range<u64>; 4] = core::array::from_fn(|i| match i {
-        0 => align_out(rt::ram(env.dtb), page),
-        _ => align_out(DEVICES[i - 1], page),
-    });
-    taken.sort_by_key(|r| r.start);
+    let limit = Va::new((1u64 << ipa_bits).min(sp.geo.input_limit()));
+    let [gicd, gicr, uart] = devices();
+    let mut taken = [AddrRange::empty(Va::ZERO); 4];
+    for (t, r) in taken.iter_mut().zip([rt::ram(env.dtb), gicd, gicr, uart]) {
+        *t = identity_pages(r, page)?;
+    }
+    taken.sort_by_key(|r| r.start());
     let opts = MapOpts {
         skip_cmo: true,
         pages_only: false,
     };
-    let mut from = 0;
-    for r in taken.iter().chain(core::iter::once(&(limit..limit))) {
-        if r.start > from {
-            let va = va_range(&(from..r.start))?;
+    let mut from = Va::ZERO;
+    for r in taken.into_iter().chain([AddrRange::empty(limit)]) {
+        if r.start() > from {
+            let gap = AddrRange::new(from, r.start()).map_err(|e| line!("{e}"))?;
             sp.pt
-                .map(va, va.start().identity_pa(), Attrs::device(), opts)
-                .map_err(|e| line!("map {from:#x}..{:#x} as device: {e}", r.start))?;
+                .map(gap, gap.start().identity_pa(), Attrs::device(), opts)
+                .map_err(|e| line!("map {gap} as device: {e}"))?;
         }
-        from = from.max(r.end);
+        from = from.max(r.end());
     }
     // Only invalid entries became valid (no break-before-make needed); make the new
     // descriptors visible to the table walker.
@@ -188,9 +190,35 @@ pub fn mmu(env: &Env) -> Verdict {
         return fail(line!("SCTLR_EL1.M is clear after enabling the MMU"));
     }
     let page = sp.geo.page_size();
-    let (free0, free1) = rt::free_ram(env.dtb);
+    let free = rt::free_ram(env.dtb);
+    let checked = match at_agrees_with_the_table(sp, free) {
+        Ok(n) => n,
+        Err(why) => return fail(why),
+    };
+    if let Err(why) = data_through_the_mmu(free, page) {
+        return fail(why);
+    }
+    let level = match own_translation_fault() {
+        Ok(level) => level,
+        Err(why) => return fail(why),
+    };
+    pass(line!(
+        "{}K pages, {} levels from level {}, {checked} AT checks, data through the MMU, translation fault level {level}",
+        page >> 10,
+        sp.geo.levels(),
+        sp.geo.start_level(),
+    ))
+}
+
+/// `AT S1E1R` of mapped addresses (RAM: first, last and a middle word of the free RAM, the
+/// devices) gives the identity, as the table's own `translate` does; of unmapped ones (the
+/// gaps) a fault. Returns how many addresses were checked.
+fn at_agrees_with_the_table(
+    sp: &mut Space,
+    free: AddrRange<Pa>,
+) -> Result<u32, crate::tests::Line> {
+    let (free0, free1) = (free.start().get(), free.end().get());
     let mut checked = 0;
-    // Mapped: RAM (first, last and a middle page), the devices; unmapped: the gaps.
     let mapped = [
         free0,
         free1 - 8,
@@ -202,7 +230,7 @@ pub fn mmu(env: &Env) -> Verdict {
         let want = sp.pt.translate(Va::new(va)).map(|(pa, _, _)| pa.get());
         let got = at(va);
         if got != Some(va) || want != Some(va) {
-            return fail(line!(
+            return Err(line!(
                 "VA {va:#x}: AT gives {got:#x?}, the table {want:#x?}, identity expected"
             ));
         }
@@ -217,30 +245,37 @@ pub fn mmu(env: &Env) -> Verdict {
     ];
     for va in unmapped {
         if let Some(pa) = at(va) {
-            return fail(line!(
+            return Err(line!(
                 "VA {va:#x} is unmapped but AT translates it to {pa:#x}"
             ));
         }
         checked += 1;
     }
-    // Data through the MMU (cacheable now): a pattern over a few pages, read back.
-    let mut a = free0;
-    let end = (free0 + 4 * page).min(free1);
-    while a < end {
+    Ok(checked)
+}
+
+/// Data through the MMU (cacheable now): a pattern over the first 4 pages of the free RAM,
+/// read back.
+fn data_through_the_mmu(free: AddrRange<Pa>, page: u64) -> Result<(), crate::tests::Line> {
+    let end = free.end().min(free.start() + 4 * page);
+    let words = rt::between(free.start(), end);
+    for a in words.step_by(8).map(Pa::get) {
         // SAFETY: free RAM of the probe, identity mapped.
         unsafe { (a as *mut u64).write_volatile(a ^ 0x5a5a_5a5a) };
-        a += 8;
     }
-    let mut a = free0;
-    while a < end {
+    for a in words.step_by(8).map(Pa::get) {
         // SAFETY: as above.
         let v = unsafe { (a as *const u64).read_volatile() };
         if v != a ^ 0x5a5a_5a5a {
-            return fail(line!("data at {a:#x}: {v:#x} read back"));
+            return Err(line!("data at {a:#x}: {v:#x} read back"));
         }
-        a += 8;
     }
-    // The probe's own translation fault: a data abort from EL1 with a translation fault DFSC.
+    Ok(())
+}
+
+/// The probe's own translation fault: a load from an unmapped VA must be a data abort from
+/// EL1 with a translation fault DFSC (ESR_ELx.ISS.DFSC 0b0001LL). Returns its level (LL).
+fn own_translation_fault() -> Result<u64, crate::tests::Line> {
     let o = expect(|| {
         // SAFETY: unmapped at stage 1; the handler skips the faulting load.
         unsafe {
@@ -251,18 +286,12 @@ pub fn mmu(env: &Env) -> Verdict {
         rt::Outcome::Exception { esr, far } if esr >> 26 == ec::DABT_CUR && far == 0x1000_0000 => {
             esr & 0x3f
         }
-        _ => return fail(line!("a load from unmapped VA 0x10000000 gave {o:?}")),
+        _ => return Err(line!("a load from unmapped VA 0x10000000 gave {o:?}")),
     };
     if !(0x04..=0x07).contains(&dfsc) {
-        return fail(line!(
+        return Err(line!(
             "unmapped VA 0x10000000: DFSC {dfsc:#x} is not a translation fault"
         ));
     }
-    pass(line!(
-        "{}K pages, {} levels from level {}, {checked} AT checks, data through the MMU, translation fault level {}",
-        page >> 10,
-        sp.geo.levels(),
-        sp.geo.start_level(),
-        dfsc & 3
-    ))
+    Ok(dfsc & 3)
 }

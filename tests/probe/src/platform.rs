@@ -66,11 +66,10 @@ pub fn hypervisor(env: &Env) -> Verdict {
     if !matches!(granule, 0x1000 | 0x4000 | 0x1_0000) {
         return fail(line!("hyp,stage2-granule = {granule:#x} is not a granule"));
     }
-    let (base, size) = rt::ram(env.dtb);
-    if ipa >= 64 || base + size > 1 << ipa {
+    let ram_end = rt::ram(env.dtb).end();
+    if ipa >= 64 || ram_end.get() > 1 << ipa {
         return fail(line!(
-            "hyp,ipa-bits = {ipa} does not cover RAM ending at {:#x}",
-            base + size
+            "hyp,ipa-bits = {ipa} does not cover RAM ending at {ram_end:#x}"
         ));
     }
     let parange = arch::id_aa64mmfr0() & 0xf;

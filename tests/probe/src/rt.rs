@@ -3,6 +3,7 @@
 use crate::arch;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use stage2::{AddrRange, Pa};
 
 /// The guest's PL011 (QEMU virt layout, as hyp's device tree says).
 pub const UART: u64 = 0x0900_0000;
@@ -276,18 +277,29 @@ pub fn delay_us(us: u64) {
     }
 }
 
-/// The VM's RAM from the device tree's `/memory` node: (base, size).
-pub fn ram(dtb: usize) -> (u64, u64) {
+/// The `len` bytes from `base` of the probe's physical address space (the VM's IPAs: with the
+/// MMU off and in its identity stage 1, the addresses it uses). For the probe's fixed layouts:
+/// a range past the last address is a bug (a panic, which fails the running test).
+pub fn span(base: u64, len: u64) -> AddrRange<Pa> {
+    AddrRange::from_start_len(Pa::new(base), len).expect("a range within the address space")
+}
+
+/// `start..end`, or the empty range at `start` if `end` is below it.
+pub fn between(start: Pa, end: Pa) -> AddrRange<Pa> {
+    AddrRange::new(start, end).unwrap_or(AddrRange::empty(start))
+}
+
+/// The VM's RAM from the device tree's `/memory` node.
+pub fn ram(dtb: usize) -> AddrRange<Pa> {
     // SAFETY: as in `Args::from_dtb`.
     let fdt = unsafe { fdt::Fdt::from_ptr(dtb as *const u8) };
     fdt.ok()
         .and_then(|f| {
-            f.memory()
-                .regions()
-                .next()
-                .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64))
+            let r = f.memory().regions().next()?;
+            let base = Pa::new(r.starting_address as u64);
+            AddrRange::from_start_len(base, r.size.unwrap_or(0) as u64).ok()
         })
-        .unwrap_or((0x4000_0000, 0))
+        .unwrap_or(AddrRange::empty(Pa::new(0x4000_0000)))
 }
 
 /// The probe's own image end (code, data, stacks), from the linker script.
@@ -300,25 +312,32 @@ pub fn image_end() -> u64 {
 
 /// RAM the probe may use freely: from its image's end to the 2 MiB block that holds the
 /// device tree (hyp's layout puts the DTB in the last 2 MiB of RAM).
-pub fn free_ram(dtb: usize) -> (u64, u64) {
-    let (base, size) = ram(dtb);
-    let start = image_end().max(base);
-    let end = (base + size)
+pub fn free_ram(dtb: usize) -> AddrRange<Pa> {
+    let ram = ram(dtb);
+    let start = image_end().max(ram.start().get());
+    let end = ram
+        .end()
+        .get()
         .saturating_sub(2 << 20)
         .min(dtb as u64 & !((2 << 20) - 1));
-    (start, end.max(start))
+    between(Pa::new(start), Pa::new(end))
 }
 
-/// The end of the probe's BSS and the start of its stacks (linker script symbols).
-pub fn image_layout() -> (u64, u64) {
+/// The end of the probe's BSS (linker script symbol): its image from the start of RAM up to
+/// here is code and data.
+pub fn bss_end() -> Pa {
     extern "C" {
         static __bss_end: u8;
+    }
+    Pa::new(core::ptr::addr_of!(__bss_end) as u64)
+}
+
+/// The start of the vCPUs' stacks (linker script symbol).
+pub fn stacks_start() -> Pa {
+    extern "C" {
         static __stacks_start: u8;
     }
-    (
-        core::ptr::addr_of!(__bss_end) as u64,
-        core::ptr::addr_of!(__stacks_start) as u64,
-    )
+    Pa::new(core::ptr::addr_of!(__stacks_start) as u64)
 }
 
 /// The device tree's `totalsize` (its header's second big-endian word).
