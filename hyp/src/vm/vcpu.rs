@@ -77,7 +77,7 @@ fn ich_hcr(underflow: bool) -> u64 {
     (ICH_HCR_EL2::En::SET + uie).value
 }
 
-/// ICH_LR<n>_EL2.EOI (HW = 0): a maintenance interrupt when the guest deactivates the entry.
+/// `ICH_LR<n>_EL2.EOI` (HW = 0): a maintenance interrupt when the guest deactivates the entry.
 fn lr_eoi() -> u64 {
     ICH_LR0_EL2::EOI::SET.value
 }
