@@ -36,7 +36,7 @@ fuzz_target!(|i: Input| {
     assert!(matches!(Exit::instr_len(i.esr), 2 | 4));
     match Exit::decode(i.esr, i.far, i.hpfar) {
         Exit::DataAbort(d) => {
-            if let Some(ipa) = d.ipa {
+            if let Some(ipa) = d.ipa.map(|a| a.get()) {
                 assert!(ipa < 1 << 52, "IPA {ipa:#x} beyond 52 bits");
                 assert_eq!(ipa & 0xfff, if d.far_valid { i.far & 0xfff } else { 0 });
             }
@@ -63,7 +63,7 @@ fuzz_target!(|i: Input| {
         }
         Exit::InstrAbort(a) => {
             if let Some(ipa) = a.ipa {
-                assert!(ipa < 1 << 52);
+                assert!(ipa.get() < 1 << 52);
             }
         }
         Exit::SysReg(s) => {

@@ -8,7 +8,7 @@ use core::fmt;
 use el2::dt::PhysRange;
 use guest_loader::bundle::BundleError;
 use guest_loader::Errors;
-use stage2::{MapError, VmidError};
+use stage2::{Ipa, MapError, Pa, VmidError};
 use vdev::psci::PsciError;
 use vdev::vgic::VgicError;
 
@@ -74,7 +74,7 @@ pub enum VmFailure {
         /// `kernel`, `initrd` or `dtb`.
         what: &'static str,
         /// Where it would go.
-        ipa: u64,
+        ipa: Ipa,
         /// Its length.
         len: u64,
     },
@@ -101,9 +101,9 @@ pub enum VmFailure {
     /// Its stage 2 as built maps memory that is not its RAM (a hyp bug).
     Audit {
         /// The leaf's IPA.
-        ipa: u64,
+        ipa: Ipa,
         /// What it maps.
-        pa: u64,
+        pa: Pa,
     },
 }
 

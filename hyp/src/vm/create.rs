@@ -129,7 +129,7 @@ fn load_items<'a>(vp: &'a VmPlan<'_>) -> Result<Vec<Item<'a>>, VmFailure> {
         if item.ipa.get() < ram_ipa || off.checked_add(len).is_none_or(|e| e > vp.memory) {
             return Err(VmFailure::LoadOutside {
                 what: item.what,
-                ipa: item.ipa.get(),
+                ipa: item.ipa,
                 len,
             });
         }
@@ -452,7 +452,7 @@ fn assemble(boot: &Boot, vp: &VmPlan<'_>, p: Parts) -> Result<&'static Vm, VmFai
             mmfr1: vsys::id_reg(7, 1),
         },
         cntvoff: vsys::cntpct_el0(),
-        ram_ipa: vp.layout.ram.start().get(),
+        ram_ipa: vp.layout.ram.start(),
         ram_pa: p.ram_pa,
         ram_size: vp.memory,
         gicr_size,

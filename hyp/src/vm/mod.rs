@@ -127,8 +127,8 @@ pub struct Vm {
     pub host: HostFeatures,
     /// `CNTVOFF_EL2`: the guest's virtual counter starts near 0 at creation.
     pub cntvoff: u64,
-    /// Guest RAM: IPA base, host PA, size.
-    pub ram_ipa: u64,
+    /// The first IPA of guest RAM.
+    pub ram_ipa: Ipa,
     /// Host physical address of guest RAM.
     pub ram_pa: u64,
     /// Bytes of guest RAM.
@@ -259,33 +259,36 @@ impl Vm {
     /// that hold it: RAM at `ram_pa + offset`, or the frame `hyp.stress` migrated the page to.
     /// Returns the number of leaves, or the first leaf that maps anything else (a hyp bug
     /// that would let the guest reach memory not its own).
-    pub fn audit_stage2(&self) -> Result<Audit, (u64, u64)> {
+    pub fn audit_stage2(&self) -> Result<Audit, (Ipa, Pa)> {
         let mut pt = self.s2.lock();
         let page = pt.geometry().page_size();
+        let ram_pa = Pa::new(self.ram_pa);
         let mut leaves = 0;
         let mut window_leaves = 0;
         let mut bad = None;
         pt.for_each_leaf(|ipa, pa, size| {
-            let (ipa, pa) = (ipa.get(), pa.get());
             // Its PCI window: device memory at IPA = PA, where its BARs decode.
             if let Some(w) = &self.pci_window {
-                if ipa >= w.start && ipa.checked_add(size).is_some_and(|e| e <= w.end) {
+                let a = ipa.get();
+                if a >= w.start && a.checked_add(size).is_some_and(|e| e <= w.end) {
                     window_leaves += 1;
-                    if pa != ipa && bad.is_none() {
+                    if pa != ipa.identity_pa() && bad.is_none() {
                         bad = Some((ipa, pa));
                     }
                     return;
                 }
             }
             leaves += 1;
-            let off = ipa.wrapping_sub(self.ram_ipa);
-            let inside =
-                ipa >= self.ram_ipa && off.checked_add(size).is_some_and(|e| e <= self.ram_size);
-            let want = match &self.stress {
-                Some(st) if inside && size == page => st.frame_of(off, page, self.ram_pa),
-                _ => self.ram_pa.wrapping_add(off),
+            // The leaf's offset in RAM, when all of it is inside.
+            let off = ipa
+                .checked_offset_from(self.ram_ipa)
+                .filter(|o| o.checked_add(size).is_some_and(|e| e <= self.ram_size));
+            let want = match (off, &self.stress) {
+                (Some(off), Some(st)) if size == page => Some(st.frame_of(off, page, ram_pa)),
+                (Some(off), _) => Some(ram_pa.wrapping_add(off)),
+                (None, _) => None,
             };
-            if (!inside || pa != want) && bad.is_none() {
+            if want != Some(pa) && bad.is_none() {
                 bad = Some((ipa, pa));
             }
         });
@@ -351,14 +354,14 @@ impl Vm {
     fn map_ram(&self, r: Range<u64>) {
         let ipa = self.ram_ipa + r.start;
         let mut pt = self.s2.lock();
-        if pt.translate(Ipa::new(ipa)).is_some() {
+        if pt.translate(ipa).is_some() {
             return;
         }
         let opts = MapOpts {
             skip_cmo: true,
             pages_only: !self.blocks,
         };
-        let mapped = AddrRange::from_start_len(Ipa::new(ipa), r.end - r.start)
+        let mapped = AddrRange::from_start_len(ipa, r.end - r.start)
             .map_err(MapError::from)
             .and_then(|range| pt.map(range, Pa::new(self.ram_pa + r.start), Attrs::ram(), opts));
         if let Err(e) = mapped {
@@ -587,10 +590,16 @@ pub enum Region {
 
 impl Vm {
     /// Classifies an IPA.
-    pub fn region(&self, ipa: u64) -> Region {
-        if ipa >= self.ram_ipa && ipa - self.ram_ipa < self.ram_size {
-            Region::Ram(ipa - self.ram_ipa)
-        } else if (GICD_BASE..GICD_BASE + GICD_SIZE).contains(&ipa) {
+    pub fn region(&self, ipa: Ipa) -> Region {
+        if let Some(off) = ipa
+            .checked_offset_from(self.ram_ipa)
+            .filter(|&off| off < self.ram_size)
+        {
+            return Region::Ram(off);
+        }
+        // The devices' windows are at fixed IPAs (`platform::virt`).
+        let ipa = ipa.get();
+        if (GICD_BASE..GICD_BASE + GICD_SIZE).contains(&ipa) {
             Region::Gicd(ipa - GICD_BASE)
         } else if ipa >= GICR_BASE && ipa - GICR_BASE < self.gicr_size {
             Region::Gicr(ipa - GICR_BASE)

@@ -3,8 +3,8 @@
 //!
 //! Every N-th exit of vCPU 0, a few pseudo-random guest RAM pages (of the VM's own stage-2
 //! granule) that are mapped as pages get one of:
-//! - unmap: the guest's next access takes a stage-2 translation fault, which [`Stress::fault`]
-//!   maps back (also for eager VMs);
+//! - unmap: the guest's next access takes a stage-2 translation fault, which the vCPU's
+//!   fault path (`vcpu`) maps back (also for eager VMs);
 //! - write-protect: the guest's next write takes a stage-2 permission fault, which restores
 //!   write permission and counts the page dirty (as dirty logging would);
 //! - migrate: the page moves to another host frame. The mapping is broken first (`unmap`:
@@ -65,9 +65,9 @@ struct State {
     /// xorshift64 state.
     rng: u64,
     /// Guest RAM page index (offset / page size) → host frame, for migrated pages.
-    moved: BTreeMap<u64, u64>,
+    moved: BTreeMap<u64, Pa>,
     /// Host frames no page uses (freed by migrations), reused as migration targets.
-    free: Vec<u64>,
+    free: Vec<Pa>,
     /// Frames taken from `mem::alloc_phys` so far.
     allocated: usize,
     /// Recently faulted RAM page indices (pages the guest uses), a ring of `HOT` entries:
@@ -124,51 +124,30 @@ impl Stress {
         )
     }
 
-    /// One stress step on the VM's RAM `[ram_ipa, ram_ipa + ram_size)`, whose unmigrated
-    /// pages live at `ram_pa + offset`. `exits` (vCPU 0's exit count) is mixed into the seed.
-    /// Errors name the page and the operation that failed.
+    /// One stress step on the VM's RAM `ram`, whose unmigrated pages live at `ram_pa +
+    /// offset`. `exits` (vCPU 0's exit count) is mixed into the seed. Errors name the page and
+    /// the operation that failed.
     pub fn step(
         &self,
         pt: &mut PageTable<FrameAlloc, VmMaintenance>,
-        ram_ipa: u64,
-        ram_size: u64,
+        ram: AddrRange<Ipa>,
         exits: u64,
     ) -> Result<(), alloc::string::String> {
         let page = pt.geometry().page_size();
-        let pages = ram_size / page;
+        let pages = ram.len() / page;
         if pages == 0 {
             return Ok(());
         }
         let mut st = self.state.lock();
-        st.rng ^= exits.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        if st.rng == 0 {
-            st.rng = 1;
-        }
+        st.reseed(exits);
         let mut done = 0;
         for _ in 0..TRIES {
             if done == PAGES_PER_STEP {
                 break;
             }
             let r = st.next();
-            let idx = if r & 1 == 1 && !st.hot.is_empty() {
-                let h = st.hot[((r >> 1) % st.hot.len() as u64) as usize];
-                h.min(pages - 1)
-            } else {
-                r % pages
-            };
+            let idx = st.pick(r, pages);
             if st.pinned(idx) {
-                continue;
-            }
-            let ipa = Ipa::new(ram_ipa + idx * page);
-            let Ok(ipas) = AddrRange::from_start_len(ipa, page) else {
-                continue;
-            };
-            // Only pages mapped as pages of the VM's granule (not blocks): a block would be
-            // split, which is the library's business but not this stress's.
-            let Some((pa, attrs, level)) = pt.translate(ipa) else {
-                continue;
-            };
-            if level != PAGE_LEVEL {
                 continue;
             }
             let op = match (r >> 32) % 3 {
@@ -176,76 +155,111 @@ impl Stress {
                 1 => Op::Protect,
                 _ => Op::Migrate,
             };
-            match op {
-                Op::Unmap => {
-                    pt.unmap(ipas)
-                        .map_err(|e| alloc::format!("stress: unmap of IPA {ipa:#x}: {e}"))?;
-                    self.unmapped.fetch_add(1, Ordering::Relaxed);
-                }
-                Op::Protect => {
-                    if !attrs.write {
-                        continue;
-                    }
-                    pt.protect(ipas, attrs.read_only()).map_err(|e| {
-                        alloc::format!("stress: write-protect of IPA {ipa:#x}: {e}")
-                    })?;
-                    self.protected.fetch_add(1, Ordering::Relaxed);
-                }
-                Op::Migrate => {
-                    let Some(new) = st.frame(page) else {
-                        continue;
-                    };
-                    // Break: after this returns, the entry is invalid and every CPU's TLB
-                    // entries for the IPA in this VMID are gone (TLBI IPAS2E1IS + DSB ISH), so
-                    // no vCPU can write the old frame while it is copied.
-                    if let Err(e) = pt.unmap(ipas) {
-                        st.free.push(new);
-                        return Err(alloc::format!(
-                            "stress: unmap of IPA {ipa:#x} to migrate it: {e}"
-                        ));
-                    }
-                    // Without FEAT_S2FWB the guest may have written the old frame through a
-                    // non-cacheable stage-1 mapping (Arm ARM D8.6.6, combining stage-1 and
-                    // stage-2 attributes): drop any stale lines before reading it cacheably.
-                    cache::clean_invalidate_to_poc(pa.identity_va().get(), page);
-                    // SAFETY: `pa` is the frame this IPA mapped (now unmapped, so no guest
-                    // access races the copy: other vCPUs fault and wait for the s2 lock held
-                    // by the caller), `new` a frame of the same size no mapping uses; both
-                    // are identity-mapped host RAM and do not overlap.
-                    unsafe {
-                        el2::arch::guest::copy_bulk(
-                            new as *mut u8,
-                            pa.identity_va().get() as *const u8,
-                            page as usize,
-                        )
-                    };
-                    // The guest may map the page non-cacheable at stage 1 (without FWB): make
-                    // the copy visible at the point of coherency, and drop instructions
-                    // cached for the new frame's previous contents.
-                    cache::clean_to_poc(new, page);
-                    cache::invalidate_icache_all();
-                    let opts = MapOpts {
-                        skip_cmo: true,
-                        pages_only: true,
-                    };
-                    pt.map(ipas, Pa::new(new), Attrs::ram(), opts)
-                        .map_err(|e| {
-                            alloc::format!(
-                                "stress: map of IPA {ipa:#x} to migrated frame {new:#x}: {e}"
-                            )
-                        })?;
-                    st.moved.insert(idx, new);
-                    st.free.push(pa.get());
-                    self.migrated.fetch_add(1, Ordering::Relaxed);
-                }
+            if self.change(&mut st, pt, ram.start() + idx * page, idx, op)? {
+                done += 1;
             }
-            done += 1;
         }
         Ok(())
     }
 
+    /// Applies `op` to guest RAM page `idx`, at `ipa`, if it is mapped as a page of the VM's
+    /// granule (not a block: a block would be split, which is the library's business but not
+    /// this stress's). Whether the page changed.
+    fn change(
+        &self,
+        st: &mut State,
+        pt: &mut PageTable<FrameAlloc, VmMaintenance>,
+        ipa: Ipa,
+        idx: u64,
+        op: Op,
+    ) -> Result<bool, alloc::string::String> {
+        let page = pt.geometry().page_size();
+        let Ok(ipas) = AddrRange::from_start_len(ipa, page) else {
+            return Ok(false);
+        };
+        let Some((pa, attrs, level)) = pt.translate(ipa) else {
+            return Ok(false);
+        };
+        if level != PAGE_LEVEL {
+            return Ok(false);
+        }
+        match op {
+            Op::Unmap => {
+                pt.unmap(ipas)
+                    .map_err(|e| alloc::format!("stress: unmap of IPA {ipa:#x}: {e}"))?;
+                self.unmapped.fetch_add(1, Ordering::Relaxed);
+            }
+            Op::Protect => {
+                if !attrs.write {
+                    return Ok(false);
+                }
+                pt.protect(ipas, attrs.read_only())
+                    .map_err(|e| alloc::format!("stress: write-protect of IPA {ipa:#x}: {e}"))?;
+                self.protected.fetch_add(1, Ordering::Relaxed);
+            }
+            Op::Migrate => return self.migrate(st, pt, ipas, pa, idx),
+        }
+        Ok(true)
+    }
+
+    /// Moves guest RAM page `idx` (the IPAs `ipas`, mapped to frame `pa`) to another host
+    /// frame: break, copy, make. `false` when no frame was free (nothing changed).
+    fn migrate(
+        &self,
+        st: &mut State,
+        pt: &mut PageTable<FrameAlloc, VmMaintenance>,
+        ipas: AddrRange<Ipa>,
+        pa: Pa,
+        idx: u64,
+    ) -> Result<bool, alloc::string::String> {
+        let (ipa, page) = (ipas.start(), ipas.len());
+        let Some(new) = st.frame(page) else {
+            return Ok(false);
+        };
+        // Break: after this returns, the entry is invalid and every CPU's TLB entries for the
+        // IPA in this VMID are gone (TLBI IPAS2E1IS + DSB ISH), so no vCPU can write the old
+        // frame while it is copied.
+        if let Err(e) = pt.unmap(ipas) {
+            st.free.push(new);
+            return Err(alloc::format!(
+                "stress: unmap of IPA {ipa:#x} to migrate it: {e}"
+            ));
+        }
+        // Without FEAT_S2FWB the guest may have written the old frame through a non-cacheable
+        // stage-1 mapping (Arm ARM D8.6.6, combining stage-1 and stage-2 attributes): drop any
+        // stale lines before reading it cacheably.
+        cache::clean_invalidate_to_poc(pa.identity_va().get(), page);
+        // SAFETY: `pa` is the frame this IPA mapped (now unmapped, so no guest access races
+        // the copy: other vCPUs fault and wait for the s2 lock held by the caller), `new` a
+        // frame of the same size no mapping uses; both are identity-mapped host RAM and do not
+        // overlap.
+        unsafe {
+            el2::arch::guest::copy_bulk(
+                new.identity_va().get() as *mut u8,
+                pa.identity_va().get() as *const u8,
+                page as usize,
+            )
+        };
+        // The guest may map the page non-cacheable at stage 1 (without FWB): make the copy
+        // visible at the point of coherency, and drop instructions cached for the new frame's
+        // previous contents.
+        cache::clean_to_poc(new.identity_va().get(), page);
+        cache::invalidate_icache_all();
+        let opts = MapOpts {
+            skip_cmo: true,
+            pages_only: true,
+        };
+        pt.map(ipas, new, Attrs::ram(), opts).map_err(|e| {
+            alloc::format!("stress: map of IPA {ipa:#x} to migrated frame {new:#x}: {e}")
+        })?;
+        st.moved.insert(idx, new);
+        st.free.push(pa);
+        self.migrated.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// The host frame that guest RAM page `off / page` lives in (its migrated frame, if any).
-    pub fn frame_of(&self, off: u64, page: u64, ram_pa: u64) -> u64 {
+    pub fn frame_of(&self, off: u64, page: u64, ram_pa: Pa) -> Pa {
         let idx = off / page;
         let st = self.state.lock();
         st.moved.get(&idx).copied().unwrap_or(ram_pa + idx * page)
@@ -294,6 +308,25 @@ impl Stress {
 }
 
 impl State {
+    /// Mixes `exits` into the generator (never leaving it at 0, where xorshift64 sticks).
+    fn reseed(&mut self, exits: u64) {
+        self.rng ^= exits.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if self.rng == 0 {
+            self.rng = 1;
+        }
+    }
+
+    /// The page index among `pages` that random value `r` picks: with its low bit set, one of
+    /// the recently faulted pages (when there are any), else any page.
+    fn pick(&self, r: u64, pages: u64) -> u64 {
+        if r & 1 == 1 && !self.hot.is_empty() {
+            let h = self.hot[((r >> 1) % self.hot.len() as u64) as usize];
+            h.min(pages - 1)
+        } else {
+            r % pages
+        }
+    }
+
     /// Whether a vCPU's retried instruction needs page `idx`.
     fn pinned(&self, idx: u64) -> bool {
         self.pins.iter().any(|(_, p)| p.contains(&idx))
@@ -311,7 +344,7 @@ impl State {
 
     /// A free host frame of `page` bytes: a freed one, else a new one (up to
     /// `MAX_NEW_FRAMES`); `None` when neither is available (the migration is skipped).
-    fn frame(&mut self, page: u64) -> Option<u64> {
+    fn frame(&mut self, page: u64) -> Option<Pa> {
         if let Some(f) = self.free.pop() {
             return Some(f);
         }
@@ -320,6 +353,6 @@ impl State {
         }
         let f = mem::alloc_phys(page, page)?;
         self.allocated += 1;
-        Some(f)
+        Some(Pa::new(f))
     }
 }

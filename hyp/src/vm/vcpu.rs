@@ -11,7 +11,7 @@ use super::{Region, Vm, VmState};
 use crate::gic;
 use aarch64_cpu::registers::{CNTHCTL_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1};
 use core::sync::atomic::Ordering;
-use el2::arch::guest::{self, GuestRegs};
+use el2::arch::guest::{self, ExitVector, GuestRegs};
 use el2::arch::{barrier, sysreg, vsys};
 use el2::exc::{self, SPSR_EL1H_MASKED};
 use el2::trap::{Kind, Source, Vector};
@@ -19,7 +19,9 @@ use platform::esr::Esr;
 use platform::virt::{MAINTENANCE_INTID, UART_INTID};
 use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa};
 use tock_registers::LocalRegisterCopy;
-use vdev::exit::{Exit, FaultKind, MmioAccess, Wfx};
+use vdev::exit::{
+    DataAbort, Exit, ExitError, FaultKind, InstrAbort, MmioAccess, SysRegAccess, Wfx,
+};
 use vdev::mmio::MmioError;
 use vdev::ppi::{Change, Forwarder};
 use vdev::psci::PsciAction;
@@ -75,7 +77,7 @@ fn ich_hcr(underflow: bool) -> u64 {
     (ICH_HCR_EL2::En::SET + uie).value
 }
 
-/// ICH_LR<n>_EL2.EOI (HW = 0): a maintenance interrupt when the guest deactivates the entry.
+/// `ICH_LR<n>_EL2.EOI` (HW = 0): a maintenance interrupt when the guest deactivates the entry.
 fn lr_eoi() -> u64 {
     ICH_LR0_EL2::EOI::SET.value
 }
@@ -293,85 +295,103 @@ impl Vcpu {
         }
     }
 
+    /// Runs the guest until the VM stops or this vCPU powers off (PSCI CPU_OFF).
     fn run(&mut self) -> Stop {
-        let vm = self.vm;
         loop {
-            if vm.stopped() {
+            if self.vm.stopped() {
                 return Stop::Vm;
             }
-            // At most one line of queued console output (never waits for the console).
-            super::output::pump_one();
-            self.ppi_check();
-            // The list registers are rewritten only after the model was brought up to date
-            // at this exit (`sync`); an exit that touched no interrupt state (most PL011
-            // accesses, ID registers, PSCI) re-enters with the list registers as they are.
-            if self.synced {
-                self.flush();
-            }
-            if let Some(t) = self.exit_at.take() {
-                vm.stats
-                    .handling
-                    .fetch_add(vsys::cntpct_el0().wrapping_sub(t), Ordering::Relaxed);
-            }
+            self.prepare_entry();
             // SAFETY: setup_el2 made this CPU's stage-2 and trap context the VM's.
             let vector = unsafe { guest::enter(&mut self.regs) };
-            self.exit_at = Some(vsys::cntpct_el0());
-            self.synced = false;
-            vm.stats.total.fetch_add(1, Ordering::Relaxed);
-            self.exits += 1;
-            if let (0, Some(st)) = (self.id, &vm.stress) {
-                if self.exits.is_multiple_of(st.period) {
-                    self.stress_step(st);
-                }
+            self.count_exit();
+            if let Some(stop) = self.exit(vector) {
+                return stop;
             }
-            let from = Vector::from_index(vector);
-            if let (Source::Lower64, Kind::Sync | Kind::Irq | Kind::Fiq) = (from.source, from.kind)
-            {
-                if let Some(ill) = vdev::exit::aarch32_el0(self.regs.spsr) {
-                    if from.kind != Kind::Sync {
-                        vm.stats.irq.fetch_add(1, Ordering::Relaxed);
-                        self.sync();
-                        self.physical_irqs();
-                    }
-                    self.refuse_aarch32_el0(ill);
-                    continue;
-                }
+        }
+    }
+
+    /// What each entry needs first: a line of console output, the forwarded lines' check,
+    /// the list registers, and the end of the last exit's handling time.
+    fn prepare_entry(&mut self) {
+        // At most one line of queued console output (never waits for the console).
+        super::output::pump_one();
+        self.ppi_check();
+        // The list registers are rewritten only after the model was brought up to date at
+        // this exit (`sync`); an exit that touched no interrupt state (most PL011 accesses, ID
+        // registers, PSCI) re-enters with the list registers as they are.
+        if self.synced {
+            self.flush();
+        }
+        if let Some(t) = self.exit_at.take() {
+            self.vm
+                .stats
+                .handling
+                .fetch_add(vsys::cntpct_el0().wrapping_sub(t), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an exit; every N-th exit of vCPU 0 runs a `hyp.stress` step.
+    fn count_exit(&mut self) {
+        let vm = self.vm;
+        self.exit_at = Some(vsys::cntpct_el0());
+        self.synced = false;
+        vm.stats.total.fetch_add(1, Ordering::Relaxed);
+        self.exits += 1;
+        if let (0, Some(st)) = (self.id, &vm.stress) {
+            if self.exits.is_multiple_of(st.period) {
+                self.stress_step(st);
             }
-            match (from.source, from.kind) {
-                (Source::Lower64, Kind::Sync) => {
-                    if let Some(stop) = self.sync_exit() {
-                        return stop;
-                    }
-                }
-                (Source::Lower64, Kind::Irq | Kind::Fiq) => {
+        }
+    }
+
+    /// Handles the exit taken through exception vector `vector`; `Some` when this vCPU stops
+    /// running.
+    fn exit(&mut self, vector: ExitVector) -> Option<Stop> {
+        let vm = self.vm;
+        let from = Vector::from_index(vector);
+        if let (Source::Lower64, Kind::Sync | Kind::Irq | Kind::Fiq) = (from.source, from.kind) {
+            if let Some(ill) = vdev::exit::aarch32_el0(self.regs.spsr) {
+                if from.kind != Kind::Sync {
                     vm.stats.irq.fetch_add(1, Ordering::Relaxed);
                     self.sync();
                     self.physical_irqs();
                 }
-                (Source::Lower64, Kind::SError) => {
-                    vm.stop(
-                        VmState::Killed,
-                        self.id,
-                        Some(format_args!(
-                            "SError from vCPU {} (ESR_EL2 {:#x}, pc {:#x})",
-                            self.id, self.regs.esr, self.regs.elr
-                        )),
-                    );
-                    return Stop::Vm;
-                }
-                _ => {
-                    vm.stop(
-                        VmState::Killed,
-                        self.id,
-                        Some(format_args!(
-                            "vCPU {} left AArch64 (exception vector {vector}): AArch32 guests are not supported",
-                            self.id
-                        )),
-                    );
-                    return Stop::Vm;
-                }
+                self.refuse_aarch32_el0(ill);
+                return None;
             }
         }
+        match (from.source, from.kind) {
+            (Source::Lower64, Kind::Sync) => return self.sync_exit(),
+            (Source::Lower64, Kind::Irq | Kind::Fiq) => {
+                vm.stats.irq.fetch_add(1, Ordering::Relaxed);
+                self.sync();
+                self.physical_irqs();
+            }
+            (Source::Lower64, Kind::SError) => {
+                vm.stop(
+                    VmState::Killed,
+                    self.id,
+                    Some(format_args!(
+                        "SError from vCPU {} (ESR_EL2 {:#x}, pc {:#x})",
+                        self.id, self.regs.esr, self.regs.elr
+                    )),
+                );
+                return Some(Stop::Vm);
+            }
+            _ => {
+                vm.stop(
+                    VmState::Killed,
+                    self.id,
+                    Some(format_args!(
+                        "vCPU {} left AArch64 (exception vector {vector}): AArch32 guests are not supported",
+                        self.id
+                    )),
+                );
+                return Some(Stop::Vm);
+            }
+        }
+        None
     }
 
     /// Folds the list registers back into the vGIC model (once per exit, before anything
@@ -593,8 +613,9 @@ impl Vcpu {
         self.regs.elr = self.regs.elr.wrapping_add(Exit::instr_len(self.regs.esr));
     }
 
+    /// A synchronous exception from the guest (a trapped instruction or an abort), decoded and
+    /// handled; `Some` when this vCPU stops running.
     fn sync_exit(&mut self) -> Option<Stop> {
-        let vm = self.vm;
         let r = &self.regs;
         let exit = Exit::decode(r.esr, r.far, r.hpfar);
         // Only consecutive set/way operations (one guest loop) share one maintenance.
@@ -602,115 +623,14 @@ impl Vcpu {
             self.set_way_done = false;
         }
         match exit {
-            // SMCCC calls use immediate 0 (SMCCC, DEN 0028: "the immediate value ... is 0");
-            // other immediates are not SMCCC calls. hyp answers them with NOT_SUPPORTED in x0
-            // and does nothing else, as KVM does.
-            Exit::Hvc { imm } | Exit::Smc { imm } if imm != 0 => {
-                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
-                if matches!(exit, Exit::Smc { .. }) {
-                    self.advance();
-                }
-                self.regs.x[0] = vdev::psci::ret::NOT_SUPPORTED as u64;
-            }
-            Exit::Hvc { .. } => {
-                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
-                return self.psci();
-            }
-            Exit::Smc { .. } => {
-                vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
-                self.advance();
-                return self.psci();
-            }
-            Exit::SysReg(a) => {
-                vm.stats.sysreg.fetch_add(1, Ordering::Relaxed);
-                log::trace!(
-                    "vm {}: vCPU {}: {} {} x{} at pc {:#x}",
-                    vm.name,
-                    self.id,
-                    if a.read { "MRS" } else { "MSR" },
-                    a.reg,
-                    a.rt,
-                    self.regs.elr
-                );
-                if a.reg == SysReg::ICC_SGI1R_EL1 && !a.read {
-                    self.sync();
-                    let v = self.regs.get(a.rt);
-                    let k = vm.dev.lock().vgic.sgi(self.id, v);
-                    vm.kick(k, self.id);
-                    self.advance();
-                } else if a.reg == SysReg::ICC_SGI0R_EL1 || a.reg == SysReg::ICC_ASGI1R_EL1 {
-                    // Group 0 / the other security state: the VM has neither (GICD_CTLR.DS).
-                    self.advance();
-                } else if let (true, Some(v)) = (a.read, vm.idregs.read(a.reg)) {
-                    self.regs.set(a.rt, v);
-                    self.advance();
-                } else if !self.emulate_sysreg(a.reg, a.read, a.rt) {
-                    vm.warn_limited(format_args!(
-                        "vm {}: vCPU {}: {} {} at pc {:#x} is not emulated: UNDEF injected",
-                        vm.name,
-                        self.id,
-                        if a.read { "MRS" } else { "MSR" },
-                        a.reg,
-                        self.regs.elr
-                    ));
-                    self.inject_undef();
-                }
-            }
-            Exit::Wfx(w) => {
-                vm.stats.wfx.fetch_add(1, Ordering::Relaxed);
-                let w = match w {
-                    Wfx::Wfi if self.wfxt => Wfx::refine_wfi(self.guest_instr().unwrap_or(0)),
-                    w => w,
-                };
-                self.advance();
-                match w {
-                    Wfx::Wfi => self.idle(None),
-                    // The register holds the deadline in the guest's virtual count (Arm ARM,
-                    // "WFIT": the wait ends when CNTVCT_EL0 >= Xt).
-                    Wfx::Wfit { reg } => self.idle(Some(self.regs.get(reg))),
-                    // WFE/WFET may complete at any time: return at once.
-                    Wfx::Wfe | Wfx::Wfet { .. } => {}
-                }
-            }
-            Exit::DataAbort(da) => {
-                if let Some(ipa) = da.ipa {
-                    if self.stage2_fault(ipa, da.fault) {
-                        return None;
-                    }
-                }
-                match da.mmio() {
-                    Ok(acc) => match self.mmio(acc) {
-                        Ok(()) => self.advance(),
-                        Err(e) => {
-                            vm.warn_limited(format_args!(
-                                "vm {}: vCPU {}: {} at pc {:#x}: external abort injected",
-                                vm.name, self.id, e, self.regs.elr
-                            ));
-                            self.inject_abort(true);
-                        }
-                    },
-                    Err(e) => {
-                        vm.warn_limited(format_args!(
-                            "vm {}: vCPU {}: {e} at pc {:#x}: external abort injected",
-                            vm.name, self.id, self.regs.elr
-                        ));
-                        self.inject_abort(true);
-                    }
-                }
-            }
-            Exit::InstrAbort(ia) => {
-                if let Some(ipa) = ia.ipa {
-                    if self.stage2_fault(ipa, ia.fault) {
-                        return None;
-                    }
-                }
-                vm.warn_limited(format_args!(
-                    "vm {}: vCPU {}: instruction fetch from IPA {:#x?} (not RAM) at pc {:#x}: external abort injected",
-                    vm.name, self.id, ia.ipa, self.regs.elr
-                ));
-                self.inject_abort(false);
-            }
+            Exit::Hvc { imm } => return self.smccc(imm, false),
+            Exit::Smc { imm } => return self.smccc(imm, true),
+            Exit::SysReg(a) => self.sysreg_exit(a),
+            Exit::Wfx(w) => self.wfx(w),
+            Exit::DataAbort(da) => self.data_abort(da),
+            Exit::InstrAbort(ia) => self.instr_abort(ia),
             Exit::Other { ec, iss } => {
+                let vm = self.vm;
                 vm.warn_limited(format_args!(
                     "vm {}: vCPU {}: exception class {ec:#x} (ISS {iss:#x}) at pc {:#x} is not handled: UNDEF injected",
                     vm.name, self.id, self.regs.elr
@@ -719,6 +639,116 @@ impl Vcpu {
             }
         }
         None
+    }
+
+    /// HVC, or SMC (`smc`: `ELR_EL2` still points at it), with immediate `imm`.
+    fn smccc(&mut self, imm: u16, smc: bool) -> Option<Stop> {
+        self.vm.stats.hvc.fetch_add(1, Ordering::Relaxed);
+        if smc {
+            self.advance();
+        }
+        // SMCCC calls use immediate 0 (SMCCC, DEN 0028: "the immediate value ... is 0"); other
+        // immediates are not SMCCC calls. hyp answers them with NOT_SUPPORTED in x0 and does
+        // nothing else, as KVM does.
+        if imm != 0 {
+            self.regs.x[0] = vdev::psci::ret::NOT_SUPPORTED as u64;
+            return None;
+        }
+        self.psci()
+    }
+
+    /// A trapped MSR/MRS: SGI generation, the ID registers' view, the registers emulated per
+    /// vCPU; anything else gets an UNDEF.
+    fn sysreg_exit(&mut self, a: SysRegAccess) {
+        let vm = self.vm;
+        vm.stats.sysreg.fetch_add(1, Ordering::Relaxed);
+        let op = if a.read { "MRS" } else { "MSR" };
+        log::trace!(
+            "vm {}: vCPU {}: {op} {} x{} at pc {:#x}",
+            vm.name,
+            self.id,
+            a.reg,
+            a.rt,
+            self.regs.elr
+        );
+        if a.reg == SysReg::ICC_SGI1R_EL1 && !a.read {
+            self.sync();
+            let v = self.regs.get(a.rt);
+            let k = vm.dev.lock().vgic.sgi(self.id, v);
+            vm.kick(k, self.id);
+            self.advance();
+        } else if a.reg == SysReg::ICC_SGI0R_EL1 || a.reg == SysReg::ICC_ASGI1R_EL1 {
+            // Group 0 / the other security state: the VM has neither (GICD_CTLR.DS).
+            self.advance();
+        } else if let (true, Some(v)) = (a.read, vm.idregs.read(a.reg)) {
+            self.regs.set(a.rt, v);
+            self.advance();
+        } else if !self.emulate_sysreg(a.reg, a.read, a.rt) {
+            vm.warn_limited(format_args!(
+                "vm {}: vCPU {}: {op} {} at pc {:#x} is not emulated: UNDEF injected",
+                vm.name, self.id, a.reg, self.regs.elr
+            ));
+            self.inject_undef();
+        }
+    }
+
+    /// WFI/WFE/WFIT/WFET: WFI and WFIT idle the CPU, WFE and WFET return at once.
+    fn wfx(&mut self, w: Wfx) {
+        self.vm.stats.wfx.fetch_add(1, Ordering::Relaxed);
+        let w = match w {
+            Wfx::Wfi if self.wfxt => Wfx::refine_wfi(self.guest_instr().unwrap_or(0)),
+            w => w,
+        };
+        self.advance();
+        match w {
+            Wfx::Wfi => self.idle(None),
+            // The register holds the deadline in the guest's virtual count (Arm ARM, "WFIT":
+            // the wait ends when CNTVCT_EL0 >= Xt).
+            Wfx::Wfit { reg } => self.idle(Some(self.regs.get(reg))),
+            // WFE/WFET may complete at any time: return at once.
+            Wfx::Wfe | Wfx::Wfet { .. } => {}
+        }
+    }
+
+    /// A data abort: a stage-2 fault on RAM hyp resolves, else an MMIO access to emulate; an
+    /// access hyp cannot emulate gets an external abort.
+    fn data_abort(&mut self, da: DataAbort) {
+        if let Some(ipa) = da.ipa {
+            if self.stage2_fault(ipa, da.fault) {
+                return;
+            }
+        }
+        let emulated = da
+            .mmio()
+            .map_err(MmioFault::Undecodable)
+            .and_then(|acc| self.mmio(acc));
+        match emulated {
+            Ok(()) => self.advance(),
+            Err(e) => {
+                let vm = self.vm;
+                vm.warn_limited(format_args!(
+                    "vm {}: vCPU {}: {e} at pc {:#x}: external abort injected",
+                    vm.name, self.id, self.regs.elr
+                ));
+                self.inject_abort(true);
+            }
+        }
+    }
+
+    /// An instruction abort: a stage-2 fault on RAM hyp resolves, else a fetch from outside
+    /// RAM, which gets an external abort.
+    fn instr_abort(&mut self, ia: InstrAbort) {
+        if let Some(ipa) = ia.ipa {
+            if self.stage2_fault(ipa, ia.fault) {
+                return;
+            }
+        }
+        let vm = self.vm;
+        vm.warn_limited(format_args!(
+            "vm {}: vCPU {}: instruction fetch from IPA {:#x?} (not RAM) at pc {:#x}: external abort injected",
+            vm.name, self.id, ia.ipa.map(Ipa::get), self.regs.elr
+        ));
+        self.inject_abort(false);
     }
 
     /// A trapped access hyp emulates per vCPU (`vdev::sysregs`); `false` when it is not
@@ -762,215 +792,241 @@ impl Vcpu {
         let vm = self.vm;
         let r = {
             let mut pt = vm.s2.lock();
-            st.step(&mut pt, vm.ram_ipa, vm.ram_size, self.exits)
+            // `create` made the VM's RAM from its layout's range: this never fails.
+            AddrRange::from_start_len(vm.ram_ipa, vm.ram_size)
+                .map_err(|e| alloc::format!("stress: guest RAM: {e}"))
+                .and_then(|ram| st.step(&mut pt, ram, self.exits))
         };
         if let Err(e) = r {
             vm.stop(VmState::Killed, self.id, Some(format_args!("{e}")));
         }
     }
 
-    /// A stage-2 fault on RAM that hyp resolves: a translation fault with lazy mapping (maps
-    /// the chunk around it) or under `hyp.stress` (maps the page back, at its migrated frame
-    /// if it moved), or a permission fault under `hyp.stress` (the page was write-protected:
-    /// write permission is restored and the page counted dirty). `false`: not such a fault.
-    fn stage2_fault(&mut self, ipa: u64, fault: FaultKind) -> bool {
+    /// A stage-2 fault on RAM that hyp resolves: a translation fault with lazy mapping or under
+    /// `hyp.stress` ([`Vcpu::map_fault`]), or a permission fault under `hyp.stress`
+    /// ([`Vcpu::restore_write`]). `false`: not such a fault.
+    fn stage2_fault(&mut self, ipa: Ipa, fault: FaultKind) -> bool {
         let vm = self.vm;
         let Region::Ram(off) = vm.region(ipa) else {
             return false;
         };
-        let stress = vm.stress.as_ref();
-        match (fault, stress) {
-            (FaultKind::Translation { .. }, _) => {}
-            (FaultKind::Permission { .. }, Some(st)) => {
-                let mut pt = vm.s2.lock();
-                let page = pt.geometry().page_size();
-                let start = ipa & !(page - 1);
-                match pt.translate(Ipa::new(ipa)) {
-                    // Unmapped meanwhile (a stress step): retry, which faults as translation.
-                    None => return true,
-                    // Another vCPU restored it meanwhile.
-                    Some((_, attrs, _)) if attrs.write => return true,
-                    Some((_, attrs, _)) => {
-                        // Only hyp write-protects guest RAM; restore what the stress took.
-                        let write = Attrs {
-                            write: true,
-                            ..attrs
-                        };
-                        let r = AddrRange::from_start_len(Ipa::new(start), page)
-                            .map_err(MapError::from)
-                            .and_then(|page| pt.protect(page, write));
-                        if let Err(e) = r {
-                            drop(pt);
-                            vm.stop(
-                                VmState::Killed,
-                                self.id,
-                                Some(format_args!(
-                                    "stage-2 write permission for IPA {ipa:#x} failed: {e}"
-                                )),
-                            );
-                            return true;
-                        }
-                        st.count_dirty(off / page);
-                        st.pin(self.id, self.regs.elr, off / page);
-                        return true;
-                    }
-                }
-            }
+        match (fault, vm.stress.as_ref()) {
+            (FaultKind::Translation { .. }, _) => self.map_fault(ipa, off),
+            (FaultKind::Permission { .. }, Some(st)) => self.restore_write(st, ipa, off),
             _ => return false,
         }
+        true
+    }
+
+    /// A permission fault on RAM offset `off` under `hyp.stress`: the page was write-protected
+    /// by a stress step (only hyp write-protects guest RAM). Write permission is restored and
+    /// the page counted dirty; a failure stops the VM.
+    fn restore_write(&mut self, st: &super::stress::Stress, ipa: Ipa, off: u64) {
+        let vm = self.vm;
+        let mut pt = vm.s2.lock();
+        let page = pt.geometry().page_size();
+        let attrs = match pt.translate(ipa) {
+            // Unmapped meanwhile (a stress step): retry, which faults as translation.
+            None => return,
+            // Another vCPU restored it meanwhile.
+            Some((_, attrs, _)) if attrs.write => return,
+            Some((_, attrs, _)) => attrs,
+        };
+        // Restore what the stress took.
+        let write = Attrs {
+            write: true,
+            ..attrs
+        };
+        let r = AddrRange::from_start_len(ipa.align_down(page), page)
+            .map_err(MapError::from)
+            .and_then(|page| pt.protect(page, write));
+        if let Err(e) = r {
+            drop(pt);
+            vm.stop(
+                VmState::Killed,
+                self.id,
+                Some(format_args!(
+                    "stage-2 write permission for IPA {ipa:#x} failed: {e}"
+                )),
+            );
+            return;
+        }
+        st.count_dirty(off / page);
+        st.pin(self.id, self.regs.elr, off / page);
+    }
+
+    /// A translation fault on RAM offset `off`: makes the RAM ready (`Vm::prepare`), then maps
+    /// the lazy chunk around it or, under `hyp.stress`, its page (at its migrated frame if it
+    /// moved); a failure stops the VM.
+    fn map_fault(&mut self, ipa: Ipa, off: u64) {
+        let vm = self.vm;
+        let stress = vm.stress.as_ref();
         // RAM is filled (zeros and the VM's images) before it is first mapped; an eager VM's
         // is mapped by the fill (`Vm::prepare`).
         let fresh = vm.prepare(off);
         let mut pt = vm.s2.lock();
         // Under stress, one page of the VM's granule (migrated pages are recorded per page);
         // else the lazy chunk.
-        let (chunk, pa_of) = match (stress, vm.lazy_chunk) {
-            (Some(_), _) => (pt.geometry().page_size(), true),
-            (None, Some(c)) => (c, false),
+        let chunk = match (stress, vm.lazy_chunk) {
+            (Some(_), _) => pt.geometry().page_size(),
+            (None, Some(c)) => c,
             (None, None) => {
                 if fresh {
                     vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
                 }
-                return true;
+                return;
             }
         };
         let start = off & !(chunk - 1);
         let end = (start + chunk).min(vm.ram_size);
         let pa = match stress {
-            Some(st) if pa_of => st.frame_of(start, chunk, vm.ram_pa),
-            _ => vm.ram_pa + start,
+            Some(st) => st.frame_of(start, chunk, Pa::new(vm.ram_pa)),
+            None => Pa::new(vm.ram_pa + start),
         };
+        // Another vCPU may have mapped it meanwhile (this vCPU needs it all the same).
+        if pt.translate(ipa).is_some() {
+            if let Some(st) = stress {
+                st.pin(self.id, self.regs.elr, start / chunk);
+            }
+            return;
+        }
         let opts = MapOpts {
             skip_cmo: true,
             ..MapOpts::default()
         };
-        // Another vCPU may have mapped it meanwhile (this vCPU needs it all the same).
-        if pt.translate(Ipa::new(ipa)).is_some() {
-            if let Some(st) = stress {
-                st.pin(self.id, self.regs.elr, start / chunk);
-            }
-            return true;
-        }
-        let ipas = AddrRange::new(Ipa::new(vm.ram_ipa + start), Ipa::new(vm.ram_ipa + end));
-        match ipas
+        let mapped = AddrRange::new(vm.ram_ipa + start, vm.ram_ipa + end)
             .map_err(MapError::from)
-            .and_then(|ipas| pt.map(ipas, Pa::new(pa), Attrs::ram(), opts))
-        {
-            Ok(()) => {
-                vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
-                if let Some(st) = stress {
-                    st.count_refault(start / chunk);
-                    st.pin(self.id, self.regs.elr, start / chunk);
-                }
-                true
-            }
-            Err(e) => {
-                let budget = pt.allocator().live_bytes();
-                drop(pt);
-                let why = match e {
-                    MapError::NoMemory { .. } => format_args!(
-                        "stage-2 table budget exhausted ({budget} bytes in use) mapping IPA {ipa:#x}; raise stage2.table_memory"
-                    ),
-                    _ => format_args!("stage-2 map of IPA {ipa:#x} failed: {e}"),
-                };
-                vm.stop(VmState::Killed, self.id, Some(why));
-                true
-            }
+            .and_then(|ipas| pt.map(ipas, pa, Attrs::ram(), opts));
+        if let Err(e) = mapped {
+            let budget = pt.allocator().live_bytes();
+            drop(pt);
+            let why = match e {
+                MapError::NoMemory { .. } => format_args!(
+                    "stage-2 table budget exhausted ({budget} bytes in use) mapping IPA {ipa:#x}; raise stage2.table_memory"
+                ),
+                _ => format_args!("stage-2 map of IPA {ipa:#x} failed: {e}"),
+            };
+            vm.stop(VmState::Killed, self.id, Some(why));
+            return;
+        }
+        vm.stats.s2fault.fetch_add(1, Ordering::Relaxed);
+        if let Some(st) = stress {
+            st.count_refault(start / chunk);
+            st.pin(self.id, self.regs.elr, start / chunk);
         }
     }
 
+    /// Emulates MMIO access `acc` at the device its IPA falls in, then kicks the vCPUs whose
+    /// interrupts it changed.
     fn mmio(&mut self, acc: MmioAccess) -> Result<(), MmioFault> {
-        let vm = self.vm;
         let value = acc.store_value(self.regs.get(acc.reg));
-        let region = vm.region(acc.ipa);
-        let kicks = match region {
-            Region::Gicd(off) | Region::Gicr(off) => {
-                vm.stats.gic.fetch_add(1, Ordering::Relaxed);
-                self.sync();
-                // The guest may have dealt with a device since the last exit: the registers it
-                // reads (GICR_ISPENDR0) show the lines as they are now.
-                self.ppi_check();
-                let mut d = vm.dev.lock();
-                let dist = matches!(region, Region::Gicd(_));
-                if acc.write {
-                    if dist {
-                        d.vgic.dist_write(off, acc.size, value)?
-                    } else {
-                        d.vgic.redist_write(off, acc.size, value)?
-                    }
-                } else {
-                    let v = if dist {
-                        d.vgic.dist_read(off, acc.size)?
-                    } else {
-                        d.vgic.redist_read(off, acc.size)?
-                    };
-                    self.regs.set(acc.reg, acc.load_value(v));
-                    VcpuSet::EMPTY
-                }
-            }
-            Region::Uart(off) => {
-                vm.stats.uart.fetch_add(1, Ordering::Relaxed);
-                let (before, after) = {
-                    let mut d = vm.dev.lock();
-                    let d = &mut *d;
-                    let before = d.uart.irq_level();
-                    if acc.write {
-                        d.uart.write(off, acc.size, value, &mut |line: &str| {
-                            super::output::queue(vm, line)
-                        })?;
-                    } else {
-                        let v = d.uart.read(off, acc.size)?;
-                        self.regs.set(acc.reg, acc.load_value(v));
-                    }
-                    // Console input waiting for room in the receive FIFO.
-                    if !d.rx_backlog.is_empty() {
-                        let mut n = 0;
-                        while n < d.rx_backlog.len() && d.uart.push_rx(d.rx_backlog[n]) {
-                            n += 1;
-                        }
-                        d.rx_backlog.drain(..n);
-                    }
-                    (before, d.uart.irq_level())
-                };
-                // The fast path: most accesses (FR polls, DR writes) leave the interrupt line
-                // as it was, and then the vGIC is not touched at all.
-                if before == after {
-                    return Ok(());
-                }
-                self.sync();
-                vm.dev
-                    .lock()
-                    .vgic
-                    .set_level(UART_INTID, 0, after)
-                    .unwrap_or(VcpuSet::EMPTY)
-            }
-            Region::Ecam(off) => {
-                let (Some(view), Some(mut ecam)) = (vm.pci.as_ref(), crate::pci::host()) else {
-                    return Err(MmioFault::Outside(acc.ipa));
-                };
-                let mut view = view.lock();
-                if acc.write {
-                    log::trace!(
-                        "vm {}: ecam write {off:#x} {:?} {value:#x}",
-                        vm.name,
-                        acc.size
-                    );
-                    let effect = view.write(&mut ecam, off, acc.size, value)?;
-                    if effect != vdev::pci::Effect::None {
-                        log::debug!("vm {}: pci: {effect:x?}", vm.name);
-                    }
-                } else {
-                    let v = view.read(&mut ecam, off, acc.size)?;
-                    self.regs.set(acc.reg, acc.load_value(v));
-                }
-                VcpuSet::EMPTY
-            }
-            Region::Ram(_) | Region::None => {
-                return Err(MmioFault::Outside(acc.ipa));
-            }
+        let kicks = match self.vm.region(acc.ipa) {
+            Region::Gicd(off) => self.gic_access(acc, value, true, off)?,
+            Region::Gicr(off) => self.gic_access(acc, value, false, off)?,
+            Region::Uart(off) => self.uart_access(acc, value, off)?,
+            Region::Ecam(off) => self.ecam_access(acc, value, off)?,
+            Region::Ram(_) | Region::None => return Err(MmioFault::Outside(acc.ipa)),
         };
-        vm.kick(kicks, self.id);
+        self.vm.kick(kicks, self.id);
         Ok(())
+    }
+
+    /// An access to the vGIC's distributor (`dist`) or redistributors at offset `off`
+    /// (`value`: what a store writes).
+    fn gic_access(
+        &mut self,
+        acc: MmioAccess,
+        value: u64,
+        dist: bool,
+        off: u64,
+    ) -> Result<VcpuSet, MmioError> {
+        let vm = self.vm;
+        vm.stats.gic.fetch_add(1, Ordering::Relaxed);
+        self.sync();
+        // The guest may have dealt with a device since the last exit: the registers it reads
+        // (GICR_ISPENDR0) show the lines as they are now.
+        self.ppi_check();
+        let mut d = vm.dev.lock();
+        if acc.write {
+            return if dist {
+                d.vgic.dist_write(off, acc.size, value)
+            } else {
+                d.vgic.redist_write(off, acc.size, value)
+            };
+        }
+        let v = if dist {
+            d.vgic.dist_read(off, acc.size)?
+        } else {
+            d.vgic.redist_read(off, acc.size)?
+        };
+        self.regs.set(acc.reg, acc.load_value(v));
+        Ok(VcpuSet::EMPTY)
+    }
+
+    /// An access to the PL011 at offset `off` (`value`: what a store writes); the vGIC is
+    /// only touched when the UART's interrupt line changed.
+    fn uart_access(&mut self, acc: MmioAccess, value: u64, off: u64) -> Result<VcpuSet, MmioError> {
+        let vm = self.vm;
+        vm.stats.uart.fetch_add(1, Ordering::Relaxed);
+        let (before, after) = {
+            let mut d = vm.dev.lock();
+            let d = &mut *d;
+            let before = d.uart.irq_level();
+            if acc.write {
+                d.uart.write(off, acc.size, value, &mut |line: &str| {
+                    super::output::queue(vm, line)
+                })?;
+            } else {
+                let v = d.uart.read(off, acc.size)?;
+                self.regs.set(acc.reg, acc.load_value(v));
+            }
+            // Console input waiting for room in the receive FIFO.
+            if !d.rx_backlog.is_empty() {
+                let mut n = 0;
+                while n < d.rx_backlog.len() && d.uart.push_rx(d.rx_backlog[n]) {
+                    n += 1;
+                }
+                d.rx_backlog.drain(..n);
+            }
+            (before, d.uart.irq_level())
+        };
+        // The fast path: most accesses (FR polls, DR writes) leave the interrupt line as it
+        // was, and then the vGIC is not touched at all.
+        if before == after {
+            return Ok(VcpuSet::EMPTY);
+        }
+        self.sync();
+        Ok(vm
+            .dev
+            .lock()
+            .vgic
+            .set_level(UART_INTID, 0, after)
+            .unwrap_or(VcpuSet::EMPTY))
+    }
+
+    /// An access to the PCI configuration space of a VM that owns functions, at offset `off`
+    /// (`value`: what a store writes).
+    fn ecam_access(&mut self, acc: MmioAccess, value: u64, off: u64) -> Result<VcpuSet, MmioFault> {
+        let vm = self.vm;
+        let (Some(view), Some(mut ecam)) = (vm.pci.as_ref(), crate::pci::host()) else {
+            return Err(MmioFault::Outside(acc.ipa));
+        };
+        let mut view = view.lock();
+        if acc.write {
+            log::trace!(
+                "vm {}: ecam write {off:#x} {:?} {value:#x}",
+                vm.name,
+                acc.size
+            );
+            let effect = view.write(&mut ecam, off, acc.size, value)?;
+            if effect != vdev::pci::Effect::None {
+                log::debug!("vm {}: pci: {effect:x?}", vm.name);
+            }
+        } else {
+            let v = view.read(&mut ecam, off, acc.size)?;
+            self.regs.set(acc.reg, acc.load_value(v));
+        }
+        Ok(VcpuSet::EMPTY)
     }
 
     fn psci(&mut self) -> Option<Stop> {
@@ -1076,10 +1132,14 @@ impl Vcpu {
     }
 }
 
-/// Why an MMIO access could not be emulated.
+/// Why a data abort could not be emulated as an MMIO access.
 enum MmioFault {
+    /// The abort does not describe an access hyp can emulate.
+    Undecodable(ExitError),
+    /// The device refused the access.
     Device(MmioError),
-    Outside(u64),
+    /// The IPA is neither RAM nor an emulated device.
+    Outside(Ipa),
 }
 
 impl From<MmioError> for MmioFault {
@@ -1091,6 +1151,7 @@ impl From<MmioError> for MmioFault {
 impl core::fmt::Display for MmioFault {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
+            MmioFault::Undecodable(e) => write!(f, "{e}"),
             MmioFault::Device(e) => write!(f, "{e}"),
             MmioFault::Outside(ipa) => write!(
                 f,

@@ -11,6 +11,7 @@ use crate::mmio::AccessSize;
 use aarch64_cpu::registers::{ESR_EL2, SPSR_EL2};
 use core::fmt;
 use platform::esr::{Class, Esr, ISS_DABT};
+use stage2::Ipa;
 use tock_registers::fields::Field;
 use tock_registers::{register_bitfields, LocalRegisterCopy};
 
@@ -143,9 +144,9 @@ pub struct SysRegAccess {
 /// The IPA a stage-2 abort faulted on: `HPFAR_EL2.FIPA` (bits \[43:4\], IPA\[51:12\]) shifted into
 /// place, plus the page offset from `FAR_EL2[11:0]` (the offset within a 4 KiB page is the same
 /// for every granule, since FIPA is always in 4 KiB units).
-pub fn fault_ipa(hpfar: u64, far: u64) -> u64 {
+pub fn fault_ipa(hpfar: u64, far: u64) -> Ipa {
     let h: LocalRegisterCopy<u64, HPFAR::Register> = LocalRegisterCopy::new(hpfar);
-    (h.read(HPFAR::FIPA) << 12) | (far & 0xfff)
+    Ipa::new((h.read(HPFAR::FIPA) << 12) | (far & 0xfff))
 }
 
 /// A data abort taken from the guest (EC 0x24).
@@ -160,7 +161,7 @@ pub struct DataAbort {
     /// The faulting IPA, when `HPFAR_EL2` is valid for this fault (see
     /// [`FaultKind::hpfar_valid`]). The low 12 bits come from FAR_EL2 and are 0 when
     /// `far_valid` is false.
-    pub ipa: Option<u64>,
+    pub ipa: Option<Ipa>,
     /// The fault status.
     pub fault: FaultKind,
     /// The fault happened on the stage-2 translation of a stage-1 table walk.
@@ -185,7 +186,7 @@ pub enum ExitError {
         /// The raw `ESR_EL2`.
         esr: u64,
         /// The faulting IPA, if known.
-        ipa: Option<u64>,
+        ipa: Option<Ipa>,
     },
     /// The abort does not carry a faulting IPA (it is not a stage-2 fault of a kind that sets
     /// `HPFAR_EL2`, or FAR_EL2 is not valid).
@@ -199,7 +200,7 @@ pub enum ExitError {
     /// guest put its page tables in device memory.
     TableWalkToMmio {
         /// The faulting IPA.
-        ipa: u64,
+        ipa: Ipa,
     },
 }
 
@@ -237,7 +238,7 @@ impl fmt::Display for ExitError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioAccess {
     /// The IPA accessed.
-    pub ipa: u64,
+    pub ipa: Ipa,
     /// The access size.
     pub size: AccessSize,
     /// `true` for a store, `false` for a load.
@@ -318,7 +319,7 @@ pub struct InstrAbort {
     /// `FnV` clear: FAR_EL2 is valid.
     pub far_valid: bool,
     /// The faulting IPA when HPFAR_EL2 is valid for this fault.
-    pub ipa: Option<u64>,
+    pub ipa: Option<Ipa>,
     /// The fault status (`IFSC`).
     pub fault: FaultKind,
     /// The fault happened on the stage-2 translation of a stage-1 table walk.
@@ -541,12 +542,12 @@ mod tests {
         };
         assert_eq!(d.fault, FaultKind::Translation { level: 3 });
         assert!(d.write && d.far_valid && !d.s1ptw);
-        assert_eq!(d.ipa, Some(0x0900_0030));
+        assert_eq!(d.ipa, Some(Ipa::new(0x0900_0030)));
         let m = d.mmio().unwrap();
         assert_eq!(
             m,
             MmioAccess {
-                ipa: 0x0900_0030,
+                ipa: Ipa::new(0x0900_0030),
                 size: AccessSize::B4,
                 write: true,
                 reg: 1,
@@ -568,7 +569,7 @@ mod tests {
             e => panic!("{e:?}"),
         };
         let m = d.mmio().unwrap();
-        assert_eq!(m.ipa, 0x8_0000_0234);
+        assert_eq!(m.ipa, Ipa::new(0x8_0000_0234));
         assert_eq!(m.size, AccessSize::B1);
         assert!(!m.write && m.sign_extend && m.reg64);
         assert_eq!(m.reg, 3);
@@ -581,7 +582,7 @@ mod tests {
     #[test]
     fn load_rules_for_w_registers() {
         let mut m = MmioAccess {
-            ipa: 0,
+            ipa: Ipa::ZERO,
             size: AccessSize::B2,
             write: false,
             reg: 0,
@@ -615,7 +616,7 @@ mod tests {
             d.mmio(),
             Err(ExitError::NoSyndrome {
                 esr,
-                ipa: Some(0x0800_0010)
+                ipa: Some(Ipa::new(0x0800_0010))
             })
         );
         let msg = alloc::format!("{}", d.mmio().unwrap_err());
@@ -644,19 +645,24 @@ mod tests {
         assert!(d.s1ptw);
         assert_eq!(
             d.mmio(),
-            Err(ExitError::TableWalkToMmio { ipa: 0x0900_0040 })
+            Err(ExitError::TableWalkToMmio {
+                ipa: Ipa::new(0x0900_0040)
+            })
         );
+        // The IPA prints as the number it is, zero-padded (the warning line hyp logs).
+        let msg = alloc::format!("{}", d.mmio().unwrap_err());
+        assert!(msg.contains("at IPA 0x0000000009000040:"), "{msg}");
     }
 
     #[test]
     fn hpfar_uses_bits_43_to_4_for_ipa_51_to_12() {
         // Highest FIPA bit: IPA bit 51 <- HPFAR bit 43.
-        assert_eq!(fault_ipa(1 << 43, 0), 1 << 51);
-        assert_eq!(fault_ipa(1 << 4, 0xfff_fabc), 0x1abc);
+        assert_eq!(fault_ipa(1 << 43, 0), Ipa::new(1 << 51));
+        assert_eq!(fault_ipa(1 << 4, 0xfff_fabc), Ipa::new(0x1abc));
         // NS (bit 63) and bits above 43 are not part of the address.
         assert_eq!(
             fault_ipa((1 << 63) | (1 << 44) | (0x40 << 4), 0),
-            0x40 << 12
+            Ipa::new(0x40 << 12)
         );
     }
 
@@ -735,7 +741,7 @@ mod tests {
             panic!()
         };
         assert_eq!(i.fault, FaultKind::Permission { level: 3 });
-        assert_eq!(i.ipa, Some(0x4008_0123));
+        assert_eq!(i.ipa, Some(Ipa::new(0x4008_0123)));
         // EC 0 (unknown) and a 16-bit instruction length.
         assert_eq!(Exit::decode(0, 0, 0), Exit::Other { ec: 0, iss: 0 });
         assert_eq!(Exit::instr_len(0), 2);
