@@ -4,13 +4,13 @@
 use crate::{mem, mmu, HEAP};
 use el2::arch::{self, sysreg};
 use el2::cmdline::{Cmdline, LogLevel};
-use el2::dt::{dtb_total_size, PhysRange, Platform, MAX_DTB_SIZE, MAX_RESERVED_RANGES};
+use el2::dt::{dtb_total_size, HalfOpen, Platform, MAX_DTB_SIZE, MAX_RESERVED_RANGES};
 use el2::granule::choose_el2_granule;
 use el2::memmap::largest_free;
 use el2::spectre::{Decision, ExitOverride};
 use el2::{console, fatal, psci, smp};
 use log::{debug, info, warn};
-use stage2::{CpuFeatures, Granule, IdRegs};
+use stage2::{AddrRange, CpuFeatures, Granule, IdRegs, Pa};
 use vdev::psci::Workarounds;
 
 /// The Image header's `text_offset` (hyp/el2/src/arch/entry.S): the loader puts hyp at a 2 MiB
@@ -22,7 +22,7 @@ pub struct Boot {
     /// The host device tree, parsed.
     pub platform: Platform<'static>,
     /// Where the device tree blob is (left in place, never handed out).
-    pub dtb: PhysRange,
+    pub dtb: AddrRange<Pa>,
     /// The boot bundle the loader put in RAM as the initrd (QEMU: `-initrd`), left in place
     /// and never handed out; `None` when there is none.
     pub bundle: Option<&'static [u8]>,
@@ -72,7 +72,7 @@ fn platform_and_console(dtb: usize) -> Platform<'static> {
                 psci::system_off();
             };
             // SAFETY: as below: the device tree names this PL011 as the console.
-            unsafe { console::init(uart.regs.base as usize) };
+            unsafe { console::init(uart.regs.start().get() as usize) };
             console::init_logger(log::LevelFilter::Info);
             el2::fatal!("host device tree refused: {e}")
         }
@@ -85,7 +85,7 @@ fn platform_and_console(dtb: usize) -> Platform<'static> {
     };
     // SAFETY: the device tree names this PL011 as the console; hyp is its only driver and
     // runs identity mapped (or with the MMU off).
-    unsafe { console::init(uart.regs.base as usize) };
+    unsafe { console::init(uart.regs.start().get() as usize) };
     platform
 }
 
@@ -156,23 +156,25 @@ pub fn early(dtb: usize) -> Boot {
             arch::STACK_STRIDE
         );
     }
-    let dtb_range = PhysRange::new(dtb as u64, platform.dtb_size as u64);
-    let bundle = platform.initrd.filter(|r| r.size > 0);
+    let dtb_range = AddrRange::from_start_len(Pa::new(dtb as u64), platform.dtb_size as u64)
+        .expect("invariant: the device tree blob lies in memory");
+    let bundle = platform.initrd.filter(|r| !r.is_empty());
     if let Some(b) = bundle {
         if !platform
             .memory
             .as_slice()
             .iter()
-            .any(|m| m.contains(b.base) && b.end() <= m.end())
+            .any(|m| m.contains_range(&b))
         {
-            el2::fatal!("the boot bundle (initrd) {b} is not inside RAM");
+            el2::fatal!("the boot bundle (initrd) {} is not inside RAM", HalfOpen(b));
         }
     }
-    let mut reserved = [PhysRange::default(); 3 + MAX_RESERVED_RANGES];
-    reserved[0] = PhysRange::new(
-        layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
-        layout.end - layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
-    );
+    let mut reserved = [AddrRange::default(); 3 + MAX_RESERVED_RANGES];
+    reserved[0] = AddrRange::new(
+        Pa::new(layout.start.saturating_sub(IMAGE_TEXT_OFFSET)),
+        Pa::new(layout.end),
+    )
+    .expect("invariant: the linker script puts the image's end after its start");
     reserved[1] = dtb_range;
     reserved[2] = bundle.unwrap_or_default();
     for (slot, r) in reserved[3..].iter_mut().zip(platform.reserved.as_slice()) {
@@ -182,12 +184,12 @@ pub fn early(dtb: usize) -> Boot {
         el2::fatal!("no free RAM after hyp's image and the device tree");
     };
     // Heap: a quarter of the free RAM, between 16 MiB and 256 MiB, 64 KiB aligned.
-    let heap_size = (free.size / 4).clamp(16 << 20, 256 << 20) & !0xffff;
+    let heap_size = (free.len() / 4).clamp(16 << 20, 256 << 20) & !0xffff;
     mem::init(free);
     let Some(heap) = mem::alloc_phys(heap_size, 0x1_0000) else {
         el2::fatal!(
             "{} of free RAM is too little for hyp's heap ({heap_size:#x} bytes)",
-            free
+            HalfOpen(free)
         );
     };
     // SAFETY: `heap` is RAM inside the free range, handed out once by the bump allocator
@@ -198,14 +200,15 @@ pub fn early(dtb: usize) -> Boot {
         "hyp: image {:#x}..{:#x}, heap {heap:#x}+{heap_size:#x}, free RAM {}",
         layout.start,
         layout.end,
-        mem::remaining()
+        HalfOpen(mem::remaining())
     );
 
     let mmu = match mmu::enable(
         &platform,
         &cpu,
         choice.granule,
-        PhysRange::new(heap, heap_size),
+        AddrRange::from_start_len(Pa::new(heap), heap_size)
+            .expect("invariant: the heap lies in the free range"),
     ) {
         Ok(m) => m,
         Err(e) => el2::fatal!("cannot build hyp's EL2 page tables: {e}"),
@@ -219,8 +222,9 @@ pub fn early(dtb: usize) -> Boot {
     let workarounds = spectre(&cmdline);
     // SAFETY: the range is RAM (checked above) that no allocator hands out (reserved above),
     // identity mapped by mmu::enable as RAM; nothing writes it: hyp only reads the bundle.
-    let bundle = bundle
-        .map(|b| unsafe { core::slice::from_raw_parts(b.base as *const u8, b.size as usize) });
+    let bundle = bundle.map(|b| unsafe {
+        core::slice::from_raw_parts(b.start().get() as *const u8, b.len() as usize)
+    });
 
     Boot {
         platform,
@@ -286,14 +290,14 @@ pub fn start_secondaries(boot: &Boot) {
 /// Takes over the SMMUv3 the host device tree describes (`arm,smmu-v3`), if any: maps its
 /// registers and hands them to [`crate::smmu::init`], which leaves every stream aborted.
 pub fn take_over_devices(boot: &Boot) {
-    let Some(dt) = dtb_slice(boot.dtb.base as usize) else {
+    let Some(dt) = dtb_slice(boot.dtb.start().get() as usize) else {
         return;
     };
     let Some(regs) = Platform::find_compatible_reg(dt, "arm,smmu-v3") else {
         return;
     };
     if let Err(e) = mmu::map_device(regs) {
-        warn!("hyp: smmu at {:#x} not mapped: {e}; not used", regs.base);
+        warn!("hyp: smmu at {:#x} not mapped: {e}; not used", regs.start());
         return;
     }
     // SAFETY: `regs` is the SMMUv3's register frame from the host device tree, just mapped
@@ -305,7 +309,10 @@ pub fn take_over_devices(boot: &Boot) {
     };
     let bus0 = crate::pci::bus0(ecam);
     if let Err(e) = mmu::map_device(bus0) {
-        warn!("hyp: pci: ECAM {bus0} not mapped: {e}; no PCI devices for VMs");
+        warn!(
+            "hyp: pci: ECAM {} not mapped: {e}; no PCI devices for VMs",
+            HalfOpen(bus0)
+        );
         return;
     }
     // SAFETY: `ecam` is the host's ECAM window from its device tree; its first MiB was just

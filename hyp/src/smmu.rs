@@ -18,7 +18,6 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use el2::arch::{barrier, sysreg};
-use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::mmio::MmioRegion;
 use guest_loader::pci::{Bdf, PciDevice};
@@ -29,7 +28,7 @@ use smmu::{
     EventQueue, Refusal, SmmuFeatures, SmmuMirror, Ste,
 };
 use spin::mutex::SpinMutex;
-use stage2::{Geometry, Granule, Pa, TableAlloc};
+use stage2::{AddrRange, Geometry, Granule, Pa, TableAlloc};
 use tock_registers::LocalRegisterCopy;
 
 use crate::mem;
@@ -577,7 +576,7 @@ pub fn maintenance(vmid: u16, owns_devices: bool) -> VmMaintenance {
 
 /// The boot line: `hyp: smmu at <base>: stage 2, granules 4K 16K 64K, oas 44 bits, 16-bit
 /// VMIDs, <n> streams aborted`.
-struct Summary<'a>(&'a SmmuFeatures, u64);
+struct Summary<'a>(&'a SmmuFeatures, Pa);
 
 impl fmt::Display for Summary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -608,20 +607,20 @@ impl fmt::Display for Summary<'_> {
 /// # Safety
 /// `regs` must be the SMMUv3's register frame from the host device tree, mapped Device-nGnRE
 /// in hyp's identity map, and driven by nothing else.
-pub unsafe fn init(regs: PhysRange, hide: u8) {
-    let size = regs.size.min(offset::FRAME_SIZE);
+pub unsafe fn init(regs: AddrRange<Pa>, hide: u8) {
+    let base = regs.start();
+    let size = regs.len().min(offset::FRAME_SIZE);
     if size < offset::FRAME_SIZE {
         warn!(
-            "hyp: smmu at {:#x}: register frame {size:#x} bytes, expected {:#x}: not used",
-            regs.base,
+            "hyp: smmu at {base:#x}: register frame {size:#x} bytes, expected {:#x}: not used",
             offset::FRAME_SIZE
         );
         return;
     }
     // SAFETY: the caller's contract.
-    let mmio = unsafe { MmioRegion::new(regs.base as usize, size as usize) };
+    let mmio = unsafe { MmioRegion::new(base.get() as usize, size as usize) };
     let idr: [u32; 6] = core::array::from_fn(|i| mmio.read32(offset::IDR0 as usize + 4 * i));
-    log::debug!("hyp: smmu at {:#x}: SMMU_IDR0..5 = {idr:x?}", regs.base);
+    log::debug!("hyp: smmu at {base:#x}: SMMU_IDR0..5 = {idr:x?}");
     let mut features = SmmuFeatures::from_idr(idr);
     for g in Granule::ALL {
         if hide & g.bit() != 0 {
@@ -632,7 +631,7 @@ pub unsafe fn init(regs: PhysRange, hide: u8) {
         Ok(s) => {
             info!(
                 "{}, {} streams aborted until assigned",
-                Summary(&s.features, regs.base),
+                Summary(&s.features, base),
                 1u32 << STREAM_LOG2.min(s.features.sid_bits)
             );
             *SMMU.lock() = Some(s);
@@ -644,10 +643,7 @@ pub unsafe fn init(regs: PhysRange, hide: u8) {
                 offset::GBPA as usize,
                 (GBPA::UPDATE::SET + GBPA::ABORT::SET).value,
             );
-            warn!(
-                "hyp: smmu at {:#x}: not used: {why}; devices behind it are aborted",
-                regs.base
-            );
+            warn!("hyp: smmu at {base:#x}: not used: {why}; devices behind it are aborted");
         }
     }
 }

@@ -18,9 +18,11 @@
 //! Addresses are taken as they appear in `reg` (QEMU's virt machine puts every device we use
 //! at the root or under an identity `ranges;`), so no bus translation is done.
 
+use crate::memmap::saturating_range;
 use core::fmt;
 use fdt::node::FdtNode;
 use fdt::Fdt;
+use stage2::{AddrRange, Pa};
 
 /// The largest device tree the arm64 booting protocol allows (Documentation/arch/arm64/
 /// booting.rst: "The device tree blob (dtb) must ... not exceed 2 megabytes in size").
@@ -36,40 +38,14 @@ pub const MAX_RESERVED_RANGES: usize = 32;
 /// The most GICv3 redistributor regions (`#redistributor-regions`).
 pub const MAX_REDIST_REGIONS: usize = 8;
 
-/// A physical address range `[base, base + size)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PhysRange {
-    /// First byte.
-    pub base: u64,
-    /// Length in bytes.
-    pub size: u64,
-}
+/// How hyp's messages show a physical range: `[0x9000000, 0x9001000)`, the first address and
+/// one past the last (the console lines the QEMU cases match are written this way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HalfOpen(pub AddrRange<Pa>);
 
-impl PhysRange {
-    /// A range from base and size.
-    pub const fn new(base: u64, size: u64) -> Self {
-        PhysRange { base, size }
-    }
-
-    /// One past the last byte (saturating at `u64::MAX`).
-    pub const fn end(&self) -> u64 {
-        self.base.saturating_add(self.size)
-    }
-
-    /// Whether the two ranges share a byte.
-    pub const fn overlaps(&self, other: &PhysRange) -> bool {
-        self.base < other.end() && other.base < self.end()
-    }
-
-    /// Whether `addr` lies in the range.
-    pub const fn contains(&self, addr: u64) -> bool {
-        self.base <= addr && addr < self.end()
-    }
-}
-
-impl fmt::Display for PhysRange {
+impl fmt::Display for HalfOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{:#x}, {:#x})", self.base, self.end())
+        write!(f, "[{:#x}, {:#x})", self.0.start(), self.0.end())
     }
 }
 
@@ -134,7 +110,7 @@ pub enum PsciMethod {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pl011 {
     /// Its registers.
-    pub regs: PhysRange,
+    pub regs: AddrRange<Pa>,
     /// Its interrupt ID (GIC INTID), if the node has an `interrupts` property.
     pub intid: Option<u32>,
 }
@@ -143,9 +119,9 @@ pub struct Pl011 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GicV3 {
     /// The distributor (GICD).
-    pub dist: PhysRange,
+    pub dist: AddrRange<Pa>,
     /// The redistributor regions (GICR), `#redistributor-regions` of them.
-    pub redists: List<PhysRange, MAX_REDIST_REGIONS>,
+    pub redists: List<AddrRange<Pa>, MAX_REDIST_REGIONS>,
 }
 
 /// One CPU of `/cpus`.
@@ -163,16 +139,16 @@ pub struct Platform<'a> {
     /// The device tree blob itself (`totalsize` bytes at the address in x0).
     pub dtb_size: usize,
     /// RAM: the non-empty `reg` entries of every `device_type = "memory"` node.
-    pub memory: List<PhysRange, MAX_MEMORY_RANGES>,
+    pub memory: List<AddrRange<Pa>, MAX_MEMORY_RANGES>,
     /// `/memreserve/` entries and the `reg` entries of every `/reserved-memory` child.
-    pub reserved: List<PhysRange, MAX_RESERVED_RANGES>,
+    pub reserved: List<AddrRange<Pa>, MAX_RESERVED_RANGES>,
     /// The console UART (the `/chosen` `stdout-path` one, else the first `arm,pl011`).
     pub uart: Option<Pl011>,
     /// The first GICv3, if any.
     pub gic: Option<GicV3>,
     /// The initrd the loader put in RAM (`/chosen` `linux,initrd-start` and
     /// `linux,initrd-end`, as for Linux): hyp's boot bundle (QEMU: `-initrd`).
-    pub initrd: Option<PhysRange>,
+    pub initrd: Option<AddrRange<Pa>>,
     /// How to call PSCI, if there is a `/psci` node.
     pub psci: Option<PsciMethod>,
     /// The first [`MAX_CPUS`] CPUs, in tree order (the first is normally the boot CPU).
@@ -430,7 +406,7 @@ fn be_cells(b: &[u8]) -> u64 {
 /// `/chosen`'s initrd range: `linux,initrd-start` up to `linux,initrd-end` (exclusive), each
 /// one or two 32-bit cells (Linux's `drivers/of/fdt.c` reads either width); `None` when
 /// neither is there.
-fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<PhysRange>, DtError> {
+fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<AddrRange<Pa>>, DtError> {
     let cell = |name| -> Result<Option<u64>, DtError> {
         match chosen.property(name) {
             None => Ok(None),
@@ -442,10 +418,11 @@ fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<PhysRange>, DtError> {
     };
     match (cell("linux,initrd-start")?, cell("linux,initrd-end")?) {
         (None, None) => Ok(None),
-        (Some(start), Some(end)) if end >= start => Ok(Some(PhysRange::new(start, end - start))),
-        (Some(_), Some(_)) => Err(DtError::BadInitrd {
-            why: "the end is before the start",
-        }),
+        (Some(start), Some(end)) => AddrRange::new(Pa::new(start), Pa::new(end))
+            .map(Some)
+            .map_err(|_| DtError::BadInitrd {
+                why: "the end is before the start",
+            }),
         _ => Err(DtError::BadInitrd {
             why: "one of the two is missing",
         }),
@@ -548,7 +525,7 @@ impl<'a> Visit<'_, '_, 'a> {
 
     /// The node's `reg` entries (none when it has no `reg`), decoded with the parent's cell
     /// counts; [`DtError::BadReg`] or [`DtError::BadCells`] when they do not decode.
-    fn reg(&self) -> Result<impl Iterator<Item = PhysRange> + 'a, DtError> {
+    fn reg(&self) -> Result<impl Iterator<Item = AddrRange<Pa>> + 'a, DtError> {
         let value: &'a [u8] = self.node.property("reg").map(|p| p.value).unwrap_or(&[]);
         let parent_path = &self.names[..self.names.len().saturating_sub(1)];
         let cells = match self.parent {
@@ -568,12 +545,12 @@ impl<'a> Visit<'_, '_, 'a> {
         let split = 4 * cells.address as usize;
         Ok(value.chunks_exact(entry).map(move |e| {
             let (a, s) = e.split_at(split);
-            PhysRange::new(be_cells(a), be_cells(s))
+            saturating_range(be_cells(a), be_cells(s))
         }))
     }
 
     /// The first `reg` entry, if any.
-    fn first_reg(&self) -> Result<Option<PhysRange>, DtError> {
+    fn first_reg(&self) -> Result<Option<AddrRange<Pa>>, DtError> {
         Ok(self.reg()?.next())
     }
 }
@@ -642,7 +619,10 @@ fn gic_intid(node: FdtNode<'_, '_>) -> Option<u32> {
 
 /// `/memreserve/` entries, bounds-checked (pairs of big-endian u64, ended by a zero pair that
 /// must be inside the blob).
-fn memreserve<const N: usize>(data: &[u8], out: &mut List<PhysRange, N>) -> Result<(), DtError> {
+fn memreserve<const N: usize>(
+    data: &[u8],
+    out: &mut List<AddrRange<Pa>, N>,
+) -> Result<(), DtError> {
     let mut off = be32(data, 16).ok_or(DtError::Malformed)? as usize;
     loop {
         let (Some(base), Some(size)) = (be64(data, off), be64(data, off.saturating_add(8))) else {
@@ -651,7 +631,7 @@ fn memreserve<const N: usize>(data: &[u8], out: &mut List<PhysRange, N>) -> Resu
         if base == 0 && size == 0 {
             return Ok(());
         }
-        out.push(PhysRange { base, size })
+        out.push(saturating_range(base, size))
             .map_err(|f| DtError::TooMany {
                 node: NodePath::new("/memreserve/"),
                 what: "reserved ranges",
@@ -851,8 +831,8 @@ impl<'a> Platform<'a> {
         let fdt = open(data)?;
         let dtb_size = fdt.total_size();
 
-        let mut memory: List<PhysRange, MAX_MEMORY_RANGES> = List::default();
-        let mut reserved: List<PhysRange, MAX_RESERVED_RANGES> = List::default();
+        let mut memory: List<AddrRange<Pa>, MAX_MEMORY_RANGES> = List::default();
+        let mut reserved: List<AddrRange<Pa>, MAX_RESERVED_RANGES> = List::default();
         let mut gic = None;
         let mut cpus: List<CpuNode, MAX_CPUS> = List::default();
         let mut cpus_not_listed = 0;
@@ -867,7 +847,7 @@ impl<'a> Platform<'a> {
                 limit: f.limit,
             };
             if prop_str(node, "device_type") == Some("memory") {
-                for r in v.reg()?.filter(|r| r.size > 0) {
+                for r in v.reg()?.filter(|r| !r.is_empty()) {
                     memory.push(r).map_err(|f| too_many("RAM ranges", f))?;
                 }
             }
@@ -881,7 +861,7 @@ impl<'a> Platform<'a> {
             if v.is_child_of("cpus") && prop_str(node, "device_type") == Some("cpu") {
                 if let Some(r) = v.first_reg()? {
                     let cpu = CpuNode {
-                        mpidr: r.base,
+                        mpidr: r.start().get(),
                         psci: prop_str(node, "enable-method") == Some("psci"),
                     };
                     if cpus.push(cpu).is_err() {
@@ -963,7 +943,7 @@ impl<'a> Platform<'a> {
     /// The first `reg` range of the first node compatible with `compatible` in the device
     /// tree `data` (the blob [`Platform::parse`] accepted), for devices `Platform` does not
     /// list.
-    pub fn find_compatible_reg(data: &[u8], compatible: &str) -> Option<PhysRange> {
+    pub fn find_compatible_reg(data: &[u8], compatible: &str) -> Option<AddrRange<Pa>> {
         let fdt = open(data).ok()?;
         let mut found = None;
         walk(&fdt, &mut |v| {
@@ -999,24 +979,18 @@ mod tests {
     fn qemu_virt_max_smp4() {
         let p = Platform::parse(MAX_SMP4).unwrap();
         assert_eq!(p.dtb_size, MAX_SMP4.len());
-        assert_eq!(
-            p.memory.as_slice(),
-            &[PhysRange::new(0x4000_0000, 0x8000_0000)]
-        );
+        assert_eq!(p.memory.as_slice(), &[pr(0x4000_0000, 0x8000_0000)]);
         assert!(p.reserved.is_empty());
         assert_eq!(
             p.uart,
             Some(Pl011 {
-                regs: PhysRange::new(0x0900_0000, 0x1000),
+                regs: pr(0x0900_0000, 0x1000),
                 intid: Some(33)
             })
         );
         let gic = p.gic.unwrap();
-        assert_eq!(gic.dist, PhysRange::new(0x0800_0000, 0x1_0000));
-        assert_eq!(
-            gic.redists.as_slice(),
-            &[PhysRange::new(0x080a_0000, 0xf6_0000)]
-        );
+        assert_eq!(gic.dist, pr(0x0800_0000, 0x1_0000));
+        assert_eq!(gic.redists.as_slice(), &[pr(0x080a_0000, 0xf6_0000)]);
         assert_eq!(p.initrd, None);
         assert_eq!(p.psci, Some(PsciMethod::Smc));
         let mpidrs: Vec<u64> = p.cpus.as_slice().iter().map(|c| c.mpidr).collect();
@@ -1031,21 +1005,18 @@ mod tests {
         assert_eq!(p.psci, Some(PsciMethod::Hvc));
         assert_eq!(p.cpus.len(), 2);
         assert_eq!(p.bootargs, "");
-        assert_eq!(
-            p.memory.as_slice(),
-            &[PhysRange::new(0x4000_0000, 0x4000_0000)]
-        );
+        assert_eq!(p.memory.as_slice(), &[pr(0x4000_0000, 0x4000_0000)]);
     }
 
     #[test]
     fn find_compatible_reg_finds_devices_platform_does_not_list() {
         assert_eq!(
             Platform::find_compatible_reg(MAX_SMP4, "arm,pl031"),
-            Some(PhysRange::new(0x0901_0000, 0x1000))
+            Some(pr(0x0901_0000, 0x1000))
         );
         assert_eq!(
             Platform::find_compatible_reg(MAX_SMP4, "arm,gic-v3-its"),
-            Some(PhysRange::new(0x0808_0000, 0x2_0000))
+            Some(pr(0x0808_0000, 0x2_0000))
         );
         assert_eq!(
             Platform::find_compatible_reg(MAX_SMP4, "acme,nothing"),
@@ -1150,14 +1121,23 @@ mod tests {
         assert_eq!(l.as_slice(), &[0, 1]);
     }
 
+    /// The `size` bytes at `base`.
+    fn pr(base: u64, size: u64) -> AddrRange<Pa> {
+        AddrRange::from_start_len(Pa::new(base), size).unwrap()
+    }
+
     #[test]
     fn ranges() {
-        let a = PhysRange::new(0x1000, 0x1000);
-        assert!(a.contains(0x1fff) && !a.contains(0x2000));
-        assert!(a.overlaps(&PhysRange::new(0x1fff, 1)));
-        assert!(!a.overlaps(&PhysRange::new(0x2000, 1)));
-        assert_eq!(PhysRange::new(u64::MAX - 1, 10).end(), u64::MAX);
-        assert_eq!(a.to_string(), "[0x1000, 0x2000)");
+        let a = pr(0x1000, 0x1000);
+        assert_eq!(HalfOpen(a).to_string(), "[0x1000, 0x2000)");
+        assert_eq!(HalfOpen(AddrRange::default()).to_string(), "[0x0, 0x0)");
+        // A `reg` entry that runs past the top of the address space ends there.
+        let top = saturating_range(u64::MAX - 1, 10);
+        assert_eq!(
+            (top.start(), top.end()),
+            (Pa::new(u64::MAX - 1), Pa::new(u64::MAX))
+        );
+        assert_eq!(saturating_range(0x1000, 0x1000), a);
     }
 
     // ---- Synthesized trees: every list either keeps everything or refuses by name ----
@@ -1325,8 +1305,8 @@ mod tests {
             .collect()
     }
 
-    fn ranges_of(v: &[(u64, u64)]) -> Vec<PhysRange> {
-        v.iter().map(|&(b, s)| PhysRange::new(b, s)).collect()
+    fn ranges_of(v: &[(u64, u64)]) -> Vec<AddrRange<Pa>> {
+        v.iter().map(|&(b, s)| pr(b, s)).collect()
     }
 
     fn too_many(e: DtError) -> (alloc::string::String, &'static str, usize) {
@@ -1348,12 +1328,9 @@ mod tests {
             ..Synth::default()
         }))
         .unwrap();
-        assert_eq!(
-            p.memory.as_slice(),
-            &[PhysRange::new(0x4000_0000, 0x8000_0000)]
-        );
+        assert_eq!(p.memory.as_slice(), &[pr(0x4000_0000, 0x8000_0000)]);
         assert!(p.reserved.is_empty());
-        assert_eq!(p.uart.unwrap().regs, PhysRange::new(0x900_0000, 0x1000));
+        assert_eq!(p.uart.unwrap().regs, pr(0x900_0000, 0x1000));
         assert_eq!(p.uart.unwrap().intid, Some(33));
         assert_eq!(p.psci, Some(PsciMethod::Smc));
         assert_eq!(p.cpus.len(), 2);
@@ -1466,14 +1443,11 @@ mod tests {
         }))
         .unwrap();
         let g = p.gic.unwrap();
-        assert_eq!(g.dist, PhysRange::new(0x800_0000, 0x1_0000));
+        assert_eq!(g.dist, pr(0x800_0000, 0x1_0000));
         assert_eq!(g.redists.len(), MAX_REDIST_REGIONS);
         assert_eq!(
             g.redists.as_slice().last(),
-            Some(&PhysRange::new(
-                0x10_0000 * MAX_REDIST_REGIONS as u64,
-                0x2_0000
-            ))
+            Some(&pr(0x10_0000 * MAX_REDIST_REGIONS as u64, 0x2_0000))
         );
         let e = parse(synth(&Synth {
             redists: Some((MAX_REDIST_REGIONS as u32 + 1, MAX_REDIST_REGIONS + 1)),
@@ -1511,7 +1485,7 @@ mod tests {
     #[test]
     fn initrd_range_from_chosen_in_one_or_two_cells() {
         let p = Platform::parse(MAX_INITRD).unwrap();
-        assert_eq!(p.initrd, Some(PhysRange::new(0x4800_0000, 0x1000)));
+        assert_eq!(p.initrd, Some(pr(0x4800_0000, 0x1000)));
         assert_eq!(p.bootargs, "hyp.granule=4k");
         let cells = |start: u64, end: u64, two: bool| {
             let v = |x: u64| {
@@ -1527,7 +1501,7 @@ mod tests {
                 ..Synth::default()
             }))
         };
-        let r = PhysRange::new(0x4800_0000, 0x20_0000);
+        let r = pr(0x4800_0000, 0x20_0000);
         assert_eq!(
             cells(0x4800_0000, 0x4820_0000, true).unwrap().initrd,
             Some(r)
@@ -1540,7 +1514,7 @@ mod tests {
             .unwrap()
             .initrd
             .unwrap();
-        assert_eq!(empty.size, 0);
+        assert_eq!(empty.len(), 0);
         let no_initrd = parse(synth(&Synth {
             cpus: 1,
             ..Synth::default()
@@ -1749,10 +1723,7 @@ mod tests {
         });
         assert_eq!(
             Platform::parse(&t).unwrap().reserved.as_slice(),
-            &[
-                PhysRange::new(0x5000_0000, 0x1_0000),
-                PhysRange::new(0x2000_0000, 0x1000)
-            ]
+            &[pr(0x5000_0000, 0x1_0000), pr(0x2000_0000, 0x1000)]
         );
         // A root with 1 + 0 cells: the memory node's reg has no size; hyp keeps no
         // empty RAM range and finds no memory.
@@ -1791,7 +1762,7 @@ mod tests {
         });
         assert!(Platform::parse(&t).is_err());
         let (uart, psci) = Platform::find_console(&t);
-        assert_eq!(uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(uart.unwrap().regs.start(), Pa::new(0x900_0000));
         assert_eq!(psci, Some(PsciMethod::Smc));
         assert_eq!(Platform::find_console(&t[..64]), (None, None));
         // Long paths are cut for messages, never a panic.
@@ -1822,7 +1793,7 @@ mod tests {
         }));
         let p = parse(t).unwrap();
         assert_eq!(p.psci, Some(PsciMethod::Smc));
-        assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(p.uart.unwrap().regs.start(), Pa::new(0x900_0000));
         assert_eq!(p.bootargs, "");
         assert_eq!(p.reserved.len(), 1);
         assert_eq!(p.cpus.len(), 2);
@@ -1856,7 +1827,7 @@ mod tests {
         assert_eq!(p.reserved.len(), 3);
         assert_eq!(p.gic.unwrap().redists.len(), 2);
         assert_eq!(p.cpus.len(), 2);
-        assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(p.uart.unwrap().regs.start(), Pa::new(0x900_0000));
         assert_eq!(p.psci, Some(PsciMethod::Hvc));
     }
 }

@@ -11,34 +11,45 @@
 //!                                                      VM memory (bump, never freed)
 //! ```
 
-use crate::dt::PhysRange;
+use stage2::{AddrRange, Pa};
 
-/// The largest piece of `ram` that overlaps none of `reserved`.
-pub fn largest_free(ram: &[PhysRange], reserved: &[PhysRange]) -> Option<PhysRange> {
-    let mut best: Option<PhysRange> = None;
+/// The largest piece of `ram` that overlaps none of `reserved` (empty reserved ranges reserve
+/// nothing).
+pub fn largest_free(ram: &[AddrRange<Pa>], reserved: &[AddrRange<Pa>]) -> Option<AddrRange<Pa>> {
+    let mut best: Option<AddrRange<Pa>> = None;
     for r in ram {
-        let starts = core::iter::once(r.base).chain(
+        let starts = core::iter::once(r.start()).chain(
             reserved
                 .iter()
                 .map(|x| x.end())
-                .filter(|&e| r.base < e && e < r.end()),
+                .filter(|&e| r.start() < e && e < r.end()),
         );
         for s in starts {
-            if reserved.iter().any(|x| x.contains(s) && x.size > 0) {
+            if reserved.iter().any(|x| x.contains(s)) {
                 continue;
             }
             let e = reserved
                 .iter()
-                .filter(|x| x.size > 0 && x.base > s)
-                .map(|x| x.base)
-                .fold(r.end(), u64::min);
-            let piece = PhysRange::new(s, e - s);
-            if piece.size > 0 && best.is_none_or(|b| piece.size > b.size) {
+                .filter(|x| !x.is_empty() && x.start() > s)
+                .map(|x| x.start())
+                .fold(r.end(), Pa::min);
+            let Ok(piece) = AddrRange::new(s, e) else {
+                continue;
+            };
+            if !piece.is_empty() && best.is_none_or(|b| piece.len() > b.len()) {
                 best = Some(piece);
             }
         }
     }
     best
+}
+
+/// The `size` bytes at `base`, cut at the last address when `base + size` is beyond
+/// 2^64 - 1: how a device tree's `reg` entries and `/memreserve/` pairs are taken (a range
+/// that wraps names no memory past the top of the address space).
+pub fn saturating_range(base: u64, size: u64) -> AddrRange<Pa> {
+    let (start, end) = (Pa::new(base), Pa::new(base.saturating_add(size)));
+    AddrRange::new(start, end).expect("invariant: a saturated end is not below its start")
 }
 
 /// Rounds `x` up to a multiple of `align` (a power of two); `None` on overflow.
@@ -58,10 +69,10 @@ pub struct PhysBump {
 
 impl PhysBump {
     /// An allocator over `range`.
-    pub const fn new(range: PhysRange) -> Self {
+    pub fn new(range: AddrRange<Pa>) -> Self {
         PhysBump {
-            next: range.base,
-            end: range.end(),
+            next: range.start().get(),
+            end: range.end().get(),
         }
     }
 
@@ -80,8 +91,9 @@ impl PhysBump {
     }
 
     /// What is left.
-    pub fn remaining(&self) -> PhysRange {
-        PhysRange::new(self.next, self.end - self.next)
+    pub fn remaining(&self) -> AddrRange<Pa> {
+        AddrRange::new(Pa::new(self.next), Pa::new(self.end))
+            .expect("invariant: the bump pointer never passes the end")
     }
 }
 
@@ -89,48 +101,56 @@ impl PhysBump {
 mod tests {
     use super::*;
 
-    const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x8000_0000);
+    /// The `size` bytes at `base`.
+    fn pr(base: u64, size: u64) -> AddrRange<Pa> {
+        AddrRange::from_start_len(Pa::new(base), size).unwrap()
+    }
+
+    /// QEMU virt's 2 GiB of RAM.
+    fn ram() -> AddrRange<Pa> {
+        pr(0x4000_0000, 0x8000_0000)
+    }
 
     #[test]
     fn qemu_layout_picks_the_gap_after_the_image() {
-        let image = PhysRange::new(0x4000_0000, 0x60_0000); // stub + image
-        let dtb = PhysRange::new(0x4800_0000, 0x2000);
-        let f = largest_free(&[RAM], &[image, dtb]).unwrap();
-        assert_eq!(f, PhysRange::new(0x4800_2000, 0x77ff_e000));
+        let image = pr(0x4000_0000, 0x60_0000); // stub + image
+        let dtb = pr(0x4800_0000, 0x2000);
+        let f = largest_free(&[ram()], &[image, dtb]).unwrap();
+        assert_eq!(f, pr(0x4800_2000, 0x77ff_e000));
         // DTB low: the gap after the image wins when it is the larger one.
-        let dtb = PhysRange::new(0xbff0_0000, 0x2000);
-        let f = largest_free(&[RAM], &[image, dtb]).unwrap();
-        assert_eq!(f, PhysRange::new(0x4060_0000, 0xbff0_0000 - 0x4060_0000));
+        let dtb = pr(0xbff0_0000, 0x2000);
+        let f = largest_free(&[ram()], &[image, dtb]).unwrap();
+        assert_eq!(f, pr(0x4060_0000, 0xbff0_0000 - 0x4060_0000));
     }
 
     #[test]
     fn reserved_outside_ram_and_overlapping_reserved() {
-        let far = PhysRange::new(0x1_0000_0000_0000, 0x1000);
-        assert_eq!(largest_free(&[RAM], &[far]), Some(RAM));
-        let a = PhysRange::new(0x4000_0000, 0x1000_0000);
-        let b = PhysRange::new(0x4800_0000, 0x1000_0000); // overlaps a
-        let f = largest_free(&[RAM], &[a, b]).unwrap();
-        assert_eq!(f, PhysRange::new(0x5800_0000, RAM.end() - 0x5800_0000));
+        let far = pr(0x1_0000_0000_0000, 0x1000);
+        assert_eq!(largest_free(&[ram()], &[far]), Some(ram()));
+        let a = pr(0x4000_0000, 0x1000_0000);
+        let b = pr(0x4800_0000, 0x1000_0000); // overlaps a
+        let f = largest_free(&[ram()], &[a, b]).unwrap();
+        assert_eq!(f, pr(0x5800_0000, 0xc000_0000 - 0x5800_0000));
         // Everything reserved.
-        assert_eq!(largest_free(&[RAM], &[RAM]), None);
+        assert_eq!(largest_free(&[ram()], &[ram()]), None);
         assert_eq!(largest_free(&[], &[]), None);
     }
 
     #[test]
     fn several_ram_banks() {
-        let small = PhysRange::new(0x4000_0000, 0x100_0000);
-        let big = PhysRange::new(0x1_0000_0000, 0x4000_0000);
+        let small = pr(0x4000_0000, 0x100_0000);
+        let big = pr(0x1_0000_0000, 0x4000_0000);
         assert_eq!(largest_free(&[small, big], &[]), Some(big));
     }
 
     #[test]
     fn bump() {
-        let mut b = PhysBump::new(PhysRange::new(0x1000, 0x10000));
+        let mut b = PhysBump::new(pr(0x1000, 0x10000));
         assert_eq!(b.alloc(0x10, 8), Some(0x1000));
         assert_eq!(b.alloc(0x4000, 0x4000), Some(0x4000));
         assert_eq!(b.alloc(0x1, 3), None);
         assert_eq!(b.alloc(0x10000, 8), None);
-        assert_eq!(b.remaining(), PhysRange::new(0x8000, 0x9000));
+        assert_eq!(b.remaining(), pr(0x8000, 0x9000));
         assert_eq!(b.alloc(0x9000, 0x1000), Some(0x8000));
         assert_eq!(b.alloc(1, 1), None);
         assert_eq!(align_up(u64::MAX, 0x1000), None);

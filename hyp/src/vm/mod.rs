@@ -34,7 +34,6 @@ use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use el2::arch::{cache, vsys};
-use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::scrub::{segments, Chunks, Segment, CHUNK};
 use el2::smp;
@@ -572,7 +571,7 @@ pub fn run_system(boot: &Boot) -> Result<Verdict, Fatal> {
         smmu: crate::smmu::features(),
         cpu: boot.cpu,
         cpus: smp::online() as u32,
-        guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
+        guest_ram: mem::remaining().len().saturating_sub(HOST_RESERVE),
     };
     let plan = bundle.plan(&host).map_err(Fatal::PlanRefused)?;
     let t_plan = ms();
@@ -707,8 +706,10 @@ fn create(
             free: mem::remaining(),
         });
     };
+    let pool = AddrRange::from_start_len(Pa::new(pool), budget)
+        .expect("invariant: alloc_phys hands out ranges below the last address");
     // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
-    let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
+    let frames = unsafe { FrameAlloc::pool(pool) };
     let Some(pa) = mem::alloc_phys(memory, align) else {
         return Err(VmFailure::Ram {
             memory,
