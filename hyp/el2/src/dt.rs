@@ -713,16 +713,18 @@ const MAX_DEPTH: usize = 16;
 /// NUL-terminated UTF-8 names, properties before child nodes, property values and name offsets
 /// inside their blocks, 4-byte `#...-cells` values, and NOPs only where `fdt` skips them.
 fn validate(data: &[u8]) -> Result<(), DtError> {
-    let bad = Err(DtError::Malformed);
+    let (st, strings) = blocks(data).ok_or(DtError::Malformed)?;
+    Structure::new(st, strings)
+        .check()
+        .ok_or(DtError::Malformed)
+}
+
+/// The structure block and the strings block of `data`, once the header's offsets and sizes
+/// are inside `totalsize` and the buffer (and the structure block is 4-byte aligned).
+fn blocks(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let h = |i: usize| be32(data, 4 * i).map(|v| v as usize);
-    let (Some(total), Some(off_struct), Some(off_strings), Some(off_rsv)) =
-        (h(1), h(2), h(3), h(4))
-    else {
-        return bad;
-    };
-    let (Some(size_strings), Some(size_struct)) = (h(8), h(9)) else {
-        return bad;
-    };
+    let (total, off_struct, off_strings, off_rsv) = (h(1)?, h(2)?, h(3)?, h(4)?);
+    let (size_strings, size_struct) = (h(8)?, h(9)?);
     let in_total = |off: usize, size: usize| off.checked_add(size).is_some_and(|e| e <= total);
     if total > data.len()
         || !in_total(off_struct, size_struct)
@@ -730,98 +732,126 @@ fn validate(data: &[u8]) -> Result<(), DtError> {
         || off_rsv >= total
         || off_struct % 4 != 0
     {
-        return bad;
+        return None;
     }
-    let st = &data[off_struct..off_struct + size_struct];
-    let strings = &data[off_strings..off_strings + size_strings];
-    let cstr = |b: &[u8], at: usize| -> Option<usize> {
-        let rest = b.get(at..)?;
-        let n = rest.iter().position(|&c| c == 0)?;
-        core::str::from_utf8(&rest[..n]).ok()?;
-        Some(n)
-    };
-    let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
+    Some((
+        &data[off_struct..off_struct + size_struct],
+        &data[off_strings..off_strings + size_strings],
+    ))
+}
 
-    // Per open node: whether a child node was seen (then no more properties).
-    let mut children_seen = [false; MAX_DEPTH];
-    let mut depth = 0usize;
-    let mut root_done = false;
-    let mut pos = 0usize;
-    loop {
-        let Some(tok) = be32(st, pos) else { return bad };
-        pos += 4;
-        match tok {
-            FDT_BEGIN_NODE => {
-                if root_done || depth >= MAX_DEPTH {
-                    return bad;
-                }
-                if depth > 0 {
-                    children_seen[depth - 1] = true;
-                }
-                let Some(n) = cstr(st, pos) else { return bad };
-                let Some(next) = align4(n + 1).and_then(|a| pos.checked_add(a)) else {
-                    return bad;
-                };
-                pos = next;
-                children_seen[depth] = false;
-                depth += 1;
-            }
-            FDT_END_NODE => {
-                if depth == 0 {
-                    return bad;
-                }
-                depth -= 1;
-                if depth == 0 {
-                    root_done = true;
-                }
-            }
-            FDT_PROP => {
-                if depth == 0 || children_seen[depth - 1] {
-                    return bad;
-                }
-                let (Some(len), Some(nameoff)) = (be32(st, pos), be32(st, pos + 4)) else {
-                    return bad;
-                };
-                let (len, nameoff) = (len as usize, nameoff as usize);
-                let Some(n) = cstr(strings, nameoff) else {
-                    return bad;
-                };
-                let name = &strings[nameoff..nameoff + n];
-                if name.starts_with(b"#") && len < 4 {
-                    return bad;
-                }
-                let Some(end) = pos.checked_add(8).and_then(|p| p.checked_add(len)) else {
-                    return bad;
-                };
-                if end > st.len() {
-                    return bad;
-                }
-                let Some(next) = align4(len).and_then(|a| (pos + 8).checked_add(a)) else {
-                    return bad;
-                };
-                pos = next;
-            }
-            FDT_NOP => {
-                // `fdt` skips NOPs only before an END_NODE/END (and before properties and
-                // children when iterating, but not when skipping a node): accept them only
-                // where every path this module takes skips them. That includes NOPs before
-                // a child of the root (never skipped as a whole; `children` skips them),
-                // which is where libfdt leaves a deleted node, as QEMU does with `-dtb`.
-                let mut p = pos;
-                while be32(st, p) == Some(FDT_NOP) {
-                    p += 4;
-                }
-                let before_root_child = depth == 1 && be32(st, p) == Some(FDT_BEGIN_NODE);
-                if !before_root_child && !matches!(be32(st, p), Some(FDT_END_NODE) | Some(FDT_END))
-                {
-                    return bad;
-                }
-            }
-            FDT_END => {
-                return if depth == 0 && root_done { Ok(()) } else { bad };
-            }
-            _ => return bad,
+/// The length of the NUL-terminated UTF-8 string at `at` in `b` (without the NUL).
+fn cstr(b: &[u8], at: usize) -> Option<usize> {
+    let rest = b.get(at..)?;
+    let n = rest.iter().position(|&c| c == 0)?;
+    core::str::from_utf8(&rest[..n]).ok()?;
+    Some(n)
+}
+
+/// `n` rounded up to a multiple of 4 (tokens are 4-byte aligned).
+fn align4(n: usize) -> Option<usize> {
+    n.checked_add(3).map(|v| v & !3)
+}
+
+/// The walk of a structure block token by token, for [`validate`]. Each step returns `None`
+/// on the first thing `fdt` would trip over.
+struct Structure<'d> {
+    st: &'d [u8],
+    strings: &'d [u8],
+    /// Per open node: whether a child node was seen (then no more properties).
+    children_seen: [bool; MAX_DEPTH],
+    depth: usize,
+    root_done: bool,
+    /// The offset of the next token.
+    pos: usize,
+}
+
+impl<'d> Structure<'d> {
+    fn new(st: &'d [u8], strings: &'d [u8]) -> Self {
+        Structure {
+            st,
+            strings,
+            children_seen: [false; MAX_DEPTH],
+            depth: 0,
+            root_done: false,
+            pos: 0,
         }
+    }
+
+    /// Walks every token up to `FDT_END`.
+    fn check(mut self) -> Option<()> {
+        loop {
+            let tok = be32(self.st, self.pos)?;
+            self.pos += 4;
+            match tok {
+                FDT_BEGIN_NODE => self.begin_node()?,
+                FDT_END_NODE => self.end_node()?,
+                FDT_PROP => self.prop()?,
+                FDT_NOP => self.nop()?,
+                FDT_END => return (self.depth == 0 && self.root_done).then_some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A node opens: one root only, at most [`MAX_DEPTH`] deep, a valid name.
+    fn begin_node(&mut self) -> Option<()> {
+        if self.root_done || self.depth >= MAX_DEPTH {
+            return None;
+        }
+        if self.depth > 0 {
+            self.children_seen[self.depth - 1] = true;
+        }
+        let n = cstr(self.st, self.pos)?;
+        self.pos = self.pos.checked_add(align4(n + 1)?)?;
+        self.children_seen[self.depth] = false;
+        self.depth += 1;
+        Some(())
+    }
+
+    /// A node closes: one must be open.
+    fn end_node(&mut self) -> Option<()> {
+        self.depth = self.depth.checked_sub(1)?;
+        if self.depth == 0 {
+            self.root_done = true;
+        }
+        Some(())
+    }
+
+    /// A property: inside a node, before its children, with its name in the strings block, a
+    /// `#...` value of at least one cell, and its value inside the structure block.
+    fn prop(&mut self) -> Option<()> {
+        if self.depth == 0 || self.children_seen[self.depth - 1] {
+            return None;
+        }
+        let (len, nameoff) = (be32(self.st, self.pos)?, be32(self.st, self.pos + 4)?);
+        let (len, nameoff) = (len as usize, nameoff as usize);
+        let n = cstr(self.strings, nameoff)?;
+        let name = &self.strings[nameoff..nameoff + n];
+        if name.starts_with(b"#") && len < 4 {
+            return None;
+        }
+        let end = self.pos.checked_add(8)?.checked_add(len)?;
+        if end > self.st.len() {
+            return None;
+        }
+        self.pos = (self.pos + 8).checked_add(align4(len)?)?;
+        Some(())
+    }
+
+    /// NOPs: `fdt` skips them only before an END_NODE/END (and before properties and children
+    /// when iterating, but not when skipping a node): accept them only where every path this
+    /// module takes skips them. That includes NOPs before a child of the root (never skipped
+    /// as a whole; `children` skips them), which is where libfdt leaves a deleted node, as
+    /// QEMU does with `-dtb`.
+    fn nop(&mut self) -> Option<()> {
+        let mut p = self.pos;
+        while be32(self.st, p) == Some(FDT_NOP) {
+            p += 4;
+        }
+        let next = be32(self.st, p);
+        let before_root_child = self.depth == 1 && next == Some(FDT_BEGIN_NODE);
+        (before_root_child || matches!(next, Some(FDT_END_NODE) | Some(FDT_END))).then_some(())
     }
 }
 
@@ -1102,6 +1132,124 @@ mod tests {
         let mut d = MAX_SMP4.to_vec();
         d[12..16].copy_from_slice(&0xffff_0000u32.to_be_bytes());
         assert_eq!(Platform::parse(&d).unwrap_err(), DtError::Malformed);
+    }
+
+    /// A structure block and strings block written token by token, for [`Structure`] alone.
+    #[derive(Default)]
+    struct Tokens {
+        st: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Tokens {
+        fn token(mut self, t: u32) -> Self {
+            self.st.extend_from_slice(&t.to_be_bytes());
+            self
+        }
+        fn pad(mut self) -> Self {
+            while !self.st.len().is_multiple_of(4) {
+                self.st.push(0);
+            }
+            self
+        }
+        fn begin_raw(mut self, name: &[u8]) -> Self {
+            self = self.token(FDT_BEGIN_NODE);
+            self.st.extend_from_slice(name);
+            self.st.push(0);
+            self.pad()
+        }
+        fn begin(self, name: &str) -> Self {
+            self.begin_raw(name.as_bytes())
+        }
+        fn end(self) -> Self {
+            self.token(FDT_END_NODE)
+        }
+        fn nop(self) -> Self {
+            self.token(FDT_NOP)
+        }
+        fn fin(self) -> Self {
+            self.token(FDT_END)
+        }
+        fn prop(mut self, name: &str, value: &[u8]) -> Self {
+            let nameoff = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            self = self
+                .token(FDT_PROP)
+                .token(value.len() as u32)
+                .token(nameoff);
+            self.st.extend_from_slice(value);
+            self.pad()
+        }
+        fn ok(&self) -> bool {
+            Structure::new(&self.st, &self.strings).check().is_some()
+        }
+    }
+
+    #[test]
+    fn structure_rules_one_by_one() {
+        let t = Tokens::default;
+        let root = || t().begin("").prop("#address-cells", &[0, 0, 0, 2]);
+        assert!(root()
+            .begin("memory@0")
+            .prop("reg", &[0; 12])
+            .end()
+            .end()
+            .fin()
+            .ok());
+        // Nesting: one root, closed, no extra END_NODE, an END at the end.
+        assert!(!root().fin().ok(), "root left open");
+        assert!(!root().end().end().fin().ok(), "an END_NODE too many");
+        assert!(!root().end().begin("").end().fin().ok(), "a second root");
+        assert!(!root().end().ok(), "no FDT_END");
+        assert!(!t().fin().ok(), "no root");
+        assert!(!root().end().token(7).fin().ok(), "an unknown token");
+        // Properties: inside a node, before its children, `#...` at least one cell, the value
+        // inside the block, the name a string of the strings block.
+        assert!(
+            !t().prop("x", &[]).begin("").end().fin().ok(),
+            "outside a node"
+        );
+        assert!(
+            !root().begin("a").end().prop("x", &[]).end().fin().ok(),
+            "after a child"
+        );
+        assert!(!t().begin("").prop("#size-cells", &[0, 1]).end().fin().ok());
+        assert!(t().begin("").prop("#size-cells", &[0; 4]).end().fin().ok());
+        let mut long = root().prop("reg", &[0; 8]).end().fin();
+        let at = long.st.len() - 4 - 4 - 8 - 8; // the property's length word
+        long.st[at..at + 4].copy_from_slice(&0x100u32.to_be_bytes());
+        assert!(!long.ok(), "a value beyond the structure block");
+        let mut stray = t().begin("").prop("reg", &[]).end().fin();
+        stray.strings.clear();
+        assert!(!stray.ok(), "a name offset beyond the strings block");
+        // Names are NUL-terminated UTF-8.
+        assert!(!root().begin_raw(&[0xff]).end().end().fin().ok());
+        // Depth: MAX_DEPTH nested nodes are taken, one more is not.
+        let nest = |n: usize| {
+            let mut x = t();
+            for _ in 0..n {
+                x = x.begin("n");
+            }
+            for _ in 0..n {
+                x = x.end();
+            }
+            x.fin()
+        };
+        assert!(nest(MAX_DEPTH).ok() && !nest(MAX_DEPTH + 1).ok());
+        // NOPs only where every path of this module skips them.
+        assert!(root().nop().nop().end().fin().ok(), "before END_NODE");
+        assert!(root().end().nop().fin().ok(), "before END");
+        assert!(
+            root().nop().begin("a").end().end().fin().ok(),
+            "before a root child"
+        );
+        assert!(
+            !root().nop().prop("x", &[]).end().fin().ok(),
+            "before a property"
+        );
+        let grandchild = root().begin("a").nop().begin("b").end().end().end().fin();
+        assert!(!grandchild.ok(), "before a grandchild");
     }
 
     #[test]
