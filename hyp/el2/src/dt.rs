@@ -855,88 +855,110 @@ impl<'d> Structure<'d> {
     }
 }
 
+/// What [`Platform::parse`] takes from the nodes of the tree, met in tree order.
+#[derive(Default)]
+struct Nodes {
+    memory: List<AddrRange<Pa>, MAX_MEMORY_RANGES>,
+    reserved: List<AddrRange<Pa>, MAX_RESERVED_RANGES>,
+    gic: Option<GicV3>,
+    cpus: List<CpuNode, MAX_CPUS>,
+    cpus_not_listed: usize,
+}
+
+impl Nodes {
+    /// Takes what hyp needs from one node: its RAM ranges (`device_type = "memory"`), its
+    /// reserved ranges (a `/reserved-memory` child), the CPU it is (a `/cpus` child with
+    /// `device_type = "cpu"`), and the first GICv3.
+    fn visit(&mut self, v: &Visit<'_, '_, '_>) -> Result<(), DtError> {
+        let node = v.node;
+        if prop_str(node, "device_type") == Some("memory") {
+            for r in v.reg()?.filter(|r| !r.is_empty()) {
+                self.memory
+                    .push(r)
+                    .map_err(|f| too_many(v, "RAM ranges", f))?;
+            }
+        }
+        if v.is_child_of("reserved-memory") {
+            for r in v.reg()? {
+                self.reserved
+                    .push(r)
+                    .map_err(|f| too_many(v, "reserved ranges", f))?;
+            }
+        }
+        if v.is_child_of("cpus") && prop_str(node, "device_type") == Some("cpu") {
+            if let Some(r) = v.first_reg()? {
+                let cpu = CpuNode {
+                    mpidr: r.start().get(),
+                    psci: prop_str(node, "enable-method") == Some("psci"),
+                };
+                if self.cpus.push(cpu).is_err() {
+                    self.cpus_not_listed += 1;
+                }
+            }
+        }
+        if self.gic.is_none() && is_compatible(node, "arm,gic-v3") {
+            self.gic = gic_v3(v)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`DtError::TooMany`] for the node `v`.
+fn too_many(v: &Visit<'_, '_, '_>, what: &'static str, full: ListFull) -> DtError {
+    DtError::TooMany {
+        node: v.path(),
+        what,
+        limit: full.limit,
+    }
+}
+
+/// The GICv3 of the `arm,gic-v3` node `v`: the distributor, then `#redistributor-regions`
+/// (default 1) redistributor regions; `None` when `reg` is empty.
+fn gic_v3(v: &Visit<'_, '_, '_>) -> Result<Option<GicV3>, DtError> {
+    let mut regs = v.reg()?;
+    let Some(dist) = regs.next() else {
+        return Ok(None);
+    };
+    let declared = match v.node.property("#redistributor-regions") {
+        Some(p) => one_cell(p.value).ok_or(DtError::BadCells {
+            node: v.path(),
+            name: "#redistributor-regions",
+            len: p.value.len(),
+        })? as usize,
+        None => 1,
+    };
+    if declared > MAX_REDIST_REGIONS {
+        let full = ListFull {
+            limit: MAX_REDIST_REGIONS,
+        };
+        return Err(too_many(v, "redistributor regions", full));
+    }
+    let mut redists = List::default();
+    for r in regs.take(declared) {
+        redists
+            .push(r)
+            .map_err(|f| too_many(v, "redistributor regions", f))?;
+    }
+    if redists.len() < declared {
+        return Err(DtError::MissingRedists {
+            node: v.path(),
+            declared,
+            found: redists.len(),
+        });
+    }
+    Ok(Some(GicV3 { dist, redists }))
+}
+
 impl<'a> Platform<'a> {
     /// Parses the device tree in `data` (at least `totalsize` bytes).
     pub fn parse(data: &'a [u8]) -> Result<Platform<'a>, DtError> {
         let fdt = open(data)?;
         let dtb_size = fdt.total_size();
 
-        let mut memory: List<AddrRange<Pa>, MAX_MEMORY_RANGES> = List::default();
-        let mut reserved: List<AddrRange<Pa>, MAX_RESERVED_RANGES> = List::default();
-        let mut gic = None;
-        let mut cpus: List<CpuNode, MAX_CPUS> = List::default();
-        let mut cpus_not_listed = 0;
-
-        memreserve(&data[..dtb_size], &mut reserved)?;
-
-        walk(&fdt, &mut |v| {
-            let node = v.node;
-            let too_many = |what, f: ListFull| DtError::TooMany {
-                node: v.path(),
-                what,
-                limit: f.limit,
-            };
-            if prop_str(node, "device_type") == Some("memory") {
-                for r in v.reg()?.filter(|r| !r.is_empty()) {
-                    memory.push(r).map_err(|f| too_many("RAM ranges", f))?;
-                }
-            }
-            if v.is_child_of("reserved-memory") {
-                for r in v.reg()? {
-                    reserved
-                        .push(r)
-                        .map_err(|f| too_many("reserved ranges", f))?;
-                }
-            }
-            if v.is_child_of("cpus") && prop_str(node, "device_type") == Some("cpu") {
-                if let Some(r) = v.first_reg()? {
-                    let cpu = CpuNode {
-                        mpidr: r.start().get(),
-                        psci: prop_str(node, "enable-method") == Some("psci"),
-                    };
-                    if cpus.push(cpu).is_err() {
-                        cpus_not_listed += 1;
-                    }
-                }
-            }
-            if gic.is_none() && is_compatible(node, "arm,gic-v3") {
-                let mut regs = v.reg()?;
-                if let Some(dist) = regs.next() {
-                    let declared = match node.property("#redistributor-regions") {
-                        Some(p) => one_cell(p.value).ok_or(DtError::BadCells {
-                            node: v.path(),
-                            name: "#redistributor-regions",
-                            len: p.value.len(),
-                        })? as usize,
-                        None => 1,
-                    };
-                    if declared > MAX_REDIST_REGIONS {
-                        return Err(too_many(
-                            "redistributor regions",
-                            ListFull {
-                                limit: MAX_REDIST_REGIONS,
-                            },
-                        ));
-                    }
-                    let mut redists = List::default();
-                    for r in regs.take(declared) {
-                        redists
-                            .push(r)
-                            .map_err(|f| too_many("redistributor regions", f))?;
-                    }
-                    if redists.len() < declared {
-                        return Err(DtError::MissingRedists {
-                            node: v.path(),
-                            declared,
-                            found: redists.len(),
-                        });
-                    }
-                    gic = Some(GicV3 { dist, redists });
-                }
-            }
-            Ok(())
-        })?;
-        if memory.is_empty() {
+        let mut nodes = Nodes::default();
+        memreserve(&data[..dtb_size], &mut nodes.reserved)?;
+        walk(&fdt, &mut |v| nodes.visit(v))?;
+        if nodes.memory.is_empty() {
             return Err(DtError::NoMemory);
         }
 
@@ -949,14 +971,14 @@ impl<'a> Platform<'a> {
 
         Ok(Platform {
             dtb_size,
-            memory,
-            reserved,
+            memory: nodes.memory,
+            reserved: nodes.reserved,
             uart: console(&fdt)?,
-            gic,
+            gic: nodes.gic,
             initrd,
             psci: psci(&fdt),
-            cpus,
-            cpus_not_listed,
+            cpus: nodes.cpus,
+            cpus_not_listed: nodes.cpus_not_listed,
             bootargs,
         })
     }
