@@ -52,6 +52,25 @@ const TIMEOUT_MS: u64 = 1000;
 /// (`smmu::SmmuMirror`), so the CPUs' TLBIs of other VMIDs cost the SMMU nothing.
 const CR2_RECINVSID_PTM: u32 = 0b110;
 
+/// Log2 of the entries of the stream table and the queues hyp builds: its own choices
+/// ([`STREAM_LOG2`], [`CMDQ_LOG2`], [`EVENTQ_LOG2`]), capped by what the SMMU supports.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    sid_log2: u32,
+    cmdq_log2: u32,
+    evtq_log2: u32,
+}
+
+impl Sizes {
+    fn of(features: &SmmuFeatures) -> Sizes {
+        Sizes {
+            sid_log2: STREAM_LOG2.min(features.sid_bits),
+            cmdq_log2: CMDQ_LOG2.min(features.cmdq_log2),
+            evtq_log2: EVENTQ_LOG2.min(features.eventq_log2),
+        }
+    }
+}
+
 /// Words of DMA-visible memory made of consecutive 4 KiB frames from hyp's allocator.
 struct Frames {
     base: Pa,
@@ -264,38 +283,57 @@ impl Smmu {
         if !features.coherent {
             return Err(Unusable::NotCoherent);
         }
+        let sizes = Sizes::of(&features);
+        let mut s = Smmu::new(regs, features, sizes)?;
+        s.stop_and_abort_all(sizes)?;
+        s.program(sizes);
+        s.start()?;
+        Ok(s)
+    }
+
+    /// The driver state: a stream table and both queues of `sizes`, in frames of their own,
+    /// not yet known to the SMMU.
+    fn new(regs: MmioRegion, features: SmmuFeatures, sizes: Sizes) -> Result<Smmu, Unusable> {
         // SAFETY: `mem::alloc_phys` hands out identity-mapped RAM inside `mem::remaining()`
         // once and never takes it back; these frames are the SMMU's alone.
         let mut frames = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
-        let sid_log2 = STREAM_LOG2.min(features.sid_bits);
-        let cmdq_log2 = CMDQ_LOG2.min(features.cmdq_log2);
-        let evtq_log2 = EVENTQ_LOG2.min(features.eventq_log2);
-        let strtab = Frames::alloc(&mut frames, 64 << sid_log2).ok_or(Unusable::NoMemory)?;
-        let cmdq_mem = Frames::alloc(&mut frames, 16 << cmdq_log2).ok_or(Unusable::NoMemory)?;
-        let evtq_mem = Frames::alloc(&mut frames, 32 << evtq_log2).ok_or(Unusable::NoMemory)?;
-        let mut s = Smmu {
+        let mut alloc = |bytes| Frames::alloc(&mut frames, bytes).ok_or(Unusable::NoMemory);
+        let strtab = alloc(64 << sizes.sid_log2)?;
+        let cmdq_mem = alloc(16 << sizes.cmdq_log2)?;
+        let evtq_mem = alloc(32 << sizes.evtq_log2)?;
+        Ok(Smmu {
             regs,
             features,
             owners: Vec::new(),
             frames,
             strtab,
-            cmdq: CommandQueue::new(cmdq_log2),
+            cmdq: CommandQueue::new(sizes.cmdq_log2),
             cmdq_mem,
-            evtq: EventQueue::new(evtq_log2),
+            evtq: EventQueue::new(sizes.evtq_log2),
             evtq_mem,
-        };
-        // Devices are stopped at the door while the SMMU is reprogrammed.
-        s.set_cr0(0)?;
-        s.w32(offset::GBPA, (GBPA::UPDATE::SET + GBPA::ABORT::SET).value);
-        s.wait("SMMU_GBPA.UPDATE", |s| {
+        })
+    }
+
+    /// Turns the SMMU off with every incoming transaction aborted (`SMMU_GBPA.ABORT`):
+    /// devices are stopped at the door while it is reprogrammed. Every stream table entry
+    /// aborts.
+    fn stop_and_abort_all(&mut self, sizes: Sizes) -> Result<(), Unusable> {
+        self.set_cr0(0)?;
+        self.w32(offset::GBPA, (GBPA::UPDATE::SET + GBPA::ABORT::SET).value);
+        self.wait("SMMU_GBPA.UPDATE", |s| {
             LocalRegisterCopy::<u32, GBPA::Register>::new(s.r32(offset::GBPA)).read(GBPA::UPDATE)
                 == 0
         })?;
-        for sid in 0..1usize << sid_log2 {
-            s.write_ste(sid, Ste::abort());
+        for sid in 0..1usize << sizes.sid_log2 {
+            self.write_ste(sid, Ste::abort());
         }
+        Ok(())
+    }
+
+    /// Points the SMMU at the stream table and the empty queues (interrupts off: hyp polls).
+    fn program(&mut self, sizes: Sizes) {
         // Tables and queues are normal write-back, inner shareable, like hyp's own RAM.
-        s.w32(
+        self.w32(
             offset::CR1,
             (CR1::QUEUE_SH.val(0b11)
                 + CR1::QUEUE_OC.val(0b01)
@@ -305,39 +343,43 @@ impl Smmu {
                 + CR1::TABLE_IC.val(0b01))
             .value,
         );
-        s.w32(offset::CR2, CR2_RECINVSID_PTM);
-        s.w64(offset::STRTAB_BASE, s.strtab.base.get());
-        s.w32(
+        self.w32(offset::CR2, CR2_RECINVSID_PTM);
+        self.w64(offset::STRTAB_BASE, self.strtab.base.get());
+        self.w32(
             offset::STRTAB_BASE_CFG,
-            (STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(sid_log2)).value,
+            (STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(sizes.sid_log2)).value,
         );
-        s.w64(
+        let queue_base = |mem: &Frames, log2: u32| {
+            (QUEUE_BASE::ADDR.val(mem.base.get() >> 5) + QUEUE_BASE::LOG2SIZE.val(log2.into()))
+                .value
+        };
+        self.w64(
             offset::CMDQ_BASE,
-            (QUEUE_BASE::ADDR.val(s.cmdq_mem.base.get() >> 5)
-                + QUEUE_BASE::LOG2SIZE.val(cmdq_log2.into()))
-            .value,
+            queue_base(&self.cmdq_mem, sizes.cmdq_log2),
         );
-        s.w32(offset::CMDQ_PROD, 0);
-        s.w32(offset::CMDQ_CONS, 0);
-        s.w64(
+        self.w32(offset::CMDQ_PROD, 0);
+        self.w32(offset::CMDQ_CONS, 0);
+        self.w64(
             offset::EVENTQ_BASE,
-            (QUEUE_BASE::ADDR.val(s.evtq_mem.base.get() >> 5)
-                + QUEUE_BASE::LOG2SIZE.val(evtq_log2.into()))
-            .value,
+            queue_base(&self.evtq_mem, sizes.evtq_log2),
         );
-        s.w32(offset::EVENTQ_PROD, 0);
-        s.w32(offset::EVENTQ_CONS, 0);
+        self.w32(offset::EVENTQ_PROD, 0);
+        self.w32(offset::EVENTQ_CONS, 0);
         // Interrupts stay off: hyp polls the event queue and GERROR.
-        s.w32(offset::IRQ_CTRL, 0);
+        self.w32(offset::IRQ_CTRL, 0);
+    }
+
+    /// Enables the command queue, invalidates everything the SMMU may have cached, then
+    /// enables the event queue and translation.
+    fn start(&mut self) -> Result<(), Unusable> {
         // The stream table and queue memory must be written before the SMMU may read it.
         barrier::dsb_ish();
-        s.set_cr0(CR0::CMDQEN::SET.value)?;
-        s.push(Command::CfgiAll)?;
-        s.push(Command::TlbiNsnhAll)?;
-        s.sync()?;
-        s.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value)?;
-        s.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::SET).value)?;
-        Ok(s)
+        self.set_cr0(CR0::CMDQEN::SET.value)?;
+        self.push(Command::CfgiAll)?;
+        self.push(Command::TlbiNsnhAll)?;
+        self.sync()?;
+        self.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value)?;
+        self.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::SET).value)
     }
 
     /// Writes StreamID `sid`'s entry. Word 0 (with `V`) last, so the SMMU never sees a valid
