@@ -4,7 +4,8 @@
 use crate::boot::{dtb_slice, Boot};
 use crate::mmu;
 use el2::cmdline::TestSwitch;
-use el2::dt::{HalfOpen, Platform};
+use el2::dt::HalfOpen;
+use el2::dt::Platform;
 use el2::smp;
 use log::info;
 

@@ -16,7 +16,10 @@
 //! stay off, which exposes nothing).
 //!
 //! Addresses are taken as they appear in `reg` (QEMU's virt machine puts every device we use
-//! at the root or under an identity `ranges;`), so no bus translation is done.
+//! at the root or under an identity `ranges;`), so no bus translation is done. Every range is
+//! a `stage2::AddrRange<Pa>`; a `reg` entry or `/memreserve/` pair that runs past 2^64 - 1 is
+//! cut at the last address ([`crate::memmap::saturating_range`]). Messages print ranges as
+//! `[start, end)` ([`HalfOpen`]).
 
 use crate::memmap::saturating_range;
 use core::fmt;
