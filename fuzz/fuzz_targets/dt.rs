@@ -5,7 +5,7 @@
 #![no_main]
 
 use el2::cmdline::Cmdline;
-use el2::dt::{self, Platform};
+use el2::dt::{self, HalfOpen, Platform};
 use el2::memmap::largest_free;
 use libfuzzer_sys::fuzz_target;
 
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(p.dtb_size <= data.len() && p.dtb_size <= dt::MAX_DTB_SIZE);
     assert!(!p.memory.is_empty());
-    assert!(p.memory.as_slice().iter().all(|r| r.size > 0));
+    assert!(p.memory.as_slice().iter().all(|r| !r.is_empty()));
     assert!(p.cpus.len() <= dt::MAX_CPUS);
     if let Some(g) = p.gic {
         assert!(g.redists.len() <= dt::MAX_REDIST_REGIONS);
@@ -36,15 +36,16 @@ fuzz_target!(|data: &[u8]| {
     }
     let (ram, reserved) = (p.memory.as_slice(), p.reserved.as_slice());
     if let Some(free) = largest_free(ram, reserved) {
-        assert!(free.size > 0);
+        assert!(!free.is_empty());
         assert!(
-            ram.iter()
-                .any(|r| r.base <= free.base && free.end() <= r.end()),
-            "free range {free} is not inside RAM"
+            ram.iter().any(|r| r.contains_range(&free)),
+            "free range {} is not inside RAM",
+            HalfOpen(free)
         );
         assert!(
-            !reserved.iter().any(|x| x.size > 0 && x.overlaps(&free)),
-            "free range {free} overlaps a reserved range"
+            !reserved.iter().any(|x| x.overlaps(&free)),
+            "free range {} overlaps a reserved range",
+            HalfOpen(free)
         );
     }
 });

@@ -2,15 +2,15 @@
 //! EL2 granule → memory → EL2 MMU → Spectre mitigations → secondary CPUs.
 
 use crate::{mem, mmu, HEAP};
-use el2::arch::{self, sysreg};
+use el2::arch::{self, sysreg, ImageLayout};
 use el2::cmdline::{Cmdline, LogLevel};
-use el2::dt::{dtb_total_size, PhysRange, Platform, MAX_DTB_SIZE, MAX_RESERVED_RANGES};
+use el2::dt::{dtb_total_size, HalfOpen, Platform, MAX_DTB_SIZE, MAX_RESERVED_RANGES};
 use el2::granule::choose_el2_granule;
-use el2::memmap::largest_free;
+use el2::memmap::{heap_size, largest_free};
 use el2::spectre::{Decision, ExitOverride};
 use el2::{console, fatal, psci, smp};
 use log::{debug, info, warn};
-use stage2::{CpuFeatures, Granule, IdRegs};
+use stage2::{AddrRange, CpuFeatures, Granule, IdRegs, Pa};
 use vdev::psci::Workarounds;
 
 /// The Image header's `text_offset` (hyp/el2/src/arch/entry.S): the loader puts hyp at a 2 MiB
@@ -22,7 +22,7 @@ pub struct Boot {
     /// The host device tree, parsed.
     pub platform: Platform<'static>,
     /// Where the device tree blob is (left in place, never handed out).
-    pub dtb: PhysRange,
+    pub dtb: AddrRange<Pa>,
     /// The boot bundle the loader put in RAM as the initrd (QEMU: `-initrd`), left in place
     /// and never handed out; `None` when there is none.
     pub bundle: Option<&'static [u8]>,
@@ -72,7 +72,7 @@ fn platform_and_console(dtb: usize) -> Platform<'static> {
                 psci::system_off();
             };
             // SAFETY: as below: the device tree names this PL011 as the console.
-            unsafe { console::init(uart.regs.base as usize) };
+            unsafe { console::init(uart.regs.start().get() as usize) };
             console::init_logger(log::LevelFilter::Info);
             el2::fatal!("host device tree refused: {e}")
         }
@@ -85,7 +85,7 @@ fn platform_and_console(dtb: usize) -> Platform<'static> {
     };
     // SAFETY: the device tree names this PL011 as the console; hyp is its only driver and
     // runs identity mapped (or with the MMU off).
-    unsafe { console::init(uart.regs.base as usize) };
+    unsafe { console::init(uart.regs.start().get() as usize) };
     platform
 }
 
@@ -103,14 +103,7 @@ fn level(l: LogLevel) -> log::LevelFilter {
 pub fn early(dtb: usize) -> Boot {
     smp::init_boot_cpu();
     let platform = platform_and_console(dtb);
-    let cmdline = match Cmdline::parse(platform.bootargs) {
-        Ok(c) => c,
-        Err(e) => {
-            console::init_logger(log::LevelFilter::Info);
-            el2::fatal!("{e}")
-        }
-    };
-    console::init_logger(level(cmdline.log_level));
+    let cmdline = cmdline_and_logger(&platform);
     debug!(
         "hyp: at EL{} on mpidr {:#x}, device tree at {dtb:#x} ({} bytes), bootargs \"{}\"",
         sysreg::current_el(),
@@ -121,8 +114,63 @@ pub fn early(dtb: usize) -> Boot {
     if platform.psci.is_none() {
         el2::fatal!("{}", el2::dt::DtError::NoPsci);
     }
+    let cpu = cpu_features(&cmdline);
+    let granule = el2_granule(&cpu, &cmdline);
 
-    // The CPU features: one value, built once, with the hide mask applied.
+    // Memory: everything but the boot stub + image and the device tree.
+    let layout = arch::image_layout();
+    check_stack_area(&layout);
+    let dtb_range = AddrRange::from_start_len(Pa::new(dtb as u64), platform.dtb_size as u64)
+        .expect("invariant: the device tree blob lies in memory");
+    let bundle = boot_bundle(&platform);
+    let free = free_ram(&platform, &layout, dtb_range, bundle);
+    let heap = init_heap(free, &layout);
+
+    let mmu = match mmu::enable(&platform, &cpu, granule, heap) {
+        Ok(m) => m,
+        Err(e) => el2::fatal!("cannot build hyp's EL2 page tables: {e}"),
+    };
+    info!(
+        "hyp: el2 granule {}, va {} bits, {} levels",
+        granule.label(),
+        mmu.va_bits,
+        mmu.levels
+    );
+    let workarounds = spectre(&cmdline);
+    // SAFETY: the range is RAM (checked by `boot_bundle`) that no allocator hands out
+    // (reserved by `free_ram`), identity mapped by mmu::enable as RAM; nothing writes it: hyp
+    // only reads the bundle.
+    let bundle = bundle.map(|b| unsafe {
+        core::slice::from_raw_parts(b.start().get() as *const u8, b.len() as usize)
+    });
+
+    Boot {
+        platform,
+        dtb: dtb_range,
+        bundle,
+        cmdline,
+        cpu,
+        el2_granule: granule,
+        workarounds,
+    }
+}
+
+/// hyp's command line from `/chosen` `bootargs`, and the logger at its `hyp.log=` level (a
+/// command line hyp refuses is reported at the default level).
+fn cmdline_and_logger(platform: &Platform<'_>) -> Cmdline {
+    let cmdline = match Cmdline::parse(platform.bootargs) {
+        Ok(c) => c,
+        Err(e) => {
+            console::init_logger(log::LevelFilter::Info);
+            el2::fatal!("{e}")
+        }
+    };
+    console::init_logger(level(cmdline.log_level));
+    cmdline
+}
+
+/// The CPU features: one value, built once, with the `hyp.hide-granules=` mask applied.
+fn cpu_features(cmdline: &Cmdline) -> CpuFeatures {
     let cpu = CpuFeatures::from_id_regs(IdRegs {
         mmfr0: sysreg::id_aa64mmfr0_el1(),
         mmfr1: sysreg::id_aa64mmfr1_el1(),
@@ -136,17 +184,24 @@ pub fn early(dtb: usize) -> Boot {
         cpu.mmfr0(),
         cpu.pa_bits()
     );
-    let choice = match choose_el2_granule(&cpu, cmdline.granule) {
+    cpu
+}
+
+/// hyp's own EL2 granule: `hyp.granule=` if the CPU has it, else the first it has (with a
+/// warning saying why).
+fn el2_granule(cpu: &CpuFeatures, cmdline: &Cmdline) -> Granule {
+    let choice = match choose_el2_granule(cpu, cmdline.granule) {
         Ok(c) => c,
         Err(e) => el2::fatal!("{e}"),
     };
     if let Some(line) = choice.fallback_line() {
         warn!("{line}");
     }
+    choice.granule
+}
 
-    // Memory: everything but the boot stub + image and the device tree.
-    let layout = arch::image_layout();
-    // The linker script, entry.S and arch::STACK_STRIDE must agree on the stack area.
+/// The linker script, entry.S and arch::STACK_STRIDE must agree on the stack area.
+fn check_stack_area(layout: &ImageLayout) {
     if layout.stacks_end - layout.stacks_start != el2::dt::MAX_CPUS as u64 * arch::STACK_STRIDE {
         el2::fatal!(
             "stack area {:#x}..{:#x} does not hold {} CPUs of {:#x} bytes (linker.ld vs arch)",
@@ -156,24 +211,41 @@ pub fn early(dtb: usize) -> Boot {
             arch::STACK_STRIDE
         );
     }
-    let dtb_range = PhysRange::new(dtb as u64, platform.dtb_size as u64);
-    let bundle = platform.initrd.filter(|r| r.size > 0);
-    if let Some(b) = bundle {
-        if !platform
-            .memory
-            .as_slice()
-            .iter()
-            .any(|m| m.contains(b.base) && b.end() <= m.end())
-        {
-            el2::fatal!("the boot bundle (initrd) {b} is not inside RAM");
-        }
+}
+
+/// The boot bundle the loader put in RAM (the device tree's initrd), if there is a non-empty
+/// one; fatal unless it lies inside one RAM range.
+fn boot_bundle(platform: &Platform<'_>) -> Option<AddrRange<Pa>> {
+    let bundle = platform.initrd.filter(|r| !r.is_empty())?;
+    if !platform
+        .memory
+        .as_slice()
+        .iter()
+        .any(|m| m.contains_range(&bundle))
+    {
+        el2::fatal!(
+            "the boot bundle (initrd) {} is not inside RAM",
+            HalfOpen(bundle)
+        );
     }
-    let mut reserved = [PhysRange::default(); 3 + MAX_RESERVED_RANGES];
-    reserved[0] = PhysRange::new(
-        layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
-        layout.end - layout.start.saturating_sub(IMAGE_TEXT_OFFSET),
-    );
-    reserved[1] = dtb_range;
+    Some(bundle)
+}
+
+/// The largest piece of RAM that holds none of: the boot stub and hyp's image, the device
+/// tree, the boot bundle and the device tree's reserved ranges.
+fn free_ram(
+    platform: &Platform<'_>,
+    layout: &ImageLayout,
+    dtb: AddrRange<Pa>,
+    bundle: Option<AddrRange<Pa>>,
+) -> AddrRange<Pa> {
+    let mut reserved = [AddrRange::default(); 3 + MAX_RESERVED_RANGES];
+    reserved[0] = AddrRange::new(
+        Pa::new(layout.start.saturating_sub(IMAGE_TEXT_OFFSET)),
+        Pa::new(layout.end),
+    )
+    .expect("invariant: the linker script puts the image's end after its start");
+    reserved[1] = dtb;
     reserved[2] = bundle.unwrap_or_default();
     for (slot, r) in reserved[3..].iter_mut().zip(platform.reserved.as_slice()) {
         *slot = *r;
@@ -181,56 +253,32 @@ pub fn early(dtb: usize) -> Boot {
     let Some(free) = largest_free(platform.memory.as_slice(), &reserved) else {
         el2::fatal!("no free RAM after hyp's image and the device tree");
     };
-    // Heap: a quarter of the free RAM, between 16 MiB and 256 MiB, 64 KiB aligned.
-    let heap_size = (free.size / 4).clamp(16 << 20, 256 << 20) & !0xffff;
+    free
+}
+
+/// Hands `free` to the physical allocator ([`mem`]) and takes hyp's heap from it first
+/// ([`heap_size`] bytes, 64 KiB aligned); returns the heap's range.
+fn init_heap(free: AddrRange<Pa>, layout: &ImageLayout) -> AddrRange<Pa> {
+    let size = heap_size(free.len());
     mem::init(free);
-    let Some(heap) = mem::alloc_phys(heap_size, 0x1_0000) else {
+    let Some(heap) = mem::alloc_phys(size, 0x1_0000) else {
         el2::fatal!(
-            "{} of free RAM is too little for hyp's heap ({heap_size:#x} bytes)",
-            free
+            "{} of free RAM is too little for hyp's heap ({size:#x} bytes)",
+            HalfOpen(free)
         );
     };
     // SAFETY: `heap` is RAM inside the free range, handed out once by the bump allocator
     // (so used for nothing else), identity mapped read/write by mmu::enable below and
     // accessible with the MMU off before that.
-    unsafe { HEAP.init(heap as usize, heap_size as usize) };
+    unsafe { HEAP.init(heap as usize, size as usize) };
     debug!(
-        "hyp: image {:#x}..{:#x}, heap {heap:#x}+{heap_size:#x}, free RAM {}",
+        "hyp: image {:#x}..{:#x}, heap {heap:#x}+{size:#x}, free RAM {}",
         layout.start,
         layout.end,
-        mem::remaining()
+        HalfOpen(mem::remaining())
     );
-
-    let mmu = match mmu::enable(
-        &platform,
-        &cpu,
-        choice.granule,
-        PhysRange::new(heap, heap_size),
-    ) {
-        Ok(m) => m,
-        Err(e) => el2::fatal!("cannot build hyp's EL2 page tables: {e}"),
-    };
-    info!(
-        "hyp: el2 granule {}, va {} bits, {} levels",
-        choice.granule.label(),
-        mmu.va_bits,
-        mmu.levels
-    );
-    let workarounds = spectre(&cmdline);
-    // SAFETY: the range is RAM (checked above) that no allocator hands out (reserved above),
-    // identity mapped by mmu::enable as RAM; nothing writes it: hyp only reads the bundle.
-    let bundle = bundle
-        .map(|b| unsafe { core::slice::from_raw_parts(b.base as *const u8, b.size as usize) });
-
-    Boot {
-        platform,
-        dtb: dtb_range,
-        bundle,
-        cmdline,
-        cpu,
-        el2_granule: choice.granule,
-        workarounds,
-    }
+    AddrRange::from_start_len(Pa::new(heap), size)
+        .expect("invariant: the heap lies in the free range")
 }
 
 /// Spectre-class hygiene (`el2::spectre`): decides from this CPU's ID registers and what EL3
@@ -317,14 +365,14 @@ pub fn await_secondaries(s: Secondaries) {
 /// Takes over the SMMUv3 the host device tree describes (`arm,smmu-v3`), if any: maps its
 /// registers and hands them to [`crate::smmu::init`], which leaves every stream aborted.
 pub fn take_over_devices(boot: &Boot) {
-    let Some(dt) = dtb_slice(boot.dtb.base as usize) else {
+    let Some(dt) = dtb_slice(boot.dtb.start().get() as usize) else {
         return;
     };
     let Some(regs) = Platform::find_compatible_reg(dt, "arm,smmu-v3") else {
         return;
     };
     if let Err(e) = mmu::map_device(regs) {
-        warn!("hyp: smmu at {:#x} not mapped: {e}; not used", regs.base);
+        warn!("hyp: smmu at {:#x} not mapped: {e}; not used", regs.start());
         return;
     }
     // SAFETY: `regs` is the SMMUv3's register frame from the host device tree, just mapped
@@ -336,7 +384,10 @@ pub fn take_over_devices(boot: &Boot) {
     };
     let bus0 = crate::pci::bus0(ecam);
     if let Err(e) = mmu::map_device(bus0) {
-        warn!("hyp: pci: ECAM {bus0} not mapped: {e}; no PCI devices for VMs");
+        warn!(
+            "hyp: pci: ECAM {} not mapped: {e}; no PCI devices for VMs",
+            HalfOpen(bus0)
+        );
         return;
     }
     // SAFETY: `ecam` is the host's ECAM window from its device tree; its first MiB was just

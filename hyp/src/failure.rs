@@ -5,10 +5,10 @@ use crate::gic::GicError;
 use crate::smmu::AssignError;
 use alloc::string::String;
 use core::fmt;
-use el2::dt::PhysRange;
+use el2::dt::HalfOpen;
 use guest_loader::bundle::BundleError;
 use guest_loader::Errors;
-use stage2::{Ipa, MapError, Pa, VmidError};
+use stage2::{AddrRange, Ipa, MapError, Pa, VmidError};
 use vdev::psci::PsciError;
 use vdev::vgic::VgicError;
 
@@ -44,7 +44,7 @@ pub enum VmFailure {
         /// The budget in bytes.
         budget: u64,
         /// The free host RAM.
-        free: PhysRange,
+        free: AddrRange<Pa>,
     },
     /// Its RAM does not fit in the free host RAM.
     Ram {
@@ -53,7 +53,7 @@ pub enum VmFailure {
         /// The alignment asked for.
         align: u64,
         /// The free host RAM.
-        free: PhysRange,
+        free: AddrRange<Pa>,
     },
     /// No VMID left.
     Vmid(VmidError),
@@ -130,7 +130,8 @@ impl fmt::Display for Detail<'_> {
                 VmFailure::TableBudget { budget, free } => write!(
                     f,
                     "vm {vm}: its stage-2 table budget of {budget:#x} bytes does not fit in the \
-                     free host RAM {free}"
+                     free host RAM {}",
+                    HalfOpen(*free)
                 ),
                 VmFailure::Ram {
                     memory,
@@ -139,7 +140,8 @@ impl fmt::Display for Detail<'_> {
                 } => write!(
                     f,
                     "vm {vm}: {memory:#x} bytes of RAM aligned to {align:#x} do not fit in the \
-                     free host RAM {free}"
+                     free host RAM {}",
+                    HalfOpen(*free)
                 ),
                 VmFailure::Vmid(e) => write!(f, "vm {vm}: {e}"),
                 VmFailure::Devices(e) => write!(f, "vm {vm}: its PCI devices: {e}"),

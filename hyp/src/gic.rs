@@ -98,16 +98,16 @@ pub unsafe fn init_distributor(platform: &Platform<'_>, uart_rx: bool) -> Result
     };
     // SAFETY: the caller's contract; the range is the device tree's own for the distributor
     // (and below, for each redistributor region and the UART).
-    let dist = unsafe { MmioRegion::new(gic.dist.base as usize, gic.dist.size as usize) };
+    let dist = unsafe { MmioRegion::of(gic.dist) };
     // The same capacity as the device tree's list: every region it kept is used.
     let mut redists = [None; MAX_REDIST_REGIONS];
     for (slot, r) in redists.iter_mut().zip(gic.redists.as_slice()) {
         // SAFETY: as above.
-        *slot = Some(unsafe { MmioRegion::new(r.base as usize, r.size as usize) });
+        *slot = Some(unsafe { MmioRegion::of(*r) });
     }
     let uart = platform.uart.map(|u| {
         // SAFETY: as above.
-        unsafe { MmioRegion::new(u.regs.base as usize, u.regs.size as usize) }
+        unsafe { MmioRegion::of(u.regs) }
     });
     let uart_spi = platform
         .uart

@@ -1,14 +1,14 @@
 //! Physical memory hyp hands out after boot: page-table frames and VM memory come from one
 //! bump allocator over the largest free RAM range (see `el2::memmap`).
 
-use el2::dt::PhysRange;
 use el2::memmap::PhysBump;
 use spin::mutex::SpinMutex;
+use stage2::{AddrRange, Pa};
 
 static PHYS: SpinMutex<Option<PhysBump>> = SpinMutex::new(None);
 
 /// Gives the allocator its range (once, at boot).
-pub fn init(range: PhysRange) {
+pub fn init(range: AddrRange<Pa>) {
     *PHYS.lock() = Some(PhysBump::new(range));
 }
 
@@ -19,7 +19,7 @@ pub fn alloc_phys(size: u64, align: u64) -> Option<u64> {
 }
 
 /// What is left.
-pub fn remaining() -> PhysRange {
+pub fn remaining() -> AddrRange<Pa> {
     PHYS.lock()
         .as_ref()
         .map(|b| b.remaining())

@@ -11,10 +11,10 @@
 use crate::mem;
 use aarch64_cpu::registers::{SCTLR_EL2, TCR_EL2};
 use core::fmt;
-use el2::arch::{self, barrier, cache, sysreg, tlb};
-use el2::dt::{PhysRange, Platform, MAX_REDIST_REGIONS};
+use el2::arch::{self, barrier, cache, sysreg, tlb, ImageLayout};
+use el2::dt::{HalfOpen, Platform, MAX_REDIST_REGIONS};
 use el2::frames::{FrameAlloc, HwMaintenance};
-use el2::memmap::align_up;
+use el2::memmap::{align_up, merge, round_out, saturating_range};
 use el2::smp;
 use spin::mutex::SpinMutex;
 use stage2::{
@@ -41,7 +41,7 @@ pub enum MmuError {
         /// What was being mapped.
         what: &'static str,
         /// The range.
-        range: PhysRange,
+        range: AddrRange<Pa>,
         /// Why.
         err: MapError,
     },
@@ -50,12 +50,12 @@ pub enum MmuError {
     /// `map_device` on a page already mapped as something other than a device.
     NotDevice {
         /// The page.
-        range: PhysRange,
+        range: AddrRange<Pa>,
     },
     /// A region lies beyond the VA size.
     TooHigh {
         /// The region.
-        range: PhysRange,
+        range: AddrRange<Pa>,
         /// The VA size.
         va_bits: u32,
     },
@@ -65,17 +65,21 @@ impl fmt::Display for MmuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MmuError::Geometry(e) => write!(f, "{e}"),
-            MmuError::Map { what, range, err } => write!(f, "mapping {what} {range}: {err}"),
+            MmuError::Map { what, range, err } => {
+                write!(f, "mapping {what} {}: {err}", HalfOpen(*range))
+            }
             MmuError::NotReady => f.write_str("hyp's EL2 map is not live yet"),
             MmuError::NotDevice { range } => {
                 write!(
                     f,
-                    "{range} is already mapped as normal memory, not a device"
+                    "{} is already mapped as normal memory, not a device",
+                    HalfOpen(*range)
                 )
             }
             MmuError::TooHigh { range, va_bits } => write!(
                 f,
-                "{range} lies beyond the {va_bits}-bit identity map (PARange too small?)"
+                "{} lies beyond the {va_bits}-bit identity map (PARange too small?)",
+                HalfOpen(*range)
             ),
         }
     }
@@ -93,11 +97,11 @@ fn sctlr_on_bits() -> u64 {
 
 type Table = PageTable<FrameAlloc, NoMaintenance, Va>;
 
-/// hyp's live EL2 table, once the MMU is on.
 /// Device ranges hyp maps for itself: the console UART, the GIC distributor and its
 /// redistributor regions, each at most as many as `Platform` lists.
 const MAX_DEVICE_RANGES: usize = 2 + MAX_REDIST_REGIONS;
 
+/// hyp's live EL2 table, once the MMU is on.
 static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance, Va>>> =
     SpinMutex::new(None);
 
@@ -105,21 +109,20 @@ static EL2_TABLE: SpinMutex<Option<PageTable<FrameAlloc, HwMaintenance, Va>>> =
 /// in hyp's live identity map, for devices the boot map did not include. Already-mapped device
 /// pages are left as they are. Break-before-make and TLB maintenance are done by `stage2`
 /// through [`HwMaintenance`].
-pub fn map_device(range: PhysRange) -> Result<(), MmuError> {
+pub fn map_device(range: AddrRange<Pa>) -> Result<(), MmuError> {
     let mut g = EL2_TABLE.lock();
     let Some(t) = g.as_mut() else {
         return Err(MmuError::NotReady);
     };
     let page = t.geometry().granule().size();
-    let s = range.base & !(page - 1);
-    let e = align_up(range.end(), page).unwrap_or(u64::MAX);
-    let mut a = s;
+    let pages = round_out(range, page);
+    let (mut a, e) = (pages.start().get(), pages.end().get());
     while a < e {
         match t.translate(Pa::new(a).identity_va()) {
             Some((_, attrs, _)) if attrs == Attrs::device() => {}
             Some(_) => {
                 return Err(MmuError::NotDevice {
-                    range: PhysRange::new(a, page),
+                    range: saturating_range(a, page),
                 })
             }
             None => map(t, "device", a, a + page, Attrs::device())?,
@@ -149,7 +152,7 @@ fn map<M: stage2::Maintenance>(
     t.map(pas.identity_va(), pas.start(), attrs, MapOpts::default())
         .map_err(|err| MmuError::Map {
             what,
-            range: PhysRange::new(start, end - start),
+            range: pas,
             err,
         })
 }
@@ -163,112 +166,25 @@ pub fn enable(
     p: &Platform<'_>,
     cpu: &CpuFeatures,
     granule: Granule,
-    heap_head: PhysRange,
+    heap_head: AddrRange<Pa>,
 ) -> Result<MmuInfo, MmuError> {
     // VA size: 48 bits, or the PA size if smaller (an identity map needs no more).
     let va_bits = cpu.pa_bits().min(48);
     let geo = Geometry::new(Regime::El2, granule, va_bits, cpu).map_err(MmuError::Geometry)?;
-    let page = granule.size();
-    let limit = geo.input_limit();
 
-    let frames_start = mem::remaining().base;
+    let frames_start = mem::remaining().start().get();
     // SAFETY: `mem::alloc_phys` hands out RAM from the free range once each, which is identity
     // mapped by the tables built here (and accessible with the MMU off before that).
     let fa = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
     let mut t: Table = PageTable::new(geo, fa, NoMaintenance).map_err(|err| MmuError::Map {
         what: "root table",
-        range: PhysRange::default(),
+        range: AddrRange::default(),
         err,
     })?;
-
-    // RAM, with hyp's image carved out and mapped section by section.
     let l = arch::image_layout();
-    for r in p.memory.as_slice() {
-        if r.end() > limit {
-            return Err(MmuError::TooHigh { range: *r, va_bits });
-        }
-        let (s, e) = (
-            align_up(r.base, page).unwrap_or(r.end()),
-            r.end() & !(page - 1),
-        );
-        if l.start >= s && l.end <= e {
-            map(&mut t, "RAM", s, l.start, Attrs::data())?;
-            map(&mut t, "hyp text", l.start, l.text_end, Attrs::code())?;
-            map(
-                &mut t,
-                "hyp rodata",
-                l.rodata_start,
-                l.rodata_end,
-                Attrs::rodata(),
-            )?;
-            map(
-                &mut t,
-                "hyp data",
-                l.data_start,
-                l.stacks_start,
-                Attrs::data(),
-            )?;
-            let mut base = l.stacks_start;
-            while base + arch::STACK_STRIDE <= l.stacks_end {
-                // The guards below each stack stay unmapped (arch::STACK_STRIDE layout).
-                let exc = base + arch::STACK_GUARD..base + arch::EXC_STACK_TOP;
-                map(&mut t, "exception stack", exc.start, exc.end, Attrs::data())?;
-                let main = base + arch::MAIN_STACK_BASE..base + arch::STACK_STRIDE;
-                map(&mut t, "stack", main.start, main.end, Attrs::data())?;
-                base += arch::STACK_STRIDE;
-            }
-            map(&mut t, "RAM", l.end, e, Attrs::data())?;
-        } else {
-            map(&mut t, "RAM", s, e, Attrs::data())?;
-        }
-    }
-
-    // Devices, rounded out to the granule, merged so no page is mapped twice. The array
-    // holds every device range `Platform` can list (its lists refuse a tree with more).
-    let mut devs = [PhysRange::default(); MAX_DEVICE_RANGES];
-    let mut n = 0;
-    let mut add = |r: PhysRange| {
-        if r.size > 0 {
-            let s = r.base & !(page - 1);
-            let e = align_up(r.end(), page).unwrap_or(u64::MAX);
-            if let Some(slot) = devs.get_mut(n) {
-                *slot = PhysRange::new(s, e - s);
-                n += 1;
-            }
-        }
-    };
-    if let Some(u) = p.uart {
-        add(u.regs);
-    }
-    if let Some(g) = p.gic {
-        add(g.dist);
-        for r in g.redists.as_slice() {
-            add(*r);
-        }
-    }
-    let devs = &mut devs[..n];
-    devs.sort_unstable_by_key(|r| r.base);
-    let mut i = 0;
-    while i < devs.len() {
-        let mut cur = devs[i];
-        i += 1;
-        while i < devs.len() && devs[i].base <= cur.end() {
-            cur = PhysRange::new(cur.base, devs[i].end().max(cur.end()) - cur.base);
-            i += 1;
-        }
-        if cur.end() > limit {
-            return Err(MmuError::TooHigh {
-                range: cur,
-                va_bits,
-            });
-        }
-        if p.memory.as_slice().iter().any(|m| m.overlaps(&cur)) {
-            log::warn!("hyp: device range {cur} overlaps RAM; not mapped as a device");
-            continue;
-        }
-        map(&mut t, "device", cur.base, cur.end(), Attrs::device())?;
-    }
-    let frames_end = mem::remaining().base;
+    map_ram(&mut t, p.memory.as_slice(), &l, va_bits)?;
+    map_devices(&mut t, p, va_bits)?;
+    let frames_end = mem::remaining().start().get();
     log::debug!(
         "hyp: el2 tables: {} bytes in {} tables, root {:#x}",
         t.table_bytes(),
@@ -282,8 +198,114 @@ pub fn enable(
     // The loader cleaned the image to the PoC (booting.rst), so memory holds the data.
     cache::invalidate_to_poc(l.start, l.end - l.start);
     cache::invalidate_to_poc(frames_start, frames_end - frames_start);
-    cache::invalidate_to_poc(heap_head.base, heap_head.size.min(1 << 20));
+    cache::invalidate_to_poc(heap_head.start().get(), heap_head.len().min(1 << 20));
 
+    switch_on(t, cpu);
+    Ok(MmuInfo {
+        va_bits,
+        levels: geo.levels(),
+    })
+}
+
+/// Maps RAM (`memory`, shrunk to whole pages) as data, except hyp's image, which
+/// [`map_image`] maps section by section.
+fn map_ram(
+    t: &mut Table,
+    memory: &[AddrRange<Pa>],
+    l: &ImageLayout,
+    va_bits: u32,
+) -> Result<(), MmuError> {
+    let page = t.geometry().granule().size();
+    let limit = t.geometry().input_limit();
+    for r in memory {
+        let (base, end) = (r.start().get(), r.end().get());
+        if end > limit {
+            return Err(MmuError::TooHigh { range: *r, va_bits });
+        }
+        let (s, e) = (align_up(base, page).unwrap_or(end), end & !(page - 1));
+        if l.start >= s && l.end <= e {
+            map(t, "RAM", s, l.start, Attrs::data())?;
+            map_image(t, l)?;
+            map(t, "RAM", l.end, e, Attrs::data())?;
+        } else {
+            map(t, "RAM", s, e, Attrs::data())?;
+        }
+    }
+    Ok(())
+}
+
+/// Maps hyp's image: text RX, rodata RO, data and bss RW, and each CPU's two stacks RW
+/// above their unmapped guards.
+fn map_image(t: &mut Table, l: &ImageLayout) -> Result<(), MmuError> {
+    map(t, "hyp text", l.start, l.text_end, Attrs::code())?;
+    map(
+        t,
+        "hyp rodata",
+        l.rodata_start,
+        l.rodata_end,
+        Attrs::rodata(),
+    )?;
+    map(t, "hyp data", l.data_start, l.stacks_start, Attrs::data())?;
+    let mut base = l.stacks_start;
+    while base + arch::STACK_STRIDE <= l.stacks_end {
+        // The guards below each stack stay unmapped (arch::STACK_STRIDE layout).
+        let exc = base + arch::STACK_GUARD..base + arch::EXC_STACK_TOP;
+        map(t, "exception stack", exc.start, exc.end, Attrs::data())?;
+        let main = base + arch::MAIN_STACK_BASE..base + arch::STACK_STRIDE;
+        map(t, "stack", main.start, main.end, Attrs::data())?;
+        base += arch::STACK_STRIDE;
+    }
+    Ok(())
+}
+
+/// Maps the devices `Platform` lists (the UART, the GIC distributor and redistributors) as
+/// Device-nGnRE, rounded out to the granule and merged so no page is mapped twice; a merged
+/// range that overlaps RAM is left out with a warning.
+fn map_devices(t: &mut Table, p: &Platform<'_>, va_bits: u32) -> Result<(), MmuError> {
+    let page = t.geometry().granule().size();
+    let limit = t.geometry().input_limit();
+    // The array holds every device range `Platform` can list (its lists refuse a tree with
+    // more).
+    let mut devs = [AddrRange::default(); MAX_DEVICE_RANGES];
+    let uart = p.uart.map(|u| u.regs);
+    let gic = p
+        .gic
+        .as_ref()
+        .into_iter()
+        .flat_map(|g| core::iter::once(g.dist).chain(g.redists.as_slice().iter().copied()));
+    let mut n = 0;
+    for r in uart.into_iter().chain(gic).filter(|r| !r.is_empty()) {
+        if let Some(slot) = devs.get_mut(n) {
+            *slot = round_out(r, page);
+            n += 1;
+        }
+    }
+    let n = merge(&mut devs[..n]);
+    for &cur in &devs[..n] {
+        if cur.end().get() > limit {
+            return Err(MmuError::TooHigh {
+                range: cur,
+                va_bits,
+            });
+        }
+        if p.memory.as_slice().iter().any(|m| m.overlaps(&cur)) {
+            log::warn!(
+                "hyp: device range {} overlaps RAM; not mapped as a device",
+                HalfOpen(cur)
+            );
+            continue;
+        }
+        let (s, e) = (cur.start().get(), cur.end().get());
+        map(t, "device", s, e, Attrs::device())?;
+    }
+    Ok(())
+}
+
+/// Loads the finished tables on this CPU and turns the MMU and caches on (then the tables
+/// become the live [`EL2_TABLE`]), checks TCR_EL2 reads back as built, and publishes the
+/// registers for the secondaries.
+fn switch_on(t: Table, cpu: &CpuFeatures) {
+    let geo = *t.geometry();
     let tcr = geo.tcr_el2(cpu.pa_bits());
     let ttbr = t.root_pa();
     let sctlr = sysreg::sctlr_el2() | sctlr_on_bits();
@@ -316,8 +338,4 @@ pub fn enable(
         );
     }
     smp::set_secondary_mmu(MAIR_EL2, tcr, ttbr.get(), sctlr);
-    Ok(MmuInfo {
-        va_bits,
-        levels: geo.levels(),
-    })
 }

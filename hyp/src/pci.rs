@@ -2,11 +2,12 @@
 //! `pci-host-ecam-generic` node describes. hyp alone touches it; a VM reaches its own
 //! functions through `vdev::pci`'s filtered view ([`vdev::pci::PciView`]), which calls this.
 
-use el2::dt::PhysRange;
+use el2::dt::HalfOpen;
 use el2::mmio::MmioRegion;
 use log::warn;
 use platform::pci::Bdf;
 use spin::Once;
+use stage2::{AddrRange, Pa};
 use vdev::pci::ConfigSpace;
 
 /// Bus 0's part of an ECAM window: 32 devices × 8 functions × 4 KiB.
@@ -37,13 +38,16 @@ static ECAM: Once<HostEcam> = Once::new();
 /// # Safety
 /// `regs` must be the host's PCIe ECAM window from its device tree, its first MiB mapped
 /// Device-nGnRE in hyp's identity map, and no other software may configure the bus.
-pub unsafe fn init(regs: PhysRange) {
-    if regs.size < BUS0_SIZE {
-        warn!("hyp: pci: ECAM window {regs} smaller than one bus: not used");
+pub unsafe fn init(regs: AddrRange<Pa>) {
+    if regs.len() < BUS0_SIZE {
+        warn!(
+            "hyp: pci: ECAM window {} smaller than one bus: not used",
+            HalfOpen(regs)
+        );
         return;
     }
     // SAFETY: the caller's contract; bus 0's MiB lies inside the window (checked).
-    let regs = unsafe { MmioRegion::new(regs.base as usize, BUS0_SIZE as usize) };
+    let regs = unsafe { MmioRegion::of(bus0(regs)) };
     ECAM.call_once(|| HostEcam { regs });
 }
 
@@ -53,6 +57,7 @@ pub fn host() -> Option<HostEcam> {
 }
 
 /// The bytes of bus 0's window to map for hyp (`regs` is the whole ECAM window).
-pub fn bus0(regs: PhysRange) -> PhysRange {
-    PhysRange::new(regs.base, regs.size.min(BUS0_SIZE))
+pub fn bus0(regs: AddrRange<Pa>) -> AddrRange<Pa> {
+    AddrRange::from_start_len(regs.start(), regs.len().min(BUS0_SIZE))
+        .expect("invariant: a prefix of a range fits where the range does")
 }

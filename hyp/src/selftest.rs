@@ -4,10 +4,10 @@
 use crate::boot::{dtb_slice, Boot};
 use crate::mmu;
 use el2::cmdline::TestSwitch;
+use el2::dt::HalfOpen;
 use el2::dt::Platform;
 use el2::smp;
 use log::info;
-use stage2::Pa;
 
 /// Runs what `hyp.test=` asked for (nothing for a normal boot).
 pub fn run(boot: &Boot) {
@@ -72,32 +72,33 @@ pub fn exec_data() {
 /// reads its PrimeCell peripheral ID (PL031 TRM: PeriphID0..3 at 0xfe0.. = 0x31, 0x10, 0x14/
 /// 0x04, 0x00; the part number 0x031 is what the test checks).
 pub fn map_device_test(boot: &Boot) {
-    let Some(blob) = dtb_slice(boot.dtb.base as usize) else {
+    let Some(blob) = dtb_slice(boot.dtb.start().get() as usize) else {
         el2::fatal!("the device tree is gone");
     };
     let Some(rtc) = Platform::find_compatible_reg(blob, "arm,pl031") else {
         el2::fatal!("no arm,pl031 in the device tree");
     };
-    if mmu::translate(Pa::new(rtc.base).identity_va()).is_some() {
-        el2::fatal!("{rtc} is already mapped before map_device");
+    let shown = HalfOpen(rtc);
+    if mmu::translate(rtc.start().identity_va()).is_some() {
+        el2::fatal!("{shown} is already mapped before map_device");
     }
     if let Err(e) = mmu::map_device(rtc) {
-        el2::fatal!("map_device {rtc}: {e}");
+        el2::fatal!("map_device {shown}: {e}");
     }
-    let Some((pa, attrs, level)) = mmu::translate(Pa::new(rtc.base).identity_va()) else {
-        el2::fatal!("{rtc} not mapped after map_device");
+    let Some((pa, attrs, level)) = mmu::translate(rtc.start().identity_va()) else {
+        el2::fatal!("{shown} not mapped after map_device");
     };
     let id = |off: u64| {
         // SAFETY: `rtc` is the PL031's register range, now mapped Device-nGnRE; reading its
         // ID registers has no side effect.
-        unsafe { ((rtc.base + off) as *const u32).read_volatile() & 0xff }
+        unsafe { ((rtc.start() + off).get() as *const u32).read_volatile() & 0xff }
     };
     let part = id(0xfe0) | (id(0xfe4) & 0xf) << 8;
     if part != 0x031 {
         el2::fatal!("PL031 part number reads {part:#x}, expected 0x031");
     }
     info!(
-        "hyp: test: mapped {rtc} as {attrs} at level {level} (pa {pa:#x}), PL031 part {part:#05x}"
+        "hyp: test: mapped {shown} as {attrs} at level {level} (pa {pa:#x}), PL031 part {part:#05x}"
     );
 }
 

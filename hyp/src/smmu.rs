@@ -18,7 +18,6 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use el2::arch::{barrier, sysreg};
-use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::mmio::MmioRegion;
 use guest_loader::pci::{Bdf, PciDevice};
@@ -29,7 +28,7 @@ use smmu::{
     EventQueue, Refusal, SmmuFeatures, SmmuMirror, Ste,
 };
 use spin::mutex::SpinMutex;
-use stage2::{Geometry, Granule, Pa, TableAlloc};
+use stage2::{AddrRange, Geometry, Granule, Pa, TableAlloc};
 use tock_registers::LocalRegisterCopy;
 
 use crate::mem;
@@ -52,6 +51,25 @@ const TIMEOUT_MS: u64 = 1000;
 /// ignore broadcast TLB maintenance: hyp invalidates the SMMU by commands only
 /// (`smmu::SmmuMirror`), so the CPUs' TLBIs of other VMIDs cost the SMMU nothing.
 const CR2_RECINVSID_PTM: u32 = 0b110;
+
+/// Log2 of the entries of the stream table and the queues hyp builds: its own choices
+/// ([`STREAM_LOG2`], [`CMDQ_LOG2`], [`EVENTQ_LOG2`]), capped by what the SMMU supports.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    sid_log2: u32,
+    cmdq_log2: u32,
+    evtq_log2: u32,
+}
+
+impl Sizes {
+    fn of(features: &SmmuFeatures) -> Sizes {
+        Sizes {
+            sid_log2: STREAM_LOG2.min(features.sid_bits),
+            cmdq_log2: CMDQ_LOG2.min(features.cmdq_log2),
+            evtq_log2: EVENTQ_LOG2.min(features.eventq_log2),
+        }
+    }
+}
 
 /// Words of DMA-visible memory made of consecutive 4 KiB frames from hyp's allocator.
 struct Frames {
@@ -265,38 +283,57 @@ impl Smmu {
         if !features.coherent {
             return Err(Unusable::NotCoherent);
         }
+        let sizes = Sizes::of(&features);
+        let mut s = Smmu::new(regs, features, sizes)?;
+        s.stop_and_abort_all(sizes)?;
+        s.program(sizes);
+        s.start()?;
+        Ok(s)
+    }
+
+    /// The driver state: a stream table and both queues of `sizes`, in frames of their own,
+    /// not yet known to the SMMU.
+    fn new(regs: MmioRegion, features: SmmuFeatures, sizes: Sizes) -> Result<Smmu, Unusable> {
         // SAFETY: `mem::alloc_phys` hands out identity-mapped RAM inside `mem::remaining()`
         // once and never takes it back; these frames are the SMMU's alone.
         let mut frames = unsafe { FrameAlloc::new(mem::alloc_phys, mem::remaining()) };
-        let sid_log2 = STREAM_LOG2.min(features.sid_bits);
-        let cmdq_log2 = CMDQ_LOG2.min(features.cmdq_log2);
-        let evtq_log2 = EVENTQ_LOG2.min(features.eventq_log2);
-        let strtab = Frames::alloc(&mut frames, 64 << sid_log2).ok_or(Unusable::NoMemory)?;
-        let cmdq_mem = Frames::alloc(&mut frames, 16 << cmdq_log2).ok_or(Unusable::NoMemory)?;
-        let evtq_mem = Frames::alloc(&mut frames, 32 << evtq_log2).ok_or(Unusable::NoMemory)?;
-        let mut s = Smmu {
+        let mut alloc = |bytes| Frames::alloc(&mut frames, bytes).ok_or(Unusable::NoMemory);
+        let strtab = alloc(64 << sizes.sid_log2)?;
+        let cmdq_mem = alloc(16 << sizes.cmdq_log2)?;
+        let evtq_mem = alloc(32 << sizes.evtq_log2)?;
+        Ok(Smmu {
             regs,
             features,
             owners: Vec::new(),
             frames,
             strtab,
-            cmdq: CommandQueue::new(cmdq_log2),
+            cmdq: CommandQueue::new(sizes.cmdq_log2),
             cmdq_mem,
-            evtq: EventQueue::new(evtq_log2),
+            evtq: EventQueue::new(sizes.evtq_log2),
             evtq_mem,
-        };
-        // Devices are stopped at the door while the SMMU is reprogrammed.
-        s.set_cr0(0)?;
-        s.w32(offset::GBPA, (GBPA::UPDATE::SET + GBPA::ABORT::SET).value);
-        s.wait("SMMU_GBPA.UPDATE", |s| {
+        })
+    }
+
+    /// Turns the SMMU off with every incoming transaction aborted (`SMMU_GBPA.ABORT`):
+    /// devices are stopped at the door while it is reprogrammed. Every stream table entry
+    /// aborts.
+    fn stop_and_abort_all(&mut self, sizes: Sizes) -> Result<(), Unusable> {
+        self.set_cr0(0)?;
+        self.w32(offset::GBPA, (GBPA::UPDATE::SET + GBPA::ABORT::SET).value);
+        self.wait("SMMU_GBPA.UPDATE", |s| {
             LocalRegisterCopy::<u32, GBPA::Register>::new(s.r32(offset::GBPA)).read(GBPA::UPDATE)
                 == 0
         })?;
-        for sid in 0..1usize << sid_log2 {
-            s.write_ste(sid, Ste::abort());
+        for sid in 0..1usize << sizes.sid_log2 {
+            self.write_ste(sid, Ste::abort());
         }
+        Ok(())
+    }
+
+    /// Points the SMMU at the stream table and the empty queues (interrupts off: hyp polls).
+    fn program(&mut self, sizes: Sizes) {
         // Tables and queues are normal write-back, inner shareable, like hyp's own RAM.
-        s.w32(
+        self.w32(
             offset::CR1,
             (CR1::QUEUE_SH.val(0b11)
                 + CR1::QUEUE_OC.val(0b01)
@@ -306,39 +343,43 @@ impl Smmu {
                 + CR1::TABLE_IC.val(0b01))
             .value,
         );
-        s.w32(offset::CR2, CR2_RECINVSID_PTM);
-        s.w64(offset::STRTAB_BASE, s.strtab.base.get());
-        s.w32(
+        self.w32(offset::CR2, CR2_RECINVSID_PTM);
+        self.w64(offset::STRTAB_BASE, self.strtab.base.get());
+        self.w32(
             offset::STRTAB_BASE_CFG,
-            (STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(sid_log2)).value,
+            (STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(sizes.sid_log2)).value,
         );
-        s.w64(
+        let queue_base = |mem: &Frames, log2: u32| {
+            (QUEUE_BASE::ADDR.val(mem.base.get() >> 5) + QUEUE_BASE::LOG2SIZE.val(log2.into()))
+                .value
+        };
+        self.w64(
             offset::CMDQ_BASE,
-            (QUEUE_BASE::ADDR.val(s.cmdq_mem.base.get() >> 5)
-                + QUEUE_BASE::LOG2SIZE.val(cmdq_log2.into()))
-            .value,
+            queue_base(&self.cmdq_mem, sizes.cmdq_log2),
         );
-        s.w32(offset::CMDQ_PROD, 0);
-        s.w32(offset::CMDQ_CONS, 0);
-        s.w64(
+        self.w32(offset::CMDQ_PROD, 0);
+        self.w32(offset::CMDQ_CONS, 0);
+        self.w64(
             offset::EVENTQ_BASE,
-            (QUEUE_BASE::ADDR.val(s.evtq_mem.base.get() >> 5)
-                + QUEUE_BASE::LOG2SIZE.val(evtq_log2.into()))
-            .value,
+            queue_base(&self.evtq_mem, sizes.evtq_log2),
         );
-        s.w32(offset::EVENTQ_PROD, 0);
-        s.w32(offset::EVENTQ_CONS, 0);
+        self.w32(offset::EVENTQ_PROD, 0);
+        self.w32(offset::EVENTQ_CONS, 0);
         // Interrupts stay off: hyp polls the event queue and GERROR.
-        s.w32(offset::IRQ_CTRL, 0);
+        self.w32(offset::IRQ_CTRL, 0);
+    }
+
+    /// Enables the command queue, invalidates everything the SMMU may have cached, then
+    /// enables the event queue and translation.
+    fn start(&mut self) -> Result<(), Unusable> {
         // The stream table and queue memory must be written before the SMMU may read it.
         barrier::dsb_ish();
-        s.set_cr0(CR0::CMDQEN::SET.value)?;
-        s.push(Command::CfgiAll)?;
-        s.push(Command::TlbiNsnhAll)?;
-        s.sync()?;
-        s.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value)?;
-        s.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::SET).value)?;
-        Ok(s)
+        self.set_cr0(CR0::CMDQEN::SET.value)?;
+        self.push(Command::CfgiAll)?;
+        self.push(Command::TlbiNsnhAll)?;
+        self.sync()?;
+        self.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value)?;
+        self.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::SET).value)
     }
 
     /// Writes StreamID `sid`'s entry. Word 0 (with `V`) last, so the SMMU never sees a valid
@@ -577,7 +618,7 @@ pub fn maintenance(vmid: u16, owns_devices: bool) -> VmMaintenance {
 
 /// The boot line: `hyp: smmu at <base>: stage 2, granules 4K 16K 64K, oas 44 bits, 16-bit
 /// VMIDs, <n> streams aborted`.
-struct Summary<'a>(&'a SmmuFeatures, u64);
+struct Summary<'a>(&'a SmmuFeatures, Pa);
 
 impl fmt::Display for Summary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -608,20 +649,20 @@ impl fmt::Display for Summary<'_> {
 /// # Safety
 /// `regs` must be the SMMUv3's register frame from the host device tree, mapped Device-nGnRE
 /// in hyp's identity map, and driven by nothing else.
-pub unsafe fn init(regs: PhysRange, hide: u8) {
-    let size = regs.size.min(offset::FRAME_SIZE);
+pub unsafe fn init(regs: AddrRange<Pa>, hide: u8) {
+    let base = regs.start();
+    let size = regs.len().min(offset::FRAME_SIZE);
     if size < offset::FRAME_SIZE {
         warn!(
-            "hyp: smmu at {:#x}: register frame {size:#x} bytes, expected {:#x}: not used",
-            regs.base,
+            "hyp: smmu at {base:#x}: register frame {size:#x} bytes, expected {:#x}: not used",
             offset::FRAME_SIZE
         );
         return;
     }
     // SAFETY: the caller's contract.
-    let mmio = unsafe { MmioRegion::new(regs.base as usize, size as usize) };
+    let mmio = unsafe { MmioRegion::new(base.get() as usize, size as usize) };
     let idr: [u32; 6] = core::array::from_fn(|i| mmio.read32(offset::IDR0 as usize + 4 * i));
-    log::debug!("hyp: smmu at {:#x}: SMMU_IDR0..5 = {idr:x?}", regs.base);
+    log::debug!("hyp: smmu at {base:#x}: SMMU_IDR0..5 = {idr:x?}");
     let mut features = SmmuFeatures::from_idr(idr);
     for g in Granule::ALL {
         if hide & g.bit() != 0 {
@@ -632,7 +673,7 @@ pub unsafe fn init(regs: PhysRange, hide: u8) {
         Ok(s) => {
             info!(
                 "{}, {} streams aborted until assigned",
-                Summary(&s.features, regs.base),
+                Summary(&s.features, base),
                 1u32 << STREAM_LOG2.min(s.features.sid_bits)
             );
             *SMMU.lock() = Some(s);
@@ -644,10 +685,7 @@ pub unsafe fn init(regs: PhysRange, hide: u8) {
                 offset::GBPA as usize,
                 (GBPA::UPDATE::SET + GBPA::ABORT::SET).value,
             );
-            warn!(
-                "hyp: smmu at {:#x}: not used: {why}; devices behind it are aborted",
-                regs.base
-            );
+            warn!("hyp: smmu at {base:#x}: not used: {why}; devices behind it are aborted");
         }
     }
 }

@@ -167,120 +167,173 @@ impl Cmdline {
                 continue;
             };
             let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
-            match key {
-                "granule" => {
-                    c.granule = if value.eq_ignore_ascii_case("auto") {
-                        GranuleRequest::Auto
-                    } else {
-                        match value.parse::<Granule>() {
-                            Ok(g) => GranuleRequest::Fixed(g),
-                            Err(_) => {
-                                return Err(CmdlineError::BadValue {
-                                    key: "hyp.granule",
-                                    value,
-                                    expected: GRANULE_EXPECTED,
-                                })
-                            }
-                        }
-                    }
-                }
-                "hide-granules" => {
-                    c.hide_granules =
-                        parse_granule_list(value).map_err(|_| CmdlineError::BadValue {
-                            key: "hyp.hide-granules",
-                            value,
-                            expected: HIDE_EXPECTED,
-                        })?
-                }
-                "hide-smmu-granules" => {
-                    c.hide_smmu_granules =
-                        parse_granule_list(value).map_err(|_| CmdlineError::BadValue {
-                            key: "hyp.hide-smmu-granules",
-                            value,
-                            expected: HIDE_EXPECTED,
-                        })?
-                }
-                "log" => {
-                    c.log_level = match value {
-                        "error" => LogLevel::Error,
-                        "warn" => LogLevel::Warn,
-                        "info" => LogLevel::Info,
-                        "debug" => LogLevel::Debug,
-                        "trace" => LogLevel::Trace,
-                        _ => {
-                            return Err(CmdlineError::BadValue {
-                                key: "hyp.log",
-                                value,
-                                expected: LOG_EXPECTED,
-                            })
-                        }
-                    }
-                }
-                "stage2" => {
-                    c.stage2_blocks = match value {
-                        "pages" => false,
-                        "blocks" => true,
-                        _ => {
-                            return Err(CmdlineError::BadValue {
-                                key: "hyp.stage2",
-                                value,
-                                expected: STAGE2_EXPECTED,
-                            })
-                        }
-                    }
-                }
-                "stress" => {
-                    c.stress = match value {
-                        "off" | "0" => 0,
-                        _ => match value.parse::<u32>() {
-                            Ok(n) if (1..=1_000_000).contains(&n) => n,
-                            _ => {
-                                return Err(CmdlineError::BadValue {
-                                    key: "hyp.stress",
-                                    value,
-                                    expected: STRESS_EXPECTED,
-                                })
-                            }
-                        },
-                    }
-                }
-                "spectre-exit" => {
-                    c.spectre_exit = ExitOverride::parse(value).ok_or(CmdlineError::BadValue {
-                        key: "hyp.spectre-exit",
-                        value,
-                        expected: ExitOverride::EXPECTED,
-                    })?
-                }
-                "test" => {
-                    c.test = match value {
-                        "none" => TestSwitch::None,
-                        "exception" => TestSwitch::Exception,
-                        "panic" => TestSwitch::Panic,
-                        "write-text" => TestSwitch::WriteText,
-                        "exec-data" => TestSwitch::ExecData,
-                        "stack-overflow" => TestSwitch::StackOverflow,
-                        "smp-work" => TestSwitch::SmpWork,
-                        "map-device" => TestSwitch::MapDevice,
-                        _ => {
-                            return Err(CmdlineError::BadValue {
-                                key: "hyp.test",
-                                value,
-                                expected: TEST_EXPECTED,
-                            })
-                        }
-                    }
-                }
-                _ => return Err(CmdlineError::UnknownKey { word }),
-            }
+            c.set(key, value).map_err(|e| match e {
+                SetError::UnknownKey => CmdlineError::UnknownKey { word },
+                SetError::BadValue { key, expected } => CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected,
+                },
+            })?;
         }
         Ok(c)
     }
+
+    /// Sets what `hyp.<key>=<value>` asks for.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), SetError> {
+        let bad = |key, expected| SetError::BadValue { key, expected };
+        match key {
+            "granule" => {
+                self.granule = granule_request(value).ok_or(bad("hyp.granule", GRANULE_EXPECTED))?
+            }
+            "hide-granules" => {
+                self.hide_granules = parse_granule_list(value)
+                    .map_err(|_| bad("hyp.hide-granules", HIDE_EXPECTED))?
+            }
+            "hide-smmu-granules" => {
+                self.hide_smmu_granules = parse_granule_list(value)
+                    .map_err(|_| bad("hyp.hide-smmu-granules", HIDE_EXPECTED))?
+            }
+            "log" => self.log_level = log_level(value).ok_or(bad("hyp.log", LOG_EXPECTED))?,
+            "stage2" => {
+                self.stage2_blocks =
+                    stage2_blocks(value).ok_or(bad("hyp.stage2", STAGE2_EXPECTED))?
+            }
+            "stress" => self.stress = stress(value).ok_or(bad("hyp.stress", STRESS_EXPECTED))?,
+            "spectre-exit" => {
+                self.spectre_exit = ExitOverride::parse(value)
+                    .ok_or(bad("hyp.spectre-exit", ExitOverride::EXPECTED))?
+            }
+            "test" => self.test = test_switch(value).ok_or(bad("hyp.test", TEST_EXPECTED))?,
+            _ => return Err(SetError::UnknownKey),
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Cmdline::set`] refused a key and value ([`CmdlineError`] without the word).
+enum SetError {
+    UnknownKey,
+    BadValue {
+        key: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// `hyp.granule=`: `auto` (any case) or a granule.
+fn granule_request(value: &str) -> Option<GranuleRequest> {
+    if value.eq_ignore_ascii_case("auto") {
+        return Some(GranuleRequest::Auto);
+    }
+    value.parse::<Granule>().ok().map(GranuleRequest::Fixed)
+}
+
+/// `hyp.log=`.
+fn log_level(value: &str) -> Option<LogLevel> {
+    Some(match value {
+        "error" => LogLevel::Error,
+        "warn" => LogLevel::Warn,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+/// `hyp.stage2=`: whether guest RAM is mapped with blocks.
+fn stage2_blocks(value: &str) -> Option<bool> {
+    match value {
+        "pages" => Some(false),
+        "blocks" => Some(true),
+        _ => None,
+    }
+}
+
+/// `hyp.stress=`: the period in exits, 0 for off.
+fn stress(value: &str) -> Option<u32> {
+    match value {
+        "off" | "0" => Some(0),
+        _ => value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n)),
+    }
+}
+
+/// `hyp.test=`.
+fn test_switch(value: &str) -> Option<TestSwitch> {
+    Some(match value {
+        "none" => TestSwitch::None,
+        "exception" => TestSwitch::Exception,
+        "panic" => TestSwitch::Panic,
+        "write-text" => TestSwitch::WriteText,
+        "exec-data" => TestSwitch::ExecData,
+        "stack-overflow" => TestSwitch::StackOverflow,
+        "smp-work" => TestSwitch::SmpWork,
+        "map-device" => TestSwitch::MapDevice,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::string::ToString;
+    use alloc::vec::Vec;
+
+    /// The values an `expected` text names: `one of a, b, c` or `a or b`.
+    fn listed(expected: &str) -> Vec<&str> {
+        let list = expected.strip_prefix("one of ").unwrap_or(expected);
+        list.split([',', ' '])
+            .filter(|w| !w.is_empty() && *w != "or")
+            .collect()
+    }
+
+    #[test]
+    fn every_value_an_error_lists_is_accepted_and_distinct() {
+        // What a user reads after a typo must be exactly what the parsers take.
+        fn check<T: PartialEq + fmt::Debug>(expected: &str, parse: fn(&str) -> Option<T>) {
+            let got: Vec<T> = listed(expected)
+                .into_iter()
+                .map(|v| parse(v).unwrap_or_else(|| panic!("`{v}` of \"{expected}\" refused")))
+                .collect();
+            for (i, a) in got.iter().enumerate() {
+                assert!(
+                    !got[..i].contains(a),
+                    "{a:?} listed twice in \"{expected}\""
+                );
+            }
+        }
+        check(GRANULE_EXPECTED, granule_request);
+        check(LOG_EXPECTED, log_level);
+        check(STAGE2_EXPECTED, stage2_blocks);
+        check(TEST_EXPECTED, test_switch);
+        assert_eq!(listed(TEST_EXPECTED).len(), 8, "one per TestSwitch variant");
+        assert_eq!(listed(LOG_EXPECTED).len(), 5, "one per LogLevel variant");
+        assert_eq!(stress("1000000"), Some(1_000_000));
+        assert_eq!(stress("1000001"), None);
+    }
+
+    #[test]
+    fn every_key_the_unknown_key_error_lists_is_known() {
+        let msg = CmdlineError::UnknownKey { word: "hyp.x" }.to_string();
+        let known = msg.split("known: ").nth(1).unwrap();
+        let keys: Vec<&str> = known
+            .split(", ")
+            .map(|k| k.strip_prefix("hyp.").unwrap().strip_suffix('=').unwrap())
+            .collect();
+        assert_eq!(keys.len(), 8);
+        for key in keys {
+            assert!(
+                !matches!(Cmdline::default().set(key, ""), Err(SetError::UnknownKey)),
+                "hyp.{key}= is listed but unknown"
+            );
+        }
+        assert!(matches!(
+            Cmdline::default().set("granul", "4k"),
+            Err(SetError::UnknownKey)
+        ));
+    }
 
     #[test]
     fn empty_and_foreign_words_give_defaults() {

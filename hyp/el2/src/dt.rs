@@ -16,11 +16,16 @@
 //! stay off, which exposes nothing).
 //!
 //! Addresses are taken as they appear in `reg` (QEMU's virt machine puts every device we use
-//! at the root or under an identity `ranges;`), so no bus translation is done.
+//! at the root or under an identity `ranges;`), so no bus translation is done. Every range is
+//! a `stage2::AddrRange<Pa>`; a `reg` entry or `/memreserve/` pair that runs past 2^64 - 1 is
+//! cut at the last address ([`crate::memmap::saturating_range`]). Messages print ranges as
+//! `[start, end)` ([`HalfOpen`]).
 
+use crate::memmap::saturating_range;
 use core::fmt;
 use fdt::node::FdtNode;
 use fdt::Fdt;
+use stage2::{AddrRange, Pa};
 
 /// The largest device tree the arm64 booting protocol allows (Documentation/arch/arm64/
 /// booting.rst: "The device tree blob (dtb) must ... not exceed 2 megabytes in size").
@@ -36,40 +41,14 @@ pub const MAX_RESERVED_RANGES: usize = 32;
 /// The most GICv3 redistributor regions (`#redistributor-regions`).
 pub const MAX_REDIST_REGIONS: usize = 8;
 
-/// A physical address range `[base, base + size)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PhysRange {
-    /// First byte.
-    pub base: u64,
-    /// Length in bytes.
-    pub size: u64,
-}
+/// How hyp's messages show a physical range: `[0x9000000, 0x9001000)`, the first address and
+/// one past the last (the console lines the QEMU cases match are written this way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HalfOpen(pub AddrRange<Pa>);
 
-impl PhysRange {
-    /// A range from base and size.
-    pub const fn new(base: u64, size: u64) -> Self {
-        PhysRange { base, size }
-    }
-
-    /// One past the last byte (saturating at `u64::MAX`).
-    pub const fn end(&self) -> u64 {
-        self.base.saturating_add(self.size)
-    }
-
-    /// Whether the two ranges share a byte.
-    pub const fn overlaps(&self, other: &PhysRange) -> bool {
-        self.base < other.end() && other.base < self.end()
-    }
-
-    /// Whether `addr` lies in the range.
-    pub const fn contains(&self, addr: u64) -> bool {
-        self.base <= addr && addr < self.end()
-    }
-}
-
-impl fmt::Display for PhysRange {
+impl fmt::Display for HalfOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{:#x}, {:#x})", self.base, self.end())
+        write!(f, "[{:#x}, {:#x})", self.0.start(), self.0.end())
     }
 }
 
@@ -134,7 +113,7 @@ pub enum PsciMethod {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pl011 {
     /// Its registers.
-    pub regs: PhysRange,
+    pub regs: AddrRange<Pa>,
     /// Its interrupt ID (GIC INTID), if the node has an `interrupts` property.
     pub intid: Option<u32>,
 }
@@ -143,9 +122,9 @@ pub struct Pl011 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GicV3 {
     /// The distributor (GICD).
-    pub dist: PhysRange,
+    pub dist: AddrRange<Pa>,
     /// The redistributor regions (GICR), `#redistributor-regions` of them.
-    pub redists: List<PhysRange, MAX_REDIST_REGIONS>,
+    pub redists: List<AddrRange<Pa>, MAX_REDIST_REGIONS>,
 }
 
 /// One CPU of `/cpus`.
@@ -163,16 +142,16 @@ pub struct Platform<'a> {
     /// The device tree blob itself (`totalsize` bytes at the address in x0).
     pub dtb_size: usize,
     /// RAM: the non-empty `reg` entries of every `device_type = "memory"` node.
-    pub memory: List<PhysRange, MAX_MEMORY_RANGES>,
+    pub memory: List<AddrRange<Pa>, MAX_MEMORY_RANGES>,
     /// `/memreserve/` entries and the `reg` entries of every `/reserved-memory` child.
-    pub reserved: List<PhysRange, MAX_RESERVED_RANGES>,
+    pub reserved: List<AddrRange<Pa>, MAX_RESERVED_RANGES>,
     /// The console UART (the `/chosen` `stdout-path` one, else the first `arm,pl011`).
     pub uart: Option<Pl011>,
     /// The first GICv3, if any.
     pub gic: Option<GicV3>,
     /// The initrd the loader put in RAM (`/chosen` `linux,initrd-start` and
     /// `linux,initrd-end`, as for Linux): hyp's boot bundle (QEMU: `-initrd`).
-    pub initrd: Option<PhysRange>,
+    pub initrd: Option<AddrRange<Pa>>,
     /// How to call PSCI, if there is a `/psci` node.
     pub psci: Option<PsciMethod>,
     /// The first [`MAX_CPUS`] CPUs, in tree order (the first is normally the boot CPU).
@@ -430,7 +409,7 @@ fn be_cells(b: &[u8]) -> u64 {
 /// `/chosen`'s initrd range: `linux,initrd-start` up to `linux,initrd-end` (exclusive), each
 /// one or two 32-bit cells (Linux's `drivers/of/fdt.c` reads either width); `None` when
 /// neither is there.
-fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<PhysRange>, DtError> {
+fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<AddrRange<Pa>>, DtError> {
     let cell = |name| -> Result<Option<u64>, DtError> {
         match chosen.property(name) {
             None => Ok(None),
@@ -442,10 +421,11 @@ fn initrd(chosen: FdtNode<'_, '_>) -> Result<Option<PhysRange>, DtError> {
     };
     match (cell("linux,initrd-start")?, cell("linux,initrd-end")?) {
         (None, None) => Ok(None),
-        (Some(start), Some(end)) if end >= start => Ok(Some(PhysRange::new(start, end - start))),
-        (Some(_), Some(_)) => Err(DtError::BadInitrd {
-            why: "the end is before the start",
-        }),
+        (Some(start), Some(end)) => AddrRange::new(Pa::new(start), Pa::new(end))
+            .map(Some)
+            .map_err(|_| DtError::BadInitrd {
+                why: "the end is before the start",
+            }),
         _ => Err(DtError::BadInitrd {
             why: "one of the two is missing",
         }),
@@ -548,7 +528,7 @@ impl<'a> Visit<'_, '_, 'a> {
 
     /// The node's `reg` entries (none when it has no `reg`), decoded with the parent's cell
     /// counts; [`DtError::BadReg`] or [`DtError::BadCells`] when they do not decode.
-    fn reg(&self) -> Result<impl Iterator<Item = PhysRange> + 'a, DtError> {
+    fn reg(&self) -> Result<impl Iterator<Item = AddrRange<Pa>> + 'a, DtError> {
         let value: &'a [u8] = self.node.property("reg").map(|p| p.value).unwrap_or(&[]);
         let parent_path = &self.names[..self.names.len().saturating_sub(1)];
         let cells = match self.parent {
@@ -568,12 +548,12 @@ impl<'a> Visit<'_, '_, 'a> {
         let split = 4 * cells.address as usize;
         Ok(value.chunks_exact(entry).map(move |e| {
             let (a, s) = e.split_at(split);
-            PhysRange::new(be_cells(a), be_cells(s))
+            saturating_range(be_cells(a), be_cells(s))
         }))
     }
 
     /// The first `reg` entry, if any.
-    fn first_reg(&self) -> Result<Option<PhysRange>, DtError> {
+    fn first_reg(&self) -> Result<Option<AddrRange<Pa>>, DtError> {
         Ok(self.reg()?.next())
     }
 }
@@ -642,7 +622,10 @@ fn gic_intid(node: FdtNode<'_, '_>) -> Option<u32> {
 
 /// `/memreserve/` entries, bounds-checked (pairs of big-endian u64, ended by a zero pair that
 /// must be inside the blob).
-fn memreserve<const N: usize>(data: &[u8], out: &mut List<PhysRange, N>) -> Result<(), DtError> {
+fn memreserve<const N: usize>(
+    data: &[u8],
+    out: &mut List<AddrRange<Pa>, N>,
+) -> Result<(), DtError> {
     let mut off = be32(data, 16).ok_or(DtError::Malformed)? as usize;
     loop {
         let (Some(base), Some(size)) = (be64(data, off), be64(data, off.saturating_add(8))) else {
@@ -651,7 +634,7 @@ fn memreserve<const N: usize>(data: &[u8], out: &mut List<PhysRange, N>) -> Resu
         if base == 0 && size == 0 {
             return Ok(());
         }
-        out.push(PhysRange { base, size })
+        out.push(saturating_range(base, size))
             .map_err(|f| DtError::TooMany {
                 node: NodePath::new("/memreserve/"),
                 what: "reserved ranges",
@@ -733,16 +716,18 @@ const MAX_DEPTH: usize = 16;
 /// NUL-terminated UTF-8 names, properties before child nodes, property values and name offsets
 /// inside their blocks, 4-byte `#...-cells` values, and NOPs only where `fdt` skips them.
 fn validate(data: &[u8]) -> Result<(), DtError> {
-    let bad = Err(DtError::Malformed);
+    let (st, strings) = blocks(data).ok_or(DtError::Malformed)?;
+    Structure::new(st, strings)
+        .check()
+        .ok_or(DtError::Malformed)
+}
+
+/// The structure block and the strings block of `data`, once the header's offsets and sizes
+/// are inside `totalsize` and the buffer (and the structure block is 4-byte aligned).
+fn blocks(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let h = |i: usize| be32(data, 4 * i).map(|v| v as usize);
-    let (Some(total), Some(off_struct), Some(off_strings), Some(off_rsv)) =
-        (h(1), h(2), h(3), h(4))
-    else {
-        return bad;
-    };
-    let (Some(size_strings), Some(size_struct)) = (h(8), h(9)) else {
-        return bad;
-    };
+    let (total, off_struct, off_strings, off_rsv) = (h(1)?, h(2)?, h(3)?, h(4)?);
+    let (size_strings, size_struct) = (h(8)?, h(9)?);
     let in_total = |off: usize, size: usize| off.checked_add(size).is_some_and(|e| e <= total);
     if total > data.len()
         || !in_total(off_struct, size_struct)
@@ -750,99 +735,221 @@ fn validate(data: &[u8]) -> Result<(), DtError> {
         || off_rsv >= total
         || off_struct % 4 != 0
     {
-        return bad;
+        return None;
     }
-    let st = &data[off_struct..off_struct + size_struct];
-    let strings = &data[off_strings..off_strings + size_strings];
-    let cstr = |b: &[u8], at: usize| -> Option<usize> {
-        let rest = b.get(at..)?;
-        let n = rest.iter().position(|&c| c == 0)?;
-        core::str::from_utf8(&rest[..n]).ok()?;
-        Some(n)
-    };
-    let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
+    Some((
+        &data[off_struct..off_struct + size_struct],
+        &data[off_strings..off_strings + size_strings],
+    ))
+}
 
-    // Per open node: whether a child node was seen (then no more properties).
-    let mut children_seen = [false; MAX_DEPTH];
-    let mut depth = 0usize;
-    let mut root_done = false;
-    let mut pos = 0usize;
-    loop {
-        let Some(tok) = be32(st, pos) else { return bad };
-        pos += 4;
-        match tok {
-            FDT_BEGIN_NODE => {
-                if root_done || depth >= MAX_DEPTH {
-                    return bad;
-                }
-                if depth > 0 {
-                    children_seen[depth - 1] = true;
-                }
-                let Some(n) = cstr(st, pos) else { return bad };
-                let Some(next) = align4(n + 1).and_then(|a| pos.checked_add(a)) else {
-                    return bad;
-                };
-                pos = next;
-                children_seen[depth] = false;
-                depth += 1;
-            }
-            FDT_END_NODE => {
-                if depth == 0 {
-                    return bad;
-                }
-                depth -= 1;
-                if depth == 0 {
-                    root_done = true;
-                }
-            }
-            FDT_PROP => {
-                if depth == 0 || children_seen[depth - 1] {
-                    return bad;
-                }
-                let (Some(len), Some(nameoff)) = (be32(st, pos), be32(st, pos + 4)) else {
-                    return bad;
-                };
-                let (len, nameoff) = (len as usize, nameoff as usize);
-                let Some(n) = cstr(strings, nameoff) else {
-                    return bad;
-                };
-                let name = &strings[nameoff..nameoff + n];
-                if name.starts_with(b"#") && len < 4 {
-                    return bad;
-                }
-                let Some(end) = pos.checked_add(8).and_then(|p| p.checked_add(len)) else {
-                    return bad;
-                };
-                if end > st.len() {
-                    return bad;
-                }
-                let Some(next) = align4(len).and_then(|a| (pos + 8).checked_add(a)) else {
-                    return bad;
-                };
-                pos = next;
-            }
-            FDT_NOP => {
-                // `fdt` skips NOPs only before an END_NODE/END (and before properties and
-                // children when iterating, but not when skipping a node): accept them only
-                // where every path this module takes skips them. That includes NOPs before
-                // a child of the root (never skipped as a whole; `children` skips them),
-                // which is where libfdt leaves a deleted node, as QEMU does with `-dtb`.
-                let mut p = pos;
-                while be32(st, p) == Some(FDT_NOP) {
-                    p += 4;
-                }
-                let before_root_child = depth == 1 && be32(st, p) == Some(FDT_BEGIN_NODE);
-                if !before_root_child && !matches!(be32(st, p), Some(FDT_END_NODE) | Some(FDT_END))
-                {
-                    return bad;
-                }
-            }
-            FDT_END => {
-                return if depth == 0 && root_done { Ok(()) } else { bad };
-            }
-            _ => return bad,
+/// The length of the NUL-terminated UTF-8 string at `at` in `b` (without the NUL).
+fn cstr(b: &[u8], at: usize) -> Option<usize> {
+    let rest = b.get(at..)?;
+    let n = rest.iter().position(|&c| c == 0)?;
+    core::str::from_utf8(&rest[..n]).ok()?;
+    Some(n)
+}
+
+/// `n` rounded up to a multiple of 4 (tokens are 4-byte aligned).
+fn align4(n: usize) -> Option<usize> {
+    n.checked_add(3).map(|v| v & !3)
+}
+
+/// The walk of a structure block token by token, for [`validate`]. Each step returns `None`
+/// on the first thing `fdt` would trip over.
+struct Structure<'d> {
+    st: &'d [u8],
+    strings: &'d [u8],
+    /// Per open node: whether a child node was seen (then no more properties).
+    children_seen: [bool; MAX_DEPTH],
+    depth: usize,
+    root_done: bool,
+    /// The offset of the next token.
+    pos: usize,
+}
+
+impl<'d> Structure<'d> {
+    fn new(st: &'d [u8], strings: &'d [u8]) -> Self {
+        Structure {
+            st,
+            strings,
+            children_seen: [false; MAX_DEPTH],
+            depth: 0,
+            root_done: false,
+            pos: 0,
         }
     }
+
+    /// Walks every token up to `FDT_END`.
+    fn check(mut self) -> Option<()> {
+        loop {
+            let tok = be32(self.st, self.pos)?;
+            self.pos += 4;
+            match tok {
+                FDT_BEGIN_NODE => self.begin_node()?,
+                FDT_END_NODE => self.end_node()?,
+                FDT_PROP => self.prop()?,
+                FDT_NOP => self.nop()?,
+                FDT_END => return (self.depth == 0 && self.root_done).then_some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A node opens: one root only, at most [`MAX_DEPTH`] deep, a valid name.
+    fn begin_node(&mut self) -> Option<()> {
+        if self.root_done || self.depth >= MAX_DEPTH {
+            return None;
+        }
+        if self.depth > 0 {
+            self.children_seen[self.depth - 1] = true;
+        }
+        let n = cstr(self.st, self.pos)?;
+        self.pos = self.pos.checked_add(align4(n + 1)?)?;
+        self.children_seen[self.depth] = false;
+        self.depth += 1;
+        Some(())
+    }
+
+    /// A node closes: one must be open.
+    fn end_node(&mut self) -> Option<()> {
+        self.depth = self.depth.checked_sub(1)?;
+        if self.depth == 0 {
+            self.root_done = true;
+        }
+        Some(())
+    }
+
+    /// A property: inside a node, before its children, with its name in the strings block, a
+    /// `#...` value of at least one cell, and its value inside the structure block.
+    fn prop(&mut self) -> Option<()> {
+        if self.depth == 0 || self.children_seen[self.depth - 1] {
+            return None;
+        }
+        let (len, nameoff) = (be32(self.st, self.pos)?, be32(self.st, self.pos + 4)?);
+        let (len, nameoff) = (len as usize, nameoff as usize);
+        let n = cstr(self.strings, nameoff)?;
+        let name = &self.strings[nameoff..nameoff + n];
+        if name.starts_with(b"#") && len < 4 {
+            return None;
+        }
+        let end = self.pos.checked_add(8)?.checked_add(len)?;
+        if end > self.st.len() {
+            return None;
+        }
+        self.pos = (self.pos + 8).checked_add(align4(len)?)?;
+        Some(())
+    }
+
+    /// NOPs: `fdt` skips them only before an END_NODE/END (and before properties and children
+    /// when iterating, but not when skipping a node): accept them only where every path this
+    /// module takes skips them. That includes NOPs before a child of the root (never skipped
+    /// as a whole; `children` skips them), which is where libfdt leaves a deleted node, as
+    /// QEMU does with `-dtb`.
+    fn nop(&mut self) -> Option<()> {
+        let mut p = self.pos;
+        while be32(self.st, p) == Some(FDT_NOP) {
+            p += 4;
+        }
+        let next = be32(self.st, p);
+        let before_root_child = self.depth == 1 && next == Some(FDT_BEGIN_NODE);
+        (before_root_child || matches!(next, Some(FDT_END_NODE) | Some(FDT_END))).then_some(())
+    }
+}
+
+/// What [`Platform::parse`] takes from the nodes of the tree, met in tree order.
+#[derive(Default)]
+struct Nodes {
+    memory: List<AddrRange<Pa>, MAX_MEMORY_RANGES>,
+    reserved: List<AddrRange<Pa>, MAX_RESERVED_RANGES>,
+    gic: Option<GicV3>,
+    cpus: List<CpuNode, MAX_CPUS>,
+    cpus_not_listed: usize,
+}
+
+impl Nodes {
+    /// Takes what hyp needs from one node: its RAM ranges (`device_type = "memory"`), its
+    /// reserved ranges (a `/reserved-memory` child), the CPU it is (a `/cpus` child with
+    /// `device_type = "cpu"`), and the first GICv3.
+    fn visit(&mut self, v: &Visit<'_, '_, '_>) -> Result<(), DtError> {
+        let node = v.node;
+        if prop_str(node, "device_type") == Some("memory") {
+            for r in v.reg()?.filter(|r| !r.is_empty()) {
+                self.memory
+                    .push(r)
+                    .map_err(|f| too_many(v, "RAM ranges", f))?;
+            }
+        }
+        if v.is_child_of("reserved-memory") {
+            for r in v.reg()? {
+                self.reserved
+                    .push(r)
+                    .map_err(|f| too_many(v, "reserved ranges", f))?;
+            }
+        }
+        if v.is_child_of("cpus") && prop_str(node, "device_type") == Some("cpu") {
+            if let Some(r) = v.first_reg()? {
+                let cpu = CpuNode {
+                    mpidr: r.start().get(),
+                    psci: prop_str(node, "enable-method") == Some("psci"),
+                };
+                if self.cpus.push(cpu).is_err() {
+                    self.cpus_not_listed += 1;
+                }
+            }
+        }
+        if self.gic.is_none() && is_compatible(node, "arm,gic-v3") {
+            self.gic = gic_v3(v)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`DtError::TooMany`] for the node `v`.
+fn too_many(v: &Visit<'_, '_, '_>, what: &'static str, full: ListFull) -> DtError {
+    DtError::TooMany {
+        node: v.path(),
+        what,
+        limit: full.limit,
+    }
+}
+
+/// The GICv3 of the `arm,gic-v3` node `v`: the distributor, then `#redistributor-regions`
+/// (default 1) redistributor regions; `None` when `reg` is empty.
+fn gic_v3(v: &Visit<'_, '_, '_>) -> Result<Option<GicV3>, DtError> {
+    let mut regs = v.reg()?;
+    let Some(dist) = regs.next() else {
+        return Ok(None);
+    };
+    let declared = match v.node.property("#redistributor-regions") {
+        Some(p) => one_cell(p.value).ok_or(DtError::BadCells {
+            node: v.path(),
+            name: "#redistributor-regions",
+            len: p.value.len(),
+        })? as usize,
+        None => 1,
+    };
+    if declared > MAX_REDIST_REGIONS {
+        let full = ListFull {
+            limit: MAX_REDIST_REGIONS,
+        };
+        return Err(too_many(v, "redistributor regions", full));
+    }
+    let mut redists = List::default();
+    for r in regs.take(declared) {
+        redists
+            .push(r)
+            .map_err(|f| too_many(v, "redistributor regions", f))?;
+    }
+    if redists.len() < declared {
+        return Err(DtError::MissingRedists {
+            node: v.path(),
+            declared,
+            found: redists.len(),
+        });
+    }
+    Ok(Some(GicV3 { dist, redists }))
 }
 
 impl<'a> Platform<'a> {
@@ -851,82 +958,10 @@ impl<'a> Platform<'a> {
         let fdt = open(data)?;
         let dtb_size = fdt.total_size();
 
-        let mut memory: List<PhysRange, MAX_MEMORY_RANGES> = List::default();
-        let mut reserved: List<PhysRange, MAX_RESERVED_RANGES> = List::default();
-        let mut gic = None;
-        let mut cpus: List<CpuNode, MAX_CPUS> = List::default();
-        let mut cpus_not_listed = 0;
-
-        memreserve(&data[..dtb_size], &mut reserved)?;
-
-        walk(&fdt, &mut |v| {
-            let node = v.node;
-            let too_many = |what, f: ListFull| DtError::TooMany {
-                node: v.path(),
-                what,
-                limit: f.limit,
-            };
-            if prop_str(node, "device_type") == Some("memory") {
-                for r in v.reg()?.filter(|r| r.size > 0) {
-                    memory.push(r).map_err(|f| too_many("RAM ranges", f))?;
-                }
-            }
-            if v.is_child_of("reserved-memory") {
-                for r in v.reg()? {
-                    reserved
-                        .push(r)
-                        .map_err(|f| too_many("reserved ranges", f))?;
-                }
-            }
-            if v.is_child_of("cpus") && prop_str(node, "device_type") == Some("cpu") {
-                if let Some(r) = v.first_reg()? {
-                    let cpu = CpuNode {
-                        mpidr: r.base,
-                        psci: prop_str(node, "enable-method") == Some("psci"),
-                    };
-                    if cpus.push(cpu).is_err() {
-                        cpus_not_listed += 1;
-                    }
-                }
-            }
-            if gic.is_none() && is_compatible(node, "arm,gic-v3") {
-                let mut regs = v.reg()?;
-                if let Some(dist) = regs.next() {
-                    let declared = match node.property("#redistributor-regions") {
-                        Some(p) => one_cell(p.value).ok_or(DtError::BadCells {
-                            node: v.path(),
-                            name: "#redistributor-regions",
-                            len: p.value.len(),
-                        })? as usize,
-                        None => 1,
-                    };
-                    if declared > MAX_REDIST_REGIONS {
-                        return Err(too_many(
-                            "redistributor regions",
-                            ListFull {
-                                limit: MAX_REDIST_REGIONS,
-                            },
-                        ));
-                    }
-                    let mut redists = List::default();
-                    for r in regs.take(declared) {
-                        redists
-                            .push(r)
-                            .map_err(|f| too_many("redistributor regions", f))?;
-                    }
-                    if redists.len() < declared {
-                        return Err(DtError::MissingRedists {
-                            node: v.path(),
-                            declared,
-                            found: redists.len(),
-                        });
-                    }
-                    gic = Some(GicV3 { dist, redists });
-                }
-            }
-            Ok(())
-        })?;
-        if memory.is_empty() {
+        let mut nodes = Nodes::default();
+        memreserve(&data[..dtb_size], &mut nodes.reserved)?;
+        walk(&fdt, &mut |v| nodes.visit(v))?;
+        if nodes.memory.is_empty() {
             return Err(DtError::NoMemory);
         }
 
@@ -939,14 +974,14 @@ impl<'a> Platform<'a> {
 
         Ok(Platform {
             dtb_size,
-            memory,
-            reserved,
+            memory: nodes.memory,
+            reserved: nodes.reserved,
             uart: console(&fdt)?,
-            gic,
+            gic: nodes.gic,
             initrd,
             psci: psci(&fdt),
-            cpus,
-            cpus_not_listed,
+            cpus: nodes.cpus,
+            cpus_not_listed: nodes.cpus_not_listed,
             bootargs,
         })
     }
@@ -963,7 +998,7 @@ impl<'a> Platform<'a> {
     /// The first `reg` range of the first node compatible with `compatible` in the device
     /// tree `data` (the blob [`Platform::parse`] accepted), for devices `Platform` does not
     /// list.
-    pub fn find_compatible_reg(data: &[u8], compatible: &str) -> Option<PhysRange> {
+    pub fn find_compatible_reg(data: &[u8], compatible: &str) -> Option<AddrRange<Pa>> {
         let fdt = open(data).ok()?;
         let mut found = None;
         walk(&fdt, &mut |v| {
@@ -999,24 +1034,18 @@ mod tests {
     fn qemu_virt_max_smp4() {
         let p = Platform::parse(MAX_SMP4).unwrap();
         assert_eq!(p.dtb_size, MAX_SMP4.len());
-        assert_eq!(
-            p.memory.as_slice(),
-            &[PhysRange::new(0x4000_0000, 0x8000_0000)]
-        );
+        assert_eq!(p.memory.as_slice(), &[pr(0x4000_0000, 0x8000_0000)]);
         assert!(p.reserved.is_empty());
         assert_eq!(
             p.uart,
             Some(Pl011 {
-                regs: PhysRange::new(0x0900_0000, 0x1000),
+                regs: pr(0x0900_0000, 0x1000),
                 intid: Some(33)
             })
         );
         let gic = p.gic.unwrap();
-        assert_eq!(gic.dist, PhysRange::new(0x0800_0000, 0x1_0000));
-        assert_eq!(
-            gic.redists.as_slice(),
-            &[PhysRange::new(0x080a_0000, 0xf6_0000)]
-        );
+        assert_eq!(gic.dist, pr(0x0800_0000, 0x1_0000));
+        assert_eq!(gic.redists.as_slice(), &[pr(0x080a_0000, 0xf6_0000)]);
         assert_eq!(p.initrd, None);
         assert_eq!(p.psci, Some(PsciMethod::Smc));
         let mpidrs: Vec<u64> = p.cpus.as_slice().iter().map(|c| c.mpidr).collect();
@@ -1031,21 +1060,18 @@ mod tests {
         assert_eq!(p.psci, Some(PsciMethod::Hvc));
         assert_eq!(p.cpus.len(), 2);
         assert_eq!(p.bootargs, "");
-        assert_eq!(
-            p.memory.as_slice(),
-            &[PhysRange::new(0x4000_0000, 0x4000_0000)]
-        );
+        assert_eq!(p.memory.as_slice(), &[pr(0x4000_0000, 0x4000_0000)]);
     }
 
     #[test]
     fn find_compatible_reg_finds_devices_platform_does_not_list() {
         assert_eq!(
             Platform::find_compatible_reg(MAX_SMP4, "arm,pl031"),
-            Some(PhysRange::new(0x0901_0000, 0x1000))
+            Some(pr(0x0901_0000, 0x1000))
         );
         assert_eq!(
             Platform::find_compatible_reg(MAX_SMP4, "arm,gic-v3-its"),
-            Some(PhysRange::new(0x0808_0000, 0x2_0000))
+            Some(pr(0x0808_0000, 0x2_0000))
         );
         assert_eq!(
             Platform::find_compatible_reg(MAX_SMP4, "acme,nothing"),
@@ -1133,6 +1159,124 @@ mod tests {
         assert_eq!(Platform::parse(&d).unwrap_err(), DtError::Malformed);
     }
 
+    /// A structure block and strings block written token by token, for [`Structure`] alone.
+    #[derive(Default)]
+    struct Tokens {
+        st: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Tokens {
+        fn token(mut self, t: u32) -> Self {
+            self.st.extend_from_slice(&t.to_be_bytes());
+            self
+        }
+        fn pad(mut self) -> Self {
+            while !self.st.len().is_multiple_of(4) {
+                self.st.push(0);
+            }
+            self
+        }
+        fn begin_raw(mut self, name: &[u8]) -> Self {
+            self = self.token(FDT_BEGIN_NODE);
+            self.st.extend_from_slice(name);
+            self.st.push(0);
+            self.pad()
+        }
+        fn begin(self, name: &str) -> Self {
+            self.begin_raw(name.as_bytes())
+        }
+        fn end(self) -> Self {
+            self.token(FDT_END_NODE)
+        }
+        fn nop(self) -> Self {
+            self.token(FDT_NOP)
+        }
+        fn fin(self) -> Self {
+            self.token(FDT_END)
+        }
+        fn prop(mut self, name: &str, value: &[u8]) -> Self {
+            let nameoff = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            self = self
+                .token(FDT_PROP)
+                .token(value.len() as u32)
+                .token(nameoff);
+            self.st.extend_from_slice(value);
+            self.pad()
+        }
+        fn ok(&self) -> bool {
+            Structure::new(&self.st, &self.strings).check().is_some()
+        }
+    }
+
+    #[test]
+    fn structure_rules_one_by_one() {
+        let t = Tokens::default;
+        let root = || t().begin("").prop("#address-cells", &[0, 0, 0, 2]);
+        assert!(root()
+            .begin("memory@0")
+            .prop("reg", &[0; 12])
+            .end()
+            .end()
+            .fin()
+            .ok());
+        // Nesting: one root, closed, no extra END_NODE, an END at the end.
+        assert!(!root().fin().ok(), "root left open");
+        assert!(!root().end().end().fin().ok(), "an END_NODE too many");
+        assert!(!root().end().begin("").end().fin().ok(), "a second root");
+        assert!(!root().end().ok(), "no FDT_END");
+        assert!(!t().fin().ok(), "no root");
+        assert!(!root().end().token(7).fin().ok(), "an unknown token");
+        // Properties: inside a node, before its children, `#...` at least one cell, the value
+        // inside the block, the name a string of the strings block.
+        assert!(
+            !t().prop("x", &[]).begin("").end().fin().ok(),
+            "outside a node"
+        );
+        assert!(
+            !root().begin("a").end().prop("x", &[]).end().fin().ok(),
+            "after a child"
+        );
+        assert!(!t().begin("").prop("#size-cells", &[0, 1]).end().fin().ok());
+        assert!(t().begin("").prop("#size-cells", &[0; 4]).end().fin().ok());
+        let mut long = root().prop("reg", &[0; 8]).end().fin();
+        let at = long.st.len() - 4 - 4 - 8 - 8; // the property's length word
+        long.st[at..at + 4].copy_from_slice(&0x100u32.to_be_bytes());
+        assert!(!long.ok(), "a value beyond the structure block");
+        let mut stray = t().begin("").prop("reg", &[]).end().fin();
+        stray.strings.clear();
+        assert!(!stray.ok(), "a name offset beyond the strings block");
+        // Names are NUL-terminated UTF-8.
+        assert!(!root().begin_raw(&[0xff]).end().end().fin().ok());
+        // Depth: MAX_DEPTH nested nodes are taken, one more is not.
+        let nest = |n: usize| {
+            let mut x = t();
+            for _ in 0..n {
+                x = x.begin("n");
+            }
+            for _ in 0..n {
+                x = x.end();
+            }
+            x.fin()
+        };
+        assert!(nest(MAX_DEPTH).ok() && !nest(MAX_DEPTH + 1).ok());
+        // NOPs only where every path of this module skips them.
+        assert!(root().nop().nop().end().fin().ok(), "before END_NODE");
+        assert!(root().end().nop().fin().ok(), "before END");
+        assert!(
+            root().nop().begin("a").end().end().fin().ok(),
+            "before a root child"
+        );
+        assert!(
+            !root().nop().prop("x", &[]).end().fin().ok(),
+            "before a property"
+        );
+        let grandchild = root().begin("a").nop().begin("b").end().end().end().fin();
+        assert!(!grandchild.ok(), "before a grandchild");
+    }
+
     #[test]
     fn psci_missing_is_reported() {
         let p = Platform::parse(MAX_SMP4).unwrap();
@@ -1150,14 +1294,23 @@ mod tests {
         assert_eq!(l.as_slice(), &[0, 1]);
     }
 
+    /// The `size` bytes at `base`.
+    fn pr(base: u64, size: u64) -> AddrRange<Pa> {
+        AddrRange::from_start_len(Pa::new(base), size).unwrap()
+    }
+
     #[test]
     fn ranges() {
-        let a = PhysRange::new(0x1000, 0x1000);
-        assert!(a.contains(0x1fff) && !a.contains(0x2000));
-        assert!(a.overlaps(&PhysRange::new(0x1fff, 1)));
-        assert!(!a.overlaps(&PhysRange::new(0x2000, 1)));
-        assert_eq!(PhysRange::new(u64::MAX - 1, 10).end(), u64::MAX);
-        assert_eq!(a.to_string(), "[0x1000, 0x2000)");
+        let a = pr(0x1000, 0x1000);
+        assert_eq!(HalfOpen(a).to_string(), "[0x1000, 0x2000)");
+        assert_eq!(HalfOpen(AddrRange::default()).to_string(), "[0x0, 0x0)");
+        // A `reg` entry that runs past the top of the address space ends there.
+        let top = saturating_range(u64::MAX - 1, 10);
+        assert_eq!(
+            (top.start(), top.end()),
+            (Pa::new(u64::MAX - 1), Pa::new(u64::MAX))
+        );
+        assert_eq!(saturating_range(0x1000, 0x1000), a);
     }
 
     // ---- Synthesized trees: every list either keeps everything or refuses by name ----
@@ -1325,8 +1478,8 @@ mod tests {
             .collect()
     }
 
-    fn ranges_of(v: &[(u64, u64)]) -> Vec<PhysRange> {
-        v.iter().map(|&(b, s)| PhysRange::new(b, s)).collect()
+    fn ranges_of(v: &[(u64, u64)]) -> Vec<AddrRange<Pa>> {
+        v.iter().map(|&(b, s)| pr(b, s)).collect()
     }
 
     fn too_many(e: DtError) -> (alloc::string::String, &'static str, usize) {
@@ -1348,12 +1501,9 @@ mod tests {
             ..Synth::default()
         }))
         .unwrap();
-        assert_eq!(
-            p.memory.as_slice(),
-            &[PhysRange::new(0x4000_0000, 0x8000_0000)]
-        );
+        assert_eq!(p.memory.as_slice(), &[pr(0x4000_0000, 0x8000_0000)]);
         assert!(p.reserved.is_empty());
-        assert_eq!(p.uart.unwrap().regs, PhysRange::new(0x900_0000, 0x1000));
+        assert_eq!(p.uart.unwrap().regs, pr(0x900_0000, 0x1000));
         assert_eq!(p.uart.unwrap().intid, Some(33));
         assert_eq!(p.psci, Some(PsciMethod::Smc));
         assert_eq!(p.cpus.len(), 2);
@@ -1466,14 +1616,11 @@ mod tests {
         }))
         .unwrap();
         let g = p.gic.unwrap();
-        assert_eq!(g.dist, PhysRange::new(0x800_0000, 0x1_0000));
+        assert_eq!(g.dist, pr(0x800_0000, 0x1_0000));
         assert_eq!(g.redists.len(), MAX_REDIST_REGIONS);
         assert_eq!(
             g.redists.as_slice().last(),
-            Some(&PhysRange::new(
-                0x10_0000 * MAX_REDIST_REGIONS as u64,
-                0x2_0000
-            ))
+            Some(&pr(0x10_0000 * MAX_REDIST_REGIONS as u64, 0x2_0000))
         );
         let e = parse(synth(&Synth {
             redists: Some((MAX_REDIST_REGIONS as u32 + 1, MAX_REDIST_REGIONS + 1)),
@@ -1511,7 +1658,7 @@ mod tests {
     #[test]
     fn initrd_range_from_chosen_in_one_or_two_cells() {
         let p = Platform::parse(MAX_INITRD).unwrap();
-        assert_eq!(p.initrd, Some(PhysRange::new(0x4800_0000, 0x1000)));
+        assert_eq!(p.initrd, Some(pr(0x4800_0000, 0x1000)));
         assert_eq!(p.bootargs, "hyp.granule=4k");
         let cells = |start: u64, end: u64, two: bool| {
             let v = |x: u64| {
@@ -1527,7 +1674,7 @@ mod tests {
                 ..Synth::default()
             }))
         };
-        let r = PhysRange::new(0x4800_0000, 0x20_0000);
+        let r = pr(0x4800_0000, 0x20_0000);
         assert_eq!(
             cells(0x4800_0000, 0x4820_0000, true).unwrap().initrd,
             Some(r)
@@ -1540,7 +1687,7 @@ mod tests {
             .unwrap()
             .initrd
             .unwrap();
-        assert_eq!(empty.size, 0);
+        assert_eq!(empty.len(), 0);
         let no_initrd = parse(synth(&Synth {
             cpus: 1,
             ..Synth::default()
@@ -1749,10 +1896,7 @@ mod tests {
         });
         assert_eq!(
             Platform::parse(&t).unwrap().reserved.as_slice(),
-            &[
-                PhysRange::new(0x5000_0000, 0x1_0000),
-                PhysRange::new(0x2000_0000, 0x1000)
-            ]
+            &[pr(0x5000_0000, 0x1_0000), pr(0x2000_0000, 0x1000)]
         );
         // A root with 1 + 0 cells: the memory node's reg has no size; hyp keeps no
         // empty RAM range and finds no memory.
@@ -1791,7 +1935,7 @@ mod tests {
         });
         assert!(Platform::parse(&t).is_err());
         let (uart, psci) = Platform::find_console(&t);
-        assert_eq!(uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(uart.unwrap().regs.start(), Pa::new(0x900_0000));
         assert_eq!(psci, Some(PsciMethod::Smc));
         assert_eq!(Platform::find_console(&t[..64]), (None, None));
         // Long paths are cut for messages, never a panic.
@@ -1822,7 +1966,7 @@ mod tests {
         }));
         let p = parse(t).unwrap();
         assert_eq!(p.psci, Some(PsciMethod::Smc));
-        assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(p.uart.unwrap().regs.start(), Pa::new(0x900_0000));
         assert_eq!(p.bootargs, "");
         assert_eq!(p.reserved.len(), 1);
         assert_eq!(p.cpus.len(), 2);
@@ -1856,7 +2000,7 @@ mod tests {
         assert_eq!(p.reserved.len(), 3);
         assert_eq!(p.gic.unwrap().redists.len(), 2);
         assert_eq!(p.cpus.len(), 2);
-        assert_eq!(p.uart.unwrap().regs.base, 0x900_0000);
+        assert_eq!(p.uart.unwrap().regs.start(), Pa::new(0x900_0000));
         assert_eq!(p.psci, Some(PsciMethod::Hvc));
     }
 }

@@ -5,9 +5,9 @@
 
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
-use stage2::{Granule, Pa, TableAlloc};
+use stage2::{AddrRange, Granule, Pa, TableAlloc};
 
-use crate::dt::PhysRange;
+use crate::dt::HalfOpen;
 use crate::memmap::PhysBump;
 
 /// Where frames come from: `alloc(size, align)` returns a physical address (identity mapped),
@@ -24,7 +24,7 @@ enum Source {
 pub struct FrameAlloc {
     source: Source,
     /// Every frame handed out lies in this range (checked before making a slice).
-    bounds: PhysRange,
+    bounds: AddrRange<Pa>,
     free: Vec<(u64, u64)>,
     live_bytes: u64,
 }
@@ -37,7 +37,7 @@ impl FrameAlloc {
     /// Every range `source` returns must be RAM inside `bounds`, readable and writable at
     /// VA = PA (identity mapped, or the MMU off) for as long as this allocator or any table
     /// built with it lives, and used by nothing else.
-    pub unsafe fn new(source: FrameSource, bounds: PhysRange) -> Self {
+    pub unsafe fn new(source: FrameSource, bounds: AddrRange<Pa>) -> Self {
         FrameAlloc {
             source: Source::Shared(source),
             bounds,
@@ -46,15 +46,15 @@ impl FrameAlloc {
         }
     }
 
-    /// A frame allocator with `pool` to itself: its tables never hold more than `pool.size`
+    /// A frame allocator with `pool` to itself: its tables never hold more than `pool.len()`
     /// bytes (a VM's stage-2 table budget), and when that is exhausted only its own
-    /// allocations fail. Align `pool.base` to the largest allocation (the concatenated root)
+    /// allocations fail. Align `pool.start()` to the largest allocation (the concatenated root)
     /// so that no byte is lost to alignment.
     ///
     /// # Safety
     /// `pool` must be RAM, readable and writable at VA = PA, used by nothing else for as long
     /// as this allocator or any table built with it lives.
-    pub unsafe fn pool(pool: PhysRange) -> Self {
+    pub unsafe fn pool(pool: AddrRange<Pa>) -> Self {
         FrameAlloc {
             source: Source::Pool(PhysBump::new(pool)),
             bounds: pool,
@@ -71,9 +71,8 @@ impl FrameAlloc {
     /// The identity-mapped pointer to the table memory `pa..pa + bytes`, checked to lie in
     /// our frame range.
     fn check(&self, pa: Pa, bytes: u64) -> *mut u64 {
-        let pa = pa.get();
         let end = pa.checked_add(bytes);
-        if !pa.is_multiple_of(8)
+        if !pa.is_aligned(8u64)
             || !self.bounds.contains(pa)
             || end.is_none_or(|e| e > self.bounds.end())
         {
@@ -81,10 +80,10 @@ impl FrameAlloc {
             // a slice of it would corrupt memory, so stop.
             panic!(
                 "invariant: table {pa:#x}+{bytes:#x} outside the frame range {}",
-                self.bounds
+                HalfOpen(self.bounds)
             );
         }
-        pa as *mut u64
+        pa.get() as *mut u64
     }
 }
 
@@ -198,11 +197,11 @@ mod tests {
     use core::sync::atomic::Ordering;
 
     /// The host stands in for identity-mapped RAM with a leaked, aligned buffer.
-    fn arena(bytes: usize) -> PhysRange {
+    fn arena(bytes: usize) -> AddrRange<Pa> {
         let layout = core::alloc::Layout::from_size_align(bytes, 0x1_0000).unwrap();
         // SAFETY: non-zero size; the memory is leaked for the test's lifetime.
         let p = unsafe { std::alloc::alloc(layout) } as u64;
-        PhysRange::new(p, bytes as u64)
+        AddrRange::from_start_len(Pa::new(p), bytes as u64).unwrap()
     }
 
     static NEXT: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
@@ -220,7 +219,7 @@ mod tests {
     #[test]
     fn frames_are_aligned_zeroed_bounded_and_recycled() {
         let r = arena(0x40000);
-        *NEXT.lock().unwrap() = (r.base, r.end());
+        *NEXT.lock().unwrap() = (r.start().get(), r.end().get());
         // SAFETY: `source` hands out pieces of the leaked arena `r` only.
         let mut a = unsafe { FrameAlloc::new(source, r) };
         let t = a.alloc(Granule::K16, 2).unwrap();
@@ -248,19 +247,19 @@ mod tests {
     fn a_pool_holds_exactly_its_budget_and_recycles() {
         // A 16K table with 2 concatenated roots plus 3 tables: 5 frames of 16 KiB.
         let r = arena(0x40000);
-        let pool = PhysRange::new(r.base, 5 * 0x4000);
+        let pool = AddrRange::from_start_len(r.start(), 5 * 0x4000).unwrap();
         // SAFETY: the pool is part of the leaked arena `r`, used by nothing else.
         let mut a = unsafe { FrameAlloc::pool(pool) };
         let root = a.alloc(Granule::K16, 2).unwrap();
         assert_eq!(
-            root.get(),
-            pool.base,
+            root,
+            pool.start(),
             "an aligned pool loses nothing to alignment"
         );
         let t: Vec<Pa> = (0..3).map(|_| a.alloc(Granule::K16, 1).unwrap()).collect();
         assert!(t
             .iter()
-            .all(|&f| pool.contains(f.get()) && f.get() + 0x4000 <= pool.end()));
+            .all(|&f| pool.contains(f) && f + 0x4000 <= pool.end()));
         // The budget is spent: the next table fails, and only here.
         assert!(a.alloc(Granule::K16, 1).is_none());
         a.free(t[1], Granule::K16, 1);
@@ -279,6 +278,6 @@ mod tests {
         let r = arena(0x10000);
         // SAFETY: `source` is never called by this test.
         let a = unsafe { FrameAlloc::new(source, r) };
-        let _ = a.table(Pa::new(r.end()), Granule::K4);
+        let _ = a.table(r.end(), Granule::K4);
     }
 }

@@ -4,6 +4,7 @@
 //! function can touch memory outside the devices it was given.
 
 use core::fmt;
+use stage2::{AddrRange, Pa};
 
 /// The register frame `[base, base + size)` of a device, at its (identity-mapped) address.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,17 @@ impl MmioRegion {
     /// touch RAM.
     pub const unsafe fn new(base: usize, size: usize) -> Self {
         MmioRegion { base, size }
+    }
+
+    /// The device registers at the physical addresses `regs`, identity mapped (VA = PA).
+    ///
+    /// # Safety
+    /// As for [`MmioRegion::new`].
+    pub unsafe fn of(regs: AddrRange<Pa>) -> Self {
+        MmioRegion {
+            base: regs.start().get() as usize,
+            size: regs.len() as usize,
+        }
     }
 
     /// The first address.

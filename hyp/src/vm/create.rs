@@ -11,7 +11,6 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
 use el2::arch::{cache, vsys};
-use el2::dt::PhysRange;
 use el2::frames::{FrameAlloc, HwMaintenance};
 use el2::scrub::{Chunks, CHUNK};
 use el2::smp;
@@ -96,8 +95,10 @@ fn alloc_memory(vp: &VmPlan<'_>) -> Result<(FrameAlloc, u64, u64), VmFailure> {
             free: mem::remaining(),
         });
     };
+    let pool = AddrRange::from_start_len(Pa::new(pool), budget)
+        .expect("invariant: alloc_phys hands out ranges below the last address");
     // SAFETY: `mem::alloc_phys` handed out this identity-mapped RAM to this VM's tables alone.
-    let frames = unsafe { FrameAlloc::pool(PhysRange::new(pool, budget)) };
+    let frames = unsafe { FrameAlloc::pool(pool) };
     let Some(pa) = mem::alloc_phys(memory, align) else {
         return Err(VmFailure::Ram {
             memory,

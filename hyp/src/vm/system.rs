@@ -69,7 +69,7 @@ pub fn run_system(
         smmu: crate::smmu::features(),
         cpu: boot.cpu,
         cpus: smp::online() as u32,
-        guest_ram: mem::remaining().size.saturating_sub(HOST_RESERVE),
+        guest_ram: mem::remaining().len().saturating_sub(HOST_RESERVE),
     };
     let config = loaded.config.map_err(Fatal::PlanRefused)?;
     let plan = plan_system(&config, &loaded.bundle, &host).map_err(Fatal::PlanRefused)?;

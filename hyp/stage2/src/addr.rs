@@ -325,8 +325,9 @@ impl fmt::Display for RangeError {
     }
 }
 
-/// The addresses `start..end` of one kind (`end` excluded); `start <= end` always holds.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// The addresses `start..end` of one kind (`end` excluded); `start <= end` always holds. The
+/// default is the empty range at address 0 (for fixed-size arrays filled later).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct AddrRange<A> {
     start: A,
     end: A,
@@ -620,6 +621,7 @@ mod tests {
         assert!(!e.overlaps(&r) && !r.overlaps(&e));
         assert!(r.contains_range(&e));
         assert_eq!(e.step_by(0x1000).count(), 0);
+        assert_eq!(AddrRange::<Pa>::default(), AddrRange::empty(Pa::ZERO));
     }
 
     #[test]
