@@ -14,7 +14,6 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use el2::arch::{barrier, sysreg};
@@ -446,9 +445,10 @@ impl Smmu {
         self.features
             .check(a.geometry, pa_bits)
             .map_err(AssignError::Refused)?;
-        if a.ram.end > 1 << pa_bits || a.root.get() >= 1 << pa_bits {
+        let ram_end = a.ram.end().get();
+        if ram_end > 1 << pa_bits || a.root.get() >= 1 << pa_bits {
             return Err(AssignError::Refused(Refusal::OutputSize {
-                pa_bits: 64 - a.ram.end.leading_zeros(),
+                pa_bits: 64 - ram_end.leading_zeros(),
                 oas_bits: pa_bits,
             }));
         }
@@ -522,7 +522,7 @@ pub struct Assignment<'a> {
     /// Its stage-2 root table.
     pub root: Pa,
     /// Its RAM, as host physical addresses.
-    pub ram: Range<u64>,
+    pub ram: AddrRange<Pa>,
     /// Its functions.
     pub devices: &'a [(Bdf, PciDevice)],
 }

@@ -78,7 +78,7 @@ pub(super) fn create(
 /// The VM's stage-2 table pool (the plan's budget for it) and its RAM, aligned to the largest
 /// stage-2 block that fits (so that stage 2 can use blocks: `hyp.stage2=blocks`; by default it
 /// maps pages, see el2::cmdline). Returns the pool, the RAM's PA and that alignment.
-fn alloc_memory(vp: &VmPlan<'_>) -> Result<(FrameAlloc, u64, u64), VmFailure> {
+fn alloc_memory(vp: &VmPlan<'_>) -> Result<(FrameAlloc, Pa, u64), VmFailure> {
     let geo = vp.geometry;
     let memory = vp.memory;
     let align = (geo.start_level()..=2)
@@ -106,7 +106,7 @@ fn alloc_memory(vp: &VmPlan<'_>) -> Result<(FrameAlloc, u64, u64), VmFailure> {
             free: mem::remaining(),
         });
     };
-    Ok((frames, pa, align))
+    Ok((frames, Pa::new(pa), align))
 }
 
 /// A VMID for the VM. On a rollover the allocator itself invalidates every VMID's TLB entries
@@ -244,7 +244,7 @@ fn fill_now(
     fill: &Fill,
     chunks: &Chunks,
     items: &[Item<'_>],
-    ram_pa: u64,
+    ram_pa: Pa,
     now: &[(u64, u64)],
 ) -> Result<(), VmFailure> {
     let ram_ipa = RAM_BASE;
@@ -253,7 +253,7 @@ fn fill_now(
         chunks.ensure(start..end, |r| {
             fill_ram(ram_pa, r.clone(), &spans, |i| items[i].2);
             if fill.clean {
-                cache::clean_to_poc(ram_pa + r.start, r.end - r.start);
+                cache::clean_to_poc((ram_pa + r.start).get(), r.end - r.start);
             }
         });
         if fill.eager {
@@ -265,7 +265,7 @@ fn fill_now(
             if pt.translate(Ipa::new(ipa)).is_none() {
                 AddrRange::from_start_len(Ipa::new(ipa), end - start)
                     .map_err(MapError::from)
-                    .and_then(|r| pt.map(r, Pa::new(ram_pa + start), Attrs::ram(), opts))
+                    .and_then(|r| pt.map(r, ram_pa + start, Attrs::ram(), opts))
                     .map_err(VmFailure::Stage2Map)?;
             }
         }
@@ -282,7 +282,7 @@ fn attach_devices(
     vp: &VmPlan<'_>,
     pt: &mut Stage2,
     vmid: Vmid,
-    ram_pa: u64,
+    ram_pa: Pa,
 ) -> Result<(Option<SpinMutex<PciView>>, Vec<u32>), VmFailure> {
     if vp.pci.is_empty() {
         return Ok((None, Vec::new()));
@@ -293,7 +293,9 @@ fn attach_devices(
         vmid: vmid.get(),
         geometry: &geo,
         root: pt.root_pa(),
-        ram: ram_pa..ram_pa + vp.memory,
+        ram: AddrRange::from_start_len(ram_pa, vp.memory)
+            .map_err(MapError::from)
+            .map_err(VmFailure::Stage2Map)?,
         devices: &vp.pci,
     })
     .map_err(VmFailure::Devices)?;
@@ -369,7 +371,7 @@ fn pci_view(
 struct Parts {
     pt: Stage2,
     vmid: Vmid,
-    ram_pa: u64,
+    ram_pa: Pa,
     owns_devices: bool,
     pci: Option<SpinMutex<PciView>>,
     intx: Vec<u32>,

@@ -1,7 +1,7 @@
 //! VMs: built from the boot bundle's plan, their vCPUs pinned one to one on physical CPUs,
 //! run until every VM has exited.
 //!
-//! A VM's lifetime: [`create`] (RAM from host memory, aligned to the largest stage-2 block that
+//! A VM's lifetime: `create` (RAM from host memory, aligned to the largest stage-2 block that
 //! fits; a VMID; stage-2 tables with the VM's own geometry) → its vCPU threads start on their
 //! CPUs (`vcpu::thread`) → a PSCI SYSTEM_OFF / SYSTEM_RESET, or a kill, stops every vCPU → the
 //! last vCPU out prints `vm <name>: exited (...)`.
@@ -130,7 +130,7 @@ pub struct Vm {
     /// The first IPA of guest RAM.
     pub ram_ipa: Ipa,
     /// Host physical address of guest RAM.
-    pub ram_pa: u64,
+    pub ram_pa: Pa,
     /// Bytes of guest RAM.
     pub ram_size: u64,
     /// Redistributor region size (one frame pair per vCPU).
@@ -262,7 +262,7 @@ impl Vm {
     pub fn audit_stage2(&self) -> Result<Audit, (Ipa, Pa)> {
         let mut pt = self.s2.lock();
         let page = pt.geometry().page_size();
-        let ram_pa = Pa::new(self.ram_pa);
+        let ram_pa = self.ram_pa;
         let mut leaves = 0;
         let mut window_leaves = 0;
         let mut bad = None;
@@ -341,7 +341,7 @@ impl Vm {
         if self.clean_fills {
             // The guest may read with its caches off (no FWB), or fetch instructions that
             // must see the data (no IDC): clean to the point of coherency (DSB ISH included).
-            cache::clean_to_poc(self.ram_pa + r.start, r.end - r.start);
+            cache::clean_to_poc((self.ram_pa + r.start).get(), r.end - r.start);
         } else {
             el2::arch::barrier::dsb_ish();
         }
@@ -363,7 +363,7 @@ impl Vm {
         };
         let mapped = AddrRange::from_start_len(ipa, r.end - r.start)
             .map_err(MapError::from)
-            .and_then(|range| pt.map(range, Pa::new(self.ram_pa + r.start), Attrs::ram(), opts));
+            .and_then(|range| pt.map(range, self.ram_pa + r.start, Attrs::ram(), opts));
         if let Err(e) = mapped {
             drop(pt);
             self.stop(
@@ -514,7 +514,7 @@ pub fn fill_idle() -> bool {
 /// Writes the initial contents of RAM offsets `r` of RAM at host `ram_pa`: `image(i)`'s bytes
 /// where `spans[i]` (offset, length) says, zeros elsewhere (`el2::scrub::segments`).
 fn fill_ram<'a>(
-    ram_pa: u64,
+    ram_pa: Pa,
     r: Range<u64>,
     spans: &[(u64, u64)],
     image: impl Fn(usize) -> &'a [u8],
@@ -527,7 +527,7 @@ fn fill_ram<'a>(
                 // is marked ready (no mapping of it exists yet).
                 unsafe {
                     el2::arch::guest::zero_bulk(
-                        (ram_pa + z.start) as *mut u8,
+                        (ram_pa + z.start).get() as *mut u8,
                         (z.end - z.start) as usize,
                     )
                 }
@@ -542,7 +542,11 @@ fn fill_ram<'a>(
                 // SAFETY: as above for the destination; the source is the boot bundle or a
                 // heap buffer, never guest RAM.
                 unsafe {
-                    el2::arch::guest::copy_bulk((ram_pa + dst.start) as *mut u8, src.as_ptr(), len)
+                    el2::arch::guest::copy_bulk(
+                        (ram_pa + dst.start).get() as *mut u8,
+                        src.as_ptr(),
+                        len,
+                    )
                 };
             }
         }

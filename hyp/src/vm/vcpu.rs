@@ -17,7 +17,7 @@ use el2::exc::{self, SPSR_EL1H_MASKED};
 use el2::trap::{Kind, Source, Vector};
 use platform::esr::Esr;
 use platform::virt::{MAINTENANCE_INTID, UART_INTID};
-use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts, Pa};
+use stage2::{AddrRange, Attrs, Ipa, MapError, MapOpts};
 use tock_registers::LocalRegisterCopy;
 use vdev::exit::{
     DataAbort, Exit, ExitError, FaultKind, InstrAbort, MmioAccess, SysRegAccess, Wfx,
@@ -558,7 +558,7 @@ impl Vcpu {
         }
         // PAR_EL1.PA, bits [51:12] (Arm ARM, PAR_EL1 with F = 0), and the page offset.
         let pa = (par & 0x000f_ffff_ffff_f000) | (self.regs.elr & 0xfff);
-        let ram = vm.ram_pa..vm.ram_pa + vm.ram_size;
+        let ram = vm.ram_pa.get()..vm.ram_pa.get() + vm.ram_size;
         let in_ram = ram.contains(&pa) || vm.stress.is_some();
         if !in_ram || pa & 3 != 0 {
             return None;
@@ -783,7 +783,7 @@ impl Vcpu {
             return;
         }
         vm.stats.set_way_flushes.fetch_add(1, Ordering::Relaxed);
-        el2::arch::cache::clean_invalidate_to_poc(vm.ram_pa, vm.ram_size);
+        el2::arch::cache::clean_invalidate_to_poc(vm.ram_pa.get(), vm.ram_size);
         self.set_way_done = true;
     }
 
@@ -880,8 +880,8 @@ impl Vcpu {
         let start = off & !(chunk - 1);
         let end = (start + chunk).min(vm.ram_size);
         let pa = match stress {
-            Some(st) => st.frame_of(start, chunk, Pa::new(vm.ram_pa)),
-            None => Pa::new(vm.ram_pa + start),
+            Some(st) => st.frame_of(start, chunk, vm.ram_pa),
+            None => vm.ram_pa + start,
         };
         // Another vCPU may have mapped it meanwhile (this vCPU needs it all the same).
         if pt.translate(ipa).is_some() {
