@@ -59,7 +59,8 @@ pub(super) fn create(
     } else {
         fill.outside_bundle(&items, bundle, vp.memory)
     };
-    fill_now(&mut pt, &fill, &chunks, &items, ram_pa, &now)?;
+    let ram = (vp.layout.ram.start(), ram_pa);
+    fill_now(&mut pt, &fill, &chunks, &items, ram, &now)?;
     let (pci, intx) = attach_devices(vp, &mut pt, vmid, ram_pa)?;
     let parts = Parts {
         images: in_bundle_images(&items, bundle),
@@ -237,17 +238,16 @@ impl Fill {
     }
 }
 
-/// Fills the RAM ranges `now` (offsets) with the images' bytes and zeros, and (eager) maps
-/// them, before the VM's first entry.
+/// Fills the RAM ranges `now` (offsets into RAM at IPA `ram.0`, host `ram.1`) with the images'
+/// bytes and zeros, and (eager) maps them, before the VM's first entry.
 fn fill_now(
     pt: &mut Stage2,
     fill: &Fill,
     chunks: &Chunks,
     items: &[Item<'_>],
-    ram_pa: Pa,
+    (ram_ipa, ram_pa): (Ipa, Pa),
     now: &[(u64, u64)],
 ) -> Result<(), VmFailure> {
-    let ram_ipa = RAM_BASE;
     let spans: Vec<(u64, u64)> = items.iter().map(|i| (i.0, i.2.len() as u64)).collect();
     for &(start, end) in now {
         chunks.ensure(start..end, |r| {
@@ -262,8 +262,8 @@ fn fill_now(
                 pages_only: !fill.blocks,
             };
             let ipa = ram_ipa + start;
-            if pt.translate(Ipa::new(ipa)).is_none() {
-                AddrRange::from_start_len(Ipa::new(ipa), end - start)
+            if pt.translate(ipa).is_none() {
+                AddrRange::from_start_len(ipa, end - start)
                     .map_err(MapError::from)
                     .and_then(|r| pt.map(r, ram_pa + start, Attrs::ram(), opts))
                     .map_err(VmFailure::Stage2Map)?;
